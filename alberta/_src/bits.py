@@ -1,0 +1,122 @@
+"""Counter-based random bits addressed by global coordinates.
+
+`jax.random` (with `jax_threefry_partitionable`, the default since JAX 0.5)
+derives the bits of element `i` of a flat array from one Threefry-2x32 call on
+the 64-bit counter `i`, split into two uint32 words. So any element, row key or
+tile of the seed's arrays can be computed on its own from its global index; this
+module does exactly that, without building the rest of the array.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.extend.random import threefry2x32_p
+
+Array = jax.Array
+
+_U32 = jnp.uint32
+
+
+def check_partitionable() -> None:
+  """Raises if `jax_threefry_partitionable` is off.
+
+  With the flag off, `jax.random` lays out its bits differently (one long
+  counter stream split in halves), so rebuilding a tile from its global indices
+  would silently give other numbers than the seed. Refuse instead.
+  """
+  if not jax.config.jax_threefry_partitionable:
+    raise RuntimeError(
+        "alberta reproduces jax.random's bits tile by tile, which requires "
+        "jax.config.jax_threefry_partitionable=True (the JAX default); it is "
+        "False in this process. Re-enable it with "
+        "jax.config.update('jax_threefry_partitionable', True).")
+
+
+def key_words(key: Array) -> tuple[Array, Array]:
+  """The two uint32 words of a threefry key, typed or raw."""
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.key_data(key)
+  key = lax.convert_element_type(key, _U32)
+  return key[0], key[1]
+
+
+def threefry(k: tuple[Array, Array], hi: Array, lo: Array) -> tuple[Array, Array]:
+  """Threefry-2x32 of the 64-bit counters `(hi, lo)` under key words `k`."""
+  hi, lo = jnp.broadcast_arrays(jnp.asarray(hi, _U32), jnp.asarray(lo, _U32))
+  k1 = jnp.broadcast_to(k[0], ())
+  k2 = jnp.broadcast_to(k[1], ())
+  return tuple(threefry2x32_p.bind(k1, k2, hi, lo))
+
+
+def split2(k: tuple[Array, Array]):
+  """`jax.random.split(key)` as key words: `(first, second)`."""
+  zero = jnp.zeros((2,), _U32)
+  b1, b2 = threefry(k, zero, jnp.arange(2, dtype=_U32))
+  return (b1[0], b2[0]), (b1[1], b2[1])
+
+
+def mul_add_u64(a: Array, b: int, c: Array | int = 0) -> tuple[Array, Array]:
+  """`a * b + c` as 64-bit `(hi, lo)` uint32 words, for uint32 `a`, `c`.
+
+  `b` is a static Python int below 2**32. XLA has no 32x32->64 multiply when
+  x64 is off, so the product is assembled from 16-bit limbs; every partial
+  product fits in uint32 and carries are recovered by unsigned comparison.
+  """
+  if not 0 <= b < 2**32:
+    raise ValueError(f"multiplier must be in [0, 2**32), got {b}")
+  a = jnp.asarray(a, _U32)
+  a_lo, a_hi = a & 0xFFFF, a >> 16
+  b_lo, b_hi = _U32(b & 0xFFFF), _U32(b >> 16)
+  ll = a_lo * b_lo
+  lh = a_lo * b_hi
+  hl = a_hi * b_lo
+  hh = a_hi * b_hi
+  mid = lh + hl
+  mid_carry = (mid < lh).astype(_U32)
+  lo = ll + (mid << 16)
+  lo_carry = (lo < ll).astype(_U32)
+  hi = hh + (mid >> 16) + (mid_carry << 16) + lo_carry
+  c = jnp.asarray(c, _U32)
+  lo2 = lo + c
+  hi = hi + (lo2 < lo).astype(_U32)
+  return hi, lo2
+
+
+def element_bits(k: tuple[Array, Array], rows: Array, cols: Array,
+                 row_length: int) -> Array:
+  """32 random bits of elements `(rows, cols)` of a `(*, row_length)` array.
+
+  Equal to `jax.random.bits(key, (n_rows, row_length))[rows, cols]` under the
+  partitionable threefry: the flat counter `row * row_length + col` is hashed
+  and the two output words are XOR-ed, as `jax.random` does for 32-bit draws.
+  `rows` and `cols` broadcast against each other.
+  """
+  base_hi, base_lo = mul_add_u64(rows, row_length)
+  lo = base_lo + cols.astype(_U32)
+  hi = base_hi + (lo < base_lo).astype(_U32)
+  b1, b2 = threefry(k, hi, lo)
+  return b1 ^ b2
+
+
+def bits_to_unit_float(bits: Array) -> Array:
+  """Maps uint32 bits to float32 in [0, 1) as `jax.random.uniform` does."""
+  mantissa = (bits >> 9) | _U32(np.float32(1.0).view(np.uint32))
+  return lax.bitcast_convert_type(mantissa, jnp.float32) - jnp.float32(1.0)
+
+
+def bits_to_uniform(bits: Array, minval: float, maxval: float) -> Array:
+  """`jax.random.uniform(key, ..., float32, minval, maxval)` from its bits."""
+  lo = jnp.float32(minval)
+  hi = jnp.float32(maxval)
+  floats = bits_to_unit_float(bits)
+  return lax.max(lo, floats * (hi - lo) + lo)
+
+
+def bits_to_normal(bits: Array) -> Array:
+  """`jax.random.normal(key, ..., float32)` from its bits."""
+  lo = np.nextafter(np.float32(-1.0), np.float32(0.0), dtype=np.float32)
+  u = bits_to_uniform(bits, lo, 1.0)
+  return jnp.float32(np.sqrt(2)) * lax.erf_inv(u)

@@ -1,0 +1,129 @@
+"""The block generator: any tile of the matrix from its global coordinates.
+
+Every entry point (whole matrix, chunked, sharded, pmap, ELL) calls
+`row_block`; a tile depends only on the key and its global row and column
+range, so results are bit-identical whatever the tiling.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from alberta._src import bits
+from alberta._src import counter
+from alberta._src import permutation
+from alberta._src.spec import SparseSpec
+
+Array = jax.Array
+_U32 = jnp.uint32
+
+# Below this many output bytes a tile is generated in one piece: chunking a
+# small matrix costs loop overhead and saves a negligible amount of memory.
+_UNCHUNKED_BYTES = 4 * 2**20
+# Chunks are sized so that their temporaries stay below this fraction of the
+# output tile (and below an absolute cap): memory is "the output + a little".
+_TEMP_FRACTION = 1 / 8
+_TEMP_CAP_BYTES = 256 * 2**20
+
+
+def _temp_bytes_per_row(spec: SparseSpec) -> int:
+  """Temporary bytes per generated row, from `memory_analysis()` (x1.2).
+
+  The permutation method sorts whole rows (keys, indices, scratch: ~24 bytes
+  an element, whatever the column tile); the counter method is one fused
+  elementwise pass whose only temporaries are its per-row round words.
+  """
+  if spec.method == "permutation":
+    return 28 * spec.fan_in
+  return 32 * max(counter.num_rounds(spec.fan_in), 1)
+
+
+def split_key(key: Array):
+  """Key words of `(init_key, mask_key) = jax.random.split(key)`."""
+  return bits.split2(bits.key_words(key))
+
+
+def _values(spec: SparseSpec, value_bits: Array) -> Array:
+  if spec.init_type == "uniform":
+    return bits.bits_to_uniform(value_bits, -spec.scale, spec.scale)
+  return bits.bits_to_normal(value_bits) * jnp.float32(spec.scale)
+
+
+def row_block(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
+              col_start: Array | int = 0, n_cols: int | None = None) -> Array:
+  """Rows `[row_start, +n_rows)` x columns `[col_start, +n_cols)`, float32.
+
+  Args:
+    key: the matrix's PRNG key (typed or raw threefry key).
+    spec: the matrix.
+    row_start: first global row; may be traced.
+    n_rows: number of rows (static).
+    col_start: first global column; may be traced.
+    n_cols: number of columns (static); default all `fan_in`.
+
+  Returns:
+    The float32 tile, equal to the same slice of the whole matrix.
+  """
+  bits.check_partitionable()
+  n_cols = spec.fan_in if n_cols is None else n_cols
+  init_key, mask_key = split_key(key)
+  rows = jnp.asarray(row_start, _U32) + jnp.arange(n_rows, dtype=_U32)
+  cols = jnp.asarray(col_start, _U32) + jnp.arange(n_cols, dtype=_U32)
+  if spec.method == "permutation":
+    values = _values(spec, permutation.value_bits(init_key, spec, rows, cols))
+    keep = permutation.mask_block(mask_key, spec, rows, col_start, n_cols)
+  else:
+    values = _values(spec, counter.value_bits(init_key, rows, cols))
+    keep = counter.keep_mask(mask_key, spec.k, spec.fan_in, rows, cols)
+  # The seed multiplies by a 0/1 mask, so a masked negative weight is -0.0.
+  # Under jit XLA rewrites that multiply into a select (+0.0); spell it out.
+  return jnp.where(keep, values, jnp.copysign(jnp.float32(0), values))
+
+
+def default_chunk_rows(spec: SparseSpec, n_rows: int, n_cols: int,
+                       dtype: jnp.dtype) -> int:
+  """The most rows whose temporaries stay a small fraction of the tile.
+
+  The whole tile when that fits: on the CPU a loop body runs on one thread,
+  so an unchunked fused pass is also the fastest.
+  """
+  out_bytes = n_rows * n_cols * jnp.dtype(dtype).itemsize
+  if out_bytes <= _UNCHUNKED_BYTES or n_rows <= 1:
+    return max(n_rows, 1)
+  budget = min(out_bytes * _TEMP_FRACTION, _TEMP_CAP_BYTES)
+  return int(max(1, min(n_rows, budget // _temp_bytes_per_row(spec))))
+
+
+def generate(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
+             col_start: Array | int, n_cols: int, dtype: jnp.dtype,
+             chunk_rows: int | None = None) -> Array:
+  """A `[n_rows, n_cols]` tile in `dtype`, built `chunk_rows` rows at a time.
+
+  Chunks are written in place into the output buffer by a `fori_loop`, so the
+  temporaries are bounded by one chunk. When `chunk_rows` does not divide
+  `n_rows`, the last chunk is shifted back to end at the tile's edge and
+  recomputes a few rows of its predecessor (identically: a tile is a pure
+  function of its coordinates) instead of compiling a second, ragged shape.
+  """
+  if chunk_rows is None:
+    chunk_rows = default_chunk_rows(spec, n_rows, n_cols, dtype)
+  chunk_rows = min(chunk_rows, n_rows)
+  if n_rows == 0 or n_cols == 0:
+    return jnp.zeros((n_rows, n_cols), dtype)
+  if chunk_rows == n_rows:
+    return row_block(key, spec, row_start, n_rows, col_start, n_cols).astype(dtype)
+
+  n_chunks = math.ceil(n_rows / chunk_rows)
+
+  def body(i, out):
+    start = jnp.minimum(i * chunk_rows, n_rows - chunk_rows)
+    tile = row_block(key, spec, row_start + start, chunk_rows, col_start, n_cols)
+    tile = lax.optimization_barrier(tile.astype(dtype))
+    return lax.dynamic_update_slice_in_dim(out, tile, start, axis=0)
+
+  out = jnp.zeros((n_rows, n_cols), dtype)
+  return lax.fori_loop(0, n_chunks, body, out)

@@ -1,0 +1,147 @@
+"""The zero-count rule and the argument checks every entry point shares.
+
+Every public function validates its arguments here, in plain Python, before any
+tracing or compilation, so a bad argument fails fast with a message that names
+the argument and the value it was given.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+INIT_TYPES = ("uniform", "normal")
+METHODS = ("permutation", "counter")
+ROUNDINGS = ("nearest", "ceil")
+
+# Counters are 64-bit (two uint32 words) and row / column indices are uint32.
+MAX_DIM = 2**32 - 1
+
+
+def check_sparsity(sparsity: Any) -> float:
+  """Returns `sparsity` as a Python float, or raises if it is not in [0, 1]."""
+  if isinstance(sparsity, (bool, np.bool_)) or not isinstance(
+      sparsity, numbers.Real):
+    raise TypeError(
+        f"sparsity must be a real number in [0, 1], got {sparsity!r} "
+        f"of type {type(sparsity).__name__}.")
+  value = float(sparsity)
+  if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+    raise ValueError(f"sparsity must be a real number in [0, 1], got {sparsity!r}.")
+  return value
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+  """Raises unless `value` is one of the strings in `choices`."""
+  if not isinstance(value, str) or value not in choices:
+    raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}.")
+  return value
+
+
+def check_init_type(init_type: Any) -> str:
+  return check_choice("init_type", init_type, INIT_TYPES)
+
+
+def check_method(method: Any) -> str:
+  return check_choice("method", method, METHODS)
+
+
+def check_rounding(rounding: Any) -> str:
+  return check_choice("rounding", rounding, ROUNDINGS)
+
+
+def check_shape(shape: Any, *, min_rank: int = 2, name: str = "shape") -> tuple[int, ...]:
+  """Returns `shape` as a tuple of non-negative Python ints, or raises."""
+  if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
+    raise TypeError(f"{name} must be a sequence of integers, got {shape!r}.")
+  dims = []
+  for d in shape:
+    if isinstance(d, (bool, np.bool_)) or not isinstance(d, numbers.Integral):
+      raise TypeError(
+          f"{name} must contain only integers, got {shape!r} "
+          f"(element {d!r} of type {type(d).__name__}).")
+    if d < 0:
+      raise ValueError(f"{name} must not have negative dimensions, got {shape!r}.")
+    if d > MAX_DIM:
+      raise ValueError(
+          f"{name} dimensions must be below 2**32, got {shape!r}.")
+    dims.append(int(d))
+  if len(dims) < min_rank:
+    raise ValueError(
+        f"{name} must have rank >= {min_rank} (fan_out, fan_in, ...), "
+        f"got {shape!r} of rank {len(dims)}.")
+  return tuple(dims)
+
+
+def check_dtype(dtype: Any) -> np.dtype:
+  """Returns `dtype` as a NumPy dtype, or raises if it is not floating point."""
+  try:
+    dt = jnp.dtype(dtype)
+  except TypeError as e:
+    raise TypeError(f"dtype must be a floating-point dtype, got {dtype!r}.") from e
+  if not jnp.issubdtype(dt, jnp.floating):
+    raise TypeError(f"dtype must be a floating-point dtype, got {dtype!r}.")
+  return dt
+
+
+def check_key(key: Any) -> None:
+  """Raises unless `key` is a threefry2x32 JAX PRNG key (typed or raw uint32[2])."""
+  dtype = getattr(key, "dtype", None)
+  shape = getattr(key, "shape", None)
+  if dtype is None or shape is None:
+    raise TypeError(
+        f"key must be a JAX PRNG key (jax.random.key or jax.random.PRNGKey), "
+        f"got {key!r} of type {type(key).__name__}.")
+  if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+    impl = str(jax.random.key_impl(key))
+    if shape != ():
+      raise ValueError(
+          f"key must be a single PRNG key of shape (), got a key array of shape "
+          f"{shape}; use jax.vmap to map over several keys.")
+    if "threefry2x32" not in impl:
+      raise ValueError(
+          f"key must use the threefry2x32 PRNG implementation, got {impl!r}.")
+    return
+  if dtype != np.uint32 or tuple(shape) != (2,):
+    raise TypeError(
+        f"key must be a JAX PRNG key (jax.random.key or jax.random.PRNGKey), got "
+        f"an array of dtype {dtype} and shape {tuple(shape)}.")
+  default_impl = str(jax.config.jax_default_prng_impl)
+  if "threefry" not in default_impl:
+    raise ValueError(
+        f"a raw uint32[2] key is read with the default PRNG implementation, "
+        f"which is {default_impl!r}; alberta needs threefry2x32.")
+
+
+def num_zeros(fan_in: int, sparsity: float, rounding: str = "nearest") -> int:
+  """The number of inputs zeroed per output unit.
+
+  Args:
+    fan_in: number of inputs of each output unit.
+    sparsity: fraction of the inputs to zero, in [0, 1].
+    rounding: "nearest" is the seed's (and `alberta_framework`'s)
+      `int(sparsity * fan_in + 0.5)`; "ceil" is the paper's and its PyTorch
+      code's `math.ceil(sparsity * fan_in)`. Both are evaluated in Python
+      float (binary64) arithmetic, exactly as those codes do, so for example
+      `num_zeros(10, 0.7, "ceil") == 8` because `0.7 * 10 == 7.000000000000001`.
+
+  Returns:
+    The zero count `k`, an int in [0, fan_in].
+  """
+  if isinstance(fan_in, (bool, np.bool_)) or not isinstance(fan_in, numbers.Integral):
+    raise TypeError(f"fan_in must be an integer, got {fan_in!r}.")
+  if fan_in < 0:
+    raise ValueError(f"fan_in must be non-negative, got {fan_in!r}.")
+  sparsity = check_sparsity(sparsity)
+  check_rounding(rounding)
+  if rounding == "nearest":
+    k = int(sparsity * fan_in + 0.5)
+  else:
+    k = math.ceil(sparsity * fan_in)
+  return min(int(k), int(fan_in))

@@ -1,0 +1,72 @@
+"""`sparse_init`: the whole matrix on one device."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from alberta._src import blocks
+from alberta._src import checks
+from alberta._src.spec import SparseSpec, make_spec
+
+Array = jax.Array
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _sparse_init_2d(key: Array, spec: SparseSpec, dtype: jnp.dtype,
+                    chunk_rows: int | None) -> Array:
+  return blocks.generate(key, spec, 0, spec.fan_out, 0, spec.fan_in, dtype,
+                         chunk_rows)
+
+
+def sparse_init(
+    key: Array,
+    shape: Any,
+    sparsity: float = 0.9,
+    init_type: str = "uniform",
+    *,
+    dtype: Any = jnp.float32,
+    method: str = "permutation",
+    rounding: str = "nearest",
+) -> Array:
+  """A sparsely initialized weight matrix (Elsayed, Vasan & Mahmood, 2024).
+
+  LeCun-scale weights, uniform in `[-1/sqrt(fan_in), 1/sqrt(fan_in))` or normal
+  with standard deviation `1/sqrt(fan_in)`, then for every output unit exactly
+  `k = num_zeros(fan_in, sparsity, rounding)` of its inputs set to zero, the
+  zero set uniform among all k-subsets.
+
+  With the defaults the result equals `alberta_framework`'s `sparse_init` for
+  the same key: zero pattern and uniform values bit for bit, normal values to a
+  few ulps (XLA may fuse the normal sampler's arithmetic differently).
+
+  Args:
+    key: a threefry PRNG key, `jax.random.key(...)` or `jax.random.PRNGKey(...)`.
+    shape: `(fan_out, fan_in)`, or `(fan_out, *rest)` with fan-in
+      `prod(rest)` (e.g. PyTorch's conv layout `(out, in, kh, kw)`); the result
+      is the 2-D matrix reshaped.
+    sparsity: fraction of each output unit's inputs set to zero, in [0, 1].
+    init_type: "uniform" (LeCun uniform) or "normal" (LeCun normal).
+    dtype: floating dtype of the result; values are generated in float32 and
+      cast, so a bfloat16 result is the float32 result rounded.
+    method: "permutation" reproduces the seed (a sorted random permutation per
+      output unit); "counter" is the sort-free, tile-local method: same
+      guarantees (exactly k zeros, uniform zero set), other numbers, far faster.
+    rounding: the zero-count rule, "nearest" (the seed) or "ceil" (the paper).
+
+  Returns:
+    An array of `shape` and `dtype`.
+  """
+  checks.check_key(key)
+  spec, shape = make_spec(shape, sparsity, init_type, method, rounding)
+  dtype = checks.check_dtype(dtype)
+  if spec.fan_out == 0 or spec.fan_in == 0:
+    return jnp.zeros(shape, dtype)
+  out = _sparse_init_2d(key, spec, dtype, None)
+  chex.assert_shape(out, spec.shape)
+  chex.assert_type(out, dtype)
+  return out.reshape(shape)

@@ -1,0 +1,56 @@
+"""`SparseInit`: the Haiku initializer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+
+from alberta._src import kernels
+
+
+class SparseInit(hk.initializers.Initializer):
+  """Sparse initialization (Elsayed, Vasan & Mahmood 2024) for Haiku kernels.
+
+  LeCun-scale weights, uniform in `[-1/sqrt(fan_in), 1/sqrt(fan_in))` (or
+  normal with that standard deviation), with exactly
+  `num_zeros(fan_in, sparsity, rounding)` of every output unit's inputs set to
+  zero, the zero set uniform among all such subsets.
+
+  For a kernel of shape `(..., in, out)` (`hk.Linear`, `hk.Conv1D/2D/3D`) the
+  fan-in is `prod(shape[:-1])` and the result is
+  `sparse_init(hk.next_rng_key(), (out, fan_in)).T.reshape(shape)`, so with the
+  default method it is the seed's matrix for that key.
+
+  Example::
+
+    mlp = hk.nets.MLP([256, 256, 4], w_init=alberta.SparseInit(0.9))
+  """
+
+  def __init__(self, sparsity: float = 0.9, init_type: str = "uniform", *,
+               fan_in_axes: Sequence[int] | None = None,
+               method: str = "permutation", rounding: str = "nearest"):
+    """Constructs the initializer; every argument is checked here.
+
+    Args:
+      sparsity: fraction of each output unit's inputs set to zero, in [0, 1].
+      init_type: "uniform" (LeCun uniform) or "normal" (LeCun normal).
+      fan_in_axes: as in `hk.initializers.VarianceScaling`: the axes holding an
+        output unit's inputs; default all but the last.
+      method: "permutation" (the seed's numbers) or "counter" (sort-free).
+      rounding: zero-count rule, "nearest" (the seed) or "ceil" (the paper).
+    """
+    self.sparsity = kernels.check_options(sparsity, init_type, method, rounding)
+    self.init_type = init_type
+    self.fan_in_axes = kernels.check_fan_in_axes(fan_in_axes)
+    self.method = method
+    self.rounding = rounding
+
+  def __call__(self, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+    return kernels.sparse_kernel(
+        hk.next_rng_key(), shape, dtype, sparsity=self.sparsity,
+        init_type=self.init_type, method=self.method, rounding=self.rounding,
+        fan_in_axes=self.fan_in_axes)

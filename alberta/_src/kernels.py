@@ -1,0 +1,103 @@
+"""Kernel layouts: sparse init for `(..., in, out)` Haiku/Flax kernels and others.
+
+The core works on the seed's `(fan_out, fan_in)` matrix. A kernel has output
+axes and fan-in axes; its sparse init is the core matrix of shape
+`(prod(output axes), prod(fan-in axes))` laid back into the kernel, so every
+output unit has exactly `num_zeros(fan_in)` zeros among its inputs. For the
+Haiku/Flax layout `(..., in, out)` that is `sparse_init(key, (out, fan_in))
+.T.reshape(shape)`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alberta._src import checks
+from alberta._src import core
+
+Array = jax.Array
+
+
+def check_fan_in_axes(fan_in_axes: Any) -> tuple[int, ...] | None:
+  """Validates `fan_in_axes` (None, or a non-empty sequence of distinct ints)."""
+  if fan_in_axes is None:
+    return None
+  if isinstance(fan_in_axes, (str, bytes)) or not isinstance(fan_in_axes, Sequence):
+    raise TypeError(
+        f"fan_in_axes must be None or a sequence of ints, got {fan_in_axes!r}.")
+  axes = []
+  for a in fan_in_axes:
+    if isinstance(a, (bool, np.bool_)) or not isinstance(a, numbers.Integral):
+      raise TypeError(
+          f"fan_in_axes must contain only ints, got {fan_in_axes!r}.")
+    axes.append(int(a))
+  if not axes or len(set(axes)) != len(axes):
+    raise ValueError(
+        f"fan_in_axes must be non-empty and without repeats, got {fan_in_axes!r}.")
+  return tuple(axes)
+
+
+def check_options(sparsity: Any, init_type: Any, method: Any,
+                  rounding: Any) -> float:
+  """Construction-time checks shared by `SparseInit` and `initializers.sparse`."""
+  sparsity = checks.check_sparsity(sparsity)
+  checks.check_init_type(init_type)
+  checks.check_method(method)
+  checks.check_rounding(rounding)
+  return sparsity
+
+
+def _axes_for(shape: tuple[int, ...],
+              fan_in_axes: tuple[int, ...] | None) -> tuple[list[int], list[int]]:
+  ndim = len(shape)
+  if fan_in_axes is None:
+    return list(range(ndim - 1)), [ndim - 1]
+  axes = []
+  for a in fan_in_axes:
+    if not -ndim <= a < ndim:
+      raise ValueError(
+          f"fan_in_axes {fan_in_axes!r} out of range for a kernel of shape {shape!r}.")
+    axes.append(a % ndim)
+  if len(set(axes)) != len(axes):
+    raise ValueError(
+        f"fan_in_axes {fan_in_axes!r} repeat an axis of a kernel of shape {shape!r}.")
+  out_axes = [a for a in range(ndim) if a not in axes]
+  if not out_axes:
+    raise ValueError(
+        f"fan_in_axes {fan_in_axes!r} leave no output axis in shape {shape!r}.")
+  return axes, out_axes
+
+
+def sparse_kernel(key: Array, shape: Any, dtype: Any, *, sparsity: float,
+                  init_type: str, method: str, rounding: str,
+                  fan_in_axes: tuple[int, ...] | None) -> Array:
+  """A sparse kernel of `shape` whose fan-in axes are `fan_in_axes`.
+
+  Args:
+    key: PRNG key.
+    shape: kernel shape, rank >= 2.
+    dtype: floating dtype of the result.
+    sparsity, init_type, method, rounding: as in `sparse_init`.
+    fan_in_axes: the axes holding an output unit's inputs; default all but the
+      last (Haiku and Flax kernels, `(..., in, out)`).
+
+  Returns:
+    The kernel; every output unit has exactly `num_zeros(fan_in)` zeros.
+  """
+  shape = checks.check_shape(shape, min_rank=2)
+  dtype = checks.check_dtype(dtype)
+  axes, out_axes = _axes_for(shape, fan_in_axes)
+  fan_in = math.prod(shape[a] for a in axes)
+  n_out = math.prod(shape[a] for a in out_axes)
+  matrix = core.sparse_init(key, (n_out, fan_in), sparsity, init_type,
+                            dtype=dtype, method=method, rounding=rounding)
+  order = out_axes + axes
+  kernel = matrix.reshape([shape[a] for a in order])
+  return jnp.transpose(kernel, np.argsort(order))
