@@ -7,6 +7,7 @@ range, so results are bit-identical whatever the tiling.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -53,6 +54,10 @@ def _values(spec: SparseSpec, value_bits: Array) -> Array:
   return bits.bits_to_normal(value_bits) * jnp.float32(spec.scale)
 
 
+# Jitted even when called on its own: op-by-op, `bits_to_uniform`'s multiply-add
+# is rounded twice, while under jit (as inside `jax.random.uniform`) XLA fuses
+# it into one FMA, so an eager tile would differ from the seed by an ulp.
+@functools.partial(jax.jit, static_argnames=("spec", "n_rows", "n_cols"))
 def row_block(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
               col_start: Array | int = 0, n_cols: int | None = None) -> Array:
   """Rows `[row_start, +n_rows)` x columns `[col_start, +n_cols)`, float32.

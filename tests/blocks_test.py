@@ -1,0 +1,309 @@
+"""The block generator: any tile of the matrix from its global coordinates.
+
+Proves that `blocks.row_block` / `blocks.generate` give exactly the slice of
+`sparse_init` for any row range (traced under jit), column tile and chunk
+size; that the bits behind them are `jax.random`'s for the same global indices,
+also where the flat index no longer fits in 32 bits; and that turning
+`jax_threefry_partitionable` off makes them refuse rather than return other
+numbers.
+"""
+
+from tests import env  # noqa: F401
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest
+from absl.testing import parameterized
+from jax.extend.random import threefry2x32_p
+
+import alberta
+from alberta._src import bits
+from alberta._src import blocks
+from alberta._src.spec import make_spec
+
+_METHODS_AND_TYPES = tuple(
+    dict(testcase_name=f"_{m}_{t}", method=m, init_type=t)
+    for m, t in itertools.product(("permutation", "counter"), ("uniform", "normal")))
+
+
+def assert_same_matrix(actual, expected, init_type: str) -> None:
+  """Same zero pattern (signed zeros included) and the same values.
+
+  Uniform values must match bit for bit. Normal values are held to the
+  library's contract of a few ulps (XLA may fuse `erf_inv` differently in
+  different programs); on the CPU they are currently bit-identical too.
+  """
+  actual = np.asarray(actual)
+  expected = np.asarray(expected)
+  np.testing.assert_array_equal(actual.shape, expected.shape)
+  np.testing.assert_array_equal(actual == 0, expected == 0)
+  np.testing.assert_array_equal(np.signbit(actual), np.signbit(expected))
+  if init_type == "uniform":
+    np.testing.assert_array_equal(actual.view(np.uint32), expected.view(np.uint32))
+  else:
+    np.testing.assert_array_max_ulp(actual, expected, maxulp=4)
+
+
+def reference_bits(key, rows, cols, row_length: int) -> np.ndarray:
+  """`jax.random.bits(key, (*, row_length))[rows, cols]`, built independently.
+
+  The 64-bit flat counter is computed in NumPy uint64 (not with the library's
+  16-bit-limb arithmetic) and hashed with the raw Threefry primitive, as
+  `jax.random` does under `jax_threefry_partitionable`: `hi, lo` words of the
+  counter in, the two output words XOR-ed for a 32-bit draw.
+  """
+  counter = (np.asarray(rows, np.uint64) * np.uint64(row_length)
+             + np.asarray(cols, np.uint64))
+  hi = (counter >> np.uint64(32)).astype(np.uint32)
+  lo = (counter & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+  k = jax.random.key_data(key)
+  b1, b2 = threefry2x32_p.bind(k[0], k[1], jnp.asarray(hi), jnp.asarray(lo))
+  return np.asarray(b1 ^ b2)
+
+
+class MulAddU64Test(parameterized.TestCase):
+
+  def test_matches_python_integer_arithmetic(self):
+    rng = np.random.default_rng(0)
+    edges = [0, 1, 2, 0xFFFF, 0x10000, 0x10001, 2**31 - 1, 2**31, 2**32 - 2,
+             2**32 - 1]
+    a = np.array(edges + list(rng.integers(0, 2**32, 30)), np.uint32)
+    c = np.array(list(reversed(edges)) + list(rng.integers(0, 2**32, 30)),
+                 np.uint32)
+    for b in edges + [3, 65536, 70000, 4_000_000_007] + [
+        int(x) for x in rng.integers(0, 2**32, 4)]:
+      hi, lo = bits.mul_add_u64(jnp.asarray(a), b, jnp.asarray(c))
+      got = [(int(h) << 32) | int(l) for h, l in zip(np.asarray(hi), np.asarray(lo))]
+      want = [int(x) * b + int(y) for x, y in zip(a, c)]
+      self.assertEqual(got, want, msg=f"multiplier {b}")
+
+  @parameterized.parameters(-1, 2**32, 2**40)
+  def test_rejects_multiplier_outside_uint32(self, b):
+    with self.assertRaisesRegex(ValueError, f"multiplier.*{b}"):
+      bits.mul_add_u64(jnp.zeros((2,), jnp.uint32), b)
+
+
+class ElementBitsTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(
+      ("typed_key", lambda: jax.random.key(7)),
+      ("raw_key", lambda: jax.random.PRNGKey(7)))
+  def test_equals_jax_random_bits_for_same_global_indices(self, make_key):
+    key = make_key()
+    full = np.asarray(jax.random.bits(key, (13, 37), jnp.uint32))
+    rows = np.array([0, 1, 5, 12], np.uint32)
+    cols = np.array([0, 3, 36], np.uint32)
+    got = bits.element_bits(bits.key_words(key), jnp.asarray(rows)[:, None],
+                            jnp.asarray(cols)[None, :], 37)
+    np.testing.assert_array_equal(np.asarray(got), full[np.ix_(rows, cols)])
+    everything = bits.element_bits(bits.key_words(key),
+                                   jnp.arange(13, dtype=jnp.uint32)[:, None],
+                                   jnp.arange(37, dtype=jnp.uint32)[None, :], 37)
+    np.testing.assert_array_equal(np.asarray(everything), full)
+
+  def test_reference_counter_layout_is_jax_random_layout(self):
+    # Pins `reference_bits` (used for far indices below) to jax.random itself.
+    key = jax.random.key(11)
+    rows, cols = np.meshgrid(np.arange(9), np.arange(21), indexing="ij")
+    np.testing.assert_array_equal(
+        reference_bits(key, rows, cols, 21),
+        np.asarray(jax.random.bits(key, (9, 21), jnp.uint32)))
+
+  # `jax.random.bits(key, (70000, 65536))` itself cannot be checked at a far
+  # tile: XLA does not sink a slice into the random-bits computation, so even
+  # `jit(lambda k: bits(k, shape)[-10:, -36:])` allocates ~73 GB of temporaries
+  # (its compiled memory_analysis says so). The reference is therefore the same
+  # counter scheme with exact 64-bit NumPy counters, pinned to jax.random on
+  # small shapes by the test above.
+  @parameterized.named_parameters(
+      # 70000 x 65536: row 65536 is the first whose flat index reaches 2**32.
+      ("rows_straddling_2_32", 65536, [65534, 65535, 65536, 65537],
+       [0, 1, 65534, 65535]),
+      ("far_corner", 65536, [69990, 69995, 69999], [0, 65500, 65535]),
+      # Row length close to 2**32: the column add carries into the high word.
+      ("carry_from_column_add", 2**32 - 1, [0, 1, 2, 3, 2**31],
+       [0, 1, 2**32 - 3, 2**32 - 2]),
+      ("odd_row_length", 4_000_000_007, [0, 1, 3, 4_000_000_000],
+       [0, 123_456_789, 4_000_000_006]),
+  )
+  def test_equals_64_bit_counter_bits_past_2_32(self, row_length, rows, cols):
+    key = jax.random.key(2024)
+    rows = np.array(rows, np.uint32)[:, None]
+    cols = np.array(cols, np.uint32)[None, :]
+    self.assertGreater(int(rows.max()) * row_length + int(cols.max()), 2**32)
+    got = jax.jit(bits.element_bits, static_argnums=3)(
+        bits.key_words(key), jnp.asarray(rows), jnp.asarray(cols), row_length)
+    np.testing.assert_array_equal(np.asarray(got),
+                                  reference_bits(key, rows, cols, row_length))
+
+  def test_bits_to_floats_equal_jax_random_samplers(self):
+    key = jax.random.key(5)
+    raw = jax.random.bits(key, (64, 48), jnp.uint32)
+    scale = 1.0 / 48**0.5
+    # Under jit, as the library always runs them: op by op the uniform map's
+    # multiply-add is rounded twice, while XLA fuses it (in jax.random.uniform
+    # too) into one FMA, a 1-ulp difference for half of these values.
+    to_uniform = jax.jit(bits.bits_to_uniform, static_argnums=(1, 2))
+    np.testing.assert_array_equal(
+        np.asarray(to_uniform(raw, -scale, scale)),
+        np.asarray(jax.random.uniform(key, (64, 48), jnp.float32, -scale, scale)))
+    np.testing.assert_array_max_ulp(
+        np.asarray(jax.jit(bits.bits_to_normal)(raw)),
+        np.asarray(jax.random.normal(key, (64, 48), jnp.float32)), maxulp=4)
+
+
+class RowBlockTest(parameterized.TestCase):
+
+  _SHAPE = (50, 33)
+  _SPARSITY = 0.6
+
+  @parameterized.named_parameters(*_METHODS_AND_TYPES)
+  def test_any_tile_with_traced_start_equals_slice_of_sparse_init(
+      self, method, init_type):
+    key = jax.random.key(3)
+    whole = np.asarray(alberta.sparse_init(
+        key, self._SHAPE, self._SPARSITY, init_type, method=method))
+    spec, _ = make_spec(self._SHAPE, self._SPARSITY, init_type, method, "nearest")
+    traces = []
+
+    @jax.jit
+    def rows_tile(key, r0):
+      traces.append("rows")
+      return blocks.row_block(key, spec, r0, 7)
+
+    @jax.jit
+    def tile(key, r0, c0):
+      traces.append("tile")
+      return blocks.row_block(key, spec, r0, 7, c0, 5)
+
+    # Called on its own, outside any jit, too: a 1/sqrt(33) scale makes the
+    # uniform map round differently op by op than fused (see ElementBitsTest).
+    assert_same_matrix(blocks.row_block(key, spec, 13, 7), whole[13:20], init_type)
+    for r0 in (0, 1, 13, 43):  # 43: the tile ends at the last row.
+      assert_same_matrix(rows_tile(key, r0), whole[r0:r0 + 7], init_type)
+      for c0 in (0, 17, 28):   # 28: the tile ends at the last column.
+        assert_same_matrix(tile(key, r0, c0), whole[r0:r0 + 7, c0:c0 + 5],
+                           init_type)
+    # The starts were traced: one compile serves every tile position.
+    self.assertEqual(traces, ["rows", "tile"])
+
+  @parameterized.named_parameters(
+      ("_permutation_chunk1", "permutation", "uniform", 1),
+      ("_permutation_chunk7", "permutation", "normal", 7),
+      ("_counter_chunk7", "counter", "uniform", 7),
+      ("_counter_default", "counter", "normal", None),
+  )
+  def test_chunked_generate_equals_slice(self, method, init_type, chunk_rows):
+    # 20 rows in chunks of 7: the last chunk is shifted back over its
+    # predecessor, which must recompute those rows identically.
+    key = jax.random.PRNGKey(9)
+    whole = np.asarray(alberta.sparse_init(
+        key, self._SHAPE, self._SPARSITY, init_type, method=method))
+    spec, _ = make_spec(self._SHAPE, self._SPARSITY, init_type, method, "nearest")
+    gen = jax.jit(lambda key, r0, c0: blocks.generate(
+        key, spec, r0, 20, c0, 11, jnp.float32, chunk_rows))
+    for r0, c0 in ((0, 0), (30, 22), (11, 5)):
+      assert_same_matrix(gen(key, r0, c0), whole[r0:r0 + 20, c0:c0 + 11],
+                         init_type)
+
+  def test_generate_in_bfloat16_is_float32_cast(self):
+    key = jax.random.key(4)
+    spec, _ = make_spec(self._SHAPE, 0.5, "normal", "counter", "nearest")
+    f32 = blocks.generate(key, spec, 3, 12, 0, 33, jnp.float32, 5)
+    bf16 = blocks.generate(key, spec, 3, 12, 0, 33, jnp.bfloat16, 5)
+    self.assertEqual(bf16.dtype, jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(bf16),
+                                  np.asarray(f32.astype(jnp.bfloat16)))
+
+  @parameterized.parameters((0, 33), (6, 0))
+  def test_empty_tile(self, n_rows, n_cols):
+    spec, _ = make_spec(self._SHAPE, 0.5, "uniform", "permutation", "nearest")
+    out = blocks.generate(jax.random.key(0), spec, 0, n_rows, 0, n_cols,
+                          jnp.float32, None)
+    self.assertEqual(out.shape, (n_rows, n_cols))
+
+  def test_far_tile_of_huge_matrix_equals_independent_reference(self):
+    # Rows [69990, 70000) x columns [65500, 65536) of a 70000 x 65536 matrix
+    # (flat indices ~4.59e9 > 2**32), built without the rest of the matrix and
+    # compared with the seed's recipe computed from global indices: row keys
+    # from jax.random.split, masks from jax.random.permutation, weight bits
+    # from exact 64-bit counters.
+    shape, sparsity = (70000, 65536), 0.9
+    r0, n_rows, c0, n_cols = 69990, 10, 65500, 36
+    key = jax.random.key(1234)
+    spec, _ = make_spec(shape, sparsity, "uniform", "permutation", "nearest")
+    got = jax.jit(lambda key: blocks.row_block(key, spec, r0, n_rows, c0, n_cols))(key)
+
+    init_key, mask_key = jax.random.split(key)
+    row_keys = jax.random.split(mask_key, shape[0])[r0:r0 + n_rows]
+    perms = jax.vmap(lambda k: jax.random.permutation(k, shape[1]))(row_keys)
+    keep = np.asarray(perms)[:, c0:c0 + n_cols] >= alberta.num_zeros(shape[1], sparsity)
+    rows, cols = np.meshgrid(np.arange(r0, r0 + n_rows),
+                             np.arange(c0, c0 + n_cols), indexing="ij")
+    scale = 1.0 / shape[1]**0.5
+    values = np.asarray(bits.bits_to_uniform(
+        jnp.asarray(reference_bits(init_key, rows, cols, shape[1])), -scale, scale))
+    want = np.where(keep, values, np.copysign(np.float32(0), values))
+    self.assertTrue(keep.any() and not keep.all())
+    assert_same_matrix(got, want, "uniform")
+
+
+class DefaultChunkRowsTest(parameterized.TestCase):
+
+  @parameterized.parameters("permutation", "counter")
+  def test_small_tile_is_one_chunk(self, method):
+    spec, _ = make_spec((64, 64), 0.9, "uniform", method, "nearest")
+    self.assertEqual(blocks.default_chunk_rows(spec, 64, 64, jnp.float32), 64)
+    self.assertEqual(blocks.default_chunk_rows(spec, 0, 64, jnp.float32), 1)
+
+  @parameterized.parameters("permutation", "counter")
+  def test_large_tile_is_chunked(self, method):
+    spec, _ = make_spec((16384, 2048), 0.9, "uniform", method, "nearest")
+    chunk = blocks.default_chunk_rows(spec, 2048, 2048, jnp.float32)
+    self.assertBetween(chunk, 1, 2047)
+
+
+class PartitionableFlagTest(parameterized.TestCase):
+
+  def test_sparse_init_refuses_when_partitionable_is_off(self):
+    key = jax.random.key(0)
+    # Compile first with the flag on, so a stale cache would be the failure.
+    expected = np.asarray(alberta.sparse_init(key, (16, 24)))
+    previous = jax.config.jax_threefry_partitionable
+    jax.config.update("jax_threefry_partitionable", False)
+    try:
+      with self.assertRaisesRegex(RuntimeError, "jax_threefry_partitionable"):
+        alberta.sparse_init(key, (16, 24))
+      with self.assertRaisesRegex(RuntimeError, "jax_threefry_partitionable"):
+        alberta.sparse_init(jax.random.PRNGKey(0), (8, 40), 0.5, "normal")
+      with self.assertRaisesRegex(RuntimeError, "jax_threefry_partitionable"):
+        spec, _ = make_spec((16, 24), 0.9, "uniform", "permutation", "nearest")
+        blocks.row_block(key, spec, 0, 4)
+    finally:
+      jax.config.update("jax_threefry_partitionable", previous)
+    np.testing.assert_array_equal(
+        np.asarray(alberta.sparse_init(key, (16, 24))), expected)
+
+  def test_counter_method_refuses_or_is_unchanged_when_partitionable_is_off(self):
+    # The counter method does not reproduce jax.random's layout, so it may
+    # either refuse too or give the same numbers; never different ones.
+    key = jax.random.key(0)
+    expected = np.asarray(alberta.sparse_init(key, (16, 24), method="counter"))
+    previous = jax.config.jax_threefry_partitionable
+    jax.config.update("jax_threefry_partitionable", False)
+    try:
+      try:
+        got = np.asarray(alberta.sparse_init(key, (16, 24), method="counter"))
+      except RuntimeError as e:
+        self.assertIn("jax_threefry_partitionable", str(e))
+      else:
+        np.testing.assert_array_equal(got, expected)
+    finally:
+      jax.config.update("jax_threefry_partitionable", previous)
+
+
+if __name__ == "__main__":
+  absltest.main()
