@@ -48,7 +48,12 @@ def split_key(key: Array):
   return bits.split2(bits.key_words(key))
 
 
-def _values(spec: SparseSpec, value_bits: Array) -> Array:
+def values_from_bits(spec: SparseSpec, value_bits: Array) -> Array:
+  """The float32 weights of `spec`'s distribution from 32 random bits each.
+
+  Shared by the dense tiles and the ELL path, so both give the same number for
+  the same bits.
+  """
   if spec.init_type == "uniform":
     return bits.bits_to_uniform(value_bits, -spec.scale, spec.scale)
   return bits.bits_to_normal(value_bits) * jnp.float32(spec.scale)
@@ -79,10 +84,11 @@ def row_block(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
   rows = jnp.asarray(row_start, _U32) + jnp.arange(n_rows, dtype=_U32)
   cols = jnp.asarray(col_start, _U32) + jnp.arange(n_cols, dtype=_U32)
   if spec.method == "permutation":
-    values = _values(spec, permutation.value_bits(init_key, spec, rows, cols))
+    values = values_from_bits(
+        spec, permutation.value_bits(init_key, spec, rows, cols))
     keep = permutation.mask_block(mask_key, spec, rows, col_start, n_cols)
   else:
-    values = _values(spec, counter.value_bits(init_key, rows, cols))
+    values = values_from_bits(spec, counter.value_bits(init_key, rows, cols))
     keep = counter.keep_mask(mask_key, spec.k, spec.fan_in, rows, cols)
   # The seed multiplies by a 0/1 mask, so a masked negative weight is -0.0.
   # Under jit XLA rewrites that multiply into a select (+0.0); spell it out.
