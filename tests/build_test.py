@@ -103,8 +103,15 @@ def _evaluate_build(path: pathlib.Path) -> list[Target]:
   return targets
 
 
-def _first_party_imports(path: pathlib.Path) -> set[str]:
-  """Top-level first-party modules a file imports (`alberta`, `tests.env`...)."""
+def _first_party_uses(path: pathlib.Path) -> set[str]:
+  """First-party modules a file imports or names (`alberta`, `scripts.x`...).
+
+  Besides imports, a string naming a script file (`"init_large.py"`,
+  `"scripts/init_large.py"`) counts as a use of `scripts.init_large`: the tests
+  that run a script as a subprocess find it by path, so it must be in their
+  runfiles.
+  """
+  scripts = {p.stem for p in _ROOT.glob("scripts/*.py")}
   modules = set()
   for node in ast.walk(ast.parse(path.read_text())):
     if isinstance(node, ast.Import):
@@ -112,6 +119,10 @@ def _first_party_imports(path: pathlib.Path) -> set[str]:
     elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
       modules.add(node.module)
       modules.update(f"{node.module}.{alias.name}" for alias in node.names)
+    elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+      name = node.value.removeprefix("scripts/").removesuffix(".py")
+      if node.value.endswith(".py") and name in scripts:
+        modules.add(f"scripts.{name}")
   return {m for m in modules if m.split(".")[0] in ("alberta", "scripts",
                                                     "tests")}
 
@@ -183,14 +194,14 @@ class BuildFileTest(parameterized.TestCase):
         if "timeout" in target.attrs:
           self.assertIn(target.attrs["timeout"], _TEST_TIMEOUTS)
 
-  def test_targets_depend_on_the_first_party_code_they_import(self):
+  def test_targets_depend_on_the_first_party_code_they_use(self):
     # Bazel would fail these too, but only after a build; this names the
     # missing dependency at once.
     helpers = {pathlib.Path(s).stem
                for s in self.by_name["test_utils"].srcs}
     for target in self._targets("py_test") + self._targets("py_binary"):
       deps = target.labels("deps") | target.labels("data")
-      for module in sorted(_first_party_imports(_ROOT / target.main)):
+      for module in sorted(_first_party_uses(_ROOT / target.main)):
         parts = module.split(".")
         if parts[0] == "alberta":
           needed = "alberta"
@@ -200,9 +211,11 @@ class BuildFileTest(parameterized.TestCase):
           needed = parts[1]
         else:
           continue
+        if needed == target.name:  # A script naming its own file.
+          continue
         with self.subTest(f"{target.name} imports {module}"):
-          self.assertIn(needed, deps, f"//:{target.name} imports {module}: "
-                        f"add :{needed} to its deps")
+          self.assertIn(needed, deps, f"//:{target.name} uses {module}: add "
+                        f":{needed} to its deps (or data, for a script it runs)")
 
   @absltest.skipUnless(_UNDER_BAZEL, "checks the Bazel runfiles tree")
   def test_alberta_is_imported_from_the_runfiles_tree(self):
