@@ -1,5 +1,6 @@
 """alberta: sparse weight initialization for JAX, from one layer to a pod."""
 
+from alberta import checkpoint
 from alberta import initializers
 from alberta._src.checks import num_zeros
 from alberta._src.core import sparse_init
@@ -11,6 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = (
     "SparseInit",
+    "checkpoint",
     "initializers",
     "num_zeros",
     "pmap_sparse_init",
