@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,14 +81,22 @@ def check_shape(shape: Any, *, min_rank: int = 2, name: str = "shape") -> tuple[
 
 
 def check_dtype(dtype: Any) -> np.dtype:
-  """Returns `dtype` as a NumPy dtype, or raises if it is not floating point."""
+  """Returns `dtype` as a canonical NumPy dtype, or raises if not floating point."""
   try:
     dt = jnp.dtype(dtype)
   except TypeError as e:
     raise TypeError(f"dtype must be a floating-point dtype, got {dtype!r}.") from e
   if not jnp.issubdtype(dt, jnp.floating):
     raise TypeError(f"dtype must be a floating-point dtype, got {dtype!r}.")
-  return dt
+  # Without jax_enable_x64, JAX has no float64 arrays: truncate to float32 and
+  # warn, as jax.random and jax.numpy do, instead of failing the dtype assert.
+  canonical = jax.dtypes.canonicalize_dtype(dt)
+  if canonical != dt:
+    warnings.warn(
+        f"dtype {dt} requested but not available, truncated to {canonical}; "
+        f"set jax_enable_x64 (e.g. `with jax.enable_x64(True):`) for {dt}.",
+        UserWarning, stacklevel=3)
+  return np.dtype(canonical)
 
 
 def check_key(key: Any) -> None:
@@ -129,7 +138,9 @@ def num_zeros(fan_in: int, sparsity: float, rounding: str = "nearest") -> int:
       `int(sparsity * fan_in + 0.5)`; "ceil" is the paper's and its PyTorch
       code's `math.ceil(sparsity * fan_in)`. Both are evaluated in Python
       float (binary64) arithmetic, exactly as those codes do, so for example
-      `num_zeros(10, 0.7, "ceil") == 8` because `0.7 * 10 == 7.000000000000001`.
+      `num_zeros(100, 0.07, "ceil") == 8` because `0.07 * 100 ==
+      7.000000000000001` (while `0.7 * 10 == 7.0` exactly, so
+      `num_zeros(10, 0.7, "ceil") == 7`).
 
   Returns:
     The zero count `k`, an int in [0, fan_in].
