@@ -1,0 +1,425 @@
+"""scripts/init_large.py end to end, as a user runs it: a subprocess.
+
+Proves that the launcher's checkpoint restores to exactly
+`sparse_init(jax.random.key(seed), shape, ...)` for both methods, on a 1-D and
+a 2-D mesh of 8 virtual CPU devices, with the metadata to recompute it and an
+honest report; that without `--output` nothing is saved; that an existing
+output and every bad flag are refused before any work, with a message naming
+the flag, a non-zero exit and nothing created; that the verification catches
+corrupted matrices; and (slow) that a run killed mid-write leaves nothing
+valid-looking at `--output`, and that two processes of 4 devices each (JAX's
+multi-process runtime over gloo on 127.0.0.1) save the same matrix as one.
+"""
+
+from tests import env  # noqa: F401
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import absltest
+from absl.testing import parameterized
+
+import alberta
+from alberta._src import checkpoint as checkpoint_lib
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SCRIPT = os.path.join(_ROOT, "scripts", "init_large.py")
+_TIMEOUT_S = 600
+
+
+def _env() -> dict[str, str]:
+  env_vars = dict(os.environ)
+  path = [_ROOT] + ([env_vars["PYTHONPATH"]] if env_vars.get("PYTHONPATH") else [])
+  env_vars["PYTHONPATH"] = os.pathsep.join(path)
+  env_vars["JAX_PLATFORMS"] = "cpu"
+  # The launcher's --num_cpu_devices, not the suite's XLA_FLAGS, sets the
+  # device count of its runs.
+  env_vars["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+",
+                                 "", env_vars.get("XLA_FLAGS", "")).strip()
+  return env_vars
+
+
+def _command(args: list[str]) -> list[str]:
+  return [sys.executable, _SCRIPT, *args]
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+  return subprocess.run(_command(args), capture_output=True, text=True,
+                        env=_env(), cwd=_ROOT, timeout=_TIMEOUT_S, check=False)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _listing(root: str) -> list[str]:
+  return sorted(os.path.relpath(os.path.join(d, f), root)
+                for d, dirs, files in os.walk(root) for f in dirs + files)
+
+
+def _assert_equals_sparse_init(testcase, matrix, *, seed, shape, sparsity,
+                               init_type, dtype, method, rounding):
+  """Zero pattern exact; uniform values bit for bit, normal to a few ulps.
+
+  Normal values are held to the library's contract (XLA may fuse `erf_inv`
+  differently in different programs): within 4 float32 ulps, which a
+  bfloat16/float16 cast can turn into one ulp of the narrow type.
+  """
+  expected = alberta.sparse_init(jax.random.key(seed), shape, sparsity,
+                                 init_type, dtype=dtype, method=method,
+                                 rounding=rounding)
+  actual = np.asarray(matrix)
+  expected = np.asarray(expected)
+  testcase.assertEqual(actual.dtype, expected.dtype)
+  testcase.assertEqual(actual.shape, expected.shape)
+  np.testing.assert_array_equal(actual == 0, expected == 0)
+  np.testing.assert_array_equal(np.signbit(actual), np.signbit(expected))
+  if init_type == "uniform":
+    np.testing.assert_array_equal(actual, expected)
+  else:
+    eps = float(jnp.finfo(dtype).eps)
+    np.testing.assert_allclose(actual.astype(np.float32),
+                               expected.astype(np.float32), rtol=eps, atol=0)
+
+
+class LauncherTest(parameterized.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    # Not self.create_tempdir(): that needs absl flags, which pytest never parses.
+    tmp = tempfile.TemporaryDirectory()
+    self.addCleanup(tmp.cleanup)
+    self.dir = tmp.name
+    self.output = os.path.join(self.dir, "w")
+    self.report = os.path.join(self.dir, "report.json")
+
+  def _assert_ok(self, proc):
+    self.assertEqual(proc.returncode, 0,
+                     msg=f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+
+  @parameterized.named_parameters(
+      dict(testcase_name="_counter_2d_mesh_normal_bfloat16_ceil",
+           method="counter", shape=(64, 48), mesh="4,2", sparsity=0.8,
+           init_type="normal", dtype="bfloat16", rounding="ceil", seed=3,
+           chunk_rows=None),
+      dict(testcase_name="_permutation_default_mesh_uniform_float32_chunked",
+           method="permutation", shape=(64, 40), mesh=None, sparsity=0.9,
+           init_type="uniform", dtype="float32", rounding="nearest", seed=11,
+           chunk_rows=3),
+  )
+  def test_restore_equals_sparse_init(self, method, shape, mesh, sparsity,
+                                      init_type, dtype, rounding, seed,
+                                      chunk_rows):
+    args = [f"--shape={shape[0]},{shape[1]}", f"--method={method}",
+            f"--sparsity={sparsity}", f"--init_type={init_type}",
+            f"--dtype={dtype}", f"--rounding={rounding}", f"--seed={seed}",
+            "--num_cpu_devices=8", f"--output={self.output}",
+            f"--report={self.report}"]
+    args += [f"--mesh={mesh}"] if mesh else []
+    args += [f"--chunk_rows={chunk_rows}"] if chunk_rows else []
+    proc = _run(args)
+    self._assert_ok(proc)
+
+    restored = alberta.checkpoint.restore(self.output)
+    _assert_equals_sparse_init(
+        self, restored, seed=seed, shape=shape, sparsity=sparsity,
+        init_type=init_type, dtype=jnp.dtype(dtype), method=method,
+        rounding=rounding)
+
+    info = alberta.checkpoint.restore_metadata(self.output)
+    expected_info = dict(
+        shape=list(shape), sparsity=sparsity, init_type=init_type,
+        method=method, rounding=rounding, dtype=dtype, seed=seed,
+        zeros_per_row=alberta.num_zeros(shape[1], sparsity, rounding),
+        alberta_version=alberta.__version__, jax_version=jax.__version__)
+    self.assertEqual({k: info[k] for k in expected_info}, expected_info)
+    # Nothing but the checkpoint and the report beside it.
+    self.assertEqual(sorted(os.listdir(self.dir)), ["report.json", "w"])
+
+    with open(self.report) as f:
+      report = json.load(f)
+    mesh_shape = ({"rows": 4, "cols": 2} if mesh else {"rows": 8})
+    self.assertEqual(report["shape"], list(shape))
+    self.assertEqual(report["devices"], 8)
+    self.assertEqual(report["processes"], 1)
+    self.assertEqual(report["mesh"], mesh_shape)
+    self.assertEqual(report["method"], method)
+    self.assertEqual(report["output"], self.output)
+    self.assertTrue(report["verification"]["passed"])
+    self.assertEqual(report["verification"]["rows_below_k"], 0)
+    self.assertEqual(report["verification"]["zeros_per_row"],
+                     expected_info["zeros_per_row"])
+    self.assertEqual(report["chunk_rows_source"],
+                     "flag" if chunk_rows else "automatic")
+    for name in ("compile_seconds", "generation_seconds",
+                 "entries_per_second", "gigabytes_per_second",
+                 "checkpoint_bytes"):
+      self.assertGreater(report[name], 0, msg=name)
+    self.assertIn("memory_analysis", report["memory"]["source"])
+    self.assertLen(report["memory"]["per_device_peak_bytes"], 8)
+    tile_bytes = (shape[0] // 8) * shape[1] * jnp.dtype(dtype).itemsize
+    for peak in report["memory"]["per_device_peak_bytes"].values():
+      self.assertGreaterEqual(peak, tile_bytes)
+
+  def test_without_output_the_matrix_is_reported_not_saved(self):
+    proc = _run(["--shape=16,16", "--num_cpu_devices=8", "--mesh=2,4",
+                 f"--report={self.report}"])
+    self._assert_ok(proc)
+    self.assertEqual(os.listdir(self.dir), ["report.json"])
+    with open(self.report) as f:
+      report = json.load(f)
+    self.assertIsNone(report["output"])
+    self.assertTrue(report["verification"]["passed"])
+    self.assertIn("Verification passed", proc.stderr)
+
+  def test_existing_output_is_refused_before_any_work(self):
+    alberta.checkpoint.save(self.output, jnp.ones((2, 2)), {"seed": 1})
+    before = _listing(self.dir)
+    proc = _run(["--shape=16,16", "--num_cpu_devices=8",
+                 f"--output={self.output}", f"--report={self.report}"])
+    self.assertNotEqual(proc.returncode, 0)
+    self.assertRegex(proc.stderr, r"--output=\S+: .*already exists.*--overwrite")
+    self.assertNotIn("Compiling", proc.stderr)
+    self.assertEqual(_listing(self.dir), before)
+    self.assertEqual(alberta.checkpoint.restore_metadata(self.output)["seed"], 1)
+
+  @parameterized.named_parameters(
+      ("_shape_one_number", ["--shape=8192"], r"--shape='8192' must be ROWS,COLS"),
+      ("_shape_zero", ["--shape=0,8"], r"--shape='0,8' must be"),
+      ("_shape_negative", ["--shape=-4,8"], r"--shape='-4,8' must be"),
+      ("_shape_not_numbers", ["--shape=a,b"], r"--shape='a,b' must be"),
+      ("_shape_three_numbers", ["--shape=8,8,8"], r"--shape='8,8,8' must be"),
+      ("_shape_too_large", ["--shape=4294967296,1"], r"--shape='4294967296,1'"),
+      ("_sparsity_above_one", ["--sparsity=1.5"], r"flag --sparsity=1.5"),
+      ("_sparsity_negative", ["--sparsity=-0.25"], r"flag --sparsity=-0.25"),
+      ("_sparsity_nan", ["--sparsity=nan"], r"flag --sparsity=nan"),
+      ("_mesh_not_dividing_rows", ["--mesh=3"], r"--mesh=3 splits the 64 rows"),
+      ("_mesh_not_dividing_columns", ["--mesh=4,5"],
+       r"--mesh=4,5 splits the 48 columns"),
+      ("_mesh_zero", ["--mesh=0"], r"--mesh='0' must be N or A,B"),
+      ("_mesh_three_axes", ["--mesh=2,2,2"], r"--mesh='2,2,2' must be N or A,B"),
+      ("_mesh_too_many_devices", ["--mesh=16"],
+       r"--mesh=16 needs 16 devices but only 8 exist", True),
+      ("_init_type", ["--init_type=gaussian"], r"flag --init_type=gaussian"),
+      ("_method", ["--method=sort"], r"flag --method=sort"),
+      ("_rounding", ["--rounding=floor"], r"flag --rounding=floor"),
+      ("_dtype_float64", ["--dtype=float64"], r"flag --dtype=float64"),
+      ("_dtype_int", ["--dtype=int8"], r"flag --dtype=int8"),
+      ("_seed_negative", ["--seed=-1"], r"flag --seed=-1"),
+      ("_seed_above_32_bits", ["--seed=4294967296"], r"flag --seed=4294967296"),
+      ("_chunk_rows_zero", ["--chunk_rows=0"], r"flag --chunk_rows=0"),
+      ("_num_cpu_devices_zero", ["--num_cpu_devices=0"],
+       r"flag --num_cpu_devices=0"),
+      ("_process_id_out_of_range", ["--num_processes=2", "--process_id=2"],
+       r"--process_id=2 must be below --num_processes=2"),
+      ("_output_below_a_file", ["--output={dir}/file/w"],
+       r"--output=\S+/file/w is not writable: .*not a directory"),
+      ("_output_empty", ["--output="], r"--output must not be empty"),
+      ("_report_in_missing_directory", ["--report={dir}/missing/r.json"],
+       r"--report='\S+/missing/r.json': \S+ is not a writable directory"),
+  )
+  def test_bad_flag_is_refused_before_any_work(self, bad, message,
+                                               with_output=False):
+    with open(os.path.join(self.dir, "file"), "w") as f:
+      f.write("x")
+    before = _listing(self.dir)
+    # --report (written only after the work) shows that nothing ran. --output
+    # would too, but checking it imports alberta and costs seconds a case, so
+    # only the cases about --output (and one other) pass it.
+    args = ["--shape=64,48", "--num_cpu_devices=8", f"--report={self.report}"]
+    if with_output:
+      args.append(f"--output={self.output}")
+    args += [a.format(dir=self.dir) for a in bad]
+    proc = _run(args)
+    self.assertNotEqual(proc.returncode, 0)
+    self.assertRegex(proc.stderr, message)
+    self.assertNotIn("Compiling", proc.stderr)
+    self.assertEqual(_listing(self.dir), before)
+
+  @absltest.skipIf(os.geteuid() == 0, "root can write to read-only directories")
+  def test_read_only_output_location_is_refused(self):
+    parent = os.path.join(self.dir, "ro")
+    os.mkdir(parent, 0o500)
+    self.addCleanup(os.chmod, parent, 0o700)
+    proc = _run(["--shape=16,16", f"--output={parent}/w"])
+    self.assertNotEqual(proc.returncode, 0)
+    self.assertRegex(proc.stderr, r"--output=\S+ is not writable")
+    self.assertEqual(os.listdir(parent), [])
+
+  def test_verification_catches_corrupted_matrices(self):
+    # Runs the script's `verify` in a fresh interpreter: importing the script
+    # defines its absl flags, which must not collide with other test modules.
+    code = textwrap.dedent(f"""
+        import importlib.util, json
+        import jax
+        jax.config.update("jax_num_cpu_devices", 8)
+        import jax.numpy as jnp
+        import alberta
+        from alberta._src.spec import make_spec
+        spec_ = importlib.util.spec_from_file_location("init_large", {_SCRIPT!r})
+        launcher = importlib.util.module_from_spec(spec_)
+        spec_.loader.exec_module(launcher)
+        mesh = jax.make_mesh((4, 2), ("rows", "cols"),
+                             axis_types=(jax.sharding.AxisType.Auto,) * 2)
+        sharding = jax.sharding.NamedSharding(
+            mesh, jax.sharding.PartitionSpec("rows", "cols"))
+        results = {{}}
+        for init_type in ("uniform", "normal"):
+          spec, _ = make_spec((64, 48), 0.75, init_type, "counter", "nearest")
+          good = alberta.sharded_sparse_init(
+              jax.random.key(0), (64, 48), 0.75, init_type, sharding=sharding,
+              method="counter")
+          k_col = int(jnp.argmax(good[5] == 0))
+          v_col = int(jnp.argmax(good[7] != 0))
+          bound = float(launcher.value_bound(jax, spec, jnp.float32))
+          corrupt = dict(
+              good=good,
+              missing_zero=good.at[5, k_col].set(0.001),
+              extra_zeros=good.at[:4].set(0.0),
+              nan=good.at[7, v_col].set(jnp.nan),
+              inf=good.at[7, v_col].set(-jnp.inf),
+              out_of_bound=good.at[7, v_col].set(bound * 1.001),
+          )
+          for name, matrix in corrupt.items():
+            matrix = jax.device_put(matrix, sharding)
+            results[init_type + "/" + name] = launcher.verify(
+                jax, matrix, spec, "float32")
+        print(json.dumps(results))
+        """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, env=_env(), cwd=_ROOT,
+                          timeout=_TIMEOUT_S, check=False)
+    self._assert_ok(proc)
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for init_type in ("uniform", "normal"):
+      found = {name.split("/")[1]: r for name, r in results.items()
+               if name.startswith(init_type)}
+      self.assertTrue(found["good"]["passed"], msg=found["good"])
+      self.assertEqual(found["good"]["rows_below_k"], 0)
+      self.assertEqual(found["missing_zero"]["rows_below_k"], 1)
+      self.assertFalse(found["missing_zero"]["passed"])
+      # Four rows all zeros: their 4 x 12 kept weights are excess zeros, far
+      # beyond what kept weights rounding to zero can explain (allowance 13).
+      self.assertEqual(found["extra_zeros"]["excess_zeros"], 48)
+      self.assertEqual(found["extra_zeros"]["rows_above_k"], 4)
+      self.assertFalse(found["extra_zeros"]["passed"])
+      self.assertEqual(found["nan"]["nonfinite"], 1)
+      self.assertFalse(found["nan"]["passed"])
+      self.assertEqual(found["inf"]["nonfinite"], 1)
+      self.assertFalse(found["inf"]["passed"])
+      self.assertEqual(found["out_of_bound"]["out_of_bound"], 1)
+      self.assertFalse(found["out_of_bound"]["passed"])
+
+  @pytest.mark.slow
+  def test_run_killed_mid_write_leaves_nothing_valid_at_output(self):
+    # Big enough that writing the shards takes seconds (random float32 values
+    # hardly compress at sparsity 0.5): the kill lands while they are written.
+    proc = subprocess.Popen(
+        _command(["--shape=8192,8192", "--sparsity=0.5", "--num_cpu_devices=8",
+                  f"--output={self.output}"]),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=_env(), cwd=_ROOT)
+    try:
+      deadline = time.monotonic() + _TIMEOUT_S
+      while not checkpoint_lib.stale_staging(self.output):
+        self.assertIsNone(proc.poll(), msg="finished before it started writing")
+        self.assertLess(time.monotonic(), deadline)
+        time.sleep(0.005)
+      proc.send_signal(signal.SIGKILL)
+      proc.wait(timeout=60)
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+      proc.stderr.close()
+    self.assertEqual(proc.returncode, -signal.SIGKILL)
+
+    leftovers = checkpoint_lib.stale_staging(self.output)
+    self.assertNotEmpty(leftovers)  # The kill did land mid-write.
+    self.assertFalse(os.path.lexists(self.output))
+    for leftover in leftovers:
+      self.assertFalse(checkpoint_lib.is_checkpoint(leftover))
+    with self.assertRaisesRegex(FileNotFoundError, "no alberta checkpoint"):
+      alberta.checkpoint.restore(self.output)
+
+    # The leftovers do not block the next run, which names them.
+    rerun = _run(["--shape=16,16", "--num_cpu_devices=8",
+                  f"--output={self.output}"])
+    self._assert_ok(rerun)
+    self.assertIn("Left by an interrupted save", rerun.stderr)
+    _assert_equals_sparse_init(
+        self, alberta.checkpoint.restore(self.output), seed=0, shape=(16, 16),
+        sparsity=0.9, init_type="uniform", dtype=jnp.float32, method="counter",
+        rounding="nearest")
+
+  @pytest.mark.slow
+  def test_two_processes_save_what_one_process_saves(self):
+    port = _free_port()
+    two = os.path.join(self.dir, "two")
+    one = os.path.join(self.dir, "one")
+    common = ["--shape=64,48", "--sparsity=0.7", "--method=counter",
+              "--seed=5", "--init_type=uniform"]
+    procs = [
+        subprocess.Popen(
+            _command(common + [
+                "--num_cpu_devices=4", "--mesh=4,2", f"--output={two}",
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2", f"--process_id={i}",
+                "--report=" + (self.report if i == 0 else
+                               os.path.join(self.dir, "unused.json"))]),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=_env(), cwd=_ROOT)
+        for i in range(2)
+    ]
+    outputs = []
+    try:
+      for proc in procs:
+        outputs.append(proc.communicate(timeout=_TIMEOUT_S))
+    finally:
+      for proc in procs:
+        if proc.poll() is None:
+          proc.kill()
+          proc.communicate()
+    for proc, (stdout, stderr) in zip(procs, outputs):
+      self.assertEqual(proc.returncode, 0,
+                       msg=f"stdout:\n{stdout}\nstderr:\n{stderr}")
+    with open(self.report) as f:
+      report = json.load(f)
+    self.assertEqual(report["processes"], 2)
+    self.assertEqual(report["devices"], 8)
+    self.assertEqual(report["mesh"], {"rows": 4, "cols": 2})
+    self.assertTrue(report["verification"]["passed"])
+    # Only process 0 writes the report.
+    self.assertFalse(os.path.exists(os.path.join(self.dir, "unused.json")))
+    # Each process wrote its own shards.
+    self.assertLen([d for d in os.listdir(two) if d.startswith("ocdbt.process_")], 2)
+
+    self._assert_ok(_run(common + ["--num_cpu_devices=8", f"--output={one}"]))
+    from_two = np.asarray(alberta.checkpoint.restore(two))
+    from_one = np.asarray(alberta.checkpoint.restore(one))
+    np.testing.assert_array_equal(from_two.view(np.uint32),
+                                  from_one.view(np.uint32))
+    _assert_equals_sparse_init(
+        self, from_two, seed=5, shape=(64, 48), sparsity=0.7,
+        init_type="uniform", dtype=jnp.float32, method="counter",
+        rounding="nearest")
+    self.assertEqual(sorted(os.listdir(self.dir)),
+                     ["one", "report.json", "two"])
+
+
+if __name__ == "__main__":
+  absltest.main()
