@@ -254,7 +254,8 @@ def value_bound(jax, spec, dtype) -> Any:
   else:
     extremes = jnp.asarray(np.array([0, 2**32 - 1], np.uint32))
     bound = jnp.max(jnp.abs(jax.jit(bits.bits_to_normal)(extremes))) * scale
-  return jnp.asarray(bound, jnp.float32).astype(dtype)
+  # A host value: every process of a multi-host run passes it identically.
+  return np.asarray(jnp.asarray(bound, jnp.float32).astype(dtype))
 
 
 def excess_zero_allowance(spec, dtype_name: str) -> int:
