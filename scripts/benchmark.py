@@ -113,6 +113,8 @@ _CHECK_SEED = flags.DEFINE_bool(
 _KEY = flags.DEFINE_integer("key", 0, "PRNG seed of the key every method uses.")
 _JSON = flags.DEFINE_string("json", None, "Write every figure to this file.")
 _PLOT = flags.DEFINE_string("plot", None, "Write the plot to this PNG file.")
+_MARKDOWN = flags.DEFINE_string(
+    "markdown", None, "Write the tables as Markdown to this file (for docs/).")
 
 
 def _parse_shape(text: str) -> tuple[int, int]:
@@ -605,6 +607,63 @@ def _ratio_table(ratios: Sequence[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def _markdown(env: dict[str, Any], records: Sequence[dict[str, Any]],
+              sharded: Sequence[dict[str, Any]],
+              ratios: Sequence[dict[str, Any]], seed_passed: bool | None) -> str:
+  """The figures as Markdown tables, for docs/PERFORMANCE.md."""
+
+  def rows(rs):
+    out = ["| method | shape | devices | sparsity | min s | median s | "
+           "ns/entry | output GB/s | compiled (out+temp)/out | RSS delta/out "
+           "| runs |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rs:
+      shape = "x".join(map(str, r["shape"]))
+      sparsity = f"{r['sparsity']:g}" if r.get("sparsity") is not None else ""
+      if r["status"] != "ok":
+        out.append(f"| {r['method']} | {shape} | {r['devices']} | {sparsity} | "
+                   f"{r['status']}: {r.get('reason', '')} | | | | | | |")
+        continue
+      m = r["memory"]
+      peak = m.get("compiled_peak_over_output")
+      rss = m.get("rss_delta_over_output")
+      out.append(
+          f"| {r['method']} | {shape} | {r['devices']} | {sparsity} | "
+          f"{r['min_s']:.4f} | {r['median_s']:.4f} | "
+          f"{r['ns_per_entry_min']:.2f} | {r['output_gb_per_s']:.2f} | "
+          f"{'' if peak is None else f'{peak:.3f}'} | "
+          f"{'' if rss is None else f'{rss:.2f}'} | {len(r['times_s'])} |")
+    return out
+
+  lines = [f"Measured {env['date_utc']} on {env['cpu_model']} "
+           f"({env['cpus_usable']} cores usable, "
+           f"{(env['mem_total_bytes'] or 0) / 2**30:.0f} GiB), "
+           f"{env['platform']}; Python {env['python']}, JAX {env['jax']} "
+           f"({env['backend']}, {env['num_devices']} devices), "
+           f"torch {env['torch']} ({env['torch_threads']} threads); "
+           f"load average {env['loadavg_start'][0]:.2f} at start, "
+           f"{env['loadavg_end'][0]:.2f} at end; commit {env['git_commit']}.",
+           "", "Command:", "", "```", env["command"], "```", ""]
+  lines += rows(records)
+  if sharded:
+    lines += ["", "Sharded (`alberta.sharded_sparse_init`, rows split over "
+              "devices; compiled memory per device):", ""]
+    lines += rows(sharded)
+  if ratios:
+    lines += ["", "| shape | ratio | min times | median times | target |",
+              "|---|---|---:|---:|---|"]
+    for r in ratios:
+      verdict = ("" if r["met"] is None else
+                 f"{r['target']}: {'met' if r['met'] else '**missed**'}")
+      lines.append(f"| {'x'.join(map(str, r['shape']))} | {r['what']} | "
+                   f"{r['ratio_min']:.2f}x | {r['ratio_median']:.2f}x | "
+                   f"{verdict} |")
+  if seed_passed is not None:
+    lines += ["", f"seed vs permutation check: "
+              f"{'passed' if seed_passed else 'FAILED'}."]
+  return "\n".join(lines) + "\n"
+
+
 def _plot(path: str, records: Sequence[dict[str, Any]],
           sharded: Sequence[dict[str, Any]]) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -904,6 +963,10 @@ def main(argv: Sequence[str]) -> None:
     with open(_JSON.value, "w") as f:
       json.dump(result, f, indent=1)
     print(f"wrote {_JSON.value}")
+  if _MARKDOWN.value:
+    with open(_MARKDOWN.value, "w") as f:
+      f.write(_markdown(env, records, sharded, ratios, seed_passed))
+    print(f"wrote {_MARKDOWN.value}")
   if _PLOT.value:
     _plot(_PLOT.value, records, sharded)
     print(f"wrote {_PLOT.value}")

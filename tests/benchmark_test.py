@@ -50,11 +50,13 @@ class BenchmarkScriptTest(parameterized.TestCase):
     cls.tmp = tempfile.TemporaryDirectory()
     cls.json_path = os.path.join(cls.tmp.name, "bench.json")
     cls.plot_path = os.path.join(cls.tmp.name, "bench.png")
+    cls.markdown_path = os.path.join(cls.tmp.name, "bench.md")
     cls.proc = _run([
         "--sizes=64x64,128x32", "--repeats=2", "--num_cpu_devices=2",
         "--device_counts=1,2", "--ell_sparsities=0.9",
         f"--methods={','.join(_METHODS)}",
-        f"--json={cls.json_path}", f"--plot={cls.plot_path}"])
+        f"--json={cls.json_path}", f"--plot={cls.plot_path}",
+        f"--markdown={cls.markdown_path}"])
     cls.result = None
     if cls.proc.returncode == 0:
       with open(cls.json_path) as f:
@@ -158,6 +160,15 @@ class BenchmarkScriptTest(parameterized.TestCase):
                   "backend", "loadavg_start", "loadavg_end"):
       self.assertIn(field, env_)
     self.assertIn("--sizes=64x64,128x32", env_["command"])
+
+  def test_markdown_holds_the_command_tables_and_seed_check(self):
+    with open(self.markdown_path) as f:
+      text = f.read()
+    self.assertIn(self.result["environment"]["command"], text)
+    self.assertIn("| method | shape | devices |", text)
+    for method in _METHODS:
+      self.assertIn(f"| {method} | 64x64 | 1 |", text)
+    self.assertIn("seed vs permutation check: passed.", text)
 
   def test_plot_is_a_png(self):
     with open(self.plot_path, "rb") as f:
