@@ -1,0 +1,90 @@
+"""Memory, from the compiled program's own accounting.
+
+`compiled.memory_analysis()` reports, for the per-device program, the bytes of
+its output and of its temporaries (everything XLA allocates besides arguments
+and outputs). Chunked generation must keep the temporaries a small fraction of
+the output: here at most a quarter of it, for a (16384, 2048) float32 matrix
+on 8 devices, for every method. Programs are only lowered and compiled, never
+run, so the test is cheap in memory and time whatever the matrix size.
+"""
+
+from tests import env  # noqa: F401
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import absltest
+from absl.testing import parameterized
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from alberta._src import core
+from alberta._src import sharding as sharding_lib
+from alberta._src.spec import make_spec
+
+_SHAPE = (16384, 2048)
+_N_DEVICES = 8
+_MAX_TEMP_FRACTION = 0.25
+
+
+def _sharded_memory(method: str, spec: P, chunk_rows, dtype=jnp.float32):
+  """`memory_analysis()` of the per-device program of `sharded_sparse_init`."""
+  mesh = (jax.make_mesh((_N_DEVICES,), ("x",)) if len(spec) < 2 else
+          jax.make_mesh((4, 2), ("x", "y")))
+  sparse_spec, _ = make_spec(_SHAPE, 0.9, "uniform", method, "nearest")
+  fn = sharding_lib._sharded_fn(sparse_spec, np.dtype(dtype),
+                                NamedSharding(mesh, spec), chunk_rows)
+  key_data = jax.random.key_data(jax.random.key(0))
+  return fn.lower(key_data).compile().memory_analysis()
+
+
+class ShardedMemoryTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(
+      ("_permutation_rows_default", "permutation", P("x"), None),
+      ("_permutation_2d_default", "permutation", P("x", "y"), None),
+      ("_permutation_chunk16", "permutation", P("x"), 16),
+      ("_permutation_chunk64", "permutation", P("x"), 64),
+      ("_counter_rows_default", "counter", P("x"), None),
+      ("_counter_2d_default", "counter", P("x", "y"), None),
+      ("_counter_chunk16", "counter", P("x"), 16),
+      ("_counter_chunk256", "counter", P("x"), 256),
+  )
+  def test_chunked_temporaries_at_most_quarter_of_output(self, method, spec,
+                                                         chunk_rows):
+    stats = _sharded_memory(method, spec, chunk_rows)
+    # Per device: a 2048 x 2048 float32 tile (16 MiB), whatever the mesh.
+    out_bytes = _SHAPE[0] * _SHAPE[1] * 4 // _N_DEVICES
+    self.assertEqual(stats.output_size_in_bytes, out_bytes)
+    self.assertLessEqual(stats.temp_size_in_bytes,
+                         _MAX_TEMP_FRACTION * out_bytes,
+                         msg=f"temp {stats.temp_size_in_bytes} bytes")
+
+  def test_default_chunk_bounded_for_narrow_dtype(self):
+    # A bfloat16 tile has half the bytes but the same per-row temporaries
+    # (values are generated in float32): the default chunk must shrink.
+    stats = _sharded_memory("permutation", P("x"), None, jnp.bfloat16)
+    out_bytes = _SHAPE[0] * _SHAPE[1] * 2 // _N_DEVICES
+    self.assertEqual(stats.output_size_in_bytes, out_bytes)
+    self.assertLessEqual(stats.temp_size_in_bytes,
+                         _MAX_TEMP_FRACTION * out_bytes)
+
+
+class SparseInitMemoryTest(parameterized.TestCase):
+
+  @parameterized.named_parameters(("_permutation", "permutation"),
+                                  ("_counter", "counter"))
+  def test_single_device_within_output_plus_small_temp(self, method):
+    spec, _ = make_spec((4096, 4096), 0.9, "uniform", method, "nearest")
+    stats = core._sparse_init_2d.lower(
+        jax.random.key(0), spec, np.dtype(np.float32), None).compile(
+        ).memory_analysis()
+    out_bytes = 4096 * 4096 * 4
+    self.assertEqual(stats.output_size_in_bytes, out_bytes)
+    self.assertLessEqual(stats.temp_size_in_bytes,
+                         _MAX_TEMP_FRACTION * out_bytes,
+                         msg=f"temp {stats.temp_size_in_bytes} bytes")
+
+
+if __name__ == "__main__":
+  absltest.main()
