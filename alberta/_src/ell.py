@@ -1,0 +1,359 @@
+"""ELL output: every row's nonzero weights and their columns, never the zeros.
+
+With the counter method, element `(r, c)` is kept iff `pi_r(c) >= k`, where
+`pi_r` is row `r`'s keyed swap-or-not shuffle of `[0, fan_in)`. Its kept
+columns are therefore exactly the preimages `pi_r^{-1}(j)` of the ranks
+`j = k, ..., fan_in - 1`: running the shuffle's rounds backwards on those
+`nnz = fan_in - k` ranks lists them directly, at the cost of the dense method
+per *kept* element. A sort over the `nnz` columns of each row puts them in
+ascending order, and each value is the dense method's pure function of
+`(key, r, c)` (`counter.value_bits`, `blocks.values_from_bits`), so scattering
+the ELL arrays gives `sparse_init(..., method="counter")` bit for bit, zeros
+aside (a scatter writes +0.0 where the dense matrix keeps the sign of the
+masked weight). Time and memory are O(fan_out * nnz), not O(fan_out * fan_in).
+
+The permutation method (the seed's) has no such inverse: its mask comes from a
+sort of each whole row, so it is refused here.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import sparse as jsparse
+from jax.sharding import NamedSharding, PartitionSpec
+
+from alberta._src import blocks
+from alberta._src import checks
+from alberta._src import counter
+from alberta._src import sharding as sharding_lib
+from alberta._src.spec import SparseSpec, make_spec
+
+Array = jax.Array
+_U32 = jnp.uint32
+
+# Column indices are int32, the index type of `jax.experimental.sparse`.
+_MAX_FAN_IN = 2**31 - 1
+
+# The dense path's memory policy (see `blocks`): tiles below this many output
+# bytes in one piece, larger ones in chunks whose temporaries stay a small
+# fraction of the output.
+_UNCHUNKED_BYTES = blocks._UNCHUNKED_BYTES  # pylint: disable=protected-access
+_TEMP_FRACTION = blocks._TEMP_FRACTION  # pylint: disable=protected-access
+_TEMP_CAP_BYTES = blocks._TEMP_CAP_BYTES  # pylint: disable=protected-access
+
+
+def nnz(spec: SparseSpec) -> int:
+  """Nonzeros per row: `fan_in - k`."""
+  return spec.fan_in - spec.k
+
+
+def _check_method(spec: SparseSpec, name: str) -> None:
+  if spec.method != "counter":
+    raise ValueError(
+        f"{name} needs method='counter', got method={spec.method!r}: the "
+        f"permutation method's mask comes from sorting a random permutation of "
+        f"each whole row, so its nonzero columns cannot be listed without "
+        f"building the row. Use method='counter' (the same distribution, "
+        f"other numbers), or sparse_init(..., method='permutation') for the "
+        f"seed's dense matrix.")
+  if spec.fan_in > _MAX_FAN_IN:
+    raise ValueError(
+        f"{name} stores column indices as int32, so fan_in must be below "
+        f"2**31, got fan_in={spec.fan_in}.")
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "n_rows"))
+def nonzero_block(key: Array, spec: SparseSpec, row_start: Array | int,
+                  n_rows: int) -> tuple[Array, Array]:
+  """The kept weights of rows `[row_start, +n_rows)` and their columns.
+
+  Args:
+    key: the matrix's PRNG key (typed or raw threefry key).
+    spec: the matrix; its method must be "counter".
+    row_start: first global row; may be traced.
+    n_rows: number of rows (static).
+
+  Returns:
+    `(values, indices)`: float32 and int32 `[n_rows, nnz]`, the columns of each
+    row ascending, `values[i, j]` the dense matrix's weight at
+    `(row_start + i, indices[i, j])`.
+  """
+  init_key, mask_key = blocks.split_key(key)
+  rows = jnp.asarray(row_start, _U32) + jnp.arange(n_rows, dtype=_U32)
+  n = spec.fan_in
+  if spec.k == 0:
+    cols = jnp.broadcast_to(jnp.arange(n, dtype=_U32), (n_rows, n))
+  else:
+    material = counter.round_keys(mask_key, rows, n)
+    ranks = jnp.broadcast_to(jnp.arange(spec.k, n, dtype=_U32),
+                             (n_rows, nnz(spec)))
+    cols = jnp.sort(counter.permute(ranks, material, n, inverse=True), axis=1)
+  values = blocks.values_from_bits(spec, counter.value_bits(init_key, rows, cols))
+  return values, cols.astype(jnp.int32)
+
+
+def _temp_bytes_per_row(spec: SparseSpec) -> int:
+  """Temporary bytes per generated row, from `memory_analysis()` (x1.2).
+
+  The shuffle and the value hash fuse into one pass; what remains is the
+  buffer the sort works in (4 bytes a kept element) and the round words.
+  """
+  return 5 * nnz(spec) + 32 * max(counter.num_rounds(spec.fan_in), 1)
+
+
+def default_chunk_rows(spec: SparseSpec, n_rows: int, dtype: jnp.dtype) -> int:
+  """The most rows whose temporaries stay a small fraction of the output."""
+  out_bytes = n_rows * nnz(spec) * (jnp.dtype(dtype).itemsize + 4)
+  if out_bytes <= _UNCHUNKED_BYTES or n_rows <= 1:
+    return max(n_rows, 1)
+  budget = min(out_bytes * _TEMP_FRACTION, _TEMP_CAP_BYTES)
+  return int(max(1, min(n_rows, budget // _temp_bytes_per_row(spec))))
+
+
+def generate(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
+             dtype: jnp.dtype, chunk_rows: int | None = None
+             ) -> tuple[Array, Array]:
+  """The ELL arrays of rows `[row_start, +n_rows)`, `chunk_rows` at a time.
+
+  The chunk loop of `blocks.generate`, for two outputs: chunks are written in
+  place, and a last chunk that would overrun is shifted back to end at the
+  tile's edge (recomputing a few rows identically) so that one shape compiles.
+  """
+  width = nnz(spec)
+  if chunk_rows is None:
+    chunk_rows = default_chunk_rows(spec, n_rows, dtype)
+  chunk_rows = min(chunk_rows, n_rows)
+  if n_rows == 0 or width == 0:
+    return (jnp.zeros((n_rows, width), dtype),
+            jnp.zeros((n_rows, width), jnp.int32))
+  if chunk_rows == n_rows:
+    values, indices = nonzero_block(key, spec, row_start, n_rows)
+    return values.astype(dtype), indices
+
+  def body(i, out):
+    start = jnp.minimum(i * chunk_rows, n_rows - chunk_rows)
+    values, indices = nonzero_block(key, spec, row_start + start, chunk_rows)
+    values, indices = lax.optimization_barrier((values.astype(dtype), indices))
+    return (lax.dynamic_update_slice_in_dim(out[0], values, start, axis=0),
+            lax.dynamic_update_slice_in_dim(out[1], indices, start, axis=0))
+
+  out = (jnp.zeros((n_rows, width), dtype), jnp.zeros((n_rows, width), jnp.int32))
+  return lax.fori_loop(0, math.ceil(n_rows / chunk_rows), body, out)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _sparse_init_ell_2d(key: Array, spec: SparseSpec, dtype: jnp.dtype,
+                        chunk_rows: int | None) -> tuple[Array, Array]:
+  return generate(key, spec, 0, spec.fan_out, dtype, chunk_rows)
+
+
+def _make_ell_spec(name: str, shape: Any, sparsity: Any, init_type: Any,
+                   method: Any, rounding: Any, dtype: Any):
+  spec, shape = make_spec(shape, sparsity, init_type, method, rounding)
+  _check_method(spec, name)
+  return spec, shape, checks.check_dtype(dtype)
+
+
+def sparse_init_ell(
+    key: Array,
+    shape: Any,
+    sparsity: float = 0.9,
+    init_type: str = "uniform",
+    *,
+    dtype: Any = jnp.float32,
+    method: str = "counter",
+    rounding: str = "nearest",
+) -> tuple[Array, Array]:
+  """`sparse_init(..., method="counter")` in the ELL layout, zeros never built.
+
+  Row `r` of the matrix has `nnz = fan_in - num_zeros(fan_in, sparsity,
+  rounding)` nonzero weights; this returns them and their column indices,
+  each row's columns ascending. Time and memory are O(fan_out * nnz): at
+  sparsity 0.99 a hundredth of the dense matrix (plus as much again for the
+  indices), generated in chunks so that temporaries stay small.
+
+  Scattering the result (`to_dense`) gives exactly `sparse_init(key, shape,
+  sparsity, init_type, dtype=dtype, method="counter", rounding=rounding)`,
+  except that every zero is +0.0 (the dense matrix keeps the masked weight's
+  sign on its zeros).
+
+  Args:
+    key: a threefry PRNG key, `jax.random.key(...)` or `jax.random.PRNGKey(...)`.
+    shape: `(fan_out, fan_in)`, or `(fan_out, *rest)` with fan-in `prod(rest)`;
+      the indices then address the flattened fan-in (row-major over `rest`).
+    sparsity: fraction of each output unit's inputs that are zero, in [0, 1].
+    init_type: "uniform" (LeCun uniform) or "normal" (LeCun normal).
+    dtype: floating dtype of the values (generated in float32 and cast).
+    method: must be "counter"; "permutation" raises a ValueError (its mask
+      needs each whole row).
+    rounding: the zero-count rule, "nearest" (the seed) or "ceil" (the paper).
+
+  Returns:
+    `(values, indices)`, `dtype` and int32 arrays of shape `[fan_out, nnz]`.
+
+  Raises:
+    ValueError: `method="permutation"`, a fan-in of 2**31 or more, or an
+      argument `sparse_init` would also reject.
+  """
+  checks.check_key(key)
+  spec, _, dtype = _make_ell_spec("sparse_init_ell", shape, sparsity, init_type,
+                                  method, rounding, dtype)
+  if spec.fan_out == 0 or nnz(spec) == 0:
+    return (jnp.zeros((spec.fan_out, nnz(spec)), dtype),
+            jnp.zeros((spec.fan_out, nnz(spec)), jnp.int32))
+  values, indices = _sparse_init_ell_2d(key, spec, dtype, None)
+  chex.assert_shape((values, indices), (spec.fan_out, nnz(spec)))
+  return values, indices
+
+
+@functools.lru_cache(maxsize=64)
+def _sharded_fn(spec: SparseSpec, dtype: jnp.dtype, sharding: NamedSharding,
+                chunk_rows: int | None):
+  names, (tile_rows, _) = sharding_lib.tile_layout(spec.shape, sharding)
+  out_spec = PartitionSpec(names[0], None)
+
+  def local(key_data):
+    row_index = jax.lax.axis_index(names[0]) if names[0] else 0
+    return generate(key_data, spec, row_index * tile_rows, tile_rows, dtype,
+                    chunk_rows)
+
+  mapped = jax.shard_map(local, mesh=sharding.mesh, in_specs=PartitionSpec(),
+                         out_specs=(out_spec, out_spec), check_vma=False)
+  return jax.jit(mapped, out_shardings=(sharding, sharding))
+
+
+def sharded_sparse_init_ell(
+    key: Array,
+    shape: Sequence[int],
+    sparsity: float = 0.9,
+    init_type: str = "uniform",
+    *,
+    sharding: NamedSharding,
+    dtype: Any = jnp.float32,
+    method: str = "counter",
+    rounding: str = "nearest",
+    chunk_rows: int | None = None,
+) -> tuple[Array, Array]:
+  """`sparse_init_ell` as two global arrays whose rows are split over devices.
+
+  Each device generates only its own rows, `chunk_rows` at a time written in
+  place (None: chosen from the tile size), so per-device memory is its share
+  of the ELL arrays plus one chunk's temporaries. The result equals
+  `sparse_init_ell(key, shape, ...)` exactly, whatever the mesh or chunking.
+
+  Args:
+    key: a threefry PRNG key, the same on every process.
+    shape: `(fan_out, fan_in)`.
+    sparsity, init_type, dtype, method, rounding: as in `sparse_init_ell`.
+    sharding: a `NamedSharding` whose spec splits at most axis 0 (the rows),
+      e.g. `PartitionSpec("x")` or `PartitionSpec(("x", "y"))`; a row's
+      nonzeros are a whole ELL row, so the columns cannot be split.
+    chunk_rows: rows generated per step on each device; None: automatic.
+
+  Returns:
+    `(values, indices)`, `[fan_out, nnz]` global arrays laid out as `sharding`.
+
+  Raises:
+    ValueError: the spec splits axis 1, or the mesh does not divide `fan_out`,
+      or an argument `sparse_init_ell` would also reject.
+    TypeError: `sharding` is not a `NamedSharding`, or `chunk_rows` is not an
+      int.
+  """
+  checks.check_key(key)
+  spec, shape, dtype = _make_ell_spec("sharded_sparse_init_ell", shape,
+                                      sparsity, init_type, method, rounding,
+                                      dtype)
+  if len(shape) != 2:
+    raise ValueError(
+        f"sharded_sparse_init_ell takes a 2-D shape (fan_out, fan_in), got "
+        f"{shape!r}.")
+  chunk_rows = sharding_lib.check_chunk_rows(chunk_rows)
+  # Before `tile_layout`, so that a column split is named as such even where
+  # the mesh would not divide fan_in either.
+  split = tuple(getattr(sharding, "spec", ()))
+  if len(split) == 2 and split[1] not in (None, ()):
+    rows_only = PartitionSpec(split[0] if split[0] not in (None, ()) else split[1])
+    raise ValueError(
+        f"sharded_sparse_init_ell splits rows only, but sharding spec "
+        f"{sharding.spec} splits axis 1 (the columns): the ELL arrays are "
+        f"[fan_out, nnz] and the nonzeros of a row belong together. Split the "
+        f"rows instead, e.g. {rows_only}.")
+  sharding_lib.tile_layout(shape, sharding)
+  if spec.fan_out == 0 or nnz(spec) == 0:
+    empty = jnp.zeros((spec.fan_out, nnz(spec)), dtype)
+    return (jax.device_put(empty, sharding),
+            jax.device_put(empty.astype(jnp.int32), sharding))
+  return _sharded_fn(spec, dtype, sharding, chunk_rows)(
+      sharding_lib._key_array(key))  # pylint: disable=protected-access
+
+
+def _check_ell(values: Any, indices: Any, shape: Any
+               ) -> tuple[tuple[int, ...], int, int]:
+  shape = checks.check_shape(shape)
+  fan_out, fan_in = shape[0], math.prod(shape[1:])
+  if getattr(values, "shape", None) is None or getattr(indices, "shape", None) is None:
+    raise TypeError("values and indices must be arrays.")
+  if values.ndim != 2 or values.shape != indices.shape or values.shape[0] != fan_out:
+    raise ValueError(
+        f"values and indices must both be [fan_out, nnz] with fan_out={fan_out} "
+        f"from shape {shape!r}; got {values.shape} and {indices.shape}.")
+  if values.shape[1] > fan_in:
+    raise ValueError(
+        f"{values.shape[1]} nonzeros per row do not fit in fan_in={fan_in} of "
+        f"shape {shape!r}.")
+  if not jnp.issubdtype(indices.dtype, jnp.integer):
+    raise TypeError(f"indices must be integers, got {indices.dtype}.")
+  return shape, fan_out, fan_in
+
+
+def to_dense(values: Array, indices: Array, shape: Sequence[int]) -> Array:
+  """The dense matrix of ELL arrays: `values` scattered at `indices`.
+
+  Args:
+    values: `[fan_out, nnz]` weights.
+    indices: `[fan_out, nnz]` column indices (into the flattened fan-in),
+      distinct within each row.
+    shape: the dense shape, `(fan_out, fan_in)` or `(fan_out, *rest)`.
+
+  Returns:
+    An array of `shape` and `values.dtype`, +0.0 wherever no value is given.
+  """
+  shape, fan_out, fan_in = _check_ell(values, indices, shape)
+  rows = jnp.arange(fan_out, dtype=indices.dtype)[:, None]
+  dense = jnp.zeros((fan_out, fan_in), values.dtype)
+  dense = dense.at[rows, indices].set(values, unique_indices=True)
+  return dense.reshape(shape)
+
+
+def to_bcoo(values: Array, indices: Array, shape: Sequence[int]) -> jsparse.BCOO:
+  """The ELL arrays as a `jax.experimental.sparse.BCOO` matrix of `shape`.
+
+  A plain (unbatched) BCOO with `fan_out * nnz` stored entries, sorted and
+  unique, so it transposes, multiplies (`bcoo @ x`, `x @ bcoo.T`) and
+  `sparsify`s like any BCOO.
+
+  Args:
+    values: `[fan_out, nnz]` weights.
+    indices: `[fan_out, nnz]` column indices (into the flattened fan-in),
+      ascending within each row, as `sparse_init_ell` returns them.
+    shape: the dense shape, `(fan_out, fan_in)` or `(fan_out, *rest)`.
+
+  Returns:
+    The BCOO matrix; `.todense()` equals `to_dense(values, indices, shape)`.
+  """
+  shape, fan_out, _ = _check_ell(values, indices, shape)
+  indices = indices.astype(jnp.int32)
+  rows = jnp.broadcast_to(jnp.arange(fan_out, dtype=jnp.int32)[:, None],
+                          indices.shape)
+  coords = (rows,) + tuple(jnp.unravel_index(indices, shape[1:]))
+  coords = jnp.stack([c.astype(jnp.int32) for c in coords], axis=-1)
+  return jsparse.BCOO((values.reshape(-1), coords.reshape(-1, len(shape))),
+                      shape=shape, indices_sorted=True, unique_indices=True)
