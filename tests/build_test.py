@@ -98,8 +98,8 @@ def _evaluate_build(path: pathlib.Path) -> list[Target]:
   names.update({call: lambda *args, **kwargs: None for call in _IGNORED_CALLS})
   names["glob"] = _glob
   # Unknown functions raise NameError: extend _RULES rather than guess.
-  exec(compile(path.read_text(), str(path), "exec"),  # pylint: disable=exec-used
-       {"__builtins__": {}}, names)
+  code = compile(path.read_text(), str(path), "exec")
+  exec(code, {"__builtins__": {}}, names)  # pylint: disable=exec-used
   return targets
 
 
@@ -207,6 +207,9 @@ class BuildFileTest(parameterized.TestCase):
           needed = "alberta"
         elif parts[0] == "tests" and (len(parts) == 1 or parts[1] in helpers):
           needed = "test_utils"
+        elif parts[0] == "tests" and (_ROOT / f"tests/{parts[1]}.py").exists():
+          # Another test module: its file must be in the runfiles.
+          needed = f"tests/{parts[1]}.py"
         elif parts[0] == "scripts" and len(parts) > 1:
           needed = parts[1]
         else:
@@ -215,7 +218,7 @@ class BuildFileTest(parameterized.TestCase):
           continue
         with self.subTest(f"{target.name} imports {module}"):
           self.assertIn(needed, deps, f"//:{target.name} uses {module}: add "
-                        f":{needed} to its deps (or data, for a script it runs)")
+                        f"{needed!r} to its deps (data for a file it runs)")
 
   @absltest.skipUnless(_UNDER_BAZEL, "checks the Bazel runfiles tree")
   def test_alberta_is_imported_from_the_runfiles_tree(self):

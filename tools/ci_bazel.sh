@@ -17,7 +17,8 @@ if ! command -v bazel >/dev/null; then
   sudo=""
   if [[ "$(id -u)" != 0 ]]; then sudo="sudo"; fi
   ${sudo} apt-get update -qq
-  ${sudo} apt-get install -y -qq --no-install-recommends bazel-bootstrap >/dev/null
+  ${sudo} apt-get install -y -qq --no-install-recommends bazel-bootstrap \
+    >/dev/null
 fi
 
 # Fail early, with a readable message, if the interpreter lacks the packages.
