@@ -182,10 +182,12 @@ class BuildFileTest(parameterized.TestCase):
     self.assertEqual(set(self.by_name["alberta"].srcs),
                      set(_glob(["alberta/**/*.py"])))
 
-  def test_test_helpers_library_holds_every_non_test_module_of_tests(self):
+  def test_libraries_hold_every_helper_module_of_tests(self):
     helpers = {s for s in _glob(["tests/*.py"])
                if not s.endswith(("_test.py", "conftest.py"))}
-    self.assertEqual(set(self.by_name["test_utils"].srcs), helpers)
+    in_libraries = {s for t in self._targets("py_library") for s in t.srcs
+                    if s.startswith("tests/")}
+    self.assertEqual(in_libraries, helpers)
 
   def test_tests_have_a_valid_size_and_timeout(self):
     for target in self._targets("py_test"):
@@ -194,31 +196,39 @@ class BuildFileTest(parameterized.TestCase):
         if "timeout" in target.attrs:
           self.assertIn(target.attrs["timeout"], _TEST_TIMEOUTS)
 
+  def _providers(self, path: str) -> set[str]:
+    """Libraries that bring `path` into the runfiles, directly or by a dep."""
+    libraries = self._targets("py_library")
+    direct = {t.name for t in libraries if path in t.srcs}
+    return direct | {t.name for t in libraries if t.labels("deps") & direct}
+
   def test_targets_depend_on_the_first_party_code_they_use(self):
     # Bazel would fail these too, but only after a build; this names the
     # missing dependency at once.
-    helpers = {pathlib.Path(s).stem
-               for s in self.by_name["test_utils"].srcs}
     for target in self._targets("py_test") + self._targets("py_binary"):
       deps = target.labels("deps") | target.labels("data")
       for module in sorted(_first_party_uses(_ROOT / target.main)):
         parts = module.split(".")
+        path = "/".join(parts[:2]) + ".py" if len(parts) > 1 else ""
         if parts[0] == "alberta":
-          needed = "alberta"
-        elif parts[0] == "tests" and (len(parts) == 1 or parts[1] in helpers):
-          needed = "test_utils"
-        elif parts[0] == "tests" and (_ROOT / f"tests/{parts[1]}.py").exists():
+          needed = {"alberta"}
+        elif parts[0] == "tests" and len(parts) == 1:
+          needed = self._providers("tests/__init__.py")
+        elif parts[0] == "tests" and self._providers(path):
+          needed = self._providers(path)
+        elif parts[0] == "tests" and (_ROOT / path).exists():
           # Another test module: its file must be in the runfiles.
-          needed = f"tests/{parts[1]}.py"
+          needed = {path}
         elif parts[0] == "scripts" and len(parts) > 1:
-          needed = parts[1]
+          needed = {parts[1]}
         else:
           continue
-        if needed == target.name:  # A script naming its own file.
+        if target.name in needed:  # A script naming its own file.
           continue
-        with self.subTest(f"{target.name} imports {module}"):
-          self.assertIn(needed, deps, f"//:{target.name} uses {module}: add "
-                        f"{needed!r} to its deps (data for a file it runs)")
+        with self.subTest(f"{target.name} uses {module}"):
+          self.assertTrue(deps & needed, f"//:{target.name} uses {module}: "
+                          f"add one of {sorted(needed)} to its deps (data for "
+                          "a file it runs)")
 
   @absltest.skipUnless(_UNDER_BAZEL, "checks the Bazel runfiles tree")
   def test_alberta_is_imported_from_the_runfiles_tree(self):
