@@ -354,6 +354,31 @@ class MethodTest(parameterized.TestCase):
         np.asarray(alberta.sparse_init(key, SHAPE, SPARSITY, method="permutation")))
 
 
+class ChexBoundaryTest(absltest.TestCase):
+  """The core checks its generator's output with chex, at trace time only."""
+
+  def test_wrong_shape_from_the_generator_is_caught(self):
+    with mock.patch.object(core, "_sparse_init_2d",
+                           return_value=jnp.zeros((SHAPE[0], SHAPE[1] + 1))):
+      with self.assertRaisesRegex(AssertionError, "assert_shape"):
+        alberta.sparse_init(jax.random.key(0), SHAPE, SPARSITY)
+
+  def test_wrong_dtype_from_the_generator_is_caught(self):
+    with mock.patch.object(core, "_sparse_init_2d",
+                           return_value=jnp.zeros(SHAPE, jnp.float16)):
+      with self.assertRaisesRegex(AssertionError, "assert_type"):
+        alberta.sparse_init(jax.random.key(0), SHAPE, SPARSITY)
+
+  def test_asserts_cost_nothing_under_jit(self):
+    # Shape and dtype asserts are static: the jitted program contains no
+    # host callback or runtime check, only the generator's own ops.
+    jaxpr = jax.make_jaxpr(
+        lambda k: alberta.sparse_init(k, SHAPE, SPARSITY))(jax.random.key(0))
+    text = str(jaxpr)
+    self.assertNotIn("callback", text)
+    self.assertNotIn("debug", text)
+
+
 def _no_work():
   """Makes any call of the core's compiled generator fail the test."""
   return mock.patch.object(core, "_sparse_init_2d",
