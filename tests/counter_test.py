@@ -22,6 +22,7 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import absltest
 from absl.testing import parameterized
 from jax.sharding import Mesh
@@ -227,6 +228,35 @@ class ZeroSetDistributionTest(parameterized.TestCase):
     table = [[np.sum(zeros & (values < 0)), np.sum(zeros & (values >= 0))],
              [np.sum(~zeros & (values < 0)), np.sum(~zeros & (values >= 0))]]
     self.assertGreater(stats.chi2_contingency(table).pvalue, _ALPHA)
+
+
+class WideZeroSetProbeTest(parameterized.TestCase):
+  """Bigger samples of the laws no exact argument covers (three columns on)."""
+
+  @pytest.mark.slow
+  def test_every_6_subset_of_12_columns_over_4m_rows(self):
+    fan_in, k, n_rows = 12, 6, 4_000_000
+    zeros = zero_mask(jax.random.key(24), n_rows, fan_in, k)
+    codes = (zeros.astype(np.int64) << np.arange(fan_in)).sum(axis=1)
+    counts = np.bincount(codes, minlength=1 << fan_in)
+    subsets = [sum(1 << c for c in s)
+               for s in itertools.combinations(range(fan_in), k)]
+    self.assertEqual(counts[subsets].sum(), n_rows)
+    # 924 cells of ~4300: chi-square, false-failure rate _ALPHA.
+    self.assertGreater(stats.chisquare(counts[subsets]).pvalue, _ALPHA)
+
+  @pytest.mark.slow
+  def test_triple_frequencies_within_binomial_bounds(self):
+    fan_in, k, n_rows = 24, 12, 2_000_000
+    zeros = zero_mask(jax.random.key(25), n_rows, fan_in, k).astype(np.float32)
+    p3 = k * (k - 1) * (k - 2) / (fan_in * (fan_in - 1) * (fan_in - 2))
+    counts = []
+    for a, b in itertools.combinations(range(fan_in), 2):
+      counts.extend((zeros[:, a] * zeros[:, b]) @ zeros[:, b + 1:])
+    # Each of the 2024 triples is Binomial(n_rows, p3): Bonferroni over them.
+    p = binomial_two_sided_p(np.rint(counts).astype(np.int64), n_rows, p3)
+    self.assertLen(p, 2024)
+    self.assertGreater(p.min(), _ALPHA / len(p))
 
 
 class ValueDistributionTest(parameterized.TestCase):

@@ -201,7 +201,8 @@ class ShardedEllTest(parameterized.TestCase):
   def test_each_device_holds_its_rows(self):
     mesh = Mesh(np.array(jax.devices()), ("x",))
     values, _ = alberta.sharded_sparse_init_ell(
-        jax.random.key(67), self._SHAPE, 0.5, sharding=NamedSharding(mesh, P("x")))
+        jax.random.key(67), self._SHAPE, 0.5,
+        sharding=NamedSharding(mesh, P("x")))
     want, _ = alberta.sparse_init_ell(jax.random.key(67), self._SHAPE, 0.5)
     for shard in values.addressable_shards:
       self.assertEqual(shard.data.shape, (8, 50))
@@ -287,7 +288,8 @@ class BcooTest(parameterized.TestCase):
     self.assertEqual(mat.shape, tuple(shape))
     self.assertEqual(mat.nse, values.size)
     np.testing.assert_array_equal(
-        as_bits(mat.todense()), as_bits(alberta.to_dense(values, indices, shape)))
+        as_bits(mat.todense()),
+        as_bits(alberta.to_dense(values, indices, shape)))
 
   def test_sparse_matmul_equals_dense_matmul(self):
     shape = (64, 256)

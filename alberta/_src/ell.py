@@ -280,7 +280,8 @@ def sharded_sparse_init_ell(
   # the mesh would not divide fan_in either.
   split = tuple(getattr(sharding, "spec", ()))
   if len(split) == 2 and split[1] not in (None, ()):
-    rows_only = PartitionSpec(split[0] if split[0] not in (None, ()) else split[1])
+    rows_only = PartitionSpec(
+        split[0] if split[0] not in (None, ()) else split[1])
     raise ValueError(
         f"sharded_sparse_init_ell splits rows only, but sharding spec "
         f"{sharding.spec} splits axis 1 (the columns): the ELL arrays are "
@@ -299,9 +300,10 @@ def _check_ell(values: Any, indices: Any, shape: Any
                ) -> tuple[tuple[int, ...], int, int]:
   shape = checks.check_shape(shape)
   fan_out, fan_in = shape[0], math.prod(shape[1:])
-  if getattr(values, "shape", None) is None or getattr(indices, "shape", None) is None:
+  if not (hasattr(values, "shape") and hasattr(indices, "shape")):
     raise TypeError("values and indices must be arrays.")
-  if values.ndim != 2 or values.shape != indices.shape or values.shape[0] != fan_out:
+  if (values.ndim != 2 or values.shape != indices.shape
+      or values.shape[0] != fan_out):
     raise ValueError(
         f"values and indices must both be [fan_out, nnz] with fan_out={fan_out} "
         f"from shape {shape!r}; got {values.shape} and {indices.shape}.")
