@@ -209,6 +209,16 @@ class ShardedEllTest(parameterized.TestCase):
       np.testing.assert_array_equal(as_bits(shard.data),
                                     as_bits(np.asarray(want)[shard.index]))
 
+  @parameterized.parameters(((64, 10), 1.0), ((0, 10), 0.5), ((64, 0), 0.5))
+  def test_empty_arrays_keep_the_sharding(self, shape, sparsity):
+    sharding = NamedSharding(Mesh(np.array(jax.devices()), ("x",)), P("x"))
+    values, indices = alberta.sharded_sparse_init_ell(
+        jax.random.key(0), shape, sparsity, sharding=sharding)
+    k = alberta.num_zeros(shape[1], sparsity)
+    check_ell_layout(self, values, indices, shape[0], shape[1], k, jnp.float32)
+    self.assertEqual(values.sharding, sharding)
+    self.assertEqual(indices.sharding, sharding)
+
   @parameterized.named_parameters(
       ("_columns", P(None, "x")),
       ("_rows_and_columns", P("x", "y")),
