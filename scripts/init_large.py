@@ -8,6 +8,13 @@ the number of hosts. The launcher then checks it with a sharded reduction
 and, with `--output`, saves it with orbax-checkpoint for a training job to
 `alberta.checkpoint.restore`.
 
+With `--format=ell` it never builds the zeros: each device lists its rows'
+`fan_in - k` nonzero values and their ascending column indices with
+`alberta.sharded_sparse_init_ell` (rows split over the devices), checks them
+(columns in range and strictly ascending, values finite and bounded) and saves
+both arrays; `alberta.to_dense(values, indices, shape)` of the restored pair
+equals the dense counter-method matrix.
+
 One host (all local devices on rows; a laptop gets 8 virtual CPU devices):
 
   python scripts/init_large.py --num_cpu_devices=8 --output=/tmp/w
@@ -54,6 +61,12 @@ _DTYPE = flags.DEFINE_enum(
 _METHOD = flags.DEFINE_enum(
     "method", "counter", ["counter", "permutation"],
     "Mask method: counter (sort-free, fast) or permutation (the seed's).")
+_FORMAT = flags.DEFINE_enum(
+    "format", "dense", ["dense", "ell"],
+    "Output layout: dense (the whole matrix, zeros included) or ell (each "
+    "row's fan_in - k nonzero values and their ascending column indices, "
+    "two [ROWS, fan_in - k] arrays; the zeros are never built). ell needs "
+    "--method=counter and a mesh that splits rows only.")
 _SEED = flags.DEFINE_integer(
     "seed", 0, "The key is jax.random.key(seed). Limited to [0, 2**32): with "
     "64-bit mode off, JAX keeps only a seed's low 32 bits.",
@@ -142,6 +155,31 @@ def _check_mesh_divides_shape(values: dict[str, Any]) -> bool:
           f"--mesh={values['mesh']} splits the {size} {dim} of "
           f"--shape={values['shape']} into {parts} parts, which does not "
           f"divide them.")
+  return True
+
+
+@flags.multi_flags_validator(["format", "mesh"], message="--mesh is invalid")
+def _check_ell_mesh(values: dict[str, Any]) -> bool:
+  if values["format"] != "ell" or values["mesh"] is None:
+    return True
+  mesh = _parse_ints(values["mesh"], "mesh", (1, 2))
+  if len(mesh) == 2 and mesh[1] > 1:
+    raise flags.ValidationError(
+        f"--mesh={values['mesh']} splits the columns over {mesh[1]} devices, "
+        f"but --format=ell keeps each row's nonzeros whole on one device: "
+        f"split the rows only (e.g. --mesh={mesh[0]}).")
+  return True
+
+
+@flags.multi_flags_validator(["format", "method"],
+                             message="--method is invalid")
+def _check_ell_method(values: dict[str, Any]) -> bool:
+  if values["format"] == "ell" and values["method"] != "counter":
+    raise flags.ValidationError(
+        f"--method={values['method']} cannot make --format=ell: the "
+        f"permutation method's zeros come from sorting each whole row, so "
+        f"its nonzeros cannot be listed without building the dense row. Use "
+        f"--method=counter (the default) or --format=dense.")
   return True
 
 
@@ -234,7 +272,10 @@ def _make_mesh(jax, shape: tuple[int, int]):
   mesh = jax.make_mesh(mesh_shape, names,
                        axis_types=(jax.sharding.AxisType.Auto,) * len(names),
                        devices=devices[:needed])
-  return mesh, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*names))
+  # ELL arrays are split by rows only (the validators refuse a column split;
+  # a "cols" axis of size 1 just replicates).
+  split = names[:1] if _FORMAT.value == "ell" else names
+  return mesh, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*split))
 
 
 def value_bound(jax, spec, dtype) -> Any:
@@ -331,6 +372,76 @@ def verify(jax, matrix, spec, dtype_name: str) -> dict[str, Any]:
   found["passed"] = (found["rows_below_k"] == 0 and found["nonfinite"] == 0 and
                      found["out_of_bound"] == 0 and
                      found["excess_zeros"] <= allowance)
+  return found
+
+
+def _ell_row_stats(values, indices, bound, fan_in: int):
+  """`_row_stats` for ELL arrays: one pass over each row's nonzeros.
+
+  Per row: column indices outside `[0, fan_in)`, neighbours not strictly
+  ascending (rows are whole on one device, so this is local), non-finite
+  values, finite values above `bound`, values exactly 0.0, and the largest
+  finite |value|; then summed to scalars.
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jax import lax  # pylint: disable=g-import-not-at-top
+
+  u32 = jnp.uint32
+  magnitude = jnp.abs(values)
+  finite = jnp.isfinite(values)
+  operands = ((~finite).astype(u32),
+              (finite & (magnitude > bound)).astype(u32),
+              (values == 0).astype(u32),
+              jnp.where(finite, magnitude, 0).astype(jnp.float32),
+              ((indices < 0) | (indices >= fan_in)).astype(u32))
+  nonfinite, over, zero_values, largest, out_of_range = lax.reduce(
+      operands, (u32(0), u32(0), u32(0), jnp.float32(0), u32(0)),
+      lambda a, b: (a[0] + b[0], a[1] + b[1], a[2] + b[2],
+                    lax.max(a[3], b[3]), a[4] + b[4]),
+      (1,))
+  not_ascending = jnp.any(indices[:, 1:] <= indices[:, :-1], axis=1)
+  return dict(
+      rows_not_ascending=jnp.sum(not_ascending, dtype=u32),
+      indices_out_of_range=jnp.sum(out_of_range, dtype=u32),
+      zero_values=jnp.sum(zero_values, dtype=u32),
+      nonfinite=jnp.sum(nonfinite, dtype=u32),
+      out_of_bound=jnp.sum(over, dtype=u32),
+      max_abs=jnp.max(largest, initial=jnp.float32(0)))
+
+
+def verify_ell(jax, values, indices, spec, dtype_name: str) -> dict[str, Any]:
+  """Checks ELL arrays with one sharded reduction; returns the findings.
+
+  Each row must list `nnz = fan_in - k` columns (the arrays' width), all in
+  `[0, fan_in)` and strictly ascending, hence distinct: exactly `k` zeros per
+  row in the dense matrix. Every value must be finite and within
+  `value_bound`. A kept value is exactly 0.0 with probability about 2**-23
+  (the same event `verify` allows for as excess zeros), so those are only
+  counted, and fail the check only beyond `excess_zero_allowance` (a 1e-9
+  false alarm): a values array that is mostly zeros is still caught. Only
+  scalars leave the devices.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  width = spec.fan_in - spec.k
+  bound = value_bound(jax, spec, values.dtype)
+  stats = jax.jit(_ell_row_stats, static_argnums=3)(values, indices, bound,
+                                                    spec.fan_in)
+  found = {name: np.asarray(v.addressable_data(0)).item()
+           for name, v in stats.items()}
+  allowance = excess_zero_allowance(spec, dtype_name)
+  found.update(
+      zeros_per_row=spec.k,
+      nonzeros_per_row=width,
+      shapes_ok=(tuple(values.shape) == tuple(indices.shape) ==
+                 (spec.fan_out, width)),
+      excess_zero_allowance=allowance,
+      value_bound=float(np.asarray(bound, np.float32)),
+  )
+  found["passed"] = (found["shapes_ok"] and found["rows_not_ascending"] == 0 and
+                     found["indices_out_of_range"] == 0 and
+                     found["nonfinite"] == 0 and found["out_of_bound"] == 0 and
+                     found["zero_values"] <= allowance)
   return found
 
 
@@ -441,19 +552,33 @@ def main(argv: Sequence[str]) -> int:
   import alberta  # pylint: disable=g-import-not-at-top
   from alberta._src import blocks  # pylint: disable=g-import-not-at-top
   from alberta._src import checkpoint  # pylint: disable=g-import-not-at-top
+  from alberta._src import ell as ell_lib  # pylint: disable=g-import-not-at-top
   from alberta._src import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
   from alberta._src.spec import make_spec  # pylint: disable=g-import-not-at-top
 
   lead = jax.process_index() == 0
+  ell = _FORMAT.value == "ell"
   shape = tuple(int(v) for v in _SHAPE.value.split(","))
   dtype = jnp.dtype(_DTYPE.value)
   mesh, sharding = _make_mesh(jax, shape)
   spec, _ = make_spec(shape, _SPARSITY.value, _INIT_TYPE.value, _METHOD.value,
                       _ROUNDING.value)
   _, (tile_rows, tile_cols) = sharding_lib.tile_layout(shape, sharding)
+  nnz = spec.fan_in - spec.k
+  if ell and nnz == 0:
+    # Nothing to list, and orbax cannot save zero-size arrays.
+    raise app.UsageError(
+        f"--format=ell with --sparsity={_SPARSITY.value} (--rounding="
+        f"{_ROUNDING.value}) zeroes all {spec.fan_in} columns of every row: "
+        f"the ELL arrays would be empty. Use --format=dense or a lower "
+        f"--sparsity.")
+  if ell:
+    tile_cols = nnz  # A device holds [tile_rows, nnz] values and indices.
   chunk_rows = _CHUNK_ROWS.value
   if chunk_rows is None:
-    chunk_rows_used = blocks.default_chunk_rows(spec, tile_rows, tile_cols, dtype)
+    chunk_rows_used = (
+        ell_lib.default_chunk_rows(spec, tile_rows, dtype) if ell else
+        blocks.default_chunk_rows(spec, tile_rows, tile_cols, dtype))
   else:
     chunk_rows_used = min(chunk_rows, tile_rows)
   if _OUTPUT.value is not None and lead:
@@ -469,19 +594,21 @@ def main(argv: Sequence[str]) -> int:
       tile_cols, chunk_rows_used)
   if lead:
     logging.info("Matrix %dx%d %s, sparsity %g (%d zeros per row, rounding %s), "
-                 "%s values, method %s, seed %d.", *shape, dtype.name,
-                 _SPARSITY.value, spec.k, _ROUNDING.value, _INIT_TYPE.value,
-                 _METHOD.value, _SEED.value)
+                 "%s values, method %s, seed %d, format %s%s.", *shape,
+                 dtype.name, _SPARSITY.value, spec.k, _ROUNDING.value,
+                 _INIT_TYPE.value, _METHOD.value, _SEED.value, _FORMAT.value,
+                 f" ({nnz} nonzeros per row)" if ell else "")
 
   # Compiled ahead of time so compilation and generation are timed apart. The
   # key goes in as its raw uint32[2] words: a NumPy value every process
   # passes identically, which multi-process jit reads as replicated.
   generate = jax.jit(
-      functools.partial(alberta.sharded_sparse_init, shape=shape,
-                        sparsity=_SPARSITY.value, init_type=_INIT_TYPE.value,
-                        sharding=sharding, dtype=dtype, method=_METHOD.value,
-                        rounding=_ROUNDING.value, chunk_rows=chunk_rows),
-      out_shardings=sharding)
+      functools.partial(
+          alberta.sharded_sparse_init_ell if ell else alberta.sharded_sparse_init,
+          shape=shape, sparsity=_SPARSITY.value, init_type=_INIT_TYPE.value,
+          sharding=sharding, dtype=dtype, method=_METHOD.value,
+          rounding=_ROUNDING.value, chunk_rows=chunk_rows),
+      out_shardings=(sharding, sharding) if ell else sharding)
   key_data = np.asarray(jax.random.key_data(jax.random.key(_SEED.value)))
   logging.info("Compiling.")
   start = time.perf_counter()
@@ -489,17 +616,28 @@ def main(argv: Sequence[str]) -> int:
   compile_s = time.perf_counter() - start
   logging.info("Compiled in %.2f s. Generating.", compile_s)
   start = time.perf_counter()
-  matrix = compiled(key_data)
-  matrix.block_until_ready()
+  result = compiled(key_data)
+  jax.block_until_ready(result)
   generate_s = time.perf_counter() - start
-  entries = shape[0] * shape[1]
-  raw_bytes = entries * dtype.itemsize
-  logging.info("Generated in %.3f s: %.3g entries/s, %.3g GB/s.", generate_s,
-               entries / generate_s, raw_bytes / generate_s / 1e9)
+  if ell:
+    # What is stored: fan_out * nnz values and as many int32 column indices.
+    arrays = dict(values=result[0], indices=result[1])
+    entries = shape[0] * nnz
+  else:
+    arrays = dict(matrix=result)
+    entries = shape[0] * shape[1]
+  raw_bytes = sum(a.size * a.dtype.itemsize for a in arrays.values())
+  logging.info("Generated in %.3f s: %.3g %s/s, %.3g GB/s.", generate_s,
+               entries / generate_s, "nonzeros" if ell else "entries",
+               raw_bytes / generate_s / 1e9)
 
   logging.info("Verifying.")
   start = time.perf_counter()
-  verification = verify(jax, matrix, spec, dtype.name)
+  if ell:
+    verification = verify_ell(jax, arrays["values"], arrays["indices"], spec,
+                              dtype.name)
+  else:
+    verification = verify(jax, arrays["matrix"], spec, dtype.name)
   verify_s = time.perf_counter() - start
   (logging.info if verification["passed"] else logging.error)(
       "Verification %s in %.2f s: %s", "passed" if verification["passed"]
@@ -511,7 +649,9 @@ def main(argv: Sequence[str]) -> int:
                memory["host_peak_rss_bytes"] / 2**30)
 
   report = dict(
-      shape=list(shape), dtype=dtype.name, sparsity=_SPARSITY.value,
+      format=_FORMAT.value, shape=list(shape),
+      arrays={name: list(a.shape) for name, a in arrays.items()},
+      entries=entries, dtype=dtype.name, sparsity=_SPARSITY.value,
       init_type=_INIT_TYPE.value, method=_METHOD.value,
       rounding=_ROUNDING.value, seed=_SEED.value, zeros_per_row=spec.k,
       platform=devices[0].platform, device_kind=devices[0].device_kind,
@@ -531,23 +671,36 @@ def main(argv: Sequence[str]) -> int:
     logging.error("Not saving a matrix that failed verification.")
     status = 1
   elif _OUTPUT.value is not None:
-    fraction = _compressed_fraction(matrix) if lead else None
+    fractions = ({name: _compressed_fraction(a) for name, a in arrays.items()}
+                 if lead else {})
+    fraction = None
+    if fractions and all(fractions.values()):
+      fraction = sum(fractions[name] * a.size * a.dtype.itemsize
+                     for name, a in arrays.items()) / raw_bytes
     expected = int(raw_bytes * fraction) if fraction else raw_bytes
     logging.info("Saving to %s%s.", _OUTPUT.value,
                  f" (~{_size(expected)} on disk)" if fraction else "")
     start = time.perf_counter()
+    recompute_args = (
+        f"(jax.random.key({_SEED.value}), {shape}, {_SPARSITY.value!r}, "
+        f"{_INIT_TYPE.value!r}, dtype=jnp.{dtype.name}, "
+        f"method={_METHOD.value!r}, rounding={_ROUNDING.value!r})")
+    metadata = dict(
+        format=_FORMAT.value, shape=list(shape), sparsity=_SPARSITY.value,
+        init_type=_INIT_TYPE.value, method=_METHOD.value,
+        rounding=_ROUNDING.value, dtype=dtype.name, seed=_SEED.value,
+        zeros_per_row=spec.k)
+    if ell:
+      metadata.update(
+          nonzeros_per_row=nnz,
+          recompute=f"alberta.sparse_init_ell{recompute_args}",
+          dense=(f"alberta.to_dense(values, indices, {shape}) equals "
+                 f"alberta.sparse_init{recompute_args} (zeros as +0.0)"))
+    else:
+      metadata.update(recompute=f"alberta.sparse_init{recompute_args}")
     path = checkpoint.save(
-        _OUTPUT.value, matrix,
-        metadata=dict(
-            format="dense", shape=list(shape), sparsity=_SPARSITY.value,
-            init_type=_INIT_TYPE.value, method=_METHOD.value,
-            rounding=_ROUNDING.value, dtype=dtype.name, seed=_SEED.value,
-            zeros_per_row=spec.k,
-            recompute=(
-                f"alberta.sparse_init(jax.random.key({_SEED.value}), "
-                f"{shape}, {_SPARSITY.value!r}, {_INIT_TYPE.value!r}, "
-                f"dtype=jnp.{dtype.name}, method={_METHOD.value!r}, "
-                f"rounding={_ROUNDING.value!r})")),
+        _OUTPUT.value, arrays,  # {"matrix"}, or {"values", "indices"}.
+        metadata=metadata,
         overwrite=_OVERWRITE.value,
         progress=(functools.partial(_progress_line, expected_bytes=expected,
                                     estimated=fraction is not None)
@@ -556,7 +709,7 @@ def main(argv: Sequence[str]) -> int:
     save_s = time.perf_counter() - start
     on_disk = sum(os.path.getsize(os.path.join(root, f))
                   for root, _, files in os.walk(path) for f in files)
-    logging.info("Saved %s: %s on disk (%.1f%% of the raw matrix) in %.2f s.",
+    logging.info("Saved %s: %s on disk (%.1f%% of the raw arrays) in %.2f s.",
                  path, _size(on_disk), 100 * on_disk / raw_bytes, save_s)
     report.update(output=path, save_seconds=save_s, checkpoint_bytes=on_disk)
 
