@@ -6,9 +6,12 @@ a 2-D mesh of 8 virtual CPU devices, with the metadata to recompute it and an
 honest report; that without `--output` nothing is saved; that an existing
 output and every bad flag are refused before any work, with a message naming
 the flag, a non-zero exit and nothing created; that the verification catches
-corrupted matrices; and (slow) that a run killed mid-write leaves nothing
-valid-looking at `--output`, and that two processes of 4 devices each (JAX's
-multi-process runtime over gloo on 127.0.0.1) save the same matrix as one.
+corrupted matrices and ELL arrays; that `--format=ell` saves values and
+indices that scatter to the dense counter matrix, checked and reported like
+it, and that its impossible combinations are flag errors; and (slow) that a
+run killed mid-write leaves nothing valid-looking at `--output`, and that two
+processes of 4 devices each (JAX's multi-process runtime over gloo on
+127.0.0.1) save the same matrix as one.
 """
 
 from tests import env  # noqa: F401
@@ -142,7 +145,8 @@ class LauncherTest(parameterized.TestCase):
 
     info = alberta.checkpoint.restore_metadata(self.output)
     expected_info = dict(
-        shape=list(shape), sparsity=sparsity, init_type=init_type,
+        format="dense", shape=list(shape), sparsity=sparsity,
+        init_type=init_type,
         method=method, rounding=rounding, dtype=dtype, seed=seed,
         zeros_per_row=alberta.num_zeros(shape[1], sparsity, rounding),
         alberta_version=alberta.__version__, jax_version=jax.__version__)
@@ -153,7 +157,10 @@ class LauncherTest(parameterized.TestCase):
     with open(self.report) as f:
       report = json.load(f)
     mesh_shape = ({"rows": 4, "cols": 2} if mesh else {"rows": 8})
+    self.assertEqual(report["format"], "dense")
     self.assertEqual(report["shape"], list(shape))
+    self.assertEqual(report["matrix_bytes"],
+                     shape[0] * shape[1] * jnp.dtype(dtype).itemsize)
     self.assertEqual(report["devices"], 8)
     self.assertEqual(report["processes"], 1)
     self.assertEqual(report["mesh"], mesh_shape)
@@ -172,6 +179,74 @@ class LauncherTest(parameterized.TestCase):
     self.assertIn("memory_analysis", report["memory"]["source"])
     self.assertLen(report["memory"]["per_device_peak_bytes"], 8)
     tile_bytes = (shape[0] // 8) * shape[1] * jnp.dtype(dtype).itemsize
+    for peak in report["memory"]["per_device_peak_bytes"].values():
+      self.assertGreaterEqual(peak, tile_bytes)
+
+  def test_ell_restore_scatters_to_the_dense_counter_matrix(self):
+    shape, sparsity, seed, rounding = (64, 40), 0.8, 7, "ceil"
+    k = alberta.num_zeros(shape[1], sparsity, rounding)
+    nnz = shape[1] - k
+    proc = _run([f"--shape={shape[0]},{shape[1]}", "--format=ell",
+                 f"--sparsity={sparsity}", f"--rounding={rounding}",
+                 f"--seed={seed}", "--num_cpu_devices=8", "--mesh=4,1",
+                 "--chunk_rows=3", f"--output={self.output}",
+                 f"--report={self.report}"])
+    self._assert_ok(proc)
+
+    # Read straight into a rows sharding, as a training job would.
+    mesh = jax.make_mesh((8,), ("rows",),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("rows"))
+    restored = alberta.checkpoint.restore(self.output, sharding=rows)
+    self.assertEqual(sorted(restored), ["indices", "values"])
+    values, indices = restored["values"], restored["indices"]
+    self.assertEqual(values.sharding, rows)
+    self.assertEqual((values.shape, values.dtype), ((shape[0], nnz), jnp.float32))
+    self.assertEqual((indices.shape, indices.dtype), ((shape[0], nnz), jnp.int32))
+
+    expected = np.asarray(alberta.sparse_init(
+        jax.random.key(seed), shape, sparsity, "uniform", dtype=jnp.float32,
+        method="counter", rounding=rounding))
+    dense = np.asarray(alberta.to_dense(values, indices, shape))
+    # Bit for bit, except that a scatter's zeros are +0.0 where the dense
+    # matrix keeps the masked weight's sign.
+    np.testing.assert_array_equal(dense.view(np.uint32),
+                                  np.where(expected == 0, np.float32(0),
+                                           expected).view(np.uint32))
+    # And the kept weights themselves, sign bits included.
+    kept = np.take_along_axis(expected, np.asarray(indices), axis=1)
+    np.testing.assert_array_equal(np.asarray(values).view(np.uint32),
+                                  kept.view(np.uint32))
+    self.assertTrue(np.all((expected != 0).sum(axis=1) == nnz))
+
+    info = alberta.checkpoint.restore_metadata(self.output)
+    self.assertEqual(info["format"], "ell")
+    self.assertEqual(info["method"], "counter")
+    self.assertEqual(info["zeros_per_row"], k)
+    self.assertEqual(info["nonzeros_per_row"], nnz)
+    self.assertIn("alberta.sparse_init_ell(jax.random.key(7), (64, 40)",
+                  info["recompute"])
+
+    with open(self.report) as f:
+      report = json.load(f)
+    self.assertEqual(report["format"], "ell")
+    self.assertEqual(report["arrays"], {"values": [shape[0], nnz],
+                                        "indices": [shape[0], nnz]})
+    self.assertEqual(report["mesh"], {"rows": 4, "cols": 1})
+    self.assertEqual(report["tile"], [shape[0] // 4, nnz])
+    self.assertEqual(report["chunk_rows"], 3)
+    self.assertEqual(report["entries"], shape[0] * nnz)
+    self.assertEqual(report["matrix_bytes"], shape[0] * nnz * (4 + 4))
+    verification = report["verification"]
+    self.assertTrue(verification["passed"], msg=verification)
+    self.assertEqual(verification["nonzeros_per_row"], nnz)
+    for name in ("rows_not_ascending", "indices_out_of_range", "nonfinite",
+                 "out_of_bound"):
+      self.assertEqual(verification[name], 0, msg=name)
+    for name in ("compile_seconds", "generation_seconds", "entries_per_second",
+                 "gigabytes_per_second", "checkpoint_bytes"):
+      self.assertGreater(report[name], 0, msg=name)
+    tile_bytes = (shape[0] // 4) * nnz * (4 + 4)
     for peak in report["memory"]["per_device_peak_bytes"].values():
       self.assertGreaterEqual(peak, tile_bytes)
 
@@ -231,6 +306,13 @@ class LauncherTest(parameterized.TestCase):
       ("_output_empty", ["--output="], r"--output must not be empty"),
       ("_report_in_missing_directory", ["--report={dir}/missing/r.json"],
        r"--report='\S+/missing/r.json': \S+ is not a writable directory"),
+      ("_format_unknown", ["--format=csr"], r"flag --format=csr"),
+      ("_format_ell_with_column_mesh", ["--format=ell", "--mesh=4,2"],
+       r"--mesh=4,2 splits the columns .*--format=ell"),
+      ("_format_ell_with_permutation", ["--format=ell", "--method=permutation"],
+       r"--method=permutation cannot make --format=ell"),
+      ("_format_ell_without_nonzeros", ["--format=ell", "--sparsity=0.99"],
+       r"--format=ell with --sparsity=0.99 .*zeroes all 48 columns"),
   )
   def test_bad_flag_is_refused_before_any_work(self, bad, message,
                                                with_output=False):
@@ -298,6 +380,27 @@ class LauncherTest(parameterized.TestCase):
             matrix = jax.device_put(matrix, sharding)
             results[init_type + "/" + name] = launcher.verify(
                 jax, matrix, spec, "float32")
+        rows = jax.sharding.NamedSharding(
+            mesh, jax.sharding.PartitionSpec("rows"))
+        spec, _ = make_spec((64, 48), 0.75, "uniform", "counter", "nearest")
+        values, indices = alberta.sharded_sparse_init_ell(
+            jax.random.key(0), (64, 48), 0.75, sharding=rows)
+        bound = float(launcher.value_bound(jax, spec, jnp.float32))
+        corrupt = dict(
+            good=(values, indices),
+            one_zero_value=(values.at[3, 2].set(0.0), indices),
+            all_zero_values=(jnp.zeros_like(values), indices),
+            swapped=(values, indices.at[5, 0:2].set(indices[5, 1::-1])),
+            repeated=(values, indices.at[5, 1].set(indices[5, 0])),
+            column_too_large=(values, indices.at[6, -1].set(48)),
+            column_negative=(values, indices.at[6, 0].set(-1)),
+            nan=(values.at[7, 0].set(jnp.nan), indices),
+            out_of_bound=(values.at[7, 0].set(bound * 1.001), indices),
+        )
+        for name, (v, i) in corrupt.items():
+          results["ell/" + name] = launcher.verify_ell(
+              jax, jax.device_put(v, rows), jax.device_put(i, rows), spec,
+              "float32")
         print(json.dumps(results))
         """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
@@ -323,6 +426,29 @@ class LauncherTest(parameterized.TestCase):
       self.assertFalse(found["inf"]["passed"])
       self.assertEqual(found["out_of_bound"]["out_of_bound"], 1)
       self.assertFalse(found["out_of_bound"]["passed"])
+
+    ell = {name.split("/")[1]: r for name, r in results.items()
+           if name.startswith("ell/")}
+    self.assertTrue(ell["good"]["passed"], msg=ell["good"])
+    self.assertEqual(ell["good"]["nonzeros_per_row"], 12)
+    # A kept weight can be exactly 0.0 (probability 2**-23 each): counted, not
+    # failed, unless far more than chance allows (allowance 13 here).
+    self.assertEqual(ell["one_zero_value"]["zero_values"], 1)
+    self.assertTrue(ell["one_zero_value"]["passed"])
+    self.assertEqual(ell["all_zero_values"]["zero_values"], 64 * 12)
+    self.assertFalse(ell["all_zero_values"]["passed"])
+    for name in ("swapped", "repeated"):
+      self.assertEqual(ell[name]["rows_not_ascending"], 1, msg=name)
+      self.assertFalse(ell[name]["passed"], msg=name)
+    # A column of 48 at the end of a row stays ascending; -1 at the start too.
+    for name in ("column_too_large", "column_negative"):
+      self.assertEqual(ell[name]["indices_out_of_range"], 1, msg=name)
+      self.assertEqual(ell[name]["rows_not_ascending"], 0, msg=name)
+      self.assertFalse(ell[name]["passed"], msg=name)
+    self.assertEqual(ell["nan"]["nonfinite"], 1)
+    self.assertFalse(ell["nan"]["passed"])
+    self.assertEqual(ell["out_of_bound"]["out_of_bound"], 1)
+    self.assertFalse(ell["out_of_bound"]["passed"])
 
   @pytest.mark.slow
   def test_run_killed_mid_write_leaves_nothing_valid_at_output(self):
