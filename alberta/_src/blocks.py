@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -95,46 +97,61 @@ def row_block(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
   return jnp.where(keep, values, jnp.copysign(jnp.float32(0), values))
 
 
-def default_chunk_rows(spec: SparseSpec, n_rows: int, n_cols: int,
-                       dtype: jnp.dtype) -> int:
-  """The most rows whose temporaries stay a small fraction of the tile.
+def chunk_rows_for(n_rows: int, out_bytes: int, temp_bytes_per_row: int) -> int:
+  """The most rows whose temporaries stay a small fraction of the output.
 
   The whole tile when that fits: on the CPU a loop body runs on one thread,
   so an unchunked fused pass is also the fastest.
   """
-  out_bytes = n_rows * n_cols * jnp.dtype(dtype).itemsize
   if out_bytes <= _UNCHUNKED_BYTES or n_rows <= 1:
     return max(n_rows, 1)
   budget = min(out_bytes * _TEMP_FRACTION, _TEMP_CAP_BYTES)
-  return int(max(1, min(n_rows, budget // _temp_bytes_per_row(spec))))
+  return int(max(1, min(n_rows, budget // temp_bytes_per_row)))
+
+
+def default_chunk_rows(spec: SparseSpec, n_rows: int, n_cols: int,
+                       dtype: jnp.dtype) -> int:
+  """The default chunk of a dense `[n_rows, n_cols]` tile."""
+  out_bytes = n_rows * n_cols * jnp.dtype(dtype).itemsize
+  return chunk_rows_for(n_rows, out_bytes, _temp_bytes_per_row(spec))
+
+
+def fill_rows(block: Callable[[Array | int, int], Any], n_rows: int,
+              chunk_rows: int, empty: Any) -> Any:
+  """Builds `n_rows` rows as `block(start, n)`, `chunk_rows` rows at a time.
+
+  Chunks are written in place into `empty` (a pytree of `[n_rows, ...]`
+  buffers, matching `block`'s output) by a `fori_loop`, so temporaries are
+  bounded by one chunk. When `chunk_rows` does not divide `n_rows`, the last
+  chunk is shifted back to end at the edge and recomputes a few rows of its
+  predecessor (identically: a tile is a pure function of its coordinates)
+  instead of compiling a second, ragged shape.
+  """
+  chunk_rows = min(chunk_rows, n_rows)
+  if chunk_rows == n_rows:
+    return block(0, n_rows)
+
+  def body(i, out):
+    start = jnp.minimum(i * chunk_rows, n_rows - chunk_rows)
+    tile = block(start, chunk_rows)
+    return jax.tree.map(
+        lambda o, t: lax.dynamic_update_slice_in_dim(o, t, start, axis=0),
+        out, tile)
+
+  return lax.fori_loop(0, math.ceil(n_rows / chunk_rows), body, empty)
 
 
 def generate(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
              col_start: Array | int, n_cols: int, dtype: jnp.dtype,
              chunk_rows: int | None = None) -> Array:
-  """A `[n_rows, n_cols]` tile in `dtype`, built `chunk_rows` rows at a time.
-
-  Chunks are written in place into the output buffer by a `fori_loop`, so the
-  temporaries are bounded by one chunk. When `chunk_rows` does not divide
-  `n_rows`, the last chunk is shifted back to end at the tile's edge and
-  recomputes a few rows of its predecessor (identically: a tile is a pure
-  function of its coordinates) instead of compiling a second, ragged shape.
-  """
-  if chunk_rows is None:
-    chunk_rows = default_chunk_rows(spec, n_rows, n_cols, dtype)
-  chunk_rows = min(chunk_rows, n_rows)
+  """A `[n_rows, n_cols]` tile in `dtype`, built `chunk_rows` rows at a time."""
   if n_rows == 0 or n_cols == 0:
     return jnp.zeros((n_rows, n_cols), dtype)
-  if chunk_rows == n_rows:
-    return row_block(key, spec, row_start, n_rows, col_start, n_cols).astype(dtype)
+  if chunk_rows is None:
+    chunk_rows = default_chunk_rows(spec, n_rows, n_cols, dtype)
 
-  n_chunks = math.ceil(n_rows / chunk_rows)
+  def block(start, n):
+    tile = row_block(key, spec, row_start + start, n, col_start, n_cols)
+    return tile.astype(dtype)
 
-  def body(i, out):
-    start = jnp.minimum(i * chunk_rows, n_rows - chunk_rows)
-    tile = row_block(key, spec, row_start + start, chunk_rows, col_start, n_cols)
-    tile = lax.optimization_barrier(tile.astype(dtype))
-    return lax.dynamic_update_slice_in_dim(out, tile, start, axis=0)
-
-  out = jnp.zeros((n_rows, n_cols), dtype)
-  return lax.fori_loop(0, n_chunks, body, out)
+  return fill_rows(block, n_rows, chunk_rows, jnp.zeros((n_rows, n_cols), dtype))

@@ -26,7 +26,6 @@ from typing import Any
 import chex
 import jax
 import jax.numpy as jnp
-from jax import lax
 from jax.experimental import sparse as jsparse
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -41,13 +40,6 @@ _U32 = jnp.uint32
 
 # Column indices are int32, the index type of `jax.experimental.sparse`.
 _MAX_FAN_IN = 2**31 - 1
-
-# The dense path's memory policy (see `blocks`): tiles below this many output
-# bytes in one piece, larger ones in chunks whose temporaries stay a small
-# fraction of the output.
-_UNCHUNKED_BYTES = blocks._UNCHUNKED_BYTES  # pylint: disable=protected-access
-_TEMP_FRACTION = blocks._TEMP_FRACTION  # pylint: disable=protected-access
-_TEMP_CAP_BYTES = blocks._TEMP_CAP_BYTES  # pylint: disable=protected-access
 
 
 def nnz(spec: SparseSpec) -> int:
@@ -110,43 +102,27 @@ def _temp_bytes_per_row(spec: SparseSpec) -> int:
 
 
 def default_chunk_rows(spec: SparseSpec, n_rows: int, dtype: jnp.dtype) -> int:
-  """The most rows whose temporaries stay a small fraction of the output."""
+  """The default chunk: temporaries a small fraction of the ELL arrays."""
   out_bytes = n_rows * nnz(spec) * (jnp.dtype(dtype).itemsize + 4)
-  if out_bytes <= _UNCHUNKED_BYTES or n_rows <= 1:
-    return max(n_rows, 1)
-  budget = min(out_bytes * _TEMP_FRACTION, _TEMP_CAP_BYTES)
-  return int(max(1, min(n_rows, budget // _temp_bytes_per_row(spec))))
+  return blocks.chunk_rows_for(n_rows, out_bytes, _temp_bytes_per_row(spec))
 
 
 def generate(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
              dtype: jnp.dtype, chunk_rows: int | None = None
              ) -> tuple[Array, Array]:
-  """The ELL arrays of rows `[row_start, +n_rows)`, `chunk_rows` at a time.
-
-  The chunk loop of `blocks.generate`, for two outputs: chunks are written in
-  place, and a last chunk that would overrun is shifted back to end at the
-  tile's edge (recomputing a few rows identically) so that one shape compiles.
-  """
+  """The ELL arrays of rows `[row_start, +n_rows)`, `chunk_rows` at a time."""
   width = nnz(spec)
+  empty = (jnp.zeros((n_rows, width), dtype), jnp.zeros((n_rows, width), jnp.int32))
+  if n_rows == 0 or width == 0:
+    return empty
   if chunk_rows is None:
     chunk_rows = default_chunk_rows(spec, n_rows, dtype)
-  chunk_rows = min(chunk_rows, n_rows)
-  if n_rows == 0 or width == 0:
-    return (jnp.zeros((n_rows, width), dtype),
-            jnp.zeros((n_rows, width), jnp.int32))
-  if chunk_rows == n_rows:
-    values, indices = nonzero_block(key, spec, row_start, n_rows)
+
+  def block(start, n):
+    values, indices = nonzero_block(key, spec, row_start + start, n)
     return values.astype(dtype), indices
 
-  def body(i, out):
-    start = jnp.minimum(i * chunk_rows, n_rows - chunk_rows)
-    values, indices = nonzero_block(key, spec, row_start + start, chunk_rows)
-    values, indices = lax.optimization_barrier((values.astype(dtype), indices))
-    return (lax.dynamic_update_slice_in_dim(out[0], values, start, axis=0),
-            lax.dynamic_update_slice_in_dim(out[1], indices, start, axis=0))
-
-  out = (jnp.zeros((n_rows, width), dtype), jnp.zeros((n_rows, width), jnp.int32))
-  return lax.fori_loop(0, math.ceil(n_rows / chunk_rows), body, out)
+  return blocks.fill_rows(block, n_rows, chunk_rows, empty)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
