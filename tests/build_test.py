@@ -189,12 +189,13 @@ class BuildFileTest(parameterized.TestCase):
                     if s.startswith("tests/")}
     self.assertEqual(in_libraries, helpers)
 
-  def test_tests_have_a_valid_size_and_timeout(self):
+  def test_tests_have_a_valid_size_timeout_and_shard_count(self):
     for target in self._targets("py_test"):
       with self.subTest(target.name):
         self.assertIn(target.attrs.get("size", "medium"), _TEST_SIZES)
         if "timeout" in target.attrs:
           self.assertIn(target.attrs["timeout"], _TEST_TIMEOUTS)
+        self.assertGreater(target.attrs.get("shard_count", 1), 0)
 
   def _providers(self, path: str) -> set[str]:
     """Libraries that bring `path` into the runfiles, directly or by a dep."""
