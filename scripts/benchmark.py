@@ -110,6 +110,12 @@ _SHARDED_METHODS = flags.DEFINE_list(
 _CHECK_SEED = flags.DEFINE_bool(
     "check_seed", True,
     "Check that `seed` and `permutation` agree (needs both in --methods).")
+_TORCH_THREADS = flags.DEFINE_integer(
+    "torch_threads", 0,
+    "torch.set_num_threads for the torch methods; 0 keeps torch's default. On "
+    "a loaded machine torch's OpenMP threads can stall the per-row loop of "
+    "torch_original by 10x or more: compare with --torch_threads=1.",
+    lower_bound=0)
 _KEY = flags.DEFINE_integer("key", 0, "PRNG seed of the key every method uses.")
 _JSON = flags.DEFINE_string("json", None, "Write every figure to this file.")
 _PLOT = flags.DEFINE_string("plot", None, "Write the plot to this PNG file.")
@@ -316,24 +322,29 @@ def _nbytes(x: Any) -> int:
 
 def _time_runs(run: Callable[[], Any], probe: _RssProbe,
                keep_output: bool) -> tuple[dict[str, Any], Any]:
-  """Warm-up run, then timed runs; each output freed before the next run."""
+  """Warm-up run, then timed runs; each output freed before the next run.
+
+  With `keep_output` the last run's output is returned (for the agreement
+  checks); it is alive only after its run, so it adds nothing to the peak.
+  """
   probe.start()
   t0 = time.perf_counter()
   out = run()
   _block(out)
   first = time.perf_counter() - t0
   output_bytes = _nbytes(out)
-  kept = out if keep_output else None
   del out
   repeats = _REPEATS.value if first <= _SLOW_SECONDS.value else _SLOW_REPEATS.value
   times = []
-  for _ in range(repeats):
+  for i in range(repeats):
     t0 = time.perf_counter()
     out = run()
     _block(out)
     times.append(time.perf_counter() - t0)
-    del out
+    if i < repeats - 1 or not keep_output:
+      del out
   memory = probe.stop()
+  kept = out if keep_output else None
   return {"first_run_s": first, "times_s": times, "repeats": repeats,
           "output_bytes": output_bytes, "memory": memory}, kept
 
@@ -364,13 +375,13 @@ def _summarize(record: dict[str, Any], entries: int) -> dict[str, Any]:
   mem = record["memory"]
   out_bytes = record["output_bytes"]
   devices = record.get("devices", 1)
-  if "compiled_output_bytes" in mem:
+  if "compiled_output_bytes" in mem and out_bytes:
     # Per device for a sharded program: compare with the device's share.
     per_device_out = out_bytes / devices
     mem["compiled_peak_over_output"] = (
         (mem["compiled_output_bytes"] + mem["compiled_temp_bytes"]) / per_device_out)
     mem["compiled_temp_over_output"] = mem["compiled_temp_bytes"] / per_device_out
-  if mem.get("rss_peak_delta_bytes") is not None:
+  if mem.get("rss_peak_delta_bytes") is not None and out_bytes:
     mem["rss_delta_over_output"] = mem["rss_peak_delta_bytes"] / out_bytes
   return record
 
@@ -574,7 +585,9 @@ def _ratios(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   """The ratios the counter method is held to, per shape, from min times."""
   by = {}
   for r in records:
-    if r["status"] == "ok" and r["devices"] == 1 and r["method"] != "ell":
+    # `ell` and its dense baselines at other sparsities are compared below.
+    if (r["status"] == "ok" and r["devices"] == 1 and r["method"] != "ell"
+        and "role" not in r):
       by[(r["method"], tuple(r["shape"]))] = r
   shapes = []
   for r in records:
@@ -593,6 +606,41 @@ def _ratios(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
           "ratio_median": a["median_s"] / b["median_s"],
           "target": target, "met": None if test is None else bool(test(ratio)),
       })
+    out.extend(_ell_ratios(records, shape))
+  return out
+
+
+def _compiled_peak(r: dict[str, Any]) -> int | None:
+  m = r["memory"]
+  if "compiled_output_bytes" not in m:
+    return None
+  return m["compiled_output_bytes"] + m["compiled_temp_bytes"]
+
+
+def _ell_ratios(records: Sequence[dict[str, Any]],
+                shape: tuple[int, int]) -> list[dict[str, Any]]:
+  """`ell` against the dense `counter` matrix at the same sparsity."""
+  dense = {r["sparsity"]: r for r in records
+           if r["method"] == "counter" and r["status"] == "ok"
+           and r["devices"] == 1 and tuple(r["shape"]) == shape}
+  out = []
+  for r in records:
+    if (r["method"] != "ell" or r["status"] != "ok"
+        or tuple(r["shape"]) != shape or r["sparsity"] not in dense):
+      continue
+    d = dense[r["sparsity"]]
+    base = {"shape": list(shape), "numerator": "ell", "denominator": "counter",
+            "sparsity": r["sparsity"], "target": None, "met": None}
+    out.append({**base,
+                "what": f"ell time / dense counter time, s={r['sparsity']:g}",
+                "ratio_min": r["min_s"] / d["min_s"],
+                "ratio_median": r["median_s"] / d["median_s"]})
+    if _compiled_peak(r) and _compiled_peak(d):
+      ratio = _compiled_peak(r) / _compiled_peak(d)
+      out.append({**base,
+                  "what": f"ell memory / dense counter memory, s={r['sparsity']:g}",
+                  "ratio_min": ratio, "ratio_median": ratio,
+                  "measure": "compiled output + temp bytes"})
   return out
 
 
@@ -798,6 +846,8 @@ def _bench_size(shape: tuple[int, int], methods: Sequence[str], key: Any,
     keep.add("permutation")
   if _SHARDED.value:
     keep.update(_SHARDED_METHODS.value)
+  if "ell" in methods:
+    keep.add("counter")
   for name in methods:
     print(f"  {name} {shape[0]}x{shape[1]} ...", flush=True)
     extra = {"sparsity": sparsity if name not in ("fill", "dense_uniform",
@@ -821,7 +871,7 @@ def _bench_size(shape: tuple[int, int], methods: Sequence[str], key: Any,
         continue
       records.append(_bench_torch(name, shape, sparsity, torch, probe, extra))
     elif name == "ell":
-      records.extend(_bench_ell(shape, key, probe))
+      records.extend(_bench_ell(shape, key, probe, kept.get("counter")))
     gc.collect()
   return records, kept
 
@@ -842,8 +892,14 @@ def _bench_torch(name: str, shape, sparsity: float, torch: Any,
   return _summarize(record, math.prod(shape))
 
 
-def _bench_ell(shape, key: Any, probe: _RssProbe) -> list[dict[str, Any]]:
-  """`alberta.sparse_init_ell` against dense `counter`, per sparsity."""
+def _bench_ell(shape, key: Any, probe: _RssProbe,
+               counter_out: Any) -> list[dict[str, Any]]:
+  """`alberta.sparse_init_ell` against dense `counter`, per sparsity.
+
+  Each ELL result is also scattered (`alberta.to_dense`) and compared with the
+  dense counter matrix of the same sparsity, up to the sign of zero (the ELL
+  layout has no masked values, so its zeros are +0.0).
+  """
   fn = _ell_fn()
   records = []
   for s in (float(v) for v in _ELL_SPARSITIES.value):
@@ -852,26 +908,34 @@ def _bench_ell(shape, key: Any, probe: _RssProbe) -> list[dict[str, Any]]:
                               sparsity=s))
       continue
     try:
-      record, _ = _bench_jax(
+      record, ell = _bench_jax(
           "ell", lambda k, s=s: fn(k, shape, s, method="counter"), key, shape,
-          probe=probe, extra={"sparsity": s})
-      records.append(record)
+          probe=probe, extra={"sparsity": s}, keep_output=True)
     except Exception as e:  # pylint: disable=broad-except
-      # An API this script does not know yet must not sink the whole run.
+      # An API this script does not know must not sink the whole run.
       records.append(_skipped("ell", shape, f"error: {e!r}", sparsity=s))
       continue
-    if s != _SPARSITY.value:
-      dense, _ = _bench_jax(
+    records.append(record)
+    dense = counter_out if s == _SPARSITY.value else None
+    if s != _SPARSITY.value or counter_out is None:
+      baseline, dense = _bench_jax(
           "counter", lambda k, s=s: alberta.sparse_init(k, shape, s,
                                                          method="counter"),
-          key, shape, probe=probe, extra={"sparsity": s, "role": "ell_baseline"})
-      records.append(dense)
+          key, shape, probe=probe, extra={"sparsity": s, "role": "ell_baseline"},
+          keep_output=True)
+      records.append(baseline)
+    scattered = alberta.to_dense(ell[0], ell[1], shape)
+    record["matches_dense_counter"] = _compare(scattered, dense)[
+        "equal_up_to_zero_sign"]
+    del ell, dense, scattered
   return records
 
 
 def _bench_sharded(shape, key: Any, probe: _RssProbe, counts: Sequence[int],
                    kept: dict[str, Any]) -> list[dict[str, Any]]:
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+  from jax.sharding import Mesh  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
+  from jax.sharding import PartitionSpec  # pylint: disable=g-import-not-at-top
   records = []
   for method in _SHARDED_METHODS.value:
     for n in counts:
@@ -903,6 +967,8 @@ def main(argv: Sequence[str]) -> None:
   torch, torch_reason = (None, "not requested")
   if any(m in _TORCH_METHODS for m in _METHODS.value):
     torch, torch_reason = _torch_or_reason()
+    if torch is not None and _TORCH_THREADS.value:
+      torch.set_num_threads(_TORCH_THREADS.value)
   shapes = [_parse_shape(s) for s in _SIZES.value]
   methods = [m for m in ALL_METHODS if m in _METHODS.value]
   key = jr.key(_KEY.value)
@@ -945,6 +1011,17 @@ def main(argv: Sequence[str]) -> None:
     for c in checks:
       print(f"  {json.dumps(c)}")
     print(f"  => {'PASSED' if seed_passed else 'FAILED'}")
+  ell_checks = [r["matches_dense_counter"] for r in records
+                if "matches_dense_counter" in r]
+  if ell_checks:
+    print(f"\nell scattered == dense counter (up to zero sign): "
+          f"{'PASSED' if all(ell_checks) else 'FAILED'} ({len(ell_checks)} checks)")
+  sharded_checks = [r["matches_single_device"] for r in sharded
+                    if "matches_single_device" in r]
+  if sharded_checks:
+    print(f"sharded == one device, bit for bit: "
+          f"{'PASSED' if all(sharded_checks) else 'FAILED'} "
+          f"({len(sharded_checks)} checks)")
   print(f"\nload average: start {env['loadavg_start']}, end {env['loadavg_end']}; "
         f"RSS peaks by {probe.mode}")
 
@@ -970,8 +1047,12 @@ def main(argv: Sequence[str]) -> None:
   if _PLOT.value:
     _plot(_PLOT.value, records, sharded)
     print(f"wrote {_PLOT.value}")
-  if seed_passed is False:
-    raise SystemExit("seed and permutation disagree")
+  failed = [name for name, ok in (
+      ("seed vs permutation", seed_passed is not False),
+      ("ell vs dense counter", all(ell_checks)),
+      ("sharded vs one device", all(sharded_checks))) if not ok]
+  if failed:
+    raise SystemExit(f"agreement checks failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from absl.testing import parameterized
 import jax
 import numpy as np
 
+import alberta
 from tests import seed_reference
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,6 +29,7 @@ _SHAPES = ([64, 64], [128, 32])
 _METHODS = ("fill", "dense_uniform", "counter", "permutation", "seed",
             "torch_dense", "torch_original")
 _TORCH = importlib.util.find_spec("torch") is not None
+_ELL = hasattr(alberta, "sparse_init_ell")
 
 
 def _run(args: list[str], extra_pythonpath: str | None = None,
@@ -53,8 +55,8 @@ class BenchmarkScriptTest(parameterized.TestCase):
     cls.markdown_path = os.path.join(cls.tmp.name, "bench.md")
     cls.proc = _run([
         "--sizes=64x64,128x32", "--repeats=2", "--num_cpu_devices=2",
-        "--device_counts=1,2", "--ell_sparsities=0.9",
-        f"--methods={','.join(_METHODS)}",
+        "--device_counts=1,2", "--ell_sparsities=0.9,0.99",
+        f"--methods={','.join(_METHODS + ('ell',))}",
         f"--json={cls.json_path}", f"--plot={cls.plot_path}",
         f"--markdown={cls.markdown_path}"])
     cls.result = None
@@ -73,8 +75,9 @@ class BenchmarkScriptTest(parameterized.TestCase):
                      msg=f"stdout:\n{self.proc.stdout}\nstderr:\n{self.proc.stderr}")
 
   def _record(self, method, shape):
-    found = [r for r in self.result["results"]
-             if r["method"] == method and r["shape"] == shape]
+    # Dense baselines timed for `ell` at other sparsities carry a `role`.
+    found = [r for r in self.result["results"] if r["method"] == method
+             and r["shape"] == shape and "role" not in r]
     self.assertLen(found, 1, msg=f"{method} at {shape}")
     return found[0]
 
@@ -127,6 +130,27 @@ class BenchmarkScriptTest(parameterized.TestCase):
           self.assertEqual(r["status"], "skipped")
           self.assertIn("torch", r["reason"])
 
+  def test_ell_is_timed_against_dense_counter_or_skipped_with_a_reason(self):
+    for shape in _SHAPES:
+      ell = {r["sparsity"]: r for r in self.result["results"]
+             if r["method"] == "ell" and r["shape"] == shape}
+      self.assertCountEqual(ell, [0.9, 0.99])
+      for sparsity, r in ell.items():
+        if not _ELL:
+          self.assertEqual(r["status"], "skipped")
+          self.assertIn("sparse_init_ell", r["reason"])
+          continue
+        self.assertEqual(r["status"], "ok")
+        self.assertTrue(r["matches_dense_counter"])
+        self.assertGreater(r["min_s"], 0)
+        # The dense baseline at the same sparsity was timed too.
+        dense = [d for d in self.result["results"] if d["method"] == "counter"
+                 and d["shape"] == shape and d["sparsity"] == sparsity]
+        self.assertLen(dense, 1)
+        ratios = [q for q in self.result["ratios"] if q["numerator"] == "ell"
+                  and q["shape"] == shape and q["sparsity"] == sparsity]
+        self.assertNotEmpty(ratios)
+
   def test_ratios_against_targets_are_reported_per_shape(self):
     ratios = {(tuple(r["shape"]), r["numerator"], r["denominator"]): r
               for r in self.result["ratios"]}
@@ -138,6 +162,11 @@ class BenchmarkScriptTest(parameterized.TestCase):
         self.assertIsInstance(r["met"], bool)
       self.assertEqual(
           ("torch_original", "counter") in {k[1:] for k in ratios}, _TORCH)
+      # From the main records, not from the dense baselines timed for `ell`.
+      self.assertAlmostEqual(
+          ratios[(tuple(shape), "permutation", "counter")]["ratio_min"],
+          self._record("permutation", shape)["min_s"]
+          / self._record("counter", shape)["min_s"])
     self.assertIn("Ratios (min times)", self.proc.stdout)
 
   def test_sharded_runs_cover_device_counts_and_match_one_device(self):
