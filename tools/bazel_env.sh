@@ -4,6 +4,9 @@
 #
 #   PYTHON_BIN            the interpreter tests and binaries run with
 #   PYTHON_SITE_PACKAGES  its site-packages folders, ':'-separated
+#   PYTHON_PACKAGES_HASH  a hash of its version and installed distributions:
+#                         it changes when a package is upgraded, so Bazel
+#                         reruns the tests instead of reusing cached results
 #
 # The interpreter is $PYTHON_BIN_PATH if set, else `python3` on PATH. It is
 # asked for its own sys.executable, so a pyenv shim or a wrapper resolves to the
@@ -26,6 +29,8 @@ if [[ -z "${python}" ]]; then
 fi
 
 "${python}" - <<'PY'
+import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import site
@@ -37,6 +42,10 @@ if site.ENABLE_USER_SITE:
 dirs = [d for d in dict.fromkeys(dirs) if os.path.isdir(d)]
 print(f"PYTHON_BIN={sys.executable}")
 print(f"PYTHON_SITE_PACKAGES={':'.join(dirs)}")
+dists = sorted(f"{d.metadata['Name']}=={d.version}"
+               for d in importlib.metadata.distributions())
+digest = hashlib.sha256("\n".join([sys.version, *dists]).encode())
+print(f"PYTHON_PACKAGES_HASH={digest.hexdigest()[:16]}")
 
 # The build needs the library's dependencies in this interpreter: fail here,
 # with the remedy, rather than with an ImportError in every test log.

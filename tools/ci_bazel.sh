@@ -24,6 +24,10 @@ fi
 # Fail early, with a readable message, if the interpreter lacks the packages.
 bash tools/bazel_env.sh
 
+# Re-detect the interpreter and its packages (@local_python): a package
+# upgraded since the last run then invalidates the cached test results.
+bazel sync --configure
+
 status=0
 # --config=ci: at most 2 jobs and 2 test processes (see .bazelrc).
 bazel test --config=ci "$@" //... || status=$?
