@@ -119,6 +119,11 @@ _TORCH_THREADS = flags.DEFINE_integer(
 _KEY = flags.DEFINE_integer("key", 0, "PRNG seed of the key every method uses.")
 _JSON = flags.DEFINE_string("json", None, "Write every figure to this file.")
 _PLOT = flags.DEFINE_string("plot", None, "Write the plot to this PNG file.")
+_PLOT_FROM = flags.DEFINE_list(
+    "plot_from", [],
+    "Benchmark nothing: draw --plot from these --json files instead, merged "
+    "(a later file's figure replaces an earlier one's for the same method, "
+    "shape, sparsity and device count).")
 _MARKDOWN = flags.DEFINE_string(
     "markdown", None, "Write the tables as Markdown to this file (for docs/).")
 
@@ -698,7 +703,8 @@ def _markdown(env: dict[str, Any], records: Sequence[dict[str, Any]],
               "devices; compiled memory per device):", ""]
     lines += rows(sharded)
   if ratios:
-    lines += ["", "| shape | ratio | min times | median times | target |",
+    lines += ["", "Ratios, from the min times (and from the medians):", "",
+              "| shape | ratio | min times | median times | target |",
               "|---|---|---:|---:|---|"]
     for r in ratios:
       verdict = ("" if r["met"] is None else
@@ -754,13 +760,14 @@ def _plot(path: str, records: Sequence[dict[str, Any]],
   ax.set_ylabel("time per entry, ns (min of runs)")
   ax.set_title("Time per entry (o square, ^ tall, > wide)")
   ax.grid(True, which="both", alpha=0.3)
-  ax.legend(fontsize=8)
+  ax.legend(fontsize=7, ncol=2, framealpha=0.6)
 
   ax = axes[1]
   shapes = []
   for r in ok:
     if tuple(r["shape"]) not in shapes:
       shapes.append(tuple(r["shape"]))
+  shapes.sort(key=lambda shape: (math.prod(shape), shape))
   width = 0.8 / max(len(shapes), 1)
   for j, shape in enumerate(shapes):
     xs, compiled, rss = [], [], []
@@ -781,13 +788,16 @@ def _plot(path: str, records: Sequence[dict[str, Any]],
   ax.set_xticks(range(len(labels)))
   ax.set_xticklabels(labels, rotation=30, ha="right")
   ax.set_yscale("log")
+  bottom, top = ax.get_ylim()
+  ax.set_ylim(bottom, top * 30)  # Room for the legend above the bars.
   ax.set_ylabel("peak memory / output size")
   ax.set_title("Memory: compiled (output + temp) bars, RSS delta marks")
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=7, loc="upper center", ncol=3, framealpha=0.6)
 
   if sharded:
     ax = axes[2]
-    for shape in {tuple(r["shape"]) for r in sharded if r["status"] == "ok"}:
+    for shape in sorted({tuple(r["shape"]) for r in sharded
+                         if r["status"] == "ok"}, key=math.prod):
       for method in sorted({r["method"] for r in sharded}):
         rs = sorted((r for r in sharded if r["status"] == "ok"
                      and tuple(r["shape"]) == shape and r["method"] == method),
@@ -960,9 +970,29 @@ def _bench_sharded(shape, key: Any, probe: _RssProbe, counts: Sequence[int],
   return records
 
 
+def _merged(paths: Sequence[str]) -> tuple[list[dict[str, Any]],
+                                           list[dict[str, Any]]]:
+  """Results and sharded results of several --json files, later ones winning."""
+  merged = {"results": {}, "sharded": {}}
+  for path in paths:
+    with open(path) as f:
+      result = json.load(f)
+    for part, by_key in merged.items():
+      for r in result[part]:
+        by_key[(r["method"], tuple(r["shape"]), r.get("sparsity"),
+                r["devices"])] = r
+  return list(merged["results"].values()), list(merged["sharded"].values())
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _PLOT_FROM.value:
+    if not _PLOT.value:
+      raise app.UsageError("--plot_from needs --plot.")
+    _plot(_PLOT.value, *_merged(_PLOT_FROM.value))
+    print(f"wrote {_PLOT.value}")
+    return
   _configure_devices()
   torch, torch_reason = (None, "not requested")
   if any(m in _TORCH_METHODS for m in _METHODS.value):

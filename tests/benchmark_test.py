@@ -203,6 +203,15 @@ class BenchmarkScriptTest(parameterized.TestCase):
     with open(self.plot_path, "rb") as f:
       self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
 
+  def test_plot_from_json_redraws_without_benchmarking(self):
+    path = os.path.join(self.tmp.name, "replot.png")
+    proc = _run([f"--plot_from={self.json_path},{self.json_path}",
+                 f"--plot={path}"], timeout=120)
+    self.assertEqual(proc.returncode, 0, msg=proc.stderr)
+    self.assertNotIn("Ratios", proc.stdout)  # Nothing was timed.
+    with open(path, "rb") as f:
+      self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+
 
 class BenchmarkEdgeCasesTest(parameterized.TestCase):
 
