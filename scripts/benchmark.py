@@ -30,10 +30,16 @@ local devices (`--num_cpu_devices` virtual devices on the CPU), showing how
 time scales with devices. Virtual CPU devices share the machine's cores, so on
 the CPU this shows the overhead of sharding, not a speed-up beyond the cores.
 
+Agreement checks, which make the script exit non-zero when they fail: the seed
+against `permutation`, each sharded result against the one-device matrix, and
+each ELL result scattered back against the dense counter matrix.
+
 Outputs: a table on stdout, the speed ratios of the counter method against its
-targets, `--json` with every figure and the machine/JAX/device details, and
-`--plot` (time per entry versus matrix size, log-log, and memory over output
-per method).
+targets, `--json` with every figure and the machine/JAX/device details,
+`--markdown` with the tables for docs/PERFORMANCE.md, and `--plot` (time per
+entry versus matrix size, log-log; memory over output per method; sharded time
+versus devices). `--plot_from=a.json,b.json` redraws the plot from earlier runs
+without timing anything.
 
 Example:
 
