@@ -259,11 +259,24 @@ class DefaultChunkRowsTest(parameterized.TestCase):
     self.assertEqual(blocks.default_chunk_rows(spec, 64, 64, jnp.float32), 64)
     self.assertEqual(blocks.default_chunk_rows(spec, 0, 64, jnp.float32), 1)
 
-  @parameterized.parameters("permutation", "counter")
-  def test_large_tile_is_chunked(self, method):
-    spec, _ = make_spec((16384, 2048), 0.9, "uniform", method, "nearest")
+  def test_large_tile_is_chunked(self):
+    spec, _ = make_spec((16384, 2048), 0.9, "uniform", "permutation", "nearest")
     chunk = blocks.default_chunk_rows(spec, 2048, 2048, jnp.float32)
     self.assertBetween(chunk, 1, 2047)
+
+  def test_counter_chunks_short_rows_only(self):
+    # Its temporaries are per-row round words: a long-row tile fits unchunked,
+    # a tile of short rows (more round words than elements) is chunked.
+    spec, _ = make_spec((2048, 2048), 0.9, "uniform", "counter", "nearest")
+    self.assertEqual(blocks.default_chunk_rows(spec, 2048, 2048, jnp.float32), 2048)
+    spec, _ = make_spec((2**20, 16), 0.9, "uniform", "counter", "nearest")
+    self.assertBetween(blocks.default_chunk_rows(spec, 2**20, 16, jnp.float32),
+                       1, 2**20 - 1)
+
+  def test_chunks_are_equal(self):
+    # 2048 rows that fit 1927 at a time run as two chunks of 1024, not
+    # 1927 + a shifted second chunk that redoes 1806 rows.
+    self.assertEqual(blocks.chunk_rows_for(2048, 2**30, 1000, 1927 * 1000 / 2**30), 1024)
 
 
 class PartitionableFlagTest(parameterized.TestCase):

@@ -27,9 +27,14 @@ _U32 = jnp.uint32
 # Below this many output bytes a tile is generated in one piece: chunking a
 # small matrix costs loop overhead and saves a negligible amount of memory.
 _UNCHUNKED_BYTES = 4 * 2**20
-# Chunks are sized so that their temporaries stay below this fraction of the
+# Chunks are sized so that their temporaries stay below a fraction of the
 # output tile (and below an absolute cap): memory is "the output + a little".
-_TEMP_FRACTION = 1 / 8
+# The permutation method's temporaries grow with every element of a chunk, so
+# it gets a tight share. The counter method's are only its per-row round words
+# (a fifth of the output at fan_in 1024, less for longer rows); it gets a
+# wider share so that most tiles run as one fused pass, which on the CPU is
+# also twice as fast (a loop body runs on one thread).
+_TEMP_FRACTION = {"permutation": 1 / 8, "counter": 1 / 4}
 _TEMP_CAP_BYTES = 256 * 2**20
 
 
@@ -97,23 +102,29 @@ def row_block(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
   return jnp.where(keep, values, jnp.copysign(jnp.float32(0), values))
 
 
-def chunk_rows_for(n_rows: int, out_bytes: int, temp_bytes_per_row: int) -> int:
-  """The most rows whose temporaries stay a small fraction of the output.
+def chunk_rows_for(n_rows: int, out_bytes: int, temp_bytes_per_row: int,
+                   temp_fraction: float) -> int:
+  """Equal chunks whose temporaries stay below `temp_fraction` of the output.
 
-  The whole tile when that fits: on the CPU a loop body runs on one thread,
-  so an unchunked fused pass is also the fastest.
+  The whole tile when that fits. Otherwise the fewest chunks that fit, of
+  equal size, so the shifted last chunk of `fill_rows` redoes almost nothing.
   """
   if out_bytes <= _UNCHUNKED_BYTES or n_rows <= 1:
     return max(n_rows, 1)
-  budget = min(out_bytes * _TEMP_FRACTION, _TEMP_CAP_BYTES)
-  return int(max(1, min(n_rows, budget // temp_bytes_per_row)))
+  budget = min(out_bytes * temp_fraction, _TEMP_CAP_BYTES)
+  most = int(max(1, budget // temp_bytes_per_row))
+  if most >= n_rows:
+    return n_rows
+  n_chunks = math.ceil(n_rows / most)
+  return math.ceil(n_rows / n_chunks)
 
 
 def default_chunk_rows(spec: SparseSpec, n_rows: int, n_cols: int,
                        dtype: jnp.dtype) -> int:
   """The default chunk of a dense `[n_rows, n_cols]` tile."""
   out_bytes = n_rows * n_cols * jnp.dtype(dtype).itemsize
-  return chunk_rows_for(n_rows, out_bytes, _temp_bytes_per_row(spec))
+  return chunk_rows_for(n_rows, out_bytes, _temp_bytes_per_row(spec),
+                        _TEMP_FRACTION[spec.method])
 
 
 def fill_rows(block: Callable[[Array | int, int], Any], n_rows: int,

@@ -104,7 +104,9 @@ def _temp_bytes_per_row(spec: SparseSpec) -> int:
 def default_chunk_rows(spec: SparseSpec, n_rows: int, dtype: jnp.dtype) -> int:
   """The default chunk: temporaries a small fraction of the ELL arrays."""
   out_bytes = n_rows * nnz(spec) * (jnp.dtype(dtype).itemsize + 4)
-  return blocks.chunk_rows_for(n_rows, out_bytes, _temp_bytes_per_row(spec))
+  # The per-row sort's buffer grows with the chunk, as in the permutation method.
+  return blocks.chunk_rows_for(n_rows, out_bytes, _temp_bytes_per_row(spec),
+                               1 / 8)
 
 
 def generate(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
