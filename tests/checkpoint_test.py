@@ -93,8 +93,11 @@ class CheckpointTest(parameterized.TestCase):
     self.assertEqual(info["alberta_version"], alberta.__version__)
     self.assertEqual(info["jax_version"], jax.__version__)
     self.assertEqual(info["format_version"], checkpoint_lib.FORMAT_VERSION)
-    self.assertEqual(info["arrays"],
-                     {"matrix": {"shape": [32, 24], "dtype": "bfloat16"}})
+    spec = info["arrays"]["matrix"]
+    self.assertEqual((spec["shape"], spec["dtype"]), ([32, 24], "bfloat16"))
+    self.assertRegex(spec["checksum"], r"^[0-9a-f]{16}$")
+    # sparsity 0.75 of 24 columns: 18 zeros in every row.
+    self.assertEqual(spec["row_zeros"], {"min": 18, "max": 18, "total": 576})
 
   def test_named_arrays_restore_as_a_dict(self):
     values = jnp.arange(12, dtype=jnp.float32).reshape(4, 3)
