@@ -11,6 +11,7 @@ from alberta._src.ell import to_dense
 from alberta._src.haiku_init import SparseInit
 from alberta._src.sharding import pmap_sparse_init
 from alberta._src.sharding import sharded_sparse_init
+from alberta._src.verify import verify
 
 __version__ = "0.1.0"
 
@@ -26,4 +27,5 @@ __all__ = (
     "sparse_init_ell",
     "to_bcoo",
     "to_dense",
+    "verify",
 )
