@@ -8,21 +8,37 @@ that unwritable targets are refused before anything is written; that a
 directory without `alberta.json` (what an interrupted save leaves) does not
 restore; and that `import alberta` works without orbax while saving then
 names the missing package.
+
+At the edges: that whatever appears at the target while a save runs (a
+directory, a file, a link, a checkpoint replaced by user data) survives
+untouched and the save raises, with both the renameat2 commit and its
+portable fallback; that of two processes saving to one new path exactly one
+succeeds; that a symbolic link is never a target; that a full disk, an
+interrupt or an exception mid-save leave nothing behind; that the checksum is
+sharding-independent and changes with every single-bit change of an element;
+that bit flips anywhere in a checkpoint's files either raise or restore the
+identical matrix, never other numbers; and that each malformed `alberta.json`
+is refused with the file and the field named.
 """
 
 from tests import env  # noqa: F401
 
+import collections
+import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 from unittest import mock
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
+import pytest
 from absl.testing import parameterized
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -215,6 +231,569 @@ class CheckpointTest(parameterized.TestCase):
                           check=False)
     self.assertEqual(proc.returncode, 0, msg=proc.stderr)
     self.assertEqual(proc.stdout.strip(), "restore")
+
+def _edit_metadata(path, edit, redigest=False):
+  """Rewrites `path`'s alberta.json as `edit(info)` returns it (or changes it)."""
+  meta = os.path.join(path, checkpoint_lib.METADATA_FILE)
+  with open(meta) as f:
+    info = json.load(f)
+  result = edit(info)
+  info = info if result is None else result
+  if redigest:
+    info["metadata_sha256"] = checkpoint_lib._metadata_sha256(info)
+  if not isinstance(info, str):
+    info = json.dumps(info)
+  with open(meta, "wb") as f:  # A str result is raw text (\udcXX: a byte).
+    f.write(info.encode("utf-8", "surrogateescape"))
+
+
+def _no_renameat2(*args):
+  del args
+  raise checkpoint_lib._Unsupported("simulated: no renameat2 here")
+
+
+# Runs of every race test: the renameat2 commit, then its portable fallback.
+_COMMITS = (("_renameat2", False), ("_portable", True))
+
+
+class CommitRaceTest(parameterized.TestCase):
+  """Whatever appears at the target during a save is never replaced."""
+
+  def setUp(self):
+    super().setUp()
+    tmp = tempfile.TemporaryDirectory()
+    self.addCleanup(tmp.cleanup)
+    self.dir = tmp.name
+    self.path = os.path.join(self.dir, "w")
+
+  def _portable(self, portable):
+    if portable:
+      patcher = mock.patch.object(checkpoint_lib, "_renameat2", _no_renameat2)
+      patcher.start()
+      self.addCleanup(patcher.stop)
+
+  def _save_while(self, appear, **kwargs):
+    """Saves to self.path; `appear()` runs from the progress callback."""
+    calls = []
+
+    def progress(unused_bytes, unused_seconds):
+      if not calls:
+        appear()
+      calls.append(1)
+
+    try:
+      alberta.checkpoint.save(self.path, _matrix(), {"seed": 2},
+                              progress=progress, progress_every_s=1e-4,
+                              **kwargs)
+    finally:
+      # The injection did happen mid-save (else the test proves nothing).
+      self.assertNotEmpty(calls)
+
+  def _user_directory(self):
+    os.mkdir(self.path)
+    with open(os.path.join(self.path, "precious.txt"), "w") as f:
+      f.write("data")
+
+  def _user_file(self):
+    with open(self.path, "w") as f:
+      f.write("data")
+
+  def _assert_user_directory(self):
+    self.assertFalse(os.path.islink(self.path))
+    self.assertEqual(os.listdir(self.path), ["precious.txt"])
+    with open(os.path.join(self.path, "precious.txt")) as f:
+      self.assertEqual(f.read(), "data")
+
+  @parameterized.named_parameters(*_COMMITS)
+  def test_a_directory_appearing_without_overwrite_is_kept(self, portable):
+    self._portable(portable)
+    with self.assertRaisesRegex(FileExistsError, "appeared while"):
+      self._save_while(self._user_directory)
+    self._assert_user_directory()
+    self.assertEqual(os.listdir(self.dir), ["w"])  # No staging left.
+
+  @parameterized.named_parameters(*_COMMITS)
+  def test_an_empty_directory_appearing_without_overwrite_is_kept(
+      self, portable):
+    self._portable(portable)
+    with self.assertRaisesRegex(FileExistsError, "appeared while"):
+      self._save_while(lambda: os.mkdir(self.path))
+    self.assertEqual(os.listdir(self.path), [])
+    self.assertEqual(os.listdir(self.dir), ["w"])
+
+  @parameterized.named_parameters(*_COMMITS)
+  def test_a_file_appearing_is_kept_with_or_without_overwrite(self, portable):
+    self._portable(portable)
+    for overwrite in (False, True):
+      with self.assertRaises(FileExistsError):
+        self._save_while(self._user_file, overwrite=overwrite)
+      with open(self.path) as f:
+        self.assertEqual(f.read(), "data")
+      self.assertEqual(os.listdir(self.dir), ["w"])
+      os.remove(self.path)
+
+  @parameterized.named_parameters(*_COMMITS)
+  def test_a_directory_appearing_with_overwrite_is_kept(self, portable):
+    self._portable(portable)
+    with self.assertRaisesRegex(FileExistsError, "not an alberta checkpoint"):
+      self._save_while(self._user_directory, overwrite=True)
+    self._assert_user_directory()
+    self.assertEqual(os.listdir(self.dir), ["w"])
+
+  @parameterized.named_parameters(*_COMMITS)
+  def test_a_checkpoint_replaced_by_user_data_mid_save_is_kept(self, portable):
+    self._portable(portable)
+    alberta.checkpoint.save(self.path, jnp.ones((2, 2)), {"seed": 1})
+
+    def replace_with_user_data():
+      shutil.rmtree(self.path)
+      self._user_directory()
+
+    with self.assertRaisesRegex(FileExistsError, "not an alberta checkpoint"):
+      self._save_while(replace_with_user_data, overwrite=True)
+    self._assert_user_directory()
+    self.assertEqual(os.listdir(self.dir), ["w"])
+
+  @parameterized.named_parameters(*_COMMITS)
+  def test_a_link_appearing_with_overwrite_is_kept(self, portable):
+    self._portable(portable)
+    elsewhere = os.path.join(self.dir, "elsewhere")
+    os.mkdir(elsewhere)
+    with self.assertRaisesRegex(FileExistsError, "symbolic link"):
+      self._save_while(lambda: os.symlink(elsewhere, self.path),
+                       overwrite=True)
+    self.assertEqual(os.readlink(self.path), elsewhere)
+    self.assertEqual(os.listdir(elsewhere), [])
+    self.assertEqual(sorted(os.listdir(self.dir)), ["elsewhere", "w"])
+
+  @parameterized.named_parameters(*_COMMITS)
+  def test_an_empty_directory_filled_after_the_check_is_kept(self, portable):
+    # Empty when save starts (replaceable), holds a file at the commit.
+    self._portable(portable)
+    os.mkdir(self.path)
+
+    def fill():
+      with open(os.path.join(self.path, "precious.txt"), "w") as f:
+        f.write("data")
+
+    with self.assertRaisesRegex(FileExistsError, "not an alberta checkpoint"):
+      self._save_while(fill, overwrite=True)
+    self._assert_user_directory()
+    self.assertEqual(os.listdir(self.dir), ["w"])
+
+  @parameterized.named_parameters(*_COMMITS)
+  def test_a_directory_appearing_just_before_the_rename_is_kept(self, portable):
+    # The narrowest window: after alberta.json is written, before the commit.
+    self._portable(portable)
+    write_json = checkpoint_lib._write_json
+
+    def write_then_appear(path, obj):
+      write_json(path, obj)
+      self._user_directory()
+
+    with mock.patch.object(checkpoint_lib, "_write_json", write_then_appear):
+      for overwrite in (False, True):
+        with self.assertRaises(FileExistsError):
+          alberta.checkpoint.save(self.path, jnp.ones((2, 2)),
+                                  overwrite=overwrite)
+        self._assert_user_directory()
+        self.assertEqual(os.listdir(self.dir), ["w"])
+        shutil.rmtree(self.path)
+
+  @parameterized.named_parameters(*_COMMITS)
+  def test_overwrite_replaces_checkpoints_and_empty_directories(self, portable):
+    self._portable(portable)
+    alberta.checkpoint.save(self.path, jnp.ones((2, 2)), {"seed": 1})
+    alberta.checkpoint.save(self.path, jnp.zeros((2, 3)), {"seed": 2},
+                            overwrite=True)
+    self.assertEqual(alberta.checkpoint.restore_metadata(self.path)["seed"], 2)
+    np.testing.assert_array_equal(alberta.checkpoint.restore(self.path),
+                                  np.zeros((2, 3)))
+    shutil.rmtree(self.path)
+    os.mkdir(self.path)
+    alberta.checkpoint.save(self.path, jnp.ones((2, 2)), {"seed": 3},
+                            overwrite=True)
+    self.assertEqual(alberta.checkpoint.restore_metadata(self.path)["seed"], 3)
+    self.assertEqual(os.listdir(self.dir), ["w"])
+
+  @parameterized.named_parameters(("_dangling", False), ("_to_a_directory", True))
+  def test_a_symbolic_link_is_never_a_target(self, to_directory):
+    target = os.path.join(self.dir, "real")
+    if to_directory:
+      alberta.checkpoint.save(target, jnp.ones((2, 2)), {"seed": 1})
+    os.symlink(target, self.path)
+    before = sorted(os.listdir(self.dir))
+    for overwrite in (False, True):
+      with self.assertRaisesRegex(FileExistsError, "symbolic link"):
+        alberta.checkpoint.save(self.path, jnp.zeros((2, 2)),
+                                overwrite=overwrite)
+      self.assertEqual(os.readlink(self.path), target)
+      self.assertEqual(sorted(os.listdir(self.dir)), before)
+    if to_directory:
+      self.assertEqual(alberta.checkpoint.restore_metadata(target)["seed"], 1)
+
+  def test_two_processes_saving_to_one_path_exactly_one_succeeds(self):
+    # Each process waits, mid-write (from its progress callback), until both
+    # are writing: both passed the initial check, so the commit decides.
+    code = textwrap.dedent("""
+        import os, sys, time
+        from tests import env
+        import jax, jax.numpy as jnp
+        import alberta
+        i, path, flags = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+        x = jax.random.normal(jax.random.key(i), (64, 48)) + i
+        open(os.path.join(flags, f"ready{i}"), "w").close()
+        def progress(unused_bytes, unused_seconds):
+          deadline = time.monotonic() + 60
+          while len(os.listdir(flags)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        alberta.checkpoint.save(path, x, {"writer": i}, progress=progress,
+                                progress_every_s=0.001)
+        """)
+    flags = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, flags)
+    env_vars = dict(os.environ, PYTHONPATH=_ROOT)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(i), self.path,
+                               flags], env=env_vars, cwd=_ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    codes = [proc.returncode for proc in procs]
+    self.assertEqual(sorted(codes), [0, 1], msg=outputs)
+    loser = codes.index(1)
+    self.assertRegex(outputs[loser][1],
+                     rf"FileExistsError: {self.path} appeared while")
+    self.assertEqual(os.listdir(self.dir), ["w"])  # The loser left nothing.
+    winner = codes.index(0)
+    self.assertEqual(alberta.checkpoint.restore_metadata(self.path)["writer"],
+                     winner)
+    expected = jax.random.normal(jax.random.key(winner), (64, 48)) + winner
+    np.testing.assert_array_equal(_bits(alberta.checkpoint.restore(self.path)),
+                                  _bits(expected))
+
+
+class FailureCleanupTest(parameterized.TestCase):
+  """A save that fails or is interrupted leaves nothing behind."""
+
+  def setUp(self):
+    super().setUp()
+    tmp = tempfile.TemporaryDirectory()
+    self.addCleanup(tmp.cleanup)
+    self.dir = tmp.name
+    self.path = os.path.join(self.dir, "w")
+
+  @parameterized.named_parameters(("_interrupt", KeyboardInterrupt),
+                                  ("_error", RuntimeError))
+  def test_an_exception_from_progress_removes_the_staging(self, error):
+    calls = []
+
+    def progress(unused_bytes, unused_seconds):
+      calls.append(1)
+      raise error("stop")
+
+    with self.assertRaises(error):
+      alberta.checkpoint.save(self.path, _matrix(), progress=progress,
+                              progress_every_s=1e-4)
+    self.assertLen(calls, 1)
+    self.assertEqual(os.listdir(self.dir), [])
+
+  def test_a_full_disk_while_writing_metadata_is_one_clear_error(self):
+    def full(path, obj):
+      del obj
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    with mock.patch.object(checkpoint_lib, "_write_json", full):
+      with self.assertRaises(OSError) as caught:
+        alberta.checkpoint.save(self.path, jnp.ones((4, 4)))
+    self.assertEqual(caught.exception.errno, errno.ENOSPC)
+    self.assertIn(self.path, str(caught.exception))
+    self.assertIn("No space left on device", str(caught.exception))
+    self.assertNotIn("\n", str(caught.exception))
+    self.assertEqual(os.listdir(self.dir), [])
+
+  def test_a_full_disk_while_writing_shards_is_one_clear_error(self):
+    if os.geteuid() != 0:
+      self.skipTest("mounting a small tmpfs needs root")
+    mount = os.path.join(self.dir, "small")
+    os.mkdir(mount)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs",
+                           mount], capture_output=True, text=True, check=False)
+    if proc.returncode:
+      self.skipTest(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    self.addCleanup(subprocess.run, ["umount", mount], check=False)
+    path = os.path.join(mount, "w")
+    # 1 MiB of random float32, which hardly compresses: 4x the space.
+    matrix = jax.random.normal(jax.random.key(0), (512, 512))
+    with self.assertRaises(OSError) as caught:
+      alberta.checkpoint.save(path, matrix)
+    self.assertEqual(caught.exception.errno, errno.ENOSPC)
+    self.assertIn(path, str(caught.exception))
+    self.assertIn("No space left on device", str(caught.exception))
+    self.assertNotIn("\n", str(caught.exception))
+    self.assertEqual(os.listdir(mount), [])
+
+
+class ChecksumTest(parameterized.TestCase):
+  """The checksum and restore's verification."""
+
+  def setUp(self):
+    super().setUp()
+    tmp = tempfile.TemporaryDirectory()
+    self.addCleanup(tmp.cleanup)
+    self.dir = tmp.name
+    self.path = os.path.join(self.dir, "w")
+
+  def test_the_checksum_does_not_depend_on_the_sharding(self):
+    matrix = _matrix()
+    expected = checkpoint_lib._summaries({"m": matrix})
+    for mesh_shape, spec in (((8,), PartitionSpec("r")),
+                             ((8,), PartitionSpec(None, "r")),
+                             ((2, 4), PartitionSpec("r", "c"))):
+      names = ("r", "c")[:len(mesh_shape)]
+      sharded = jax.device_put(matrix, NamedSharding(_mesh(mesh_shape, names),
+                                                     spec))
+      self.assertEqual(checkpoint_lib._summaries({"m": sharded}), expected)
+    self.assertEqual(checkpoint_lib._summaries({"m": np.asarray(matrix)}),
+                     expected)
+
+  @parameterized.named_parameters(
+      ("_float32", np.float32), ("_float16", np.float16),
+      ("_bfloat16", jnp.bfloat16), ("_int32", np.int32), ("_uint8", np.uint8))
+  def test_every_single_bit_flip_changes_the_checksum(self, dtype):
+    values = np.random.default_rng(0).normal(size=(3, 5)) * 50
+    x = np.asarray(values, dtype)
+    width = x.dtype.itemsize * 8
+    unsigned = np.dtype(f"uint{width}")
+    original = checkpoint_lib._summaries({"x": x})["x"]["checksum"]
+    seen = {original}
+    for index in np.ndindex(x.shape):
+      for bit in range(width):
+        flipped = x.copy()
+        flipped.view(unsigned)[index] ^= unsigned.type(1 << bit)
+        seen.add(checkpoint_lib._summaries({"x": flipped})["x"]["checksum"])
+    # Every flip gives a checksum unlike the original and every other flip.
+    self.assertLen(seen, 1 + x.size * width)
+
+  def test_swapping_two_elements_changes_the_checksum(self):
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    swapped = x.copy()
+    swapped[0, 1], swapped[2, 3] = x[2, 3], x[0, 1]
+    self.assertNotEqual(checkpoint_lib._summaries({"x": x}),
+                        checkpoint_lib._summaries({"x": swapped}))
+
+  def test_float64_arrays_have_checksums_over_both_words(self):
+    with jax.enable_x64(True):
+      x = jnp.asarray(np.linspace(-1, 1, 12).reshape(3, 4), jnp.float64)
+      base = checkpoint_lib._summaries({"x": x})["x"]["checksum"]
+      low = np.asarray(x).copy()
+      low.view(np.uint64)[1, 1] ^= np.uint64(1)
+      high = np.asarray(x).copy()
+      high.view(np.uint64)[1, 1] ^= np.uint64(1 << 62)
+      others = {checkpoint_lib._summaries({"x": y})["x"]["checksum"]
+                for y in (low, high)}
+      self.assertLen(others | {base}, 3)
+      alberta.checkpoint.save(self.path, x)
+      restored = alberta.checkpoint.restore(self.path)
+      self.assertEqual(restored.dtype, jnp.float64)
+      np.testing.assert_array_equal(restored, x)
+
+  def test_the_row_zero_total_is_exact_beyond_32_bits(self):
+    counts = jax.device_put(
+        np.full(16, 2**31 - 1, np.uint32),
+        NamedSharding(_mesh((8,), ("r",)), PartitionSpec("r")))
+    lo, hi = jax.jit(checkpoint_lib._sum64)(counts)
+    self.assertEqual((int(hi) << 32) | int(lo), 16 * (2**31 - 1))
+
+  def test_restore_reads_sharded_and_verifies(self):
+    matrix = _matrix()
+    alberta.checkpoint.save(self.path, matrix)
+    by_rows = NamedSharding(_mesh((8,), ("rows",)), PartitionSpec("rows"))
+    restored = alberta.checkpoint.restore(self.path, sharding=by_rows)
+    np.testing.assert_array_equal(_bits(restored), _bits(matrix))
+
+  @parameterized.named_parameters(("_checksum", "checksum"),
+                                  ("_row_zeros", "row_zeros"))
+  def test_a_recorded_summary_unlike_the_data_raises(self, field):
+    alberta.checkpoint.save(self.path, _matrix())
+
+    def edit(info):
+      spec = info["arrays"]["matrix"]
+      if field == "checksum":
+        spec["checksum"] = f"{int(spec['checksum'], 16) ^ 1:016x}"
+      else:
+        spec["row_zeros"]["total"] -= 1
+        spec["row_zeros"]["min"] -= 1
+
+    _edit_metadata(self.path, edit, redigest=True)
+    with self.assertRaisesRegex(alberta.checkpoint.ChecksumError,
+                                rf"{self.path}: array 'matrix'"):
+      alberta.checkpoint.restore(self.path)
+    np.testing.assert_array_equal(
+        _bits(alberta.checkpoint.restore(self.path, verify=False)),
+        _bits(_matrix()))
+
+  def _flip_sweep(self, flips, seed):
+    """Restores `flips` single-bit-flipped copies; returns how each ended."""
+    matrix = np.asarray(alberta.sparse_init(jax.random.key(3), (64, 48), 0.7))
+    alberta.checkpoint.save(self.path, matrix, {"seed": 3})
+    files = sorted(os.path.relpath(os.path.join(root, f), self.path)
+                   for root, _, names in os.walk(self.path) for f in names)
+    rng = np.random.default_rng(seed)
+    outcomes = collections.Counter()
+    for i in range(flips):
+      name = files[i % len(files)]  # Every file, in turn.
+      copy = os.path.join(self.dir, "copy")
+      shutil.copytree(self.path, copy)
+      with open(os.path.join(copy, name), "r+b") as f:
+        data = bytearray(f.read())
+        offset = int(rng.integers(len(data)))
+        data[offset] ^= 1 << int(rng.integers(8))
+        f.seek(0)
+        f.write(data)
+      try:
+        restored = alberta.checkpoint.restore(copy)
+      except alberta.checkpoint.ChecksumError as e:
+        # An array's checksum, or alberta.json's own digest.
+        outcomes["checksum" if "array '" in str(e) else "alberta.json"] += 1
+      except Exception as e:  # pylint: disable=broad-exception-caught
+        outcomes["alberta.json" if checkpoint_lib.METADATA_FILE in str(e)
+                 else "orbax"] += 1
+      else:
+        # Never other numbers: the flip was harmless (unread bytes).
+        np.testing.assert_array_equal(_bits(restored), _bits(matrix),
+                                      err_msg=f"flip in {name} at {offset}")
+        outcomes["identical"] += 1
+      shutil.rmtree(copy)
+    print(f"{flips} single-bit flips over {len(files)} files: {dict(outcomes)}")
+    return outcomes
+
+  def test_bit_flips_raise_or_restore_the_identical_matrix(self):
+    outcomes = self._flip_sweep(200, seed=0)
+    self.assertEqual(sum(outcomes.values()), 200)
+    # Some flips decode to other numbers without orbax noticing; only the
+    # checksum catches those: 13 to 20 of 200 in runs here (orbax names its
+    # data files at random, so which flip lands where varies a little).
+    self.assertGreater(outcomes["checksum"], 0)
+
+  @pytest.mark.slow
+  def test_many_bit_flips_raise_or_restore_the_identical_matrix(self):
+    outcomes = self._flip_sweep(2000, seed=1)
+    self.assertGreater(outcomes["checksum"], 0)
+
+
+class MetadataValidationTest(parameterized.TestCase):
+  """A malformed alberta.json names the file and the field."""
+
+  def setUp(self):
+    super().setUp()
+    tmp = tempfile.TemporaryDirectory()
+    self.addCleanup(tmp.cleanup)
+    self.dir = tmp.name
+    self.path = os.path.join(self.dir, "w")
+    alberta.checkpoint.save(self.path, _matrix(), {"seed": 7})
+    self.meta = os.path.join(self.path, checkpoint_lib.METADATA_FILE)
+
+  def _spec(self, info):
+    return info["arrays"]["matrix"]
+
+  @parameterized.named_parameters(
+      ("_not_json", lambda i: "{not json", "is not valid JSON"),
+      ("_a_list", lambda i: [i], "must hold a JSON object; it holds a JSON array"),
+      ("_a_string", lambda i: '"x"', "must hold a JSON object; it holds a JSON string"),
+      ("_null", lambda i: "null", "must hold a JSON object; it holds a JSON null"),
+      ("_not_utf8", lambda i: "\udcff", "is not valid JSON"),
+      ("_no_version", lambda i: i.pop("format_version") and None,
+       "'format_version' is missing"),
+      ("_version_text", lambda i: i.update(format_version="2"),
+       "'format_version' must be an integer"),
+      ("_no_arrays", lambda i: i.pop("arrays") and None, "'arrays' is missing"),
+      ("_arrays_list", lambda i: i.update(arrays=[1]), "'arrays' must be an object"),
+      ("_arrays_empty", lambda i: i.update(arrays={}), "'arrays' is empty"),
+      ("_entry_not_object", lambda i: i["arrays"].update(matrix=[32, 24]),
+       "'arrays.matrix' must be an object"),
+      ("_no_shape", lambda i: i["arrays"]["matrix"].pop("shape") and None,
+       "'arrays.matrix.shape' must be a list"),
+      ("_negative_shape", lambda i: i["arrays"]["matrix"].update(shape=[-32, 24]),
+       "'arrays.matrix.shape' must be a list of non-negative integers"),
+      ("_float_shape", lambda i: i["arrays"]["matrix"].update(shape=[32.0, 24]),
+       "'arrays.matrix.shape'"),
+      ("_shape_text", lambda i: i["arrays"]["matrix"].update(shape="32,24"),
+       "'arrays.matrix.shape'"),
+      ("_no_dtype", lambda i: i["arrays"]["matrix"].pop("dtype") and None,
+       "'arrays.matrix.dtype' must name"),
+      ("_unknown_dtype", lambda i: i["arrays"]["matrix"].update(dtype="float33"),
+       "'arrays.matrix.dtype' must name"),
+      ("_complex_dtype", lambda i: i["arrays"]["matrix"].update(dtype="complex64"),
+       "'arrays.matrix.dtype' must name"),
+      ("_no_checksum", lambda i: i["arrays"]["matrix"].pop("checksum") and None,
+       "'arrays.matrix.checksum' must be 16 lowercase hexadecimal"),
+      ("_short_checksum",
+       lambda i: i["arrays"]["matrix"].update(checksum="abc"),
+       "'arrays.matrix.checksum'"),
+      ("_checksum_number",
+       lambda i: i["arrays"]["matrix"].update(checksum=12345),
+       "'arrays.matrix.checksum'"),
+      ("_no_row_zeros", lambda i: i["arrays"]["matrix"].pop("row_zeros") and None,
+       "'arrays.matrix.row_zeros'"),
+      ("_row_zeros_beyond_shape",
+       lambda i: i["arrays"]["matrix"]["row_zeros"].update(max=25),
+       "'arrays.matrix.row_zeros'"),
+      ("_no_digest", lambda i: i.pop("metadata_sha256") and None,
+       "'metadata_sha256' must be 64"),
+  )
+  def test_malformed_metadata_is_refused(self, edit, message):
+    _edit_metadata(self.path, edit)
+    for verify in (True, False):
+      with self.assertRaisesRegex(ValueError, message) as caught:
+        alberta.checkpoint.restore(self.path, verify=verify)
+      self.assertIn(self.meta, str(caught.exception))
+      self.assertNotIsInstance(caught.exception,
+                               alberta.checkpoint.ChecksumError)
+      with self.assertRaisesRegex(ValueError, message):
+        alberta.checkpoint.restore_metadata(self.path, verify=verify)
+
+  def test_edited_metadata_fails_its_digest_unless_unverified(self):
+    _edit_metadata(self.path, lambda i: i.update(seed=8))
+    with self.assertRaisesRegex(alberta.checkpoint.ChecksumError,
+                                rf"{self.meta} does not match its own"):
+      alberta.checkpoint.restore(self.path)
+    self.assertEqual(
+        alberta.checkpoint.restore_metadata(self.path, verify=False)["seed"], 8)
+
+  @parameterized.named_parameters(
+      ("_dtype", lambda i: i["arrays"]["matrix"].update(dtype="int32"),
+       r"'arrays.matrix.dtype' is 'int32', but the checkpoint stores 'float32' "
+       r"\(it is never cast\)"),
+      ("_shape", lambda i: i["arrays"]["matrix"].update(shape=[32, 48]),
+       r"'arrays.matrix.shape' is \[32, 48\], but the checkpoint stores shape "
+       r"\[32, 24\]"),
+      ("_names", lambda i: i["arrays"].update(values=i["arrays"].pop("matrix")),
+       r"'arrays' lists \['values'\], but the checkpoint stores \['matrix'\]"),
+  )
+  def test_metadata_unlike_what_orbax_stored_is_never_a_cast(self, edit,
+                                                             message):
+    for verify in (True, False):
+      # Digest recomputed: only the comparison with orbax can catch it.
+      _edit_metadata(self.path, edit, redigest=True)
+      with self.assertRaisesRegex(ValueError, message):
+        alberta.checkpoint.restore(self.path, verify=verify)
+      shutil.rmtree(self.path)
+      alberta.checkpoint.save(self.path, _matrix(), {"seed": 7})
+
+  def test_format_version_1_reads_only_unverified(self):
+    def to_v1(info):
+      info["format_version"] = 1
+      del info["metadata_sha256"]
+      for spec in info["arrays"].values():
+        del spec["checksum"], spec["row_zeros"]
+
+    _edit_metadata(self.path, to_v1)
+    with self.assertRaisesRegex(ValueError, "format_version 1.*verify=False"):
+      alberta.checkpoint.restore(self.path)
+    np.testing.assert_array_equal(
+        _bits(alberta.checkpoint.restore(self.path, verify=False)),
+        _bits(_matrix()))
+
 
 
 if __name__ == "__main__":
