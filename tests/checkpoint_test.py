@@ -28,6 +28,7 @@ import errno
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -470,6 +471,58 @@ class CommitRaceTest(parameterized.TestCase):
     expected = jax.random.normal(jax.random.key(winner), (64, 48)) + winner
     np.testing.assert_array_equal(_bits(alberta.checkpoint.restore(self.path)),
                                   _bits(expected))
+
+  @pytest.mark.slow
+  def test_a_failed_commit_on_process_0_fails_every_process(self):
+    # Two JAX processes save one sharded matrix; a user directory appears at
+    # the target while they write. Process 0 refuses to commit, and process
+    # 1 learns it from process 0's broadcast instead of returning success.
+    code = textwrap.dedent("""
+        import os, sys
+        import jax
+        i, port, path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+        jax.config.update("jax_num_cpu_devices", 4)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2,
+                                   process_id=i)
+        import alberta
+        from jax.sharding import NamedSharding, PartitionSpec
+        mesh = jax.make_mesh((8,), ("rows",),
+                             axis_types=(jax.sharding.AxisType.Auto,))
+        x = alberta.sharded_sparse_init(
+            jax.random.key(1), (64, 48), 0.5, method="counter",
+            sharding=NamedSharding(mesh, PartitionSpec("rows")))
+        def appear(unused_bytes, unused_seconds):
+          os.makedirs(os.path.join(path, "user"), exist_ok=True)
+        try:
+          alberta.checkpoint.save(path, x, progress=appear if i == 0 else None,
+                                  progress_every_s=1e-4)
+        except FileExistsError as e:
+          print("REFUSED", e)
+          sys.exit(3)
+        """)
+    with socket.socket() as s:
+      s.bind(("127.0.0.1", 0))
+      port = s.getsockname()[1]
+    env_vars = dict(os.environ, PYTHONPATH=_ROOT, JAX_PLATFORMS="cpu")
+    env_vars.pop("XLA_FLAGS", None)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(i), str(port),
+                               self.path], env=env_vars, cwd=_ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    try:
+      outputs = [proc.communicate(timeout=600) for proc in procs]
+    finally:
+      for proc in procs:
+        if proc.poll() is None:
+          proc.kill()
+          proc.communicate()
+    for proc, (stdout, stderr) in zip(procs, outputs):
+      self.assertEqual(proc.returncode, 3, msg=f"{stdout}\n{stderr}")
+      self.assertIn(f"REFUSED {self.path}", stdout)
+    self.assertIn("process 0 could not commit", outputs[1][0])
+    self.assertEqual(os.listdir(self.dir), ["w"])
+    self.assertEqual(os.listdir(self.path), ["user"])
 
 
 class FailureCleanupTest(parameterized.TestCase):
