@@ -221,6 +221,26 @@ def model_round(x: np.ndarray, k_value, a, b, n: int) -> np.ndarray:
   return np.where(swap == 1, partner, x)
 
 
+@functools.partial(jax.jit, static_argnames=("n_rows",))
+def _opposite_pairs_at_fan_in_4(key, row_start, n_rows: int):
+  """Rows whose zero set (k = 2 of 4) is {0, 2} or {1, 3}; and all zeros."""
+  _, mask_key = blocks.split_key(key)
+  zeros = ~counter.keep_mask(mask_key, 2, 4, _rows(row_start, n_rows),
+                             jnp.arange(4, dtype=jnp.uint32))
+  opposite = (zeros[:, 0] & zeros[:, 2]) | (zeros[:, 1] & zeros[:, 3])
+  return opposite.sum(dtype=jnp.int32), zeros.sum(dtype=jnp.int32)
+
+
+def opposite_pair_z(key, n_rows: int, chunk: int = 2**22) -> float:
+  """z-score of the opposite-pair count at fan_in 4, k 2 (1/3 if uniform)."""
+  opposite = 0
+  for start in range(0, n_rows, chunk):
+    o, z = _opposite_pairs_at_fan_in_4(key, np.uint32(start), chunk)
+    assert int(z) == 2 * chunk
+    opposite += int(o)
+  return (opposite - n_rows / 3) / np.sqrt(n_rows * 2 / 9)
+
+
 class ZeroCountTest(parameterized.TestCase):
 
   @parameterized.parameters(
@@ -436,6 +456,15 @@ class WideZeroSetProbeTest(parameterized.TestCase):
     p = binomial_two_sided_p(np.rint(counts).astype(np.int64), n_rows, p3)
     self.assertLen(p, 2024)
     self.assertGreater(p.min(), _ALPHA / len(p))
+
+  @pytest.mark.slow
+  def test_opposite_pairs_at_fan_in_4_over_2_28_rows(self):
+    # Under the exact law at num_rounds(4) the opposite pairs {0, 2}, {1, 3}
+    # are a fraction 1/3 of rows to within 6e-9, so the count is
+    # Binomial(2**28, 1/3): |z| < 3.89 fails with probability 1e-4. With the
+    # former 16 rounds the fraction was 1.8e-4 short, a mean z of -6.3, which
+    # this bound catches with probability 0.99.
+    self.assertLess(abs(opposite_pair_z(jax.random.key(26), 2**28)), 3.89)
 
 
 class ValueDistributionTest(parameterized.TestCase):
