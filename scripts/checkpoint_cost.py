@@ -25,6 +25,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import logging  # pylint: disable=g-import-not-at-top
 
 import alberta  # pylint: disable=g-import-not-at-top
 from alberta._src import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
@@ -48,6 +49,7 @@ def _timed(fn):
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save and restore.
 
   device = jax.devices()[0]
   print(f"device: {device.platform} {device.device_kind}; jax "
@@ -75,7 +77,7 @@ def main(argv) -> None:
         seconds, _ = _timed(lambda: checkpoint_lib._digest(restored))
         digest.append(seconds)
     off, on = (statistics.median(times[v]) for v in (False, True))
-    print(f"| {n}x{n} float32 | {matrix.nbytes / 2**20:.0f} MiB | "
+    print(f"| {n}x{n} float32 | {matrix.nbytes / 2**20:.3g} MiB | "
           f"{off * 1e3:.0f} ms | {on * 1e3:.0f} ms | "
           f"{(on - off) * 1e3:+.0f} ms ({(on / off - 1) * 100:+.0f}%) | "
           f"{statistics.median(digest) * 1e3:.1f} ms |")
