@@ -5,6 +5,11 @@ derives the bits of element `i` of a flat array from one Threefry-2x32 call on
 the 64-bit counter `i`, split into two uint32 words. So any element, row key or
 tile of the seed's arrays can be computed on its own from its global index; this
 module does exactly that, without building the rest of the array.
+
+It also holds the maps from bits to weights: the seed's (`bits_to_uniform`,
+`bits_to_normal`, `jax.random`'s own) and the counter method's, which draw from
+an open interval so that a kept weight is never 0; and `cast_nonzero`, the cast
+to the output dtype that never rounds a kept weight to zero.
 """
 
 from __future__ import annotations
@@ -120,3 +125,76 @@ def bits_to_normal(bits: Array) -> Array:
   lo = np.nextafter(np.float32(-1.0), np.float32(0.0), dtype=np.float32)
   u = bits_to_uniform(bits, lo, 1.0)
   return jnp.float32(np.sqrt(2)) * lax.erf_inv(u)
+
+
+# The counter method's grid: 2**23 odd multiples of 2**-23, symmetric about 0.
+_OPEN_BITS = 23
+
+
+def bits_to_open_unit(bits: Array) -> Array:
+  """Maps uint32 bits to float32 in the open interval (-1, 1), never 0.
+
+  With `m = bits >> 9` (the top 23 bits, as `jax.random.uniform` uses), the
+  value is `(2 m + 1 - 2**23) * 2**-23`: the midpoints of 2**23 equal cells of
+  [-1, 1], i.e. exactly uniform on the grid of odd multiples of 2**-23 between
+  `-(1 - 2**-23)` and `1 - 2**-23`. The odd integer has at most 23 bits, so the
+  int-to-float conversion and the power-of-two scaling are exact; the grid is
+  symmetric (mean exactly 0) and does not contain 0.
+  """
+  odd = lax.convert_element_type((bits >> 9) << 1, jnp.int32) - jnp.int32(
+      2**_OPEN_BITS - 1)
+  return lax.convert_element_type(odd, jnp.float32) * jnp.float32(
+      2.0**-_OPEN_BITS)
+
+
+def bits_to_open_uniform(bits: Array, scale: float) -> Array:
+  """Uniform float32 weights in the open interval `(-scale, scale)`, never 0.
+
+  `bits_to_open_unit(bits) * float32(scale)`, one rounding: the 2**23-point
+  grid of `bits_to_open_unit` scaled. Every product is nonzero (at least
+  `2**-23 * scale >= 2**-39` for `scale >= 2**-16`, i.e. any fan-in below
+  2**32) and strictly below `float32(scale)` in magnitude, since
+  `(1 - 2**-23) * scale` rounds to at most the float32 below `scale`.
+  """
+  return bits_to_open_unit(bits) * jnp.float32(scale)
+
+
+def bits_to_open_normal(bits: Array) -> Array:
+  """Standard normal float32 values, never 0: `sqrt(2) erf_inv(u)`.
+
+  `u = bits_to_open_unit(bits)`, the symmetric 2**23-point grid in (-1, 1)
+  without 0, so the result is the normal quantile at the grid's points: never 0
+  (`sqrt(2) erf_inv(u)` is about `1.25 u` near 0, so at least ~1.5e-7), finite
+  (the extreme `|u| = 1 - 2**-23` gives +-5.29) and symmetric.
+  """
+  return jnp.float32(np.sqrt(2)) * lax.erf_inv(bits_to_open_unit(bits))
+
+
+def cast_nonzero(values: Array, dtype) -> Array:
+  """`values.astype(dtype)`, except that no nonzero value becomes zero.
+
+  A nonzero value that the cast rounds to zero becomes the smallest subnormal
+  of `dtype` (2**-24 for float16) with the value's sign; every other value,
+  zeros of either sign included, is the plain cast. From float32 that happens
+  only in float16, to `|w| <= 2**-25` (half its smallest subnormal, which
+  rounds to even, i.e. to 0). bfloat16 has float32's exponent range, so only
+  float32 subnormals could round to zero, and XLA already reads those as zero
+  (no generated weight is one: they are at least 2**-39 in magnitude). Since masked weights are +-0.0 before the cast, kept weights
+  stay nonzero and masked ones keep their sign. For a `dtype` that holds every
+  value of `values.dtype` (float32 to float32 or float64) it is the plain cast.
+
+  Args:
+    values: the float32 tile or ELL values.
+    dtype: the output dtype, one `checks.check_dtype` accepts.
+
+  Returns:
+    The values in `dtype`.
+  """
+  dtype = jnp.dtype(dtype)
+  cast = values.astype(dtype)
+  tiny = jnp.finfo(dtype).smallest_subnormal
+  if tiny <= jnp.finfo(values.dtype).smallest_subnormal:
+    return cast
+  flushed = (values != 0) & (cast == 0)
+  tiny = jnp.asarray(tiny, dtype)
+  return jnp.where(flushed, jnp.where(jnp.signbit(values), -tiny, tiny), cast)

@@ -58,12 +58,25 @@ def split_key(key: Array):
 def values_from_bits(spec: SparseSpec, value_bits: Array) -> Array:
   """The float32 weights of `spec`'s distribution from 32 random bits each.
 
+  The permutation method uses the seed's maps (`jax.random.uniform` on
+  `[-scale, scale)`, `jax.random.normal` times `scale`), bit-exact with the
+  seed; they can give an exact 0.0 (probability 2**-23 each), which the seed
+  then keeps. The counter method draws from the open interval instead:
+  `u = (2 m + 1 - 2**23) 2**-23` for the top 23 bits `m`, exactly uniform on
+  that symmetric 2**23-point grid in (-1, 1) that excludes 0, and the weight is
+  `u * scale` (uniform) or `sqrt(2) erf_inv(u) * scale` (normal), never 0.
+
   Shared by the dense tiles and the ELL path, so both give the same number for
   the same bits.
   """
+  scale = jnp.float32(spec.scale)
+  if spec.method == "permutation":
+    if spec.init_type == "uniform":
+      return bits.bits_to_uniform(value_bits, -spec.scale, spec.scale)
+    return bits.bits_to_normal(value_bits) * scale
   if spec.init_type == "uniform":
-    return bits.bits_to_uniform(value_bits, -spec.scale, spec.scale)
-  return bits.bits_to_normal(value_bits) * jnp.float32(spec.scale)
+    return bits.bits_to_open_uniform(value_bits, spec.scale)
+  return bits.bits_to_open_normal(value_bits) * scale
 
 
 # Jitted even when called on its own: op-by-op, `bits_to_uniform`'s multiply-add
@@ -163,6 +176,6 @@ def generate(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
 
   def block(start, n):
     tile = row_block(key, spec, row_start + start, n, col_start, n_cols)
-    return tile.astype(dtype)
+    return bits.cast_nonzero(tile, dtype)
 
   return fill_rows(block, n_rows, chunk_rows, jnp.zeros((n_rows, n_cols), dtype))

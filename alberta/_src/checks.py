@@ -80,14 +80,33 @@ def check_shape(shape: Any, *, min_rank: int = 2, name: str = "shape") -> tuple[
   return tuple(dims)
 
 
+# The output dtypes: each holds every generated weight without flushing it to
+# zero (`bits.cast_nonzero` guards float16's few tiny ones). float8 and float4
+# types would turn many kept weights into zeros (or, without a zero, NaNs).
+DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
 def check_dtype(dtype: Any) -> np.dtype:
-  """Returns `dtype` as a canonical NumPy dtype, or raises if not floating point."""
+  """Returns `dtype` as a canonical NumPy dtype, or raises.
+
+  Accepts exactly float16, bfloat16, float32 and float64 (given as a type, a
+  NumPy dtype or a name); everything else (float8 and float4 types, integers,
+  bool, complex) is a TypeError naming the dtype. Without `jax_enable_x64`,
+  float64 is truncated to float32 with a warning, as `jax.numpy` does.
+  """
+  accepted = ", ".join(DTYPES)
   try:
     dt = jnp.dtype(dtype)
   except TypeError as e:
-    raise TypeError(f"dtype must be a floating-point dtype, got {dtype!r}.") from e
-  if not jnp.issubdtype(dt, jnp.floating):
-    raise TypeError(f"dtype must be a floating-point dtype, got {dtype!r}.")
+    raise TypeError(
+        f"dtype must be one of {accepted}, got {dtype!r}, which is not a "
+        f"dtype.") from e
+  if dt.name not in DTYPES:
+    shown = repr(dtype) if dt.name in repr(dtype) else f"{dtype!r} ({dt.name})"
+    raise TypeError(
+        f"dtype must be one of {accepted}, got {shown}; narrower floats "
+        f"(float8, float4 types) would round kept weights to zero and break "
+        f"the exact zero count per output unit.")
   # Without jax_enable_x64, JAX has no float64 arrays: truncate to float32 and
   # warn, as jax.random and jax.numpy do, instead of failing the dtype assert.
   canonical = jax.dtypes.canonicalize_dtype(dt)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from jax.experimental import sparse as jsparse
 from jax.sharding import NamedSharding, PartitionSpec
 
+from alberta._src import bits
 from alberta._src import blocks
 from alberta._src import checks
 from alberta._src import counter
@@ -122,7 +123,7 @@ def generate(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
 
   def block(start, n):
     values, indices = nonzero_block(key, spec, row_start + start, n)
-    return values.astype(dtype), indices
+    return bits.cast_nonzero(values, dtype), indices
 
   return blocks.fill_rows(block, n_rows, chunk_rows, empty)
 
