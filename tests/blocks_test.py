@@ -11,6 +11,7 @@ numbers.
 from tests import env  # noqa: F401
 
 import itertools
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -249,6 +250,72 @@ class RowBlockTest(parameterized.TestCase):
     want = np.where(keep, values, np.copysign(np.float32(0), values))
     self.assertTrue(keep.any() and not keep.all())
     assert_same_matrix(got, want, "uniform")
+
+
+class HostLoopTest(parameterized.TestCase):
+  """`generate_host_loop` (top-level chunking) equals the one-piece tile."""
+
+  @parameterized.named_parameters(*_METHODS_AND_TYPES)
+  def test_every_chunk_size_equals_unchunked_bit_for_bit(self, method,
+                                                         init_type):
+    key = jax.random.key(21)
+    spec, _ = make_spec((50, 33), 0.6, init_type, method, "nearest")
+    whole = np.asarray(jax.jit(lambda k: blocks.generate(
+        k, spec, 0, 50, 0, 33, jnp.float32, 50))(key))
+    # 1..50 and beyond: divisors, ragged last chunks, one chunk, over-long.
+    for chunk_rows in (1, 3, 7, 16, 25, 49, 50, 64):
+      got = blocks.generate_host_loop(key, spec, 0, 50, 0, 33, jnp.float32,
+                                      chunk_rows)
+      assert_same_matrix(got, whole, "uniform")  # bit for bit, also normal
+    # An inner tile: global row and column offsets reach the chunks.
+    tile = blocks.generate_host_loop(key, spec, 11, 20, 5, 17, jnp.float32, 7)
+    assert_same_matrix(tile, whole[11:31, 5:22], "uniform")
+
+  @parameterized.parameters("permutation", "counter")
+  def test_sparse_init_uses_it_for_chunked_matrices_with_same_result(
+      self, method):
+    shape = (1100, 1024)  # 4.3 MiB: chunked by default
+    spec, _ = make_spec(shape, 0.9, "uniform", method, "nearest")
+    self.assertLess(blocks.default_chunk_rows(spec, *shape, jnp.float32),
+                    shape[0])
+    key = jax.random.key(8)
+    calls = []
+    original = blocks.generate_host_loop
+
+    def spy(*args, **kwargs):
+      calls.append(args[1])
+      return original(*args, **kwargs)
+
+    with mock.patch.object(blocks, "generate_host_loop", spy):
+      eager = alberta.sparse_init(key, shape, method=method)
+      traced = jax.jit(lambda k: alberta.sparse_init(k, shape, method=method))(
+          key)
+    self.assertEqual(calls, [spec])  # the top-level call only, not under jit
+    assert_same_matrix(eager, traced, "uniform")
+
+  def test_at_top_level(self):
+    key = jax.random.key(0)
+    self.assertTrue(blocks.at_top_level(key))
+    seen = []
+    jax.jit(lambda k: seen.append(blocks.at_top_level(k)))(key)
+    jax.jit(lambda x: seen.append(blocks.at_top_level(key)))(1.0)
+    jax.vmap(lambda k: seen.append(blocks.at_top_level(k)))(
+        jax.random.split(key, 2))
+    self.assertEqual(seen, [False, False, False])
+
+
+class RowOffsetTest(absltest.TestCase):
+
+  def test_tiles_of_2_31_rows_and_more_lower(self):
+    # Offsets are uint32: an int32 chunk start would wrap (and fail to lower)
+    # past 2**31 rows. Lowered only, never run.
+    spec, _ = make_spec((2**31 + 8, 1), 0.5, "uniform", "counter", "nearest")
+    key = jax.random.key(0)
+    jax.jit(lambda k: blocks.generate(k, spec, 0, 2**31 + 8, 0, 1, jnp.float32,
+                                      1024)).lower(key)
+    jax.jit(lambda k, r0: blocks.generate(k, spec, r0, 2**31 + 8, 0, 1,
+                                          jnp.float32, 2**31)).lower(
+                                              key, jnp.uint32(5))
 
 
 class DefaultChunkRowsTest(parameterized.TestCase):

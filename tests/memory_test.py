@@ -6,6 +6,10 @@ and outputs). Chunked generation must keep the temporaries a small fraction of
 the output: here at most a quarter of it, for a (16384, 2048) float32 matrix
 on 8 devices, for every method. Programs are only lowered and compiled, never
 run, so the test is cheap in memory and time whatever the matrix size.
+
+The host loop (`blocks.generate_host_loop`, used by `sparse_init` outside any
+trace) runs one program per chunk; its peak is that program's: the donated
+output buffer, aliased in place, plus the chunk's temporaries.
 """
 
 from tests import env  # noqa: F401
@@ -18,6 +22,7 @@ from absl.testing import parameterized
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from alberta._src import blocks
 from alberta._src import core
 from alberta._src import sharding as sharding_lib
 from alberta._src.spec import make_spec
@@ -81,6 +86,30 @@ class SparseInitMemoryTest(parameterized.TestCase):
         ).memory_analysis()
     out_bytes = 4096 * 4096 * 4
     self.assertEqual(stats.output_size_in_bytes, out_bytes)
+    self.assertLessEqual(stats.temp_size_in_bytes,
+                         _MAX_TEMP_FRACTION * out_bytes,
+                         msg=f"temp {stats.temp_size_in_bytes} bytes")
+
+
+class HostLoopMemoryTest(parameterized.TestCase):
+
+  # Shapes the default chunks: long rows for the permutation method, short
+  # ones for the counter method (whose temporaries are per-row words).
+  @parameterized.named_parameters(("_permutation", "permutation", (16384, 2048)),
+                                  ("_counter", "counter", (2**20, 16)))
+  def test_chunk_program_writes_in_place_with_small_temp(self, method, shape):
+    spec, _ = make_spec(shape, 0.9, "uniform", method, "nearest")
+    dtype = np.dtype(np.float32)
+    chunk_rows = blocks.default_chunk_rows(spec, *shape, dtype)
+    self.assertLess(chunk_rows, shape[0])  # the host loop is what runs
+    write = blocks._chunk_writer(spec, shape[1], dtype, chunk_rows)
+    index = jax.ShapeDtypeStruct((), jnp.uint32)
+    stats = write.lower(jax.ShapeDtypeStruct(shape, dtype), jax.random.key(0),
+                        index, index, index).compile().memory_analysis()
+    out_bytes = shape[0] * shape[1] * 4
+    self.assertEqual(stats.output_size_in_bytes, out_bytes)
+    # Donated: the output is the argument's buffer, not a second matrix.
+    self.assertEqual(stats.alias_size_in_bytes, out_bytes)
     self.assertLessEqual(stats.temp_size_in_bytes,
                          _MAX_TEMP_FRACTION * out_bytes,
                          msg=f"temp {stats.temp_size_in_bytes} bytes")

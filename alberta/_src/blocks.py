@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from alberta._src import bits
@@ -149,20 +150,93 @@ def fill_rows(block: Callable[[Array | int, int], Any], n_rows: int,
   bounded by one chunk. When `chunk_rows` does not divide `n_rows`, the last
   chunk is shifted back to end at the edge and recomputes a few rows of its
   predecessor (identically: a tile is a pure function of its coordinates)
-  instead of compiling a second, ragged shape.
+  instead of compiling a second, ragged shape. Row offsets are uint32, so
+  tiles of up to `2**32 - 1` rows (the shape limit) do not overflow. `start`
+  is passed to `block` as a traced uint32.
   """
   chunk_rows = min(chunk_rows, n_rows)
   if chunk_rows == n_rows:
     return block(0, n_rows)
 
   def body(i, out):
-    start = jnp.minimum(i * chunk_rows, n_rows - chunk_rows)
+    start = jnp.minimum(i * _U32(chunk_rows), _U32(n_rows - chunk_rows))
     tile = block(start, chunk_rows)
     return jax.tree.map(
         lambda o, t: lax.dynamic_update_slice_in_dim(o, t, start, axis=0),
         out, tile)
 
-  return lax.fori_loop(0, math.ceil(n_rows / chunk_rows), body, empty)
+  return lax.fori_loop(_U32(0), _U32(math.ceil(n_rows / chunk_rows)), body,
+                       empty)
+
+
+def chunk_starts(n_rows: int, chunk_rows: int) -> list[int]:
+  """First rows of the chunks of `fill_rows`, the last one shifted back."""
+  chunk_rows = min(chunk_rows, n_rows)
+  return [min(i * chunk_rows, n_rows - chunk_rows)
+          for i in range(math.ceil(n_rows / chunk_rows))]
+
+
+def at_top_level(*args: Any) -> bool:
+  """True when no transformation is tracing `args` or the current call.
+
+  Then jitted programs can be dispatched one after another from Python (a host
+  loop); under `jit`, `shard_map`, `eval_shape` or `vmap` of these arguments
+  the work has to stay in the caller's graph.
+  """
+  if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(args)):
+    return False
+  # Under jit (even of unrelated arguments), new constants are tracers too.
+  return not isinstance(lax.full((), 0, _U32), jax.core.Tracer)
+
+
+@functools.lru_cache(maxsize=64)
+def _chunk_writer(spec: SparseSpec, n_cols: int, dtype: jnp.dtype,
+                  chunk_rows: int):
+  """The jitted step of `generate_host_loop`: one chunk written in place."""
+
+  def write(out, key, row, col_start, start):
+    tile = generate(key, spec, row, chunk_rows, col_start, n_cols, dtype,
+                    chunk_rows)
+    return lax.dynamic_update_slice_in_dim(out, tile, start, axis=0)
+
+  return jax.jit(write, donate_argnums=0)
+
+
+def generate_host_loop(key: Array, spec: SparseSpec, row_start: int,
+                       n_rows: int, col_start: int, n_cols: int,
+                       dtype: jnp.dtype, chunk_rows: int | None = None) -> Array:
+  """`generate` for a concrete key at top level, as a host loop of programs.
+
+  Same tile, bit for bit: the chunks are `generate`'s, at the same starts
+  (`chunk_starts`). Each chunk is its own jitted program that writes its rows
+  into the output buffer in place (the buffer is donated), so, as with the
+  in-graph loop, memory is the output plus one chunk's temporaries. Unlike
+  the in-graph `fori_loop`, each chunk runs as a whole XLA program, which
+  XLA:CPU spreads over every core (a loop body runs on one thread), so a
+  chunked tile is generated about as fast as an unchunked one.
+
+  Args:
+    key: the matrix's PRNG key, concrete (not traced).
+    spec: the matrix.
+    row_start, col_start: the tile's first global row and column (ints).
+    n_rows, n_cols: the tile's shape.
+    dtype: the output dtype.
+    chunk_rows: rows per chunk; None: `default_chunk_rows`.
+
+  Returns:
+    The `[n_rows, n_cols]` tile, equal to `generate`'s.
+  """
+  if n_rows == 0 or n_cols == 0:
+    return jnp.zeros((n_rows, n_cols), dtype)
+  if chunk_rows is None:
+    chunk_rows = default_chunk_rows(spec, n_rows, n_cols, dtype)
+  chunk_rows = min(chunk_rows, n_rows)
+  write = _chunk_writer(spec, n_cols, jnp.dtype(dtype), chunk_rows)
+  out = jnp.zeros((n_rows, n_cols), dtype)
+  col = np.uint32(col_start)
+  for start in chunk_starts(n_rows, chunk_rows):
+    out = write(out, key, np.uint32(row_start + start), col, np.uint32(start))
+  return out
 
 
 def generate(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import chex
 import jax
 import jax.numpy as jnp
 
@@ -66,7 +65,17 @@ def sparse_init(
   dtype = checks.check_dtype(dtype)
   if spec.fan_out == 0 or spec.fan_in == 0:
     return jnp.zeros(shape, dtype)
-  out = _sparse_init_2d(key, spec, dtype, None)
-  chex.assert_shape(out, spec.shape)
-  chex.assert_type(out, dtype)
+  chunk_rows = blocks.default_chunk_rows(spec, spec.fan_out, spec.fan_in, dtype)
+  if chunk_rows < spec.fan_out and blocks.at_top_level(key):
+    # A chunked matrix outside any trace: a host loop of whole-program chunk
+    # writes, which uses every core (see `blocks.generate_host_loop`).
+    out = blocks.generate_host_loop(key, spec, 0, spec.fan_out, 0, spec.fan_in,
+                                    dtype, chunk_rows)
+  else:
+    out = _sparse_init_2d(key, spec, dtype, None)
+  if out.shape != spec.shape or out.dtype != dtype:
+    # chex (imported only here: it is slow to import) names what is wrong.
+    import chex  # pylint: disable=g-import-not-at-top
+    chex.assert_shape(out, spec.shape)
+    chex.assert_type(out, dtype)
   return out.reshape(shape)

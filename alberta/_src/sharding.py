@@ -93,10 +93,13 @@ def _sharded_fn(spec: SparseSpec, dtype: np.dtype, sharding: NamedSharding,
   names, (tile_rows, tile_cols) = tile_layout(spec.shape, sharding)
 
   def local(key_data):
+    # Global offsets in uint32: a tile may start at row 2**31 or beyond.
     row_index = jax.lax.axis_index(names[0]) if names[0] else 0
     col_index = jax.lax.axis_index(names[1]) if names[1] else 0
-    return blocks.generate(key_data, spec, row_index * tile_rows, tile_rows,
-                           col_index * tile_cols, tile_cols, dtype, chunk_rows)
+    return blocks.generate(
+        key_data, spec, jnp.asarray(row_index, jnp.uint32) * np.uint32(tile_rows),
+        tile_rows, jnp.asarray(col_index, jnp.uint32) * np.uint32(tile_cols),
+        tile_cols, dtype, chunk_rows)
 
   mapped = jax.shard_map(local, mesh=sharding.mesh, in_specs=PartitionSpec(),
                          out_specs=PartitionSpec(*names), check_vma=False)
@@ -152,8 +155,9 @@ def _pmap_fn(spec: SparseSpec, dtype: np.dtype, devices: tuple[Any, ...],
   rows = spec.fan_out // len(devices)
 
   def local(index, key_data):
-    return blocks.generate(key_data, spec, index * rows, rows, 0, spec.fan_in,
-                           dtype, chunk_rows)
+    start = jnp.asarray(index, jnp.uint32) * np.uint32(rows)
+    return blocks.generate(key_data, spec, start, rows, 0, spec.fan_in, dtype,
+                           chunk_rows)
 
   return jax.pmap(local, in_axes=(0, None), devices=devices)
 
