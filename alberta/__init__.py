@@ -1,14 +1,18 @@
-"""alberta: sparse weight initialization for JAX, from one layer to a pod."""
+"""alberta: sparse weight initialization for JAX, from one layer to a pod.
+
+`SparseInit` (which needs Haiku) and the ELL functions (which need
+`jax.experimental.sparse`) are imported on first use (PEP 562), so
+`import alberta` costs little more than `import jax`; orbax is imported only
+when a checkpoint is saved or restored.
+"""
+
+import importlib
+from typing import Any
 
 from alberta import checkpoint
 from alberta import initializers
 from alberta._src.checks import num_zeros
 from alberta._src.core import sparse_init
-from alberta._src.ell import sharded_sparse_init_ell
-from alberta._src.ell import sparse_init_ell
-from alberta._src.ell import to_bcoo
-from alberta._src.ell import to_dense
-from alberta._src.haiku_init import SparseInit
 from alberta._src.sharding import pmap_sparse_init
 from alberta._src.sharding import sharded_sparse_init
 from alberta._src.verify import verify
@@ -29,3 +33,25 @@ __all__ = (
     "to_dense",
     "verify",
 )
+
+# Public attributes imported on first access: name -> defining module.
+_LAZY = {
+    "SparseInit": "alberta._src.haiku_init",
+    "sharded_sparse_init_ell": "alberta._src.ell",
+    "sparse_init_ell": "alberta._src.ell",
+    "to_bcoo": "alberta._src.ell",
+    "to_dense": "alberta._src.ell",
+}
+
+
+def __getattr__(name: str) -> Any:
+  module = _LAZY.get(name)
+  if module is None:
+    raise AttributeError(f"module 'alberta' has no attribute {name!r}")
+  value = getattr(importlib.import_module(module), name)
+  globals()[name] = value  # later accesses skip this function
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(_LAZY))

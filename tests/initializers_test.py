@@ -13,6 +13,9 @@ from tests import env  # noqa: F401
 
 import math
 import re
+import subprocess
+import sys
+import textwrap
 
 import equinox as eqx
 import flax.linen as nn
@@ -289,6 +292,38 @@ class ConstructionTest(parameterized.TestCase):
       init(jax.random.PRNGKey(0), (5,))
     with self.assertRaisesRegex(TypeError, "key"):
       init(0, (FAN_IN, OUT))
+
+
+class LazyImportTest(absltest.TestCase):
+
+  def test_import_alberta_leaves_heavy_dependencies_unimported(self):
+    # A fresh interpreter: this process has imported them all already.
+    script = textwrap.dedent("""
+        import sys
+        import alberta
+        heavy = ("haiku", "orbax", "chex", "jax.experimental.sparse")
+        print(sorted(m for m in heavy if m in sys.modules))
+        names = set(dir(alberta))
+        print(sorted(n for n in alberta.__all__ if n not in names))
+        print(alberta.SparseInit.__name__, "haiku" in sys.modules)
+        print(alberta.to_bcoo.__name__, "jax.experimental.sparse" in sys.modules)
+        try:
+          alberta.no_such_name
+        except AttributeError as e:
+          print("AttributeError", e)
+        """)
+    out = subprocess.run([sys.executable, "-c", script], check=True,
+                         capture_output=True, text=True).stdout.splitlines()
+    self.assertEqual(out[:4], ["[]", "[]", "SparseInit True", "to_bcoo True"])
+    self.assertIn("no_such_name", out[4])
+
+  def test_lazy_attributes_are_the_defining_modules_objects(self):
+    from alberta._src import ell  # pylint: disable=g-import-not-at-top
+    from alberta._src import haiku_init  # pylint: disable=g-import-not-at-top
+    self.assertIs(alberta.SparseInit, haiku_init.SparseInit)
+    self.assertIs(alberta.sparse_init_ell, ell.sparse_init_ell)
+    for name in alberta.__all__:
+      self.assertIsNotNone(getattr(alberta, name), msg=name)
 
 
 if __name__ == "__main__":
