@@ -4,13 +4,19 @@
 it; `restore` reads it back as a `jax.Array`, optionally straight into a
 sharding; `restore_metadata` reads the metadata. `restore` verifies what it read
 against the checksums `save` recorded and raises `ChecksumError` on a
-mismatch. `scripts/init_large.py` saves with `save`; docs/CHECKPOINT.md
+mismatch. `check_output` checks a target before any work, `is_checkpoint`
+tells a complete checkpoint, and `stale_staging` lists what killed saves left
+beside a target. `scripts/init_large.py` saves with `save`; docs/CHECKPOINT.md
 describes the format and the commit protocol.
 """
 
+from alberta._src.checkpoint import check_output
 from alberta._src.checkpoint import ChecksumError
+from alberta._src.checkpoint import is_checkpoint
 from alberta._src.checkpoint import restore
 from alberta._src.checkpoint import restore_metadata
 from alberta._src.checkpoint import save
+from alberta._src.checkpoint import stale_staging
 
-__all__ = ("ChecksumError", "restore", "restore_metadata", "save")
+__all__ = ("ChecksumError", "check_output", "is_checkpoint", "restore",
+           "restore_metadata", "save", "stale_staging")
