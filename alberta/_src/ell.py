@@ -275,23 +275,84 @@ def sharded_sparse_init_ell(
       sharding_lib._key_array(key))  # pylint: disable=protected-access
 
 
-def _check_ell(values: Any, indices: Any, shape: Any
-               ) -> tuple[tuple[int, ...], int, int]:
+@functools.partial(jax.jit, static_argnames=("fan_in", "ascending"))
+def _index_faults(indices: Array, fan_in: int, ascending: bool) -> tuple[
+    Array, Array, Array, Array, Array]:
+  """The first out-of-range index, and the first row not strictly ascending.
+
+  Returns `(row, col, value)` of the first index outside `[0, fan_in)` in
+  row-major order (row -1 if none), then the first row whose indices are not
+  strictly ascending (with `ascending`) or that repeats an index (without,
+  after sorting a copy), and that row's first offending position (-1 if none).
+  """
+  bad = indices < 0
+  if fan_in <= jnp.iinfo(indices.dtype).max:
+    bad = bad | (indices >= fan_in)
+  row_bad = jnp.any(bad, axis=1)
+  row = jnp.argmax(row_bad)
+  col = jnp.argmax(bad[row])
+  value = indices[row, col]
+  if indices.shape[1] < 2:  # One index per row is in order and distinct.
+    return jnp.where(jnp.any(row_bad), row, -1), col, value, -1, 0
+  ordered = indices if ascending else jnp.sort(indices, axis=1)
+  wrong = ordered[:, 1:] <= ordered[:, :-1]
+  wrong_row = jnp.argmax(jnp.any(wrong, axis=1))
+  return (jnp.where(jnp.any(row_bad), row, -1), col, value,
+          jnp.where(jnp.any(wrong), wrong_row, -1), jnp.argmax(wrong[wrong_row]))
+
+
+def _check_ell(values: Any, indices: Any, shape: Any, name: str,
+               ascending: bool) -> tuple[tuple[int, ...], int, int]:
+  """Validates ELL arrays for `to_dense` / `to_bcoo`, before any work.
+
+  Shapes and dtypes always. The index values too when they are concrete: each
+  in `[0, fan_in)`, distinct within its row, and (`ascending`) strictly
+  ascending. Under a trace (`jax.jit`, `vmap`, ...) the values are unknown
+  and cannot be checked: there an index `>= fan_in` is dropped by the
+  scatter of `to_dense` and a negative one wraps around (NumPy indexing),
+  while `to_bcoo` keeps both as given, so the two disagree. Check traced
+  arrays before the trace, or with `alberta.verify`.
+  """
   shape = checks.check_shape(shape)
   fan_out, fan_in = shape[0], math.prod(shape[1:])
-  if not (hasattr(values, "shape") and hasattr(indices, "shape")):
-    raise TypeError("values and indices must be arrays.")
+  if not (hasattr(values, "shape") and hasattr(values, "dtype")):
+    raise TypeError(
+        f"{name}: values must be an array, got {type(values).__name__}.")
+  if not (hasattr(indices, "shape") and hasattr(indices, "dtype")):
+    raise TypeError(
+        f"{name}: indices must be an array, got {type(indices).__name__}.")
   if (values.ndim != 2 or values.shape != indices.shape
       or values.shape[0] != fan_out):
     raise ValueError(
-        f"values and indices must both be [fan_out, nnz] with fan_out={fan_out} "
-        f"from shape {shape!r}; got {values.shape} and {indices.shape}.")
+        f"{name}: values and indices must both be [fan_out, nnz] with "
+        f"fan_out={fan_out} from shape {shape!r}; got {values.shape} and "
+        f"{indices.shape}.")
   if values.shape[1] > fan_in:
     raise ValueError(
-        f"{values.shape[1]} nonzeros per row do not fit in fan_in={fan_in} of "
-        f"shape {shape!r}.")
+        f"{name}: {values.shape[1]} nonzeros per row do not fit in "
+        f"fan_in={fan_in} of shape {shape!r}.")
   if not jnp.issubdtype(indices.dtype, jnp.integer):
-    raise TypeError(f"indices must be integers, got {indices.dtype}.")
+    raise TypeError(
+        f"{name}: indices must be integers, got dtype {indices.dtype}.")
+  if indices.size == 0 or isinstance(indices, jax.core.Tracer):
+    return shape, fan_out, fan_in
+  row, col, value, wrong_row, wrong_col = (
+      int(v) for v in jax.device_get(
+          _index_faults(indices, fan_in=fan_in, ascending=ascending)))
+  if row >= 0:
+    raise ValueError(
+        f"{name}: indices[{row}, {col}] = {value} is outside [0, "
+        f"fan_in={fan_in}) of shape {shape!r}.")
+  if wrong_row >= 0:
+    found = jax.device_get(indices[wrong_row]).tolist()
+    if ascending:
+      raise ValueError(
+          f"{name}: indices must be strictly ascending within each row, but "
+          f"row {wrong_row} has indices[{wrong_row}, {wrong_col + 1}] = "
+          f"{found[wrong_col + 1]} after {found[wrong_col]}.")
+    raise ValueError(
+        f"{name}: indices must be distinct within each row, but row "
+        f"{wrong_row} repeats {sorted(found)[wrong_col]}.")
   return shape, fan_out, fan_in
 
 
@@ -300,14 +361,22 @@ def to_dense(values: Array, indices: Array, shape: Sequence[int]) -> Array:
 
   Args:
     values: `[fan_out, nnz]` weights.
-    indices: `[fan_out, nnz]` column indices (into the flattened fan-in),
-      distinct within each row.
+    indices: `[fan_out, nnz]` column indices (into the flattened fan-in), in
+      `[0, fan_in)` and distinct within each row.
     shape: the dense shape, `(fan_out, fan_in)` or `(fan_out, *rest)`.
 
   Returns:
     An array of `shape` and `values.dtype`, +0.0 wherever no value is given.
+
+  Raises:
+    ValueError: the shapes do not fit together, or (concrete indices only:
+      under `jax.jit` their values are unknown and not checked) an index is
+      outside `[0, fan_in)` or repeated within its row; the message names the
+      offending index and value.
+    TypeError: `indices` are not integers.
   """
-  shape, fan_out, fan_in = _check_ell(values, indices, shape)
+  shape, fan_out, fan_in = _check_ell(values, indices, shape, "to_dense",
+                                      ascending=False)
   rows = jnp.arange(fan_out, dtype=indices.dtype)[:, None]
   dense = jnp.zeros((fan_out, fan_in), values.dtype)
   dense = dense.at[rows, indices].set(values, unique_indices=True)
@@ -323,14 +392,23 @@ def to_bcoo(values: Array, indices: Array, shape: Sequence[int]) -> jsparse.BCOO
 
   Args:
     values: `[fan_out, nnz]` weights.
-    indices: `[fan_out, nnz]` column indices (into the flattened fan-in),
-      ascending within each row, as `sparse_init_ell` returns them.
+    indices: `[fan_out, nnz]` column indices (into the flattened fan-in), in
+      `[0, fan_in)` and strictly ascending within each row, as
+      `sparse_init_ell` returns them (the BCOO is declared sorted and unique).
     shape: the dense shape, `(fan_out, fan_in)` or `(fan_out, *rest)`.
 
   Returns:
     The BCOO matrix; `.todense()` equals `to_dense(values, indices, shape)`.
+
+  Raises:
+    ValueError: the shapes do not fit together, or (concrete indices only:
+      under `jax.jit` their values are unknown and not checked) an index is
+      outside `[0, fan_in)` or a row is not strictly ascending; the message
+      names the offending index and value.
+    TypeError: `indices` are not integers.
   """
-  shape, fan_out, _ = _check_ell(values, indices, shape)
+  shape, fan_out, _ = _check_ell(values, indices, shape, "to_bcoo",
+                                 ascending=True)
   indices = indices.astype(jnp.int32)
   rows = jnp.broadcast_to(jnp.arange(fan_out, dtype=jnp.int32)[:, None],
                           indices.shape)

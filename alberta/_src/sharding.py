@@ -197,6 +197,13 @@ def pmap_sparse_init(
   devices = tuple(jax.local_devices() if devices is None else devices)
   if not devices:
     raise ValueError(f"devices must not be empty, got {devices!r}.")
+  repeated = list(dict.fromkeys(
+      str(d) for i, d in enumerate(devices) if d in devices[:i]))
+  if repeated:
+    raise ValueError(
+        f"devices must be distinct: each gets its own block of rows, but "
+        f"{', '.join(repeated)} {'appears' if len(repeated) == 1 else 'appear'}"
+        f" more than once in devices={list(devices)!r}.")
   if spec.fan_out % len(devices):
     raise ValueError(
         f"fan_out={spec.fan_out} of shape {shape!r} is not divisible by the "
