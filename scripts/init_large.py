@@ -3,10 +3,11 @@ r"""Builds a large sparse matrix over every device, verifies it and saves it.
 Each device, on each host, computes only its own shard of the matrix with
 `alberta.sharded_sparse_init`; the result equals
 `alberta.sparse_init(jax.random.key(seed), shape, ...)` whatever the mesh or
-the number of hosts. The launcher then checks it with a sharded reduction
-(zeros per row, finiteness, value bound), reports time, throughput and memory,
-and, with `--output`, saves it with orbax-checkpoint for a training job to
-`alberta.checkpoint.restore`.
+the number of hosts. The launcher then checks it with `alberta.verify` (one
+sharded reduction: zeros per row, finiteness, value bound), reports time,
+throughput, memory and the exact `alberta.sparse_init(...)` call that
+reproduces it, and, with `--output`, saves it with orbax-checkpoint for a
+training job to `alberta.checkpoint.restore`.
 
 With `--format=ell` it never builds the zeros: each device lists its rows'
 `fan_in - k` nonzero values and their ascending column indices with
@@ -25,7 +26,16 @@ Two hosts (run on each, with its own --process_id):
       --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=0
 
 JAX and alberta are imported in `main`, after the flags are parsed: a bad flag
-is refused at once, and the device count is set before JAX starts.
+is refused at once, in one line, and the device count is set before JAX
+starts. Only alberta's public API is used.
+
+Failures. A save that fails (a full disk, a vanished directory) prints one
+line naming `--output` and the cause and exits 1; `--verbosity=1` adds the
+traceback and orbax's own log. SIGINT (Ctrl-C) or SIGTERM stops the run with a
+one-line message, exit status 130 or 143: a save in progress is abandoned and
+its hidden staging directory removed, so nothing appears at `--output`. If the
+writes that are already in flight do not end within a few seconds, the
+staging directory is removed and the process exits anyway.
 """
 
 from __future__ import annotations
@@ -36,6 +46,11 @@ import logging as py_logging
 import math
 import os
 import resource
+import shutil
+import signal
+import socket
+import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -60,7 +75,10 @@ _DTYPE = flags.DEFINE_enum(
     "Element type; values are generated in float32 and cast.")
 _METHOD = flags.DEFINE_enum(
     "method", "counter", ["counter", "permutation"],
-    "Mask method: counter (sort-free, fast) or permutation (the seed's).")
+    "Mask method: counter (sort-free, fast) or permutation (the seed's). "
+    "Note that alberta.sparse_init's own default is permutation: the log and "
+    "the report spell out the exact call, method included, that reproduces "
+    "the matrix.")
 _FORMAT = flags.DEFINE_enum(
     "format", "dense", ["dense", "ell"],
     "Output layout: dense (the whole matrix, zeros included) or ell (each "
@@ -87,7 +105,8 @@ _OUTPUT = flags.DEFINE_string(
     "is generated, verified and reported, not saved.")
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite", False, "Replace an existing --output (only an alberta "
-    "checkpoint or an empty directory is ever replaced).")
+    "checkpoint or an empty directory is ever replaced, never a symbolic "
+    "link).")
 _REPORT = flags.DEFINE_string(
     "report", None, "Write a machine-readable JSON report to this file.")
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
@@ -104,8 +123,15 @@ _DISTRIBUTED = flags.DEFINE_bool(
 
 # Saves shorter than this show no progress line.
 _PROGRESS_EVERY_S = 2.0
-# The false-failure rate of the excess-zero check in `verify`.
-_EXCESS_ZERO_FAILURE_RATE = 1e-9
+# After SIGINT or SIGTERM, how long the save may take to abandon its writes
+# and remove its staging directory before the launcher does it and exits.
+_INTERRUPT_GRACE_S = 3.0
+# Exit status of a failed verification, save or flag.
+_FAILED = 1
+
+
+class _FlagError(Exception):
+  """A flag combination found invalid once JAX knows the devices."""
 
 
 def _parse_ints(text: str, flag: str, counts: Sequence[int]) -> tuple[int, ...]:
@@ -191,9 +217,11 @@ def _check_output(values: dict[str, Any]) -> bool:
   if not values["output"]:
     raise flags.ValidationError("--output must not be empty.")
   # Imported here: the other flags are checked without starting JAX.
-  from alberta._src import checkpoint  # pylint: disable=g-import-not-at-top
+  import alberta  # pylint: disable=g-import-not-at-top
   try:
-    checkpoint.check_output(values["output"], values["overwrite"])
+    # Refuses an existing path without --overwrite, and a symbolic link, a
+    # file or a non-checkpoint directory even with it.
+    alberta.checkpoint.check_output(values["output"], values["overwrite"])
   except FileExistsError as e:
     raise flags.ValidationError(f"--output={values['output']}: {e}") from e
   except PermissionError as e:
@@ -246,12 +274,12 @@ def _initialize_jax():
 
 
 def _make_mesh(jax, shape: tuple[int, int]):
-  """The `--mesh` (default: every device on rows), or an app.UsageError."""
+  """The `--mesh` (default: every device on rows), or a _FlagError."""
   devices = jax.devices()
   if _MESH.value is None:
     mesh_shape = (len(devices),)
     if shape[0] % len(devices):
-      raise app.UsageError(
+      raise _FlagError(
           f"--mesh defaults to all {len(devices)} devices on rows, which does "
           f"not divide the {shape[0]} rows of --shape={_SHAPE.value}; pass "
           f"--mesh (e.g. --mesh=N with N dividing {shape[0]}) or another "
@@ -260,12 +288,12 @@ def _make_mesh(jax, shape: tuple[int, int]):
     mesh_shape = tuple(int(v) for v in _MESH.value.split(","))
   needed = math.prod(mesh_shape)
   if needed > len(devices):
-    raise app.UsageError(
+    raise _FlagError(
         f"--mesh={_MESH.value} needs {needed} devices but only {len(devices)} "
         f"exist ({devices[0].platform}; on the CPU, --num_cpu_devices sets "
         f"their number).")
   if needed < len(devices) and jax.process_count() > 1:
-    raise app.UsageError(
+    raise _FlagError(
         f"--mesh={_MESH.value} uses {needed} of the {len(devices)} devices; "
         f"a multi-process run must use them all.")
   names = ("rows", "cols")[:len(mesh_shape)]
@@ -276,173 +304,6 @@ def _make_mesh(jax, shape: tuple[int, int]):
   # a "cols" axis of size 1 just replicates).
   split = names[:1] if _FORMAT.value == "ell" else names
   return mesh, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*split))
-
-
-def value_bound(jax, spec, dtype) -> Any:
-  """The largest |weight| the generator can produce, in `dtype`.
-
-  Uniform values lie in `[-scale, scale)`; normal values are the sampler's
-  `sqrt(2) erfinv(u)` at its most extreme input times `scale`. Rounding is
-  monotonic, so the bound computed in float32 and cast holds in `dtype`.
-  """
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from alberta._src import bits  # pylint: disable=g-import-not-at-top
-
-  scale = jnp.float32(spec.scale)
-  if spec.init_type == "uniform":
-    bound = scale
-  else:
-    extremes = jnp.asarray(np.array([0, 2**32 - 1], np.uint32))
-    bound = jnp.max(jnp.abs(jax.jit(bits.bits_to_normal)(extremes))) * scale
-  # A host value: every process of a multi-host run passes it identically.
-  return np.asarray(jnp.asarray(bound, jnp.float32).astype(dtype))
-
-
-def excess_zero_allowance(spec, dtype_name: str) -> int:
-  """How many kept weights may round to exactly zero, at a 1e-9 false alarm.
-
-  A kept weight is zero by chance: uniform float32 values sit on a grid of
-  2**-23 steps that contains 0 (probability 2**-23), and float16 also flushes
-  |w| < 2**-25 to zero (probability below 2**-25 / scale for either
-  init_type). With `n` kept weights the count is a sum of independent
-  Bernoullis of mean `lam <= n p`, and Bernstein's inequality bounds
-  P(count >= lam + t) by exp(-t**2 / (2 (lam + t / 3))) = 1e-9 at the `t` used.
-  """
-  p = 2.0**-23
-  if dtype_name == "float16":
-    p += 2.0**-25 / spec.scale
-  lam = spec.fan_out * (spec.fan_in - spec.k) * p
-  c = math.log(1 / _EXCESS_ZERO_FAILURE_RATE)
-  return int(lam + c / 3 + math.sqrt(c * c / 9 + 2 * c * lam))
-
-
-def _row_stats(w, bound, k: int):
-  """Per-matrix counts from one pass: a variadic reduction along the rows.
-
-  Per row, in one read of the tile: zeros, non-finite entries, finite entries
-  above `bound`, and the largest finite |w|. The row results (sharded like the
-  rows, reduced across column shards by XLA) are then summed to scalars.
-  """
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jax import lax  # pylint: disable=g-import-not-at-top
-
-  u32 = jnp.uint32
-  magnitude = jnp.abs(w)
-  finite = jnp.isfinite(w)
-  operands = ((w == 0).astype(u32), (~finite).astype(u32),
-              (finite & (magnitude > bound)).astype(u32),
-              jnp.where(finite, magnitude, 0).astype(jnp.float32))
-  zeros, nonfinite, over, largest = lax.reduce(
-      operands, (u32(0), u32(0), u32(0), jnp.float32(0)),
-      lambda a, b: (a[0] + b[0], a[1] + b[1], a[2] + b[2], lax.max(a[3], b[3])),
-      (1,))
-  return dict(
-      rows_below_k=jnp.sum(zeros < k, dtype=u32),
-      rows_above_k=jnp.sum(zeros > k, dtype=u32),
-      excess_zeros=jnp.sum(jnp.maximum(zeros, k) - k, dtype=u32),
-      nonfinite=jnp.sum(nonfinite, dtype=u32),
-      out_of_bound=jnp.sum(over, dtype=u32),
-      max_abs=jnp.max(largest))
-
-
-def verify(jax, matrix, spec, dtype_name: str) -> dict[str, Any]:
-  """Checks the matrix with one sharded reduction; returns the findings.
-
-  Every row must hold at least `k` zeros (the mask), and the zeros beyond `k`
-  must be few enough to be kept weights that rounded to zero
-  (`excess_zero_allowance`): exactly `k` per row is the mask's guarantee, not
-  the matrix's, since a kept uniform weight is exactly 0 with probability
-  2**-23 (about one in a 8192 x 8192 matrix at sparsity 0.9). Every value must
-  be finite and within `value_bound`. Only scalars leave the devices.
-  """
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  bound = value_bound(jax, spec, matrix.dtype)
-  stats = jax.jit(_row_stats, static_argnums=2)(matrix, bound, spec.k)
-  # Replicated scalars: every process reads its own copy.
-  found = {name: np.asarray(v.addressable_data(0)).item()
-           for name, v in stats.items()}
-  allowance = excess_zero_allowance(spec, dtype_name)
-  found.update(
-      zeros_per_row=spec.k,
-      excess_zero_allowance=allowance,
-      value_bound=float(np.asarray(bound, np.float32)),
-  )
-  found["passed"] = (found["rows_below_k"] == 0 and found["nonfinite"] == 0 and
-                     found["out_of_bound"] == 0 and
-                     found["excess_zeros"] <= allowance)
-  return found
-
-
-def _ell_row_stats(values, indices, bound, fan_in: int):
-  """`_row_stats` for ELL arrays: one pass over each row's nonzeros.
-
-  Per row: column indices outside `[0, fan_in)`, neighbours not strictly
-  ascending (rows are whole on one device, so this is local), non-finite
-  values, finite values above `bound`, values exactly 0.0, and the largest
-  finite |value|; then summed to scalars.
-  """
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jax import lax  # pylint: disable=g-import-not-at-top
-
-  u32 = jnp.uint32
-  magnitude = jnp.abs(values)
-  finite = jnp.isfinite(values)
-  operands = ((~finite).astype(u32),
-              (finite & (magnitude > bound)).astype(u32),
-              (values == 0).astype(u32),
-              jnp.where(finite, magnitude, 0).astype(jnp.float32),
-              ((indices < 0) | (indices >= fan_in)).astype(u32))
-  nonfinite, over, zero_values, largest, out_of_range = lax.reduce(
-      operands, (u32(0), u32(0), u32(0), jnp.float32(0), u32(0)),
-      lambda a, b: (a[0] + b[0], a[1] + b[1], a[2] + b[2],
-                    lax.max(a[3], b[3]), a[4] + b[4]),
-      (1,))
-  not_ascending = jnp.any(indices[:, 1:] <= indices[:, :-1], axis=1)
-  return dict(
-      rows_not_ascending=jnp.sum(not_ascending, dtype=u32),
-      indices_out_of_range=jnp.sum(out_of_range, dtype=u32),
-      zero_values=jnp.sum(zero_values, dtype=u32),
-      nonfinite=jnp.sum(nonfinite, dtype=u32),
-      out_of_bound=jnp.sum(over, dtype=u32),
-      max_abs=jnp.max(largest, initial=jnp.float32(0)))
-
-
-def verify_ell(jax, values, indices, spec, dtype_name: str) -> dict[str, Any]:
-  """Checks ELL arrays with one sharded reduction; returns the findings.
-
-  Each row must list `nnz = fan_in - k` columns (the arrays' width), all in
-  `[0, fan_in)` and strictly ascending, hence distinct: exactly `k` zeros per
-  row in the dense matrix. Every value must be finite and within
-  `value_bound`. A kept value is exactly 0.0 with probability about 2**-23
-  (the same event `verify` allows for as excess zeros), so those are only
-  counted, and fail the check only beyond `excess_zero_allowance` (a 1e-9
-  false alarm): a values array that is mostly zeros is still caught. Only
-  scalars leave the devices.
-  """
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  width = spec.fan_in - spec.k
-  bound = value_bound(jax, spec, values.dtype)
-  stats = jax.jit(_ell_row_stats, static_argnums=3)(values, indices, bound,
-                                                    spec.fan_in)
-  found = {name: np.asarray(v.addressable_data(0)).item()
-           for name, v in stats.items()}
-  allowance = excess_zero_allowance(spec, dtype_name)
-  found.update(
-      zeros_per_row=spec.k,
-      nonzeros_per_row=width,
-      shapes_ok=(tuple(values.shape) == tuple(indices.shape) ==
-                 (spec.fan_out, width)),
-      excess_zero_allowance=allowance,
-      value_bound=float(np.asarray(bound, np.float32)),
-  )
-  found["passed"] = (found["shapes_ok"] and found["rows_not_ascending"] == 0 and
-                     found["indices_out_of_range"] == 0 and
-                     found["nonfinite"] == 0 and found["out_of_bound"] == 0 and
-                     found["zero_values"] <= allowance)
-  return found
 
 
 def _compressed_fraction(matrix) -> float | None:
@@ -525,11 +386,16 @@ def _progress_line(bytes_on_disk: int, seconds: float, expected_bytes: int,
 
 
 class _QuietOrbax:
-  """Drops orbax's INFO lines (dozens per save) from the absl log; keeps warnings."""
+  """Drops orbax's records from the absl log unless --verbosity >= 1.
+
+  Orbax logs dozens of INFO lines per save, and a failed save as ERROR records
+  with tracebacks from several of its threads; the launcher reports a failure
+  itself, in one line.
+  """
 
   def filter(self, record) -> bool:
-    return (record.levelno >= py_logging.WARNING or
-            f"{os.sep}orbax{os.sep}" not in record.pathname)
+    return (f"{os.sep}orbax{os.sep}" not in record.pathname or
+            logging.get_verbosity() >= 1)
 
 
 def _write_report(path: str, report: dict[str, Any]) -> None:
@@ -540,64 +406,251 @@ def _write_report(path: str, report: dict[str, Any]) -> None:
   os.replace(tmp, path)
 
 
+def _stderr(line: str) -> None:
+  sys.stderr.write(f"{os.path.basename(sys.argv[0])}: {line}\n")
+  sys.stderr.flush()
+
+
+def _exit_now(status: int) -> None:
+  """Flushes the logs and exits without waiting for other threads.
+
+  Orbax leaves non-daemon threads (and an asyncio loop) behind after a failed
+  or abandoned save, which would hold the interpreter's exit and print
+  tracebacks while it shuts down.
+  """
+  for handler in py_logging.getLogger().handlers + [
+      logging.get_absl_handler()]:
+    try:
+      handler.flush()
+    except Exception:  # pylint: disable=broad-except
+      pass
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)  # pylint: disable=protected-access
+
+
+class _Interrupts:
+  """SIGINT and SIGTERM: a one-line message, no staging left, exit 128 + N.
+
+  Both signals raise KeyboardInterrupt in the main thread (SIGTERM through
+  whatever handles SIGINT at that moment, so a save that defers Ctrl-C during
+  its final renames defers SIGTERM too). `alberta.checkpoint.save` then waits
+  for its in-flight writes, removes its staging directory and re-raises, and
+  `main` calls `exit`. The main thread may be busy in XLA or waiting for
+  orbax's writes for long, though: a watcher thread, woken by the signal
+  itself (`signal.set_wakeup_fd`), calls `exit` after `_INTERRUPT_GRACE_S`
+  seconds (or at a second signal), removing the staging directories this run
+  created. Exiting is `os._exit`: orbax's threads are not waited for.
+  """
+
+  def __init__(self):
+    self.signum: int | None = None
+    self.phase = "starting"
+    self.output: str | None = None
+    self.output_existed = False
+    self._stale: frozenset[str] = frozenset()
+    self._lock = threading.Lock()
+
+  def install(self) -> None:
+    """Must run in the main thread, before the work starts."""
+    signal.signal(signal.SIGINT, self._on_sigint)
+    signal.signal(signal.SIGTERM, self._on_sigterm)
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    self._sockets = (reader, writer)  # Kept open for the process's life.
+    threading.Thread(target=self._watch, args=(reader,), daemon=True,
+                     name="init-large-interrupts").start()
+
+  def watch_output(self, output: str, stale: Sequence[str]) -> None:
+    """Staging directories of `output` not in `stale` are this run's."""
+    self.output = output
+    self.output_existed = os.path.lexists(output)
+    self._stale = frozenset(stale)
+
+  def _on_sigint(self, signum, frame) -> None:
+    del frame
+    if self.signum is None:
+      self.signum = signum
+    raise KeyboardInterrupt
+
+  def _on_sigterm(self, signum, frame) -> None:
+    if self.signum is None:
+      self.signum = signum
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+      handler(signal.SIGINT, frame)
+    else:
+      raise KeyboardInterrupt
+
+  def _watch(self, reader: socket.socket) -> None:
+    deadline = None
+    while True:
+      reader.settimeout(None if deadline is None else
+                        max(0.0, deadline - time.monotonic()))
+      try:
+        received = reader.recv(64)
+      except socket.timeout:
+        self.exit(forced="its in-flight work did not stop in time")
+        return
+      signums = [b for b in received if b in (signal.SIGINT, signal.SIGTERM)]
+      if not signums:
+        continue
+      if self.signum is None:
+        self.signum = signums[0]
+      if deadline is not None or len(signums) > 1:
+        self.exit(forced="a second signal")  # Stop waiting.
+        return
+      deadline = time.monotonic() + _INTERRUPT_GRACE_S
+
+  def remove_staging(self) -> list[str]:
+    """Removes the staging directories this run created; returns them."""
+    if self.output is None:
+      return []
+    import alberta  # pylint: disable=g-import-not-at-top
+    removed = []
+    # Orbax may still be writing: remove until nothing new reappears.
+    for _ in range(20):
+      ours = [p for p in alberta.checkpoint.stale_staging(self.output)
+              if p not in self._stale]
+      if not ours:
+        break
+      for path in ours:
+        if os.path.isdir(path) and not os.path.islink(path):
+          shutil.rmtree(path, ignore_errors=True)
+        else:
+          try:
+            os.unlink(path)
+          except OSError:
+            pass
+        removed.append(path)
+      time.sleep(0.05)
+    return removed
+
+  def exit(self, forced: str | None = None) -> None:
+    """Prints what happened and exits with 128 + the signal's number.
+
+    Args:
+      forced: why the watcher exits without the main thread, if it does.
+    """
+    if not self._lock.acquire(blocking=forced is None):
+      return  # The main thread is already exiting.
+    signum = self.signum or signal.SIGINT
+    name = signal.Signals(signum).name
+    self.remove_staging()
+    if self.output is None:
+      outcome = "nothing saved"
+    elif os.path.lexists(self.output) and not self.output_existed:
+      # The signal came during the commit's renames: the save completed.
+      outcome = f"the checkpoint at --output={self.output} is complete"
+    elif self.phase == "saving":
+      outcome = (f"the save was abandoned and its staging removed; nothing "
+                 f"was written at --output={self.output}")
+    else:
+      outcome = f"nothing was written at --output={self.output}"
+    _stderr(f"interrupted by {name} while {self.phase}"
+            f"{f' (exiting at once: {forced})' if forced else ''}; {outcome}.")
+    _exit_now(128 + signum)
+
+
+def _quiet_excepthook(kind, value, tb) -> None:
+  """Logs an exception a library printed (not raised) only at --verbosity=1."""
+  if logging.get_verbosity() >= 1:
+    sys.__excepthook__(kind, value, tb)
+
+
+def _cause(error: BaseException) -> str:
+  """One line: an OSError's message and path, else the error's first line."""
+  if isinstance(error, OSError) and error.strerror:
+    text = error.strerror
+    if error.filename and str(error.filename) not in text:
+      text += f": {error.filename}"
+  else:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+  return text if len(text) <= 500 else text[:497] + "..."
+
+
 def main(argv: Sequence[str]) -> int:
+  interrupts = _Interrupts()
+  interrupts.install()
+  try:
+    return _main(argv, interrupts)
+  except _FlagError as e:
+    _stderr(f"error: {e}")
+    _stderr("Pass --helpshort or --helpfull to see help on flags.")
+    _exit_now(_FAILED)
+  except KeyboardInterrupt:
+    interrupts.exit()
+  return _FAILED
+
+
+def _main(argv: Sequence[str], interrupts: _Interrupts) -> int:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    raise _FlagError(f"unexpected arguments: {' '.join(argv[1:])}")
   # On the logger: absl's handler forwards records past its own filters.
   logging.get_absl_logger().addFilter(_QuietOrbax())
+  interrupts.phase = "starting JAX"
   jax = _initialize_jax()
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   import alberta  # pylint: disable=g-import-not-at-top
-  from alberta._src import blocks  # pylint: disable=g-import-not-at-top
-  from alberta._src import checkpoint  # pylint: disable=g-import-not-at-top
-  from alberta._src import ell as ell_lib  # pylint: disable=g-import-not-at-top
-  from alberta._src import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
-  from alberta._src.spec import make_spec  # pylint: disable=g-import-not-at-top
 
   lead = jax.process_index() == 0
   ell = _FORMAT.value == "ell"
   shape = tuple(int(v) for v in _SHAPE.value.split(","))
   dtype = jnp.dtype(_DTYPE.value)
   mesh, sharding = _make_mesh(jax, shape)
-  spec, _ = make_spec(shape, _SPARSITY.value, _INIT_TYPE.value, _METHOD.value,
-                      _ROUNDING.value)
-  _, (tile_rows, tile_cols) = sharding_lib.tile_layout(shape, sharding)
-  nnz = spec.fan_in - spec.k
+  k = alberta.num_zeros(shape[1], _SPARSITY.value, _ROUNDING.value)
+  nnz = shape[1] - k
   if ell and nnz == 0:
     # Nothing to list, and orbax cannot save zero-size arrays.
-    raise app.UsageError(
+    raise _FlagError(
         f"--format=ell with --sparsity={_SPARSITY.value} (--rounding="
-        f"{_ROUNDING.value}) zeroes all {spec.fan_in} columns of every row: "
+        f"{_ROUNDING.value}) zeroes all {shape[1]} columns of every row: "
         f"the ELL arrays would be empty. Use --format=dense or a lower "
         f"--sparsity.")
-  if ell:
-    tile_cols = nnz  # A device holds [tile_rows, nnz] values and indices.
+  mesh_shape = tuple(mesh.shape.values())
+  tile_rows = shape[0] // mesh_shape[0]
+  tile_cols = (nnz if ell else  # A device holds [tile_rows, nnz] of each.
+               shape[1] // (mesh_shape[1] if len(mesh_shape) > 1 else 1))
   chunk_rows = _CHUNK_ROWS.value
-  if chunk_rows is None:
-    chunk_rows_used = (
-        ell_lib.default_chunk_rows(spec, tile_rows, dtype) if ell else
-        blocks.default_chunk_rows(spec, tile_rows, tile_cols, dtype))
-  else:
-    chunk_rows_used = min(chunk_rows, tile_rows)
-  if _OUTPUT.value is not None and lead:
-    for stale in checkpoint.stale_staging(_OUTPUT.value):
-      logging.warning("Left by an interrupted save (safe to delete): %s", stale)
+  chunk_rows_used = None if chunk_rows is None else min(chunk_rows, tile_rows)
+  if _OUTPUT.value is not None:
+    stale = alberta.checkpoint.stale_staging(_OUTPUT.value)
+    interrupts.watch_output(os.path.abspath(_OUTPUT.value), stale)
+    if lead:
+      for path in stale:
+        logging.warning("Left by an interrupted save (safe to delete): %s",
+                        path)
+
+  # The exact call that reproduces the matrix: the launcher's --method
+  # default (counter) is not sparse_init's (permutation).
+  args = (f"(jax.random.key({_SEED.value}), {shape}, {_SPARSITY.value!r}, "
+          f"{_INIT_TYPE.value!r}, dtype=jnp.{dtype.name}, "
+          f"method={_METHOD.value!r}, rounding={_ROUNDING.value!r})")
+  recompute = f"alberta.sparse_init{args}"
+  recompute_ell = f"alberta.sparse_init_ell{args}" if ell else None
 
   devices = jax.devices()
   logging.info(
       "process %d of %d: %d local of %d %s devices (%s); mesh %s; tile %dx%d "
-      "per device, %d rows per chunk.", jax.process_index(),
+      "per device, %s rows per chunk.", jax.process_index(),
       jax.process_count(), jax.local_device_count(), len(devices),
       devices[0].platform, devices[0].device_kind, dict(mesh.shape), tile_rows,
-      tile_cols, chunk_rows_used)
+      tile_cols, chunk_rows_used or "automatic")
   if lead:
     logging.info("Matrix %dx%d %s, sparsity %g (%d zeros per row, rounding %s), "
                  "%s values, method %s, seed %d, format %s%s.", *shape,
-                 dtype.name, _SPARSITY.value, spec.k, _ROUNDING.value,
+                 dtype.name, _SPARSITY.value, k, _ROUNDING.value,
                  _INIT_TYPE.value, _METHOD.value, _SEED.value, _FORMAT.value,
                  f" ({nnz} nonzeros per row)" if ell else "")
+    if ell:
+      logging.info("Reproduce with %s; to_dense of it equals %s.",
+                   recompute_ell, recompute)
+    else:
+      logging.info("Reproduce with %s.", recompute)
 
   # Compiled ahead of time so compilation and generation are timed apart. The
   # key goes in as its raw uint32[2] words: a NumPy value every process
@@ -611,10 +664,12 @@ def main(argv: Sequence[str]) -> int:
       out_shardings=(sharding, sharding) if ell else sharding)
   key_data = np.asarray(jax.random.key_data(jax.random.key(_SEED.value)))
   logging.info("Compiling.")
+  interrupts.phase = "compiling"
   start = time.perf_counter()
   compiled = generate.lower(key_data).compile()
   compile_s = time.perf_counter() - start
   logging.info("Compiled in %.2f s. Generating.", compile_s)
+  interrupts.phase = "generating"
   start = time.perf_counter()
   result = compiled(key_data)
   jax.block_until_ready(result)
@@ -632,16 +687,22 @@ def main(argv: Sequence[str]) -> int:
                raw_bytes / generate_s / 1e9)
 
   logging.info("Verifying.")
+  interrupts.phase = "verifying"
   start = time.perf_counter()
-  if ell:
-    verification = verify_ell(jax, arrays["values"], arrays["indices"], spec,
-                              dtype.name)
-  else:
-    verification = verify(jax, arrays["matrix"], spec, dtype.name)
+  checked = alberta.verify(
+      (arrays["values"], arrays["indices"]) if ell else arrays["matrix"],
+      _SPARSITY.value, _INIT_TYPE.value, shape=shape, method=_METHOD.value,
+      rounding=_ROUNDING.value, dtype=dtype, raise_on_failure=False)
   verify_s = time.perf_counter() - start
-  (logging.info if verification["passed"] else logging.error)(
-      "Verification %s in %.2f s: %s", "passed" if verification["passed"]
-      else "FAILED", verify_s, verification)
+  if checked.passed:
+    logging.info("Verification passed in %.2f s: %d rows of %d zeros each, "
+                 "values finite, max |w| %.6g <= bound %.6g%s.", verify_s,
+                 checked.rows, checked.zeros_per_row, checked.max_abs,
+                 checked.value_bound,
+                 ", indices in range and ascending" if ell else "")
+  else:
+    logging.error("Verification FAILED in %.2f s: %s.", verify_s,
+                  "; ".join(checked.failures))
   memory = _peak_memory(jax, compiled)
   logging.info("Peak memory per device (%s): %s; host peak RSS %.2f GiB.",
                memory["source"], {d: _size(b) for d, b in
@@ -653,7 +714,8 @@ def main(argv: Sequence[str]) -> int:
       arrays={name: list(a.shape) for name, a in arrays.items()},
       entries=entries, dtype=dtype.name, sparsity=_SPARSITY.value,
       init_type=_INIT_TYPE.value, method=_METHOD.value,
-      rounding=_ROUNDING.value, seed=_SEED.value, zeros_per_row=spec.k,
+      rounding=_ROUNDING.value, seed=_SEED.value, zeros_per_row=k,
+      recompute=recompute_ell or recompute,
       platform=devices[0].platform, device_kind=devices[0].device_kind,
       devices=len(devices), processes=jax.process_count(),
       mesh=dict(mesh.shape), tile=[tile_rows, tile_cols],
@@ -662,14 +724,16 @@ def main(argv: Sequence[str]) -> int:
       compile_seconds=compile_s, generation_seconds=generate_s,
       entries_per_second=entries / generate_s,
       gigabytes_per_second=raw_bytes / generate_s / 1e9,
-      matrix_bytes=raw_bytes, verification=verification,
+      matrix_bytes=raw_bytes, verification=checked.as_dict(),
       verification_seconds=verify_s, memory=memory, output=None,
       alberta_version=alberta.__version__, jax_version=jax.__version__)
+  if ell:
+    report.update(dense_equivalent=recompute)
 
   status = 0
-  if not verification["passed"]:
+  if not checked.passed:
     logging.error("Not saving a matrix that failed verification.")
-    status = 1
+    status = _FAILED
   elif _OUTPUT.value is not None:
     fractions = ({name: _compressed_fraction(a) for name, a in arrays.items()}
                  if lead else {})
@@ -678,34 +742,48 @@ def main(argv: Sequence[str]) -> int:
       fraction = sum(fractions[name] * a.size * a.dtype.itemsize
                      for name, a in arrays.items()) / raw_bytes
     expected = int(raw_bytes * fraction) if fraction else raw_bytes
+    interrupts.phase = "saving"
     logging.info("Saving to %s%s.", _OUTPUT.value,
                  f" (~{_size(expected)} on disk)" if fraction else "")
     start = time.perf_counter()
-    recompute_args = (
-        f"(jax.random.key({_SEED.value}), {shape}, {_SPARSITY.value!r}, "
-        f"{_INIT_TYPE.value!r}, dtype=jnp.{dtype.name}, "
-        f"method={_METHOD.value!r}, rounding={_ROUNDING.value!r})")
     metadata = dict(
         format=_FORMAT.value, shape=list(shape), sparsity=_SPARSITY.value,
         init_type=_INIT_TYPE.value, method=_METHOD.value,
         rounding=_ROUNDING.value, dtype=dtype.name, seed=_SEED.value,
-        zeros_per_row=spec.k)
+        zeros_per_row=k, recompute=recompute_ell or recompute)
     if ell:
       metadata.update(
           nonzeros_per_row=nnz,
-          recompute=f"alberta.sparse_init_ell{recompute_args}",
           dense=(f"alberta.to_dense(values, indices, {shape}) equals "
-                 f"alberta.sparse_init{recompute_args} (zeros as +0.0)"))
-    else:
-      metadata.update(recompute=f"alberta.sparse_init{recompute_args}")
-    path = checkpoint.save(
-        _OUTPUT.value, arrays,  # {"matrix"}, or {"values", "indices"}.
-        metadata=metadata,
-        overwrite=_OVERWRITE.value,
-        progress=(functools.partial(_progress_line, expected_bytes=expected,
-                                    estimated=fraction is not None)
-                  if lead else None),
-        progress_every_s=_PROGRESS_EVERY_S)
+                 f"{recompute} (zeros as +0.0)"))
+    # Orbax's threads can print tracebacks of their own through
+    # sys.excepthook (callbacks onto its closed event loop) after a failed
+    # write: shown only with --verbosity=1.
+    sys.excepthook = _quiet_excepthook
+    try:
+      path = alberta.checkpoint.save(
+          _OUTPUT.value, arrays,  # {"matrix"}, or {"values", "indices"}.
+          metadata=metadata,
+          overwrite=_OVERWRITE.value,
+          progress=(functools.partial(_progress_line, expected_bytes=expected,
+                                      estimated=fraction is not None)
+                    if lead else None),
+          progress_every_s=_PROGRESS_EVERY_S)
+    except Exception as e:  # pylint: disable=broad-except
+      # One line; the traceback (and orbax's log) only when asked for.
+      if logging.get_verbosity() >= 1:
+        logging.exception("The save failed:")
+      # The save removes its staging on failure; this catches what it missed.
+      removed = interrupts.remove_staging()
+      line = f"error: could not save --output={_OUTPUT.value}: {_cause(e)}"
+      if removed:
+        line += f" (removed {', '.join(removed)})"
+      if logging.get_verbosity() < 1:
+        line += " [--verbosity=1 shows the traceback]"
+      _stderr(line)
+      _exit_now(_FAILED)
+    sys.excepthook = sys.__excepthook__
+    interrupts.phase = "finishing"
     save_s = time.perf_counter() - start
     on_disk = sum(os.path.getsize(os.path.join(root, f))
                   for root, _, files in os.walk(path) for f in files)

@@ -5,13 +5,18 @@ Proves that the launcher's checkpoint restores to exactly
 a 2-D mesh of 8 virtual CPU devices, with the metadata to recompute it and an
 honest report; that without `--output` nothing is saved; that an existing
 output and every bad flag are refused before any work, with a message naming
-the flag, a non-zero exit and nothing created; that the verification catches
-corrupted matrices and ELL arrays; that `--format=ell` saves values and
-indices that scatter to the dense counter matrix, checked and reported like
-it, and that its impossible combinations are flag errors; and (slow) that a
-run killed mid-write leaves nothing valid-looking at `--output`, and that two
-processes of 4 devices each (JAX's multi-process runtime over gloo on
-127.0.0.1) save the same matrix as one.
+the flag in one or two lines, a non-zero exit and nothing created (a symbolic
+link at `--output` even with `--overwrite`); that the verification the
+launcher runs (`alberta.verify`, as the launcher calls it) catches corrupted
+matrices and ELL arrays; that `--format=ell` saves values and indices that
+scatter to the dense counter matrix, checked and reported like it, and that
+its impossible combinations are flag errors; that a full disk (a 512 KiB
+tmpfs, when running as root) fails in one line naming `--output` and the
+cause, leaving nothing; that SIGINT or SIGTERM during the save exits within
+seconds with status 130 or 143, a one-line message and no traceback, leaving
+nothing; and (slow) that a run killed mid-write leaves nothing valid-looking at
+`--output`, and that two processes of 4 devices each (JAX's multi-process
+runtime over gloo on 127.0.0.1) save the same matrix as one.
 """
 
 from tests import env  # noqa: F401
@@ -24,7 +29,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
+import threading
 import time
 
 import jax
@@ -36,6 +41,8 @@ from absl.testing import parameterized
 
 import alberta
 from alberta._src import checkpoint as checkpoint_lib
+from alberta._src import verify as verify_lib
+from alberta._src.spec import make_spec
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SCRIPT = os.path.join(_ROOT, "scripts", "init_large.py")
@@ -165,11 +172,21 @@ class LauncherTest(parameterized.TestCase):
     self.assertEqual(report["processes"], 1)
     self.assertEqual(report["mesh"], mesh_shape)
     self.assertEqual(report["method"], method)
+    # The exact call, method included (sparse_init's default differs).
+    recompute = (f"alberta.sparse_init(jax.random.key({seed}), {shape}, "
+                 f"{sparsity!r}, {init_type!r}, dtype=jnp.{dtype}, "
+                 f"method={method!r}, rounding={rounding!r})")
+    self.assertEqual(report["recompute"], recompute)
+    self.assertEqual(info["recompute"], recompute)
+    self.assertIn(f"Reproduce with {recompute}.", proc.stderr)
     self.assertEqual(report["output"], self.output)
-    self.assertTrue(report["verification"]["passed"])
-    self.assertEqual(report["verification"]["rows_below_k"], 0)
-    self.assertEqual(report["verification"]["zeros_per_row"],
+    verification = report["verification"]
+    self.assertTrue(verification["passed"], msg=verification)
+    self.assertEqual((verification["rows_below_k"], verification["rows_above_k"]),
+                     (0, 0))
+    self.assertEqual(verification["zeros_per_row"],
                      expected_info["zeros_per_row"])
+    self.assertEqual(verification["method"], method)
     self.assertEqual(report["chunk_rows_source"],
                      "flag" if chunk_rows else "automatic")
     for name in ("compile_seconds", "generation_seconds",
@@ -224,8 +241,10 @@ class LauncherTest(parameterized.TestCase):
     self.assertEqual(info["method"], "counter")
     self.assertEqual(info["zeros_per_row"], k)
     self.assertEqual(info["nonzeros_per_row"], nnz)
-    self.assertIn("alberta.sparse_init_ell(jax.random.key(7), (64, 40)",
-                  info["recompute"])
+    self.assertEqual(
+        info["recompute"], "alberta.sparse_init_ell(jax.random.key(7), "
+        "(64, 40), 0.8, 'uniform', dtype=jnp.float32, method='counter', "
+        "rounding='ceil')")
 
     with open(self.report) as f:
       report = json.load(f)
@@ -240,8 +259,9 @@ class LauncherTest(parameterized.TestCase):
     verification = report["verification"]
     self.assertTrue(verification["passed"], msg=verification)
     self.assertEqual(verification["nonzeros_per_row"], nnz)
-    for name in ("rows_not_ascending", "indices_out_of_range", "nonfinite",
-                 "out_of_bound"):
+    self.assertEqual(verification["format"], "ell")
+    for name in ("rows_unsorted", "rows_with_repeats", "indices_out_of_range",
+                 "nonfinite", "out_of_bound", "rows_above_k", "rows_below_k"):
       self.assertEqual(verification[name], 0, msg=name)
     for name in ("compile_seconds", "generation_seconds", "entries_per_second",
                  "gigabytes_per_second", "checkpoint_bytes"):
@@ -329,8 +349,29 @@ class LauncherTest(parameterized.TestCase):
     proc = _run(args)
     self.assertNotEqual(proc.returncode, 0)
     self.assertRegex(proc.stderr, message)
+    # The error and a pointer to --helpshort: no usage text, no traceback.
+    self.assertLessEqual(len(proc.stderr.strip().splitlines()), 2,
+                         msg=proc.stderr)
+    self.assertNotIn("Traceback", proc.stderr)
     self.assertNotIn("Compiling", proc.stderr)
     self.assertEqual(_listing(self.dir), before)
+
+  def test_symbolic_link_output_is_refused_even_with_overwrite(self):
+    target = os.path.join(self.dir, "real")
+    alberta.checkpoint.save(target, jnp.ones((2, 2)), {"seed": 1})
+    os.symlink(target, self.output)
+    before = _listing(self.dir)
+    proc = _run(["--shape=16,16", "--num_cpu_devices=8", "--overwrite",
+                 f"--output={self.output}", f"--report={self.report}"])
+    self.assertNotEqual(proc.returncode, 0)
+    self.assertRegex(proc.stderr, r"--output=\S+/w: .*symbolic link")
+    self.assertLessEqual(len(proc.stderr.strip().splitlines()), 2,
+                         msg=proc.stderr)
+    self.assertNotIn("Compiling", proc.stderr)
+    # The link, its target and its contents untouched; nothing added.
+    self.assertEqual(_listing(self.dir), before)
+    self.assertEqual(os.readlink(self.output), target)
+    self.assertEqual(alberta.checkpoint.restore_metadata(target)["seed"], 1)
 
   @absltest.skipIf(os.geteuid() == 0, "root can write to read-only directories")
   def test_read_only_output_location_is_refused(self):
@@ -343,112 +384,161 @@ class LauncherTest(parameterized.TestCase):
     self.assertEqual(os.listdir(parent), [])
 
   def test_verification_catches_corrupted_matrices(self):
-    # Runs the script's `verify` in a fresh interpreter: importing the script
-    # defines its absl flags, which must not collide with other test modules.
-    code = textwrap.dedent(f"""
-        import importlib.util, json
-        import jax
-        jax.config.update("jax_num_cpu_devices", 8)
-        import jax.numpy as jnp
-        import alberta
-        from alberta._src.spec import make_spec
-        spec_ = importlib.util.spec_from_file_location("init_large", {_SCRIPT!r})
-        launcher = importlib.util.module_from_spec(spec_)
-        spec_.loader.exec_module(launcher)
-        mesh = jax.make_mesh((4, 2), ("rows", "cols"),
-                             axis_types=(jax.sharding.AxisType.Auto,) * 2)
-        sharding = jax.sharding.NamedSharding(
-            mesh, jax.sharding.PartitionSpec("rows", "cols"))
-        results = {{}}
-        for init_type in ("uniform", "normal"):
-          spec, _ = make_spec((64, 48), 0.75, init_type, "counter", "nearest")
-          good = alberta.sharded_sparse_init(
-              jax.random.key(0), (64, 48), 0.75, init_type, sharding=sharding,
-              method="counter")
-          k_col = int(jnp.argmax(good[5] == 0))
-          v_col = int(jnp.argmax(good[7] != 0))
-          bound = float(launcher.value_bound(jax, spec, jnp.float32))
-          corrupt = dict(
-              good=good,
-              missing_zero=good.at[5, k_col].set(0.001),
-              extra_zeros=good.at[:4].set(0.0),
-              nan=good.at[7, v_col].set(jnp.nan),
-              inf=good.at[7, v_col].set(-jnp.inf),
-              out_of_bound=good.at[7, v_col].set(bound * 1.001),
-          )
-          for name, matrix in corrupt.items():
-            matrix = jax.device_put(matrix, sharding)
-            results[init_type + "/" + name] = launcher.verify(
-                jax, matrix, spec, "float32")
-        rows = jax.sharding.NamedSharding(
-            mesh, jax.sharding.PartitionSpec("rows"))
-        spec, _ = make_spec((64, 48), 0.75, "uniform", "counter", "nearest")
-        values, indices = alberta.sharded_sparse_init_ell(
-            jax.random.key(0), (64, 48), 0.75, sharding=rows)
-        bound = float(launcher.value_bound(jax, spec, jnp.float32))
-        corrupt = dict(
-            good=(values, indices),
-            one_zero_value=(values.at[3, 2].set(0.0), indices),
-            all_zero_values=(jnp.zeros_like(values), indices),
-            swapped=(values, indices.at[5, 0:2].set(indices[5, 1::-1])),
-            repeated=(values, indices.at[5, 1].set(indices[5, 0])),
-            column_too_large=(values, indices.at[6, -1].set(48)),
-            column_negative=(values, indices.at[6, 0].set(-1)),
-            nan=(values.at[7, 0].set(jnp.nan), indices),
-            out_of_bound=(values.at[7, 0].set(bound * 1.001), indices),
-        )
-        for name, (v, i) in corrupt.items():
-          results["ell/" + name] = launcher.verify_ell(
-              jax, jax.device_put(v, rows), jax.device_put(i, rows), spec,
-              "float32")
-        print(json.dumps(results))
-        """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                          text=True, env=_env(), cwd=_ROOT,
-                          timeout=_TIMEOUT_S, check=False)
-    self._assert_ok(proc)
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
-    for init_type in ("uniform", "normal"):
-      found = {name.split("/")[1]: r for name, r in results.items()
-               if name.startswith(init_type)}
-      self.assertTrue(found["good"]["passed"], msg=found["good"])
-      self.assertEqual(found["good"]["rows_below_k"], 0)
-      self.assertEqual(found["missing_zero"]["rows_below_k"], 1)
-      self.assertFalse(found["missing_zero"]["passed"])
-      # Four rows all zeros: their 4 x 12 kept weights are excess zeros, far
-      # beyond what kept weights rounding to zero can explain (allowance 13).
-      self.assertEqual(found["extra_zeros"]["excess_zeros"], 48)
-      self.assertEqual(found["extra_zeros"]["rows_above_k"], 4)
-      self.assertFalse(found["extra_zeros"]["passed"])
-      self.assertEqual(found["nan"]["nonfinite"], 1)
-      self.assertFalse(found["nan"]["passed"])
-      self.assertEqual(found["inf"]["nonfinite"], 1)
-      self.assertFalse(found["inf"]["passed"])
-      self.assertEqual(found["out_of_bound"]["out_of_bound"], 1)
-      self.assertFalse(found["out_of_bound"]["passed"])
+    # `alberta.verify` called as the launcher calls it: on the sharded
+    # arrays, with the run's arguments and raise_on_failure=False.
+    mesh = jax.make_mesh((4, 2), ("rows", "cols"),
+                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    sharding = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec("rows", "cols"))
+    shape, sparsity = (64, 48), 0.75
 
-    ell = {name.split("/")[1]: r for name, r in results.items()
-           if name.startswith("ell/")}
-    self.assertTrue(ell["good"]["passed"], msg=ell["good"])
-    self.assertEqual(ell["good"]["nonzeros_per_row"], 12)
-    # A kept weight can be exactly 0.0 (probability 2**-23 each): counted, not
-    # failed, unless far more than chance allows (allowance 13 here).
-    self.assertEqual(ell["one_zero_value"]["zero_values"], 1)
-    self.assertTrue(ell["one_zero_value"]["passed"])
-    self.assertEqual(ell["all_zero_values"]["zero_values"], 64 * 12)
-    self.assertFalse(ell["all_zero_values"]["passed"])
+    def launcher_verify(arrays, init_type):
+      return alberta.verify(arrays, sparsity, init_type, shape=shape,
+                            method="counter", rounding="nearest",
+                            dtype=jnp.float32, raise_on_failure=False)
+
+    for init_type in ("uniform", "normal"):
+      spec, _ = make_spec(shape, sparsity, init_type, "counter", "nearest")
+      good = alberta.sharded_sparse_init(
+          jax.random.key(0), shape, sparsity, init_type, sharding=sharding,
+          method="counter")
+      k_col = int(jnp.argmax(good[5] == 0))
+      v_col = int(jnp.argmax(good[7] != 0))
+      bound = float(verify_lib.value_bound(spec, jnp.float32))
+      corrupt = dict(
+          good=good,
+          missing_zero=good.at[5, k_col].set(0.001),
+          extra_zero=good.at[7, v_col].set(0.0),
+          extra_zeros=good.at[:4].set(0.0),
+          nan=good.at[7, v_col].set(jnp.nan),
+          inf=good.at[7, v_col].set(-jnp.inf),
+          out_of_bound=good.at[7, v_col].set(bound * 1.001),
+      )
+      found = {name: launcher_verify(jax.device_put(m, sharding), init_type)
+               for name, m in corrupt.items()}
+      with self.subTest(init_type):
+        self.assertTrue(found["good"].passed, msg=found["good"])
+        self.assertEqual(found["good"].rows_below_k, 0)
+        self.assertEqual(found["missing_zero"].rows_below_k, 1)
+        self.assertFalse(found["missing_zero"].passed)
+        # The counter method never keeps a zero: one extra zero fails.
+        self.assertEqual(found["extra_zero"].rows_above_k, 1)
+        self.assertFalse(found["extra_zero"].passed)
+        self.assertEqual(found["extra_zeros"].excess_zeros, 48)
+        self.assertEqual(found["extra_zeros"].rows_above_k, 4)
+        self.assertFalse(found["extra_zeros"].passed)
+        for name in ("nan", "inf"):
+          self.assertEqual(found[name].nonfinite, 1, msg=name)
+          self.assertFalse(found[name].passed, msg=name)
+        self.assertEqual(found["out_of_bound"].out_of_bound, 1)
+        self.assertFalse(found["out_of_bound"].passed)
+
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("rows"))
+    spec, _ = make_spec(shape, sparsity, "uniform", "counter", "nearest")
+    values, indices = alberta.sharded_sparse_init_ell(
+        jax.random.key(0), shape, sparsity, sharding=rows)
+    bound = float(verify_lib.value_bound(spec, jnp.float32))
+    corrupt = dict(
+        good=(values, indices),
+        one_zero_value=(values.at[3, 2].set(0.0), indices),
+        all_zero_values=(jnp.zeros_like(values), indices),
+        swapped=(values, indices.at[5, 0:2].set(indices[5, 1::-1])),
+        repeated=(values, indices.at[5, 1].set(indices[5, 0])),
+        column_too_large=(values, indices.at[6, -1].set(48)),
+        column_negative=(values, indices.at[6, 0].set(-1)),
+        nan=(values.at[7, 0].set(jnp.nan), indices),
+        out_of_bound=(values.at[7, 0].set(bound * 1.001), indices),
+    )
+    ell = {name: launcher_verify((jax.device_put(v, rows),
+                                  jax.device_put(i, rows)), "uniform")
+           for name, (v, i) in corrupt.items()}
+    self.assertTrue(ell["good"].passed, msg=ell["good"])
+    self.assertEqual(ell["good"].nonzeros_per_row, 12)
+    # A stored 0.0 is a 37th zero in its row: the counter method keeps none.
+    self.assertEqual(ell["one_zero_value"].rows_above_k, 1)
+    self.assertFalse(ell["one_zero_value"].passed)
+    self.assertEqual(ell["all_zero_values"].excess_zeros, 64 * 12)
+    self.assertFalse(ell["all_zero_values"].passed)
+    self.assertEqual(ell["swapped"].rows_unsorted, 1)
+    self.assertEqual(ell["repeated"].rows_with_repeats, 1)
     for name in ("swapped", "repeated"):
-      self.assertEqual(ell[name]["rows_not_ascending"], 1, msg=name)
-      self.assertFalse(ell[name]["passed"], msg=name)
+      self.assertFalse(ell[name].passed, msg=name)
     # A column of 48 at the end of a row stays ascending; -1 at the start too.
     for name in ("column_too_large", "column_negative"):
-      self.assertEqual(ell[name]["indices_out_of_range"], 1, msg=name)
-      self.assertEqual(ell[name]["rows_not_ascending"], 0, msg=name)
-      self.assertFalse(ell[name]["passed"], msg=name)
-    self.assertEqual(ell["nan"]["nonfinite"], 1)
-    self.assertFalse(ell["nan"]["passed"])
-    self.assertEqual(ell["out_of_bound"]["out_of_bound"], 1)
-    self.assertFalse(ell["out_of_bound"]["passed"])
+      self.assertEqual(ell[name].indices_out_of_range, 1, msg=name)
+      self.assertEqual(ell[name].rows_unsorted, 0, msg=name)
+      self.assertFalse(ell[name].passed, msg=name)
+    self.assertEqual(ell["nan"].nonfinite, 1)
+    self.assertFalse(ell["nan"].passed)
+    self.assertEqual(ell["out_of_bound"].out_of_bound, 1)
+    self.assertFalse(ell["out_of_bound"].passed)
+
+  def test_full_disk_fails_in_one_line_and_leaves_nothing(self):
+    if os.geteuid() != 0:
+      self.skipTest("mounting a small tmpfs needs root")
+    disk = os.path.join(self.dir, "disk")
+    os.mkdir(disk)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k",
+                              "tmpfs", disk], capture_output=True, text=True,
+                             check=False)
+    if mounted.returncode:
+      self.skipTest(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    self.addCleanup(subprocess.run, ["umount", disk], check=False)
+    output = os.path.join(disk, "w")
+    # 4 MiB of float32 at sparsity 0.5 compresses to ~2.4 MiB: too big.
+    proc = _run(["--shape=1024,1024", "--sparsity=0.5", "--num_cpu_devices=8",
+                 f"--output={output}", f"--report={self.report}"])
+    self.assertEqual(proc.returncode, 1, msg=proc.stderr)
+    errors = [line for line in proc.stderr.splitlines()
+              if not line.startswith("I")]  # absl's INFO lines start "I".
+    self.assertLen(errors, 1, msg=proc.stderr)
+    self.assertRegex(errors[0], r"^init_large.py: error: could not save "
+                     rf"--output={output}: .*No space left on device")
+    self.assertNotIn("Traceback", proc.stderr)
+    self.assertEqual(os.listdir(disk), [])  # No staging, nothing at --output.
+    self.assertFalse(os.path.exists(self.report))
+
+  @parameterized.named_parameters(("_sigint", signal.SIGINT, 130),
+                                  ("_sigterm", signal.SIGTERM, 143))
+  def test_signal_during_save_exits_promptly_leaving_nothing(self, signum,
+                                                             status):
+    # 16 MiB: the save takes about a second, so the signal, sent once the
+    # launcher logs that it is saving, lands while it saves.
+    proc = subprocess.Popen(
+        _command(["--shape=2048,2048", "--sparsity=0.5",
+                  "--num_cpu_devices=8", f"--output={self.output}",
+                  f"--report={self.report}"]),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=_env(), cwd=_ROOT)
+    try:
+      for line in proc.stderr:
+        if "Saving to" in line:
+          break
+      else:
+        self.fail("the launcher ended before saving")
+      proc.send_signal(signum)
+      rest = []
+      reader = threading.Thread(target=lambda: rest.append(proc.stderr.read()))
+      reader.start()
+      # A liveness bound, not a speed one: it exits in about a second, and a
+      # launcher waiting on orbax's threads would not exit at all.
+      proc.wait(timeout=60)
+      reader.join(timeout=60)
+      rest = "".join(rest)
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+      proc.stderr.close()
+    self.assertEqual(proc.returncode, status, msg=rest)
+    self.assertNotIn("Traceback", rest)
+    name = signal.Signals(signum).name
+    self.assertRegex(rest, rf"^init_large.py: interrupted by {name} while "
+                     rf"saving.*nothing was written at --output=")
+    self.assertLen(rest.strip().splitlines(), 1, msg=rest)
+    self.assertFalse(os.path.lexists(self.output))
+    self.assertEqual(checkpoint_lib.stale_staging(self.output), [])
+    self.assertEqual(os.listdir(self.dir), [])
 
   @pytest.mark.slow
   def test_run_killed_mid_write_leaves_nothing_valid_at_output(self):
