@@ -298,7 +298,8 @@ def _index_faults(indices: Array, fan_in: int, ascending: bool) -> tuple[
   wrong = ordered[:, 1:] <= ordered[:, :-1]
   wrong_row = jnp.argmax(jnp.any(wrong, axis=1))
   return (jnp.where(jnp.any(row_bad), row, -1), col, value,
-          jnp.where(jnp.any(wrong), wrong_row, -1), jnp.argmax(wrong[wrong_row]))
+          jnp.where(jnp.any(wrong), wrong_row, -1),
+          jnp.argmax(wrong[wrong_row]))
 
 
 def _check_ell(values: Any, indices: Any, shape: Any, name: str,

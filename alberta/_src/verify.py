@@ -267,7 +267,7 @@ def verify(
     dtype: Any = None,
     raise_on_failure: bool = True,
 ) -> VerificationReport:
-  """Checks a matrix from `sparse_init` (or the ELL pair from `sparse_init_ell`).
+  """Checks a `sparse_init` matrix, or the ELL pair of `sparse_init_ell`.
 
   The arguments are those of the call that made the matrix; the matrix is
   read once where it lives (a sharded `jax.Array` stays sharded, each device
@@ -399,13 +399,14 @@ def verify(
   elif found["excess_zeros"] > allowance:
     failures.append(
         f"{_n(found['excess_zeros'], 'zero')} beyond k={k} per row (in "
-        f"{_n(found['rows_above_k'], 'row')}, first: row {found['first_above_k']}; "
+        f"{_n(found['rows_above_k'], 'row')}, first: row "
+        f"{found['first_above_k']}; "
         f"max {found['max_zeros']} in a row), more than the {allowance} that "
         f"kept weights rounding to zero explain at a "
         f"{EXCESS_ZERO_FALSE_ALARM_RATE:g} false-alarm rate")
   if found["nonfinite"]:
-    failures.append(f"{_n(found['nonfinite'], 'non-finite value')} (first in row "
-                    f"{found['first_nonfinite']})")
+    failures.append(f"{_n(found['nonfinite'], 'non-finite value')} (first in "
+                    f"row {found['first_nonfinite']})")
   if found["out_of_bound"]:
     failures.append(
         f"{_n(found['out_of_bound'], 'value')} above the bound "
@@ -414,8 +415,8 @@ def verify(
   if ell:
     if found["indices_out_of_range"]:
       failures.append(
-          f"{_n(found['indices_out_of_range'], 'index', 'indices')} outside [0, "
-          f"fan_in={spec.fan_in}) (first in row "
+          f"{_n(found['indices_out_of_range'], 'index', 'indices')} outside "
+          f"[0, fan_in={spec.fan_in}) (first in row "
           f"{found['first_out_of_range']})")
     if found["rows_unsorted"]:
       failures.append(_rows(found["rows_unsorted"],
