@@ -1,13 +1,14 @@
-"""scripts/benchmark.py runs end to end at tiny sizes and writes honest JSON.
+"""The benchmark scripts run end to end at tiny sizes and report honestly.
 
-The script is run as a subprocess, as CI's smoke test and a user would run it;
-the tests read its JSON. No timing is asserted beyond "positive": figures on a
-shared machine are evidence, not contracts.
+scripts/benchmark.py and scripts/memory_report.py are run as subprocesses, as
+CI's smoke test and a user would run them; the tests read their JSON and
+Markdown. The helper layer (`scripts/benchlib`) and the reference code
+(`third_party/alberta_framework`) are tested directly. No timing is asserted
+beyond "positive": figures on a shared machine are evidence, not contracts.
 """
 
 from tests import env  # noqa: F401
 
-import ast
 import importlib.util
 import json
 import os
@@ -21,25 +22,29 @@ import jax
 import numpy as np
 
 import alberta
-from tests import seed_reference
+from scripts.benchlib import harness
+from scripts.benchlib import plot
+from scripts.benchlib import ratios as ratios_lib
+from scripts.benchlib import report
+from third_party import alberta_framework
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_SCRIPT = os.path.join(_ROOT, "scripts", "benchmark.py")
+_BENCHMARK = os.path.join(_ROOT, "scripts", "benchmark.py")
+_MEMORY_REPORT = os.path.join(_ROOT, "scripts", "memory_report.py")
 _SHAPES = ([64, 64], [128, 32])
 _METHODS = ("fill", "dense_uniform", "counter", "permutation", "seed",
             "torch_dense", "torch_original")
 _TORCH = importlib.util.find_spec("torch") is not None
-_ELL = hasattr(alberta, "sparse_init_ell")
 
 
-def _run(args: list[str], extra_pythonpath: str | None = None,
+def _run(script: str, args: list[str], extra_pythonpath: str | None = None,
          timeout: int = 300) -> subprocess.CompletedProcess:
   env_vars = dict(os.environ)
   path = [_ROOT] + ([extra_pythonpath] if extra_pythonpath else [])
   if env_vars.get("PYTHONPATH"):
     path.append(env_vars["PYTHONPATH"])
   env_vars["PYTHONPATH"] = os.pathsep.join(path)
-  return subprocess.run([sys.executable, _SCRIPT, *args], capture_output=True,
+  return subprocess.run([sys.executable, script, *args], capture_output=True,
                         text=True, timeout=timeout, env=env_vars, cwd=_ROOT,
                         check=False)
 
@@ -53,12 +58,14 @@ class BenchmarkScriptTest(parameterized.TestCase):
     cls.json_path = os.path.join(cls.tmp.name, "bench.json")
     cls.plot_path = os.path.join(cls.tmp.name, "bench.png")
     cls.markdown_path = os.path.join(cls.tmp.name, "bench.md")
-    cls.proc = _run([
-        "--sizes=64x64,128x32", "--repeats=2", "--num_cpu_devices=2",
-        "--device_counts=1,2", "--ell_sparsities=0.9,0.99",
+    cls.args = [
+        "--shape=64,64", "--shape=128,32", "--repeats=2",
+        "--num_cpu_devices=2", "--device_counts=1,2",
+        "--ell_sparsities=0.9,0.99",
         f"--methods={','.join(_METHODS + ('ell',))}",
         f"--json={cls.json_path}", f"--plot={cls.plot_path}",
-        f"--markdown={cls.markdown_path}"])
+        f"--markdown={cls.markdown_path}"]
+    cls.proc = _run(_BENCHMARK, cls.args)
     cls.result = None
     if cls.proc.returncode == 0:
       with open(cls.json_path) as f:
@@ -71,8 +78,8 @@ class BenchmarkScriptTest(parameterized.TestCase):
 
   def setUp(self):
     super().setUp()
-    self.assertEqual(self.proc.returncode, 0,
-                     msg=f"stdout:\n{self.proc.stdout}\nstderr:\n{self.proc.stderr}")
+    self.assertEqual(self.proc.returncode, 0, msg=(
+        f"stdout:\n{self.proc.stdout}\nstderr:\n{self.proc.stderr}"))
 
   def _record(self, method, shape):
     # Dense baselines timed for `ell` at other sparsities carry a `role`.
@@ -88,7 +95,8 @@ class BenchmarkScriptTest(parameterized.TestCase):
 
   @parameterized.parameters("fill", "dense_uniform", "counter", "permutation",
                             "seed")
-  def test_jax_methods_have_positive_times_and_consistent_summaries(self, method):
+  def test_jax_methods_have_positive_times_and_consistent_summaries(self,
+                                                                   method):
     for shape in _SHAPES:
       r = self._record(method, shape)
       self.assertEqual(r["status"], "ok")
@@ -130,16 +138,12 @@ class BenchmarkScriptTest(parameterized.TestCase):
           self.assertEqual(r["status"], "skipped")
           self.assertIn("torch", r["reason"])
 
-  def test_ell_is_timed_against_dense_counter_or_skipped_with_a_reason(self):
+  def test_ell_is_timed_against_dense_counter_and_matches_it(self):
     for shape in _SHAPES:
       ell = {r["sparsity"]: r for r in self.result["results"]
              if r["method"] == "ell" and r["shape"] == shape}
       self.assertCountEqual(ell, [0.9, 0.99])
       for sparsity, r in ell.items():
-        if not _ELL:
-          self.assertEqual(r["status"], "skipped")
-          self.assertIn("sparse_init_ell", r["reason"])
-          continue
         self.assertEqual(r["status"], "ok")
         self.assertTrue(r["matches_dense_counter"])
         self.assertGreater(r["min_s"], 0)
@@ -172,7 +176,8 @@ class BenchmarkScriptTest(parameterized.TestCase):
   def test_sharded_runs_cover_device_counts_and_match_one_device(self):
     sharded = self.result["sharded"]
     got = sorted((tuple(r["shape"]), r["devices"]) for r in sharded)
-    self.assertEqual(got, sorted((tuple(s), n) for s in _SHAPES for n in (1, 2)))
+    self.assertEqual(got, sorted((tuple(s), n) for s in _SHAPES
+                                 for n in (1, 2)))
     for r in sharded:
       self.assertEqual(r["status"], "ok")
       self.assertTrue(r["matches_single_device"])
@@ -180,24 +185,32 @@ class BenchmarkScriptTest(parameterized.TestCase):
       self.assertEqual(r["memory"]["compiled_output_bytes"],
                        4 * r["shape"][0] * r["shape"][1] // r["devices"])
 
-  def test_environment_records_machine_jax_and_devices(self):
+  def test_environment_records_machine_jax_devices_and_the_command(self):
     env_ = self.result["environment"]
     self.assertEqual(env_["jax"], jax.__version__)
     self.assertEqual(env_["num_devices"], 2)
     self.assertLen(env_["devices"], 2)
-    for field in ("date_utc", "command", "cpu_model", "cpu_count", "platform",
-                  "backend", "loadavg_start", "loadavg_end"):
+    for field in ("date_utc", "cpu_model", "cpu_count", "platform", "backend",
+                  "loadavg_start", "loadavg_end"):
       self.assertIn(field, env_)
-    self.assertIn("--sizes=64x64,128x32", env_["command"])
+    self.assertEqual(env_["command"],
+                     report.command_line("scripts/benchmark.py", self.args))
 
-  def test_markdown_holds_the_command_tables_and_seed_check(self):
+  def test_markdown_starts_with_the_command_then_every_table(self):
     with open(self.markdown_path) as f:
       text = f.read()
-    self.assertIn(self.result["environment"]["command"], text)
-    self.assertIn("| method | shape | devices |", text)
+    command = "```\n" + self.result["environment"]["command"] + "\n```\n"
+    self.assertIn(command, text)
+    self.assertStartsWith(text.split("\n\n", 1)[1], "Command:")
+    after = text[text.index(command) + len(command):]
+    # The tables, in order: all methods, sharded, ratios.
+    tables = [after.index(h) for h in ("| method | shape | devices |",
+                                       "Sharded, from the same command",
+                                       "| shape | ratio |")]
+    self.assertEqual(tables, sorted(tables))
     for method in _METHODS:
-      self.assertIn(f"| {method} | 64x64 | 1 |", text)
-    self.assertIn("seed vs permutation check: passed.", text)
+      self.assertIn(f"| {method} | 64x64 | 1 |", after)
+    self.assertIn("seed vs permutation check: passed.", after)
 
   def test_plot_is_a_png(self):
     with open(self.plot_path, "rb") as f:
@@ -205,8 +218,8 @@ class BenchmarkScriptTest(parameterized.TestCase):
 
   def test_plot_from_json_redraws_without_benchmarking(self):
     path = os.path.join(self.tmp.name, "replot.png")
-    proc = _run([f"--plot_from={self.json_path},{self.json_path}",
-                 f"--plot={path}"], timeout=120)
+    proc = _run(_BENCHMARK, [f"--plot_from={self.json_path},{self.json_path}",
+                             f"--plot={path}"], timeout=120)
     self.assertEqual(proc.returncode, 0, msg=proc.stderr)
     self.assertNotIn("Ratios", proc.stdout)  # Nothing was timed.
     with open(path, "rb") as f:
@@ -215,49 +228,183 @@ class BenchmarkScriptTest(parameterized.TestCase):
 
 class BenchmarkEdgeCasesTest(parameterized.TestCase):
 
-  def test_torch_absent_is_recorded_as_skipped_with_the_reason(self):
+  def test_torch_absent_is_skipped_with_the_reason_and_sizes_still_parse(self):
     with tempfile.TemporaryDirectory() as tmp:
       # A `torch` package that fails to import shadows the real one.
       os.makedirs(os.path.join(tmp, "torch"))
       with open(os.path.join(tmp, "torch", "__init__.py"), "w") as f:
         f.write("raise ImportError('torch hidden by the test')\n")
       json_path = os.path.join(tmp, "bench.json")
-      proc = _run(["--sizes=16x16", "--repeats=1", "--nosharded",
-                   "--methods=fill,torch_dense,torch_original",
-                   f"--json={json_path}"], extra_pythonpath=tmp)
+      # --sizes is the deprecated spelling of --shape.
+      proc = _run(_BENCHMARK, [
+          "--sizes=16x16,8x4", "--repeats=1", "--nosharded",
+          "--methods=fill,torch_dense,torch_original", f"--json={json_path}"],
+                  extra_pythonpath=tmp)
       self.assertEqual(proc.returncode, 0, msg=proc.stderr)
       with open(json_path) as f:
         result = json.load(f)
-    by_method = {r["method"]: r for r in result["results"]}
-    self.assertEqual(by_method["fill"]["status"], "ok")
+    self.assertEqual(result["settings"]["shapes"], [[16, 16], [8, 4]])
+    by_method = {(r["method"], tuple(r["shape"])): r for r in result["results"]}
+    self.assertEqual(by_method[("fill", (16, 16))]["status"], "ok")
     for method in ("torch_dense", "torch_original"):
-      self.assertEqual(by_method[method]["status"], "skipped")
-      self.assertIn("torch hidden by the test", by_method[method]["reason"])
+      self.assertEqual(by_method[(method, (8, 4))]["status"], "skipped")
+      self.assertIn("torch hidden by the test",
+                    by_method[(method, (8, 4))]["reason"])
     self.assertIsNone(result["environment"]["torch"])
 
-  @parameterized.parameters("--sizes=4096", "--sizes=0x5", "--methods=sort")
-  def test_malformed_flags_are_rejected(self, flag):
-    proc = _run([flag, "--nosharded"], timeout=120)
+  @parameterized.parameters(
+      (["--shape=4096"], "--shape"), (["--shape=0,5"], "--shape"),
+      (["--shape=4096x4096"], "--shape"), (["--sizes=4096"], "--sizes"),
+      (["--methods=sort"], "--methods"),
+      (["--shape=8,8", "--sizes=8x8"], "not both"))
+  def test_malformed_flags_are_rejected(self, flags, message):
+    proc = _run(_BENCHMARK, flags + ["--nosharded"], timeout=120)
     self.assertNotEqual(proc.returncode, 0)
-    self.assertIn("--", proc.stderr)
+    self.assertIn(message, proc.stderr)
 
-  def test_benchmark_seed_copy_matches_the_tests_transcription(self):
-    # Load the function from the script's source without importing the script
-    # (which would define its absl flags in this process).
-    with open(_SCRIPT) as f:
-      tree = ast.parse(f.read())
-    func = next(n for n in tree.body if isinstance(n, ast.FunctionDef)
-                and n.name == "seed_sparse_init")
-    namespace = {"jax": jax, "jnp": jax.numpy, "jr": jax.random}
-    exec(compile(ast.Module([func], []), _SCRIPT, "exec"), namespace)  # pylint: disable=exec-used
-    for shape, sparsity, init_type in (((16, 10), 0.9, "uniform"),
-                                       ((7, 33), 0.5, "normal"),
-                                       ((5, 1), 0.99, "uniform")):
-      key = jax.random.key(3)
-      got = namespace["seed_sparse_init"](key, shape, sparsity, init_type)
-      want = seed_reference.seed_sparse_init(key, shape, sparsity, init_type)
-      np.testing.assert_array_equal(np.asarray(got).view(np.uint32),
-                                    np.asarray(want).view(np.uint32))
+
+class MemoryReportTest(absltest.TestCase):
+
+  def test_markdown_is_the_command_then_a_row_per_initializer(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      path = os.path.join(tmp, "memory.md")
+      args = ["--shape=64,32", "--num_cpu_devices=2",
+              "--chunk_rows=None,16,unchunked", f"--markdown={path}"]
+      proc = _run(_MEMORY_REPORT, args, timeout=300)
+      self.assertEqual(proc.returncode, 0, msg=proc.stderr)
+      with open(path) as f:
+        text = f.read()
+    command = report.command_line("scripts/memory_report.py", args)
+    self.assertStartsWith(text, f"Command:\n\n```\n{command}\n```\n")
+    self.assertIn(f"k = {alberta.num_zeros(32, 0.9)} zeros per row", text)
+    rows = [line.split(" | ") for line in text.splitlines()
+            if line.startswith("| ") and "MiB" not in line]
+    # seed and uniform: sharded and one device; alberta's two methods: three
+    # chunks sharded and one device.
+    self.assertLen(rows, 2 * 2 + 2 * (3 + 1))
+    for row in rows:
+      self.assertGreaterEqual(float(row[-1].rstrip(" |")), 1.0)  # peak / output
+    self.assertIn(text, proc.stdout)
+
+
+def _record(method, shape=(4, 8), status="ok", devices=1, **fields):
+  """A benchmark record as `harness.time_jax` writes it, with given figures."""
+  if status != "ok":
+    return harness.skipped(method, shape, "why not", **fields)
+  record = {"method": method, "shape": list(shape), "devices": devices,
+            "status": "ok", "times_s": [2.0, 1.0, 3.0], "output_bytes": 128,
+            "memory": {"compiled_output_bytes": 128 // devices,
+                       "compiled_temp_bytes": 64, "rss_peak_delta_bytes": None},
+            **fields}
+  return harness.summarize(record, shape[0] * shape[1])
+
+
+class HelperLayerTest(parameterized.TestCase):
+
+  def test_summary_figures_follow_from_the_times_and_bytes(self):
+    r = _record("counter", devices=2)
+    self.assertEqual((r["min_s"], r["median_s"]), (1.0, 2.0))
+    self.assertAlmostEqual(r["ns_per_entry_min"], 1.0 / 32 * 1e9)
+    self.assertAlmostEqual(r["memory"]["compiled_peak_over_output"],
+                           (64 + 64) / 64)  # per device: 128 / 2 bytes
+    self.assertNotIn("rss_delta_over_output", r["memory"])
+
+  def test_text_and_markdown_tables_say_the_same_figures(self):
+    records = [_record("counter", sparsity=0.9),
+               _record("torch_dense", status="skipped", sparsity=None)]
+    text = report.table(records).splitlines()
+    self.assertEqual(len(text[1]), len(text[0]))  # the rule under the header
+    self.assertEqual(text[2].split(), ["counter", "4x8", "1", "0.9", "1.0000",
+                                       "2.0000", "31250000.000", "0.00", "0.0",
+                                       "0.0", "1.500", "-", "-", "3"])
+    self.assertEqual(text[3].split()[:5],
+                     ["torch_dense", "4x8", "1", "-", "skipped:"])
+    md = report.markdown_table(records)
+    self.assertEqual(md[1], "|---|---|" + "---:|" * 9)
+    self.assertEqual(md[2], "| counter | 4x8 | 1 | 0.9 | 1.0000 | 2.0000 | "
+                     "31250000.00 | 0.00 | 1.500 |  | 3 |")
+    self.assertEqual(md[3], "| torch_dense | 4x8 | 1 |  | skipped: why not |"
+                     " | | | | | |")
+    self.assertTrue(all(line.count("|") == md[0].count("|") for line in md))
+
+  def test_ratios_compare_main_records_and_judge_targets(self):
+    records = [_record("counter", sparsity=0.9),
+               _record("permutation", sparsity=0.9, times_s=[30.0]),
+               _record("dense_uniform", times_s=[0.5]),
+               # A dense baseline for `ell` must not replace the main counter.
+               _record("counter", sparsity=0.99, role="ell_baseline",
+                       times_s=[100.0]),
+               _record("ell", sparsity=0.99, times_s=[10.0])]
+    got = {(r["numerator"], r["denominator"], r.get("measure")): r
+           for r in ratios_lib.ratios(records)}
+    self.assertEqual(got[("permutation", "counter", None)]["ratio_min"], 30.0)
+    self.assertTrue(got[("permutation", "counter", None)]["met"])
+    self.assertEqual(got[("counter", "dense_uniform", None)]["ratio_min"], 2.0)
+    self.assertFalse(got[("counter", "dense_uniform", None)]["met"])
+    self.assertAlmostEqual(got[("ell", "counter", None)]["ratio_min"], 0.1)
+    self.assertLen(report.ratio_table(list(got.values())).splitlines(), 4)
+
+  @parameterized.parameters(("4096,4096", (4096, 4096)),
+                            (" 65536 , 1024 ", (65536, 1024)))
+  def test_parse_shape_reads_rows_comma_cols(self, text, shape):
+    self.assertEqual(harness.parse_shape(text), shape)
+
+  @parameterized.parameters("4096", "4096x4096", "0,5", "4,5,6", "a,b")
+  def test_parse_shape_rejects_other_syntax_naming_the_text(self, text):
+    with self.assertRaisesRegex(ValueError, repr(text)):
+      harness.parse_shape(text)
+
+  def test_compare_tells_bits_from_signed_zeros(self):
+    a = np.array([0.0, 1.0], np.float32)
+    got = harness.compare(a, np.array([-0.0, 1.0], np.float32))
+    self.assertEqual((got["bitwise_equal"], got["equal_up_to_zero_sign"],
+                      got["signed_zero_mismatches"]), (False, True, 1))
+    self.assertFalse(harness.compare(a, a[:1])["equal_up_to_zero_sign"])
+
+  def test_command_line_quotes_what_the_shell_would_split(self):
+    self.assertEqual(report.command_line("scripts/x.py", ["--a=1", "--b=c d"]),
+                     "python scripts/x.py --a=1 '--b=c d'")
+
+  def test_merged_runs_let_a_later_file_win(self):
+    with tempfile.TemporaryDirectory() as tmp:
+      paths = []
+      for i, min_s in enumerate((1.0, 2.0)):
+        paths.append(os.path.join(tmp, f"{i}.json"))
+        with open(paths[-1], "w") as f:
+          json.dump({"results": [{"method": "fill", "shape": [4, 4],
+                                  "devices": 1, "min_s": min_s}],
+                     "sharded": []}, f)
+      results, sharded = plot.merged(paths)
+    self.assertEqual([r["min_s"] for r in results], [2.0])
+    self.assertEqual(sharded, [])
+
+
+class ReferenceCodeTest(parameterized.TestCase):
+
+  @parameterized.parameters(((16, 10), 0.9, "uniform"),
+                            ((7, 33), 0.5, "normal"),
+                            ((5, 1), 0.99, "uniform"))
+  def test_seed_transcription_is_what_permutation_reproduces(
+      self, shape, sparsity, init_type):
+    # The library's contract: the seed's zeros and uniform values bit for
+    # bit, normal values within a few ulps.
+    key = jax.random.key(3)
+    got = np.asarray(alberta_framework.sparse_init(key, shape, sparsity,
+                                                   init_type))
+    want = np.asarray(alberta.sparse_init(key, shape, sparsity, init_type,
+                                          method="permutation"))
+    np.testing.assert_array_equal(got == 0, want == 0)
+    if init_type == "uniform":
+      np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    else:
+      np.testing.assert_array_max_ulp(got, want, maxulp=4)
+
+  @absltest.skipUnless(_TORCH, "needs torch")
+  def test_torch_original_zeros_ceil_of_sparsity_per_row(self):
+    import torch  # pylint: disable=g-import-not-at-top
+    w = alberta_framework.torch_sparse_init(torch.empty(6, 10), 0.85)
+    self.assertEqual((w == 0).sum(dim=1).tolist(), [9] * 6)  # ceil(8.5)
+    self.assertLessEqual(float(w.abs().max()), 10**-0.5)
 
 
 if __name__ == "__main__":
