@@ -1,4 +1,4 @@
-"""The seed's mask: a `jax.random.permutation` per output unit.
+"""The seed's mask, `jax.random.permutation(row_key, fan_in) >= k`, without it.
 
 Reproduces `alberta_framework`'s `sparse_init` tile by tile. The seed draws
 
@@ -10,14 +10,44 @@ Reproduces `alberta_framework`'s `sparse_init` tile by tile. The seed draws
 Under the partitionable threefry, `split(mask_key, fan_out)[r]` is the Threefry
 hash of counter `r`, and the weight bits of element `(r, c)` are the hash of
 counter `r * fan_in + c`, so a block of rows needs only its own row keys and
-bits. Each row's permutation is the seed's own `jax.random.permutation` call
-(a sort per row); that sort is what the counter method avoids.
+bits.
+
+The permutation (reference: `jax._src.random.core._shuffle`, JAX 0.10) starts
+from `x = arange(n)` and runs `t = ceil(3 ln n / ln(2**32 - 1))` rounds of
+
+    key, subkey = split(key)
+    x = sort_key_val(random_bits(subkey, 32, (n,)), x)[1]     # stable
+
+so a round moves the element at position `p` to position
+`rank(p) = #{j : (b_j, j) < (b_p, p)}` (lexicographic on the round's 32 sort
+bits `b` and the index: the sort is stable). Position `j` of the result is a
+zero of the mask iff it holds a value `< k`. Those values start at positions
+`S_0 = {0, ..., k-1}` and each round carries them to `S_{i+1} = rank_i(S_i)`,
+so the zeros are `S_t`. Each `rank_i` is a bijection, so the kept positions are
+likewise the image of `{k, ..., n-1}`; the construction follows whichever of
+the two sets is smaller, `m = min(k, n - k)` elements per row.
+
+For a followed element `p` with bits `b`, `rank(p) = L + E`, where
+`L = #{j : b_j < b}` is a binary search for `b` in the row's sorted bits (a
+plain one-operand sort, which XLA runs several times faster than the seed's
+key-value sort) and `E = #{j < p : b_j = b}` counts its ties. `E = 0` unless
+`b` occurs twice in the row, which the search sees (the next sorted bits equal
+`b`); such elements (about `m n / 2**32` a row) are corrected exactly by a
+loop that counts their ties over the whole row, a few rows per iteration, until
+none is left. So the mask equals the seed's bit for bit, ties included, and
+costs one sort of `n` unsigned ints, `m log n` gathers and a scatter per row
+and round, instead of a key-value sort.
 """
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from alberta._src import bits
@@ -25,25 +55,211 @@ from alberta._src.spec import SparseSpec
 
 Array = jax.Array
 
+_U32 = jnp.uint32
+# At most this many row groups per block (see `_groups`).
+_MAX_GROUPS = 8
+
+
+def num_rounds(n: int) -> int:
+  """Sort rounds of `jax.random.permutation(key, n)`: its own static formula."""
+  uint32max = np.iinfo(np.uint32).max
+  return int(np.ceil(3 * np.log(max(1, n)) / np.log(uint32max)))
+
 
 def row_keys(mask_key: tuple[Array, Array], rows: Array) -> tuple[Array, Array]:
   """`jax.random.split(mask_key, fan_out)[rows]`, as key words."""
   return bits.threefry(mask_key, jnp.zeros_like(rows), rows)
 
 
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def _threefry(k1: Array, k2: Array, hi: Array, lo: Array) -> tuple[Array, Array]:
+  """Threefry-2x32 of counters `(hi, lo)`, unrolled into elementwise ops.
+
+  The same function as `jax.random`'s `threefry2x32_p` (20 rounds, key
+  injection every 4), with key words that broadcast against the counters.
+  Written out because on the CPU `threefry2x32_p` is lowered as a 5-step loop
+  over whole arrays, which XLA cannot fuse; unrolled, the hash is one fused
+  elementwise pass, an order of magnitude faster.
+  """
+  ks = (k1, k2, k1 ^ k2 ^ _U32(0x1BD11BDA))
+  x0 = hi + ks[0]
+  x1 = lo + ks[1]
+  for i in range(5):
+    for r in _ROTATIONS[i % 2]:
+      x0 = x0 + x1
+      x1 = (x1 << _U32(r)) | (x1 >> _U32(32 - r))
+      x1 = x0 ^ x1
+    x0 = x0 + ks[(i + 1) % 3]
+    x1 = x1 + ks[(i + 2) % 3] + _U32(i + 1)
+  return x0, x1
+
+
+def _hash32(k1: Array, k2: Array, counters: Array) -> Array:
+  """`jax.random.bits(key_r, 32, ...)` at `counters[r, :]`, key `r` per row.
+
+  `k1`, `k2`: `[R]` key words; `counters`: `[R, c]` uint32 (all below 2**32).
+  Partitionable threefry: the XOR of the two output words of counter `i`.
+  """
+  b1, b2 = _threefry(k1[:, None], k2[:, None], jnp.zeros((), _U32), counters)
+  return b1 ^ b2
+
+
+def _split_rows(k1: Array, k2: Array):
+  """`key, subkey = jax.random.split(key)` for a batch of `[R]` key words."""
+  b1, b2 = _threefry(k1[:, None], k2[:, None], jnp.zeros((), _U32),
+                     jnp.arange(2, dtype=_U32)[None, :])
+  return (b1[:, 0], b2[:, 0]), (b1[:, 1], b2[:, 1])
+
+
+def _take_rows(table: Array, idx: Array) -> Array:
+  """`table[r, idx[r, s]]` as one flat gather (`idx` in bounds)."""
+  n_rows, n = table.shape
+  offsets = (jnp.arange(n_rows, dtype=jnp.int32) * n)[:, None]
+  flat = table.reshape(-1).at[(idx + offsets).reshape(-1)]
+  return flat.get(mode="promise_in_bounds").reshape(idx.shape)
+
+
+def _count_below(sorted_bits: Array, query: Array) -> Array:
+  """`#{j : sorted_bits[r, j] < query[r, s]}`: a branch-free binary search."""
+  n = sorted_bits.shape[1]
+  pos = jnp.zeros(query.shape, jnp.int32)
+  step = 1 << (n.bit_length() - 1)
+  while step:
+    cand = pos + step
+    probe = _take_rows(sorted_bits, jnp.minimum(cand, n) - 1)
+    pos = jnp.where((cand <= n) & (probe < query), cand, pos)
+    step >>= 1
+  return pos
+
+
+def max_tie_rows(n_rows: int, m: int, n: int) -> int:
+  """Rows whose ties one correction pass handles (static).
+
+  A followed element shares its bits with another of the row with
+  probability below `n / 2**32`, so the expected number of rows with ties is
+  below `mu = n_rows m n / 2**32`; the batch covers `mu + 6 sqrt(mu) + 8`
+  rows, and a rarer excess is handled by further passes.
+  """
+  mu = n_rows * m * n / 2**32
+  return int(min(n_rows, math.ceil(mu + 6 * math.sqrt(mu) + 8)))
+
+
+def ranks(sorted_bits: Array, elems: Array, elem_bits: Array,
+          row_bits_of: Callable[[Array], Array], tie_rows: int) -> Array:
+  """Stable-sort ranks of elements `elems[r, s]` of each row (exact, ties too).
+
+  Args:
+    sorted_bits: `[R, n]` sort bits of each row, `row_bits`, sorted.
+    elems: `[R, m]` int32 element indices (distinct within a row).
+    elem_bits: `row_bits` at `elems`.
+    row_bits_of: `rows -> row_bits[rows]` for `[tie_rows]` int32 rows in
+      `[0, R)`; only called for rows with ties (recomputing them is cheaper
+      than keeping `row_bits` alive).
+    tie_rows: rows corrected per pass of the tie loop (any >= 1 is exact).
+
+  Returns:
+    `[R, m]` int32: `#{j : (row_bits[r, j], j) < (elem_bits[r, s], elems[r, s])}`,
+    the position a stable sort by `row_bits` moves element `elems[r, s]` to.
+  """
+  n_rows, n = sorted_bits.shape
+  below = _count_below(sorted_bits, elem_bits)
+  # Its bits occur twice iff the next sorted bits are equal.
+  nxt = _take_rows(sorted_bits, jnp.minimum(below + 1, n - 1))
+  tied = (below + 1 < n) & (nxt == elem_bits)
+  tie_rows = max(1, min(tie_rows, n_rows))
+  cols = jnp.arange(n, dtype=jnp.int32)
+
+  def fix_some(carry):
+    # The first `tie_rows` rows with a tied element; in each, its first one.
+    rank, tied = carry
+    (rows,) = jnp.nonzero(jnp.any(tied, axis=1), size=tie_rows,
+                          fill_value=n_rows)
+    valid = rows < n_rows
+    safe = jnp.where(valid, rows, 0)
+    slot = jnp.argmax(tied[safe], axis=1).astype(jnp.int32)
+    elem = elems[safe, slot]
+    b = elem_bits[safe, slot]
+    equal_before = (row_bits_of(safe) == b[:, None]) & (cols[None, :] < elem[:, None])
+    count = jnp.sum(equal_before, axis=1, dtype=jnp.int32)
+    rank = rank.at[rows, slot].add(count, mode="drop")
+    tied = tied.at[rows, slot].set(False, mode="drop")
+    return rank, tied
+
+  rank, _ = lax.while_loop(lambda c: jnp.any(c[1]), fix_some, (below, tied))
+  return rank
+
+
+def _followed_mask(k1: Array, k2: Array, n: int, k: int,
+                   sort_bits: Callable[[Array, Array, Array], Array] = _hash32,
+                   tie_rows: int | None = None) -> Array:
+  """`permutation(key_r, n) >= k` for `[R]` row key words, all `n` columns.
+
+  Args:
+    k1: `[R]` first key words of the rows.
+    k2: `[R]` second key words.
+    n: row length.
+    k: zeros per row, `0 < k < n`.
+    sort_bits: `(k1, k2, counters) -> [R, c]` uint32 sort bits of each
+      round; the default is `jax.random.bits`'s. Tests pass coarser bits to
+      exercise ties.
+    tie_rows: rows per pass of the tie correction; default `max_tie_rows`.
+  """
+  n_rows = k1.shape[0]
+  zeros_followed = k <= n - k
+  m = min(k, n - k)
+  first = 0 if zeros_followed else k
+  elems = jnp.broadcast_to(jnp.arange(first, first + m, dtype=jnp.int32),
+                           (n_rows, m))
+  cols = jnp.broadcast_to(jnp.arange(n, dtype=_U32), (n_rows, n))
+  if tie_rows is None:
+    tie_rows = max_tie_rows(n_rows, m, n)
+  key = (k1, k2)
+  for _ in range(num_rounds(n)):
+    key, sub = _split_rows(*key)
+    sorted_bits = lax.sort(sort_bits(*sub, cols), dimension=1)
+    elem_bits = sort_bits(*sub, elems.astype(_U32))
+
+    def row_bits_of(rows, sub=sub):
+      return sort_bits(sub[0][rows], sub[1][rows], cols[:rows.shape[0]])
+
+    elems = ranks(sorted_bits, elems, elem_bits, row_bits_of, tie_rows)
+  row_idx = jnp.broadcast_to(jnp.arange(n_rows, dtype=jnp.int32)[:, None],
+                             elems.shape)
+  base = jnp.full((n_rows, n), zeros_followed)
+  return base.at[row_idx, elems].set(not zeros_followed, unique_indices=True,
+                                     mode="promise_in_bounds")
+
+
+def _groups(n_rows: int, n: int) -> int:
+  """Independent row groups of a block (static).
+
+  XLA:CPU runs independent operations concurrently, one per core, but each
+  sort on one thread: a block is split into groups that each sort their own
+  rows, enough to occupy the cores, each of at least 2**18 elements so that
+  small blocks stay one piece.
+  """
+  cores = os.cpu_count() or 1
+  return max(1, min(_MAX_GROUPS, 2 * cores, n_rows * n // 2**18))
+
+
 def mask_block(mask_key: tuple[Array, Array], spec: SparseSpec, rows: Array,
                col_start: Array | int, n_cols: int) -> Array:
   """Boolean keep-mask of `rows` x columns `[col_start, col_start + n_cols)`."""
+  n, k = spec.fan_in, spec.k
+  n_rows = rows.shape[0]
+  if k == 0 or k == n:
+    return jnp.full((n_rows, n_cols), k == 0)
   k1, k2 = row_keys(mask_key, rows)
-
-  def one_row(w1, w2):
-    key = jax.random.wrap_key_data(jnp.stack([w1, w2]), impl="threefry2x32")
-    return jax.random.permutation(key, spec.fan_in)
-
-  perm = jax.vmap(one_row)(k1, k2)
-  if n_cols != spec.fan_in:
-    perm = lax.dynamic_slice_in_dim(perm, col_start, n_cols, axis=1)
-  return perm >= spec.k
+  n_groups = _groups(n_rows, n)
+  bounds = [n_rows * g // n_groups for g in range(n_groups + 1)]
+  mask = jnp.concatenate([
+      _followed_mask(k1[a:b], k2[a:b], n, k)
+      for a, b in zip(bounds[:-1], bounds[1:])], axis=0)
+  if n_cols != n:
+    mask = lax.dynamic_slice_in_dim(mask, col_start, n_cols, axis=1)
+  return mask
 
 
 def value_bits(init_key: tuple[Array, Array], spec: SparseSpec, rows: Array,
