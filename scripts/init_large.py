@@ -126,6 +126,10 @@ _PROGRESS_EVERY_S = 2.0
 # After SIGINT or SIGTERM, how long the save may take to abandon its writes
 # and remove its staging directory before the launcher does it and exits.
 _INTERRUPT_GRACE_S = 3.0
+# Removing a failed or abandoned save's staging: done once nothing has
+# reappeared for _QUIET_S (orbax's threads may still write), at most _CLEANUP_S.
+_QUIET_S = 0.5
+_CLEANUP_S = 5.0
 # Exit status of a failed verification, save or flag.
 _FAILED = 1
 
@@ -504,16 +508,25 @@ class _Interrupts:
       deadline = time.monotonic() + _INTERRUPT_GRACE_S
 
   def remove_staging(self) -> list[str]:
-    """Removes the staging directories this run created; returns them."""
+    """Removes the staging directories this run created; returns them.
+
+    Orbax's threads may still be writing (after a failure, the save's own
+    cleanup can race with them): keeps removing until nothing has reappeared
+    for `_QUIET_S`, for at most `_CLEANUP_S`; the caller then exits, which
+    stops those threads.
+    """
     if self.output is None:
       return []
     import alberta  # pylint: disable=g-import-not-at-top
     removed = []
-    # Orbax may still be writing: remove until nothing new reappears.
-    for _ in range(20):
+    deadline = time.monotonic() + _CLEANUP_S
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
       ours = [p for p in alberta.checkpoint.stale_staging(self.output)
               if p not in self._stale]
-      if not ours:
+      if ours:
+        quiet_since = time.monotonic()
+      elif time.monotonic() - quiet_since >= _QUIET_S:
         break
       for path in ours:
         if os.path.isdir(path) and not os.path.islink(path):
@@ -523,8 +536,9 @@ class _Interrupts:
             os.unlink(path)
           except OSError:
             pass
-        removed.append(path)
-      time.sleep(0.05)
+        if path not in removed:
+          removed.append(path)
+      time.sleep(0.02)
     return removed
 
   def exit(self, forced: str | None = None) -> None:
@@ -553,10 +567,10 @@ class _Interrupts:
     _exit_now(128 + signum)
 
 
-def _quiet_excepthook(kind, value, tb) -> None:
-  """Logs an exception a library printed (not raised) only at --verbosity=1."""
+def _quiet_unraisablehook(unraisable) -> None:
+  """Prints an exception no caller could catch only at --verbosity >= 1."""
   if logging.get_verbosity() >= 1:
-    sys.__excepthook__(kind, value, tb)
+    sys.__unraisablehook__(unraisable)
 
 
 def _cause(error: BaseException) -> str:
@@ -756,10 +770,10 @@ def _main(argv: Sequence[str], interrupts: _Interrupts) -> int:
           nonzeros_per_row=nnz,
           dense=(f"alberta.to_dense(values, indices, {shape}) equals "
                  f"{recompute} (zeros as +0.0)"))
-    # Orbax's threads can print tracebacks of their own through
-    # sys.excepthook (callbacks onto its closed event loop) after a failed
-    # write: shown only with --verbosity=1.
-    sys.excepthook = _quiet_excepthook
+    # After a failed write, tensorstore's threads still call back into
+    # orbax's closed event loop; the errors, which nothing can catch, are
+    # printed as "unraisable" tracebacks: shown only with --verbosity=1.
+    sys.unraisablehook = _quiet_unraisablehook
     try:
       path = alberta.checkpoint.save(
           _OUTPUT.value, arrays,  # {"matrix"}, or {"values", "indices"}.
@@ -773,16 +787,15 @@ def _main(argv: Sequence[str], interrupts: _Interrupts) -> int:
       # One line; the traceback (and orbax's log) only when asked for.
       if logging.get_verbosity() >= 1:
         logging.exception("The save failed:")
-      # The save removes its staging on failure; this catches what it missed.
-      removed = interrupts.remove_staging()
+      # The save removes its staging on failure, but orbax's threads may
+      # still write into it: removed again until they have stopped.
+      interrupts.remove_staging()
       line = f"error: could not save --output={_OUTPUT.value}: {_cause(e)}"
-      if removed:
-        line += f" (removed {', '.join(removed)})"
       if logging.get_verbosity() < 1:
         line += " [--verbosity=1 shows the traceback]"
       _stderr(line)
       _exit_now(_FAILED)
-    sys.excepthook = sys.__excepthook__
+    sys.unraisablehook = sys.__unraisablehook__
     interrupts.phase = "finishing"
     save_s = time.perf_counter() - start
     on_disk = sum(os.path.getsize(os.path.join(root, f))
