@@ -8,7 +8,7 @@ checks the contract of `sparse_init` / `sparse_init_ell`:
   sparsity, rounding)` zeros. With `method="counter"` that is exact: a kept
   counter weight is never 0.0. With `method="permutation"` (the seed's) a kept
   weight is exactly 0.0 with probability about 2**-23 (uniform float32 values
-  lie on a grid that contains 0; float16 also flushes tiny values), so a row
+  lie on a grid that contains 0), so a row
   holds *at least* `k` zeros and the extras, summed over the matrix, must stay
   within `excess_zero_allowance` (a false alarm of 1e-9 on a correct matrix);
 * values: finite, and `|w| <= value_bound` (the largest weight the generator
@@ -147,9 +147,8 @@ def excess_zero_allowance(spec: SparseSpec, dtype: Any) -> int:
   """How many kept weights of a permutation-method matrix may be exactly 0.
 
   A kept weight is zero by chance: uniform float32 values sit on a grid of
-  2**-23 steps that contains 0 (probability 2**-23), and float16 also flushes
-  |w| < 2**-25 to zero (probability below 2**-25 / scale for either
-  init_type). With `n = fan_out * (fan_in - k)` kept weights the count is a
+  2**-23 steps that contains 0 (probability 2**-23; a narrower dtype's cast
+  never flushes a kept weight to zero, it keeps the smallest subnormal). With `n = fan_out * (fan_in - k)` kept weights the count is a
   sum of independent Bernoullis of mean `lam <= n p`, and Bernstein's
   inequality bounds P(count >= lam + t) by exp(-t**2 / (2 (lam + t / 3))),
   which is `EXCESS_ZERO_FALSE_ALARM_RATE` (1e-9) at the `t` used. The counter
@@ -157,9 +156,8 @@ def excess_zero_allowance(spec: SparseSpec, dtype: Any) -> int:
   """
   if spec.method == "counter":
     return 0
+  del dtype  # The cast keeps kept weights nonzero in every accepted dtype.
   p = 2.0**-23
-  if np.dtype(dtype) == np.float16:
-    p += 2.0**-25 / spec.scale
   lam = spec.fan_out * (spec.fan_in - spec.k) * p
   c = math.log(1 / EXCESS_ZERO_FALSE_ALARM_RATE)
   return int(lam + c / 3 + math.sqrt(c * c / 9 + 2 * c * lam))
@@ -335,10 +333,10 @@ def verify(
     raise ValueError(
         f"ELL arrays come only from method='counter' (sparse_init_ell has no "
         f"other), got method={method!r}.")
-  if not jnp.issubdtype(values.dtype, jnp.floating):
-    raise TypeError(
-        f"{'values' if ell else 'matrix'} must be floating point, got dtype "
-        f"{values.dtype}.")
+  try:
+    checks.check_dtype(values.dtype)
+  except TypeError as e:
+    raise TypeError(f"{'values' if ell else 'matrix'}: {e}") from None
   if ell:
     if (values.ndim != 2 or tuple(values.shape) != tuple(indices.shape) or
         values.shape[0] != spec.fan_out or values.shape[1] > spec.fan_in):
