@@ -42,12 +42,14 @@ _TEMP_CAP_BYTES = 256 * 2**20
 def _temp_bytes_per_row(spec: SparseSpec) -> int:
   """Temporary bytes per generated row, from `memory_analysis()` (x1.2).
 
-  The permutation method sorts whole rows (keys, indices, scratch: ~24 bytes
-  an element, whatever the column tile); the counter method is one fused
-  elementwise pass whose only temporaries are its per-row round words.
+  The permutation method generates and sorts whole rows, whatever the column
+  tile: measured 18-20 bytes an element with one sort round (fan_in <= 1625),
+  24-29 with two (fan_in 2048-65536), its 32-bit sort bits, their sorted copy
+  and the weight bits; the counter method is one fused elementwise pass whose
+  only temporaries are its per-row round words.
   """
   if spec.method == "permutation":
-    return 28 * spec.fan_in
+    return (14 + 10 * permutation.num_rounds(spec.fan_in)) * spec.fan_in
   return 32 * max(counter.num_rounds(spec.fan_in), 1)
 
 

@@ -36,7 +36,8 @@ key-value sort) and `E = #{j < p : b_j = b}` counts its ties. `E = 0` unless
 loop that counts their ties over the whole row, a few rows per iteration, until
 none is left. So the mask equals the seed's bit for bit, ties included, and
 costs one sort of `n` unsigned ints, `m log n` gathers and a scatter per row
-and round, instead of a key-value sort.
+and round, instead of a key-value sort. A block's rows are split into a few
+independent groups, which XLA:CPU runs on separate cores.
 """
 
 from __future__ import annotations
