@@ -65,12 +65,8 @@ def sparse_init(
   dtype = checks.check_dtype(dtype)
   if spec.fan_out == 0 or spec.fan_in == 0:
     return jnp.zeros(shape, dtype)
-  chunk_rows = blocks.default_chunk_rows(spec, spec.fan_out, spec.fan_in, dtype)
-  if chunk_rows < spec.fan_out and blocks.at_top_level(key):
-    # A chunked matrix outside any trace: a host loop of whole-program chunk
-    # writes, which uses every core (see `blocks.generate_host_loop`).
-    out = blocks.generate_host_loop(key, spec, 0, spec.fan_out, 0, spec.fan_in,
-                                    dtype, chunk_rows)
+  if _use_host_loop(key, spec, dtype):
+    out = _host_loop(key, spec, dtype)
   else:
     out = _sparse_init_2d(key, spec, dtype, None)
   if out.shape != spec.shape or out.dtype != dtype:
@@ -79,3 +75,19 @@ def sparse_init(
     chex.assert_shape(out, spec.shape)
     chex.assert_type(out, dtype)
   return out.reshape(shape)
+
+
+def _use_host_loop(key: Array, spec: SparseSpec, dtype: jnp.dtype) -> bool:
+  """A chunked matrix outside any trace runs as a host loop of programs.
+
+  Each chunk is then a whole XLA program, which uses every core (see
+  `blocks.generate_host_loop`); under a trace the chunks stay in the graph.
+  """
+  chunk_rows = blocks.default_chunk_rows(spec, spec.fan_out, spec.fan_in, dtype)
+  return chunk_rows < spec.fan_out and blocks.at_top_level(key)
+
+
+def _host_loop(key: Array, spec: SparseSpec, dtype: jnp.dtype) -> Array:
+  return blocks.generate_host_loop(key, spec, 0, spec.fan_out, 0, spec.fan_in,
+                                   dtype)
+
