@@ -1,6 +1,6 @@
 """`jax.nn.initializers`-style sparse initializers, for Flax and Equinox."""
 
-from alberta._src.jax_init import Initializer
+from jax.nn.initializers import Initializer
 from alberta._src.jax_init import sparse
 
 __all__ = ("Initializer", "sparse")

@@ -326,5 +326,25 @@ class LazyImportTest(absltest.TestCase):
       self.assertIsNotNone(getattr(alberta, name), msg=name)
 
 
+class ReprTest(parameterized.TestCase):
+
+  @parameterized.parameters(
+      ("alberta.SparseInit(0.9, 'uniform')",),
+      ("alberta.SparseInit(0.5, 'normal', fan_in_axes=(0, 1), "
+       "method='counter', rounding='ceil')",),
+      ("alberta.initializers.sparse(0.9, 'uniform')",),
+      ("alberta.initializers.sparse(0.8, 'normal', method='counter')",),
+  )
+  def test_repr_is_the_call_that_rebuilds_it(self, text):
+    init = eval(text, {"alberta": alberta})  # pylint: disable=eval-used
+    self.assertEqual(repr(init), text)
+
+  def test_sparse_is_a_jax_nn_initializer(self):
+    init = alberta.initializers.sparse(0.5)
+    self.assertIsInstance(init, jax.nn.initializers.Initializer)
+    self.assertIs(alberta.initializers.Initializer,
+                  jax.nn.initializers.Initializer)
+
+
 if __name__ == "__main__":
   absltest.main()

@@ -27,7 +27,10 @@ class SparseInit(hk.initializers.Initializer):
 
   Example::
 
-    mlp = hk.nets.MLP([256, 256, 4], w_init=alberta.SparseInit(0.9))
+    def forward(x):
+      return hk.nets.MLP([256, 256, 4], w_init=alberta.SparseInit(0.9))(x)
+
+    params = hk.transform(forward).init(key, jnp.ones([1, 64]))
   """
 
   def __init__(self, sparsity: float = 0.9, init_type: str = "uniform", *,
@@ -48,6 +51,9 @@ class SparseInit(hk.initializers.Initializer):
     self.fan_in_axes = kernels.check_fan_in_axes(fan_in_axes)
     self.method = method
     self.rounding = rounding
+
+  def __repr__(self) -> str:
+    return f"alberta.SparseInit({kernels.options_repr(self)})"
 
   def __call__(self, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
     return kernels.sparse_kernel(

@@ -3,20 +3,36 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.nn.initializers import Initializer
 
 from alberta._src import kernels
 
 
-class Initializer(Protocol):
-  """The `jax.nn.initializers` calling convention."""
+class _Sparse:
+  """A sparse initializer `init(key, shape, dtype=jnp.float32)`; see `sparse`."""
+
+  def __init__(self, sparsity: float, init_type: str,
+               fan_in_axes: tuple[int, ...] | None, method: str,
+               rounding: str):
+    self.sparsity = sparsity
+    self.init_type = init_type
+    self.fan_in_axes = fan_in_axes
+    self.method = method
+    self.rounding = rounding
 
   def __call__(self, key: jax.Array, shape: Sequence[int],
                dtype: Any = jnp.float32) -> jax.Array:
-    ...
+    return kernels.sparse_kernel(
+        key, shape, dtype, sparsity=self.sparsity, init_type=self.init_type,
+        method=self.method, rounding=self.rounding,
+        fan_in_axes=self.fan_in_axes)
+
+  def __repr__(self) -> str:
+    return f"alberta.initializers.sparse({kernels.options_repr(self)})"
 
 
 def sparse(sparsity: float = 0.9, init_type: str = "uniform", *,
@@ -31,7 +47,8 @@ def sparse(sparsity: float = 0.9, init_type: str = "uniform", *,
 
   Example::
 
-    nn.Dense(256, kernel_init=alberta.initializers.sparse(0.9))
+    dense = nn.Dense(256, kernel_init=alberta.initializers.sparse(0.9))
+    params = dense.init(key, jnp.ones([1, 64]))
 
   Args:
     sparsity: fraction of each output unit's inputs set to zero, in [0, 1].
@@ -42,15 +59,9 @@ def sparse(sparsity: float = 0.9, init_type: str = "uniform", *,
     rounding: zero-count rule, "nearest" (the seed) or "ceil" (the paper).
 
   Returns:
-    The initializer. Arguments are checked here, before it is ever called.
+    The initializer, a `jax.nn.initializers.Initializer`. Arguments are
+    checked here, before it is ever called.
   """
   sparsity = kernels.check_options(sparsity, init_type, method, rounding)
-  fan_in_axes = kernels.check_fan_in_axes(fan_in_axes)
-
-  def init(key: jax.Array, shape: Sequence[int],
-           dtype: Any = jnp.float32) -> jax.Array:
-    return kernels.sparse_kernel(
-        key, shape, dtype, sparsity=sparsity, init_type=init_type,
-        method=method, rounding=rounding, fan_in_axes=fan_in_axes)
-
-  return init
+  return _Sparse(sparsity, init_type, kernels.check_fan_in_axes(fan_in_axes),
+                 method, rounding)

@@ -54,6 +54,21 @@ def check_options(sparsity: Any, init_type: Any, method: Any,
   return sparsity
 
 
+def options_repr(init: Any) -> str:
+  """`sparsity, init_type, ...` of an initializer, for its `repr`.
+
+  Keyword arguments appear only where they differ from their defaults, so the
+  text is the shortest call that rebuilds the initializer.
+  """
+  parts = [repr(init.sparsity), repr(init.init_type)]
+  defaults = dict(fan_in_axes=None, method="permutation", rounding="nearest")
+  for name, default in defaults.items():
+    value = getattr(init, name)
+    if value != default:
+      parts.append(f"{name}={value!r}")
+  return ", ".join(parts)
+
+
 def _axes_for(shape: tuple[int, ...],
               fan_in_axes: tuple[int, ...] | None) -> tuple[list[int], list[int]]:
   ndim = len(shape)
