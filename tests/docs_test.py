@@ -1,0 +1,143 @@
+"""The README's code and the docstring examples run as written.
+
+A newcomer copies the README's snippets in order, so its ```python blocks run
+here in order in one namespace (a block may use what an earlier one defined),
+in a fresh working directory, after the launcher commands the snippets depend
+on have made their checkpoints. The sizes meant for a pod are the only thing
+changed: `_SMALLER` shrinks them to fit the test machine, and a test checks
+that every replacement still matches the README, so the table cannot go stale.
+
+Docstring examples (an `Example::` block in a public object's docstring, as in
+Haiku) run the same way, each in a namespace holding `alberta`, `jax`, `jnp`,
+`hk`, `nn` and a `key`.
+"""
+
+from tests import env  # noqa: F401
+
+import inspect
+import os
+import pathlib
+import re
+import shlex
+import subprocess
+import sys
+import textwrap
+
+from absl.testing import absltest
+from absl.testing import parameterized
+
+import alberta
+from tests import test_utils
+
+_ROOT = pathlib.Path(__file__).absolute().parent.parent
+_README = _ROOT / "README.md"
+
+# Sizes written for big machines, shrunk for a 2-core test machine: every key
+# must occur in the README (checked), so a rewrite cannot leave this behind.
+_SMALLER = {
+    "(65536, 65536)": "(512, 512)",
+    "--shape=16384,16384": "--shape=256,256",
+    "(4096, 4096)": "(256, 256)",
+    "[batch, 4096]": "[batch, 256]",
+    "jnp.ones((8, 4096))": "jnp.ones((8, 256))",
+}
+# Paths the README's launcher commands write and its snippets read.
+_PATHS = ("/tmp/w16k", "/tmp/w_ell")
+
+
+def _blocks(text: str, language: str) -> list[str]:
+  return re.findall(rf"^```{language}\n(.*?)^```", text, re.S | re.M)
+
+
+def _readme(tmp: str) -> str:
+  text = _README.read_text()
+  for big, small in _SMALLER.items():
+    text = text.replace(big, small)
+  for path in _PATHS:
+    text = text.replace(path, os.path.join(tmp, os.path.basename(path)))
+  return text
+
+
+def _commands(text: str) -> list[str]:
+  """The launcher commands of the README's ```sh blocks, continuations joined."""
+  commands = []
+  for block in _blocks(text, "sh"):
+    joined = re.sub(r"\\\n\s*", " ", block)
+    for line in joined.splitlines():
+      line = line.split("#", 1)[0].strip()
+      if line.startswith("python scripts/init_large.py") and "--output=" in line:
+        if "--coordinator_address" not in line:  # several hosts: not here
+          commands.append(line)
+  return commands
+
+
+def _examples(obj) -> list[str]:
+  doc = inspect.getdoc(obj) or ""
+  found = re.findall(r"Example::\n\n((?:(?: {2,}.*)?\n)+)", doc + "\n")
+  return [textwrap.dedent(block) for block in found]
+
+
+def _public_objects():
+  modules = (alberta, alberta.initializers, alberta.checkpoint)
+  for module in modules:
+    for name in module.__all__:
+      obj = getattr(module, name)
+      if inspect.ismodule(obj):
+        continue
+      yield f"{module.__name__}.{name}", obj
+
+
+class ReadmeTest(test_utils.TempDirMixin, absltest.TestCase):
+
+  def test_every_size_replacement_still_matches_the_readme(self):
+    text = _README.read_text()
+    for big in list(_SMALLER) + list(_PATHS):
+      with self.subTest(big):
+        self.assertIn(big, text)
+
+  def test_python_blocks_run_in_order(self):
+    text = _readme(self.dir)
+    for command in _commands(text):
+      argv = shlex.split(command)
+      argv[0] = sys.executable
+      result = subprocess.run(argv, cwd=_ROOT, capture_output=True, text=True,
+                              check=False, timeout=600)
+      self.assertEqual(result.returncode, 0,
+                       f"{command}\n{result.stdout}\n{result.stderr}")
+    blocks = _blocks(text, "python")
+    self.assertNotEmpty(blocks)
+    namespace = {"__name__": "__readme__"}
+    cwd = os.getcwd()
+    os.chdir(self.dir)
+    try:
+      for i, block in enumerate(blocks):
+        with self.subTest(block=i):
+          try:
+            exec(compile(block, f"README.md python block {i}", "exec"),  # pylint: disable=exec-used
+                 namespace)
+          except Exception as e:  # pylint: disable=broad-except
+            self.fail(f"README python block {i} failed: {e!r}\n{block}")
+    finally:
+      os.chdir(cwd)
+
+
+class DocstringExampleTest(parameterized.TestCase):
+
+  def test_public_objects_with_examples_exist(self):
+    self.assertNotEmpty([n for n, o in _public_objects() if _examples(o)])
+
+  @parameterized.named_parameters(
+      (name.replace(".", "_"), obj) for name, obj in _public_objects())
+  def test_examples_run(self, obj):
+    import haiku as hk  # pylint: disable=g-import-not-at-top
+    import flax.linen as nn  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    for example in _examples(obj):
+      namespace = dict(alberta=alberta, jax=jax, jnp=jnp, hk=hk, nn=nn,
+                       key=jax.random.key(0))
+      exec(compile(example, f"example of {obj!r}", "exec"), namespace)  # pylint: disable=exec-used
+
+
+if __name__ == "__main__":
+  absltest.main()
