@@ -54,7 +54,11 @@ def _temp_bytes_per_row(spec: SparseSpec) -> int:
 
 
 def split_key(key: Array):
-  """Key words of `(init_key, mask_key) = jax.random.split(key)`."""
+  """Key words of `(init_key, mask_key) = jax.random.split(key)`.
+
+  The permutation method's (the seed's) keys; the counter method uses the
+  key's own words (`counter.row_words`).
+  """
   return bits.split2(bits.key_words(key))
 
 
@@ -103,16 +107,18 @@ def row_block(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
   """
   bits.check_partitionable()
   n_cols = spec.fan_in if n_cols is None else n_cols
-  init_key, mask_key = split_key(key)
   rows = jnp.asarray(row_start, _U32) + jnp.arange(n_rows, dtype=_U32)
   cols = jnp.asarray(col_start, _U32) + jnp.arange(n_cols, dtype=_U32)
   if spec.method == "permutation":
+    init_key, mask_key = split_key(key)
     values = values_from_bits(
         spec, permutation.value_bits(init_key, spec, rows, cols))
     keep = permutation.mask_block(mask_key, spec, rows, col_start, n_cols)
   else:
-    values = values_from_bits(spec, counter.value_bits(init_key, rows, cols))
-    keep = counter.keep_mask(mask_key, spec.k, spec.fan_in, rows, cols)
+    # No key split: all of a row's words come from one Threefry call.
+    keep, value_bits = counter.block_bits(bits.key_words(key), spec.k,
+                                          spec.fan_in, rows, cols)
+    values = values_from_bits(spec, value_bits)
   # The seed multiplies by a 0/1 mask, so a masked negative weight is -0.0.
   # Under jit XLA rewrites that multiply into a select (+0.0); spell it out.
   return jnp.where(keep, values, jnp.copysign(jnp.float32(0), values))

@@ -22,7 +22,7 @@ the composition a permutation; running the rounds backwards inverts it (the
 ELL path uses that to list a row's nonzero columns directly).
 
 Round function. `F_i(v)` is the top bit of `a_i * v + b_i mod 2**32`, with
-`a_i, b_i` fresh Threefry words per row and round: Dietzfelbinger's
+`a_i, b_i` fresh Threefry words per row and round (see "Keys"): Dietzfelbinger's
 multiply-add-shift family, exactly pairwise independent over `v < 2**32`
 (Dietzfelbinger 1996, Thm. 3), at three integer operations per element.
 Flipping the top bit of `b_i` complements every bit, so the bits' law is
@@ -78,15 +78,37 @@ the column (two rounds of a 32-bit avalanche mixer) under 64 bits of Threefry
 output for row `r`. That is a counter-based generator: a pure function of
 `(key, r, c)`, about 12 integer operations per element instead of Threefry's
 ~120, which is what makes the whole method cheaper than `jax.random.uniform`.
+
+Keys. Every random word of row `r` (`row_words`) is an output of one
+Threefry-2x32 call under the matrix key's own two words (no key split), on
+the 64-bit counters `(hi, lo) = (r, j)`, `j = 0, ..., 2R`:
+
+    j = 0:              (s1, s2), the value hash's row words;
+    j = 1 + i:          u_i = w1 2**32 + w2, and K_i = floor(u_i N / 2**64);
+    j = 1 + R + i:      (a_i, b_i) = (w1, w2), round i's F_i;
+
+for rounds `i < R = num_rounds(N)`. The counters are distinct, so with
+Threefry taken as a random function all these words are independent across
+rows, rounds and roles, which is all the analysis above assumes. A block, the
+dense generator's or the ELL path's, hashes its rows' counters in one call, as
+the contiguous column ranges of one `[rows, 2R + 1]` array, so any tiling
+reads the same words. (The key itself is consumed: `jax.random.split(key)` or
+`jax.random.bits(key, ...)` hash counters `(0, j)` too, which are row 0's;
+as with any JAX function, give sparse_init a key of its own.) The rounds run
+unrolled, one fused pass, on large tiles and as a loop on small ones, which
+compiles several times faster and on the CPU also runs faster; the integer
+arithmetic is the same, so the bits are too.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from alberta._src import bits
 
@@ -99,6 +121,8 @@ _U32 = jnp.uint32
 _TV_BOUND_LOG2 = -13
 # Above this the round's `K + n` would wrap in uint32.
 _HALF = 2**31
+# Tiles of at most this many elements run the rounds as a loop (see `permute`).
+_ROLLED_ELEMENTS = 2**20
 
 
 @functools.lru_cache(maxsize=None)
@@ -127,25 +151,48 @@ def num_rounds(n: int) -> int:
   return r
 
 
-def round_keys(mask_key: tuple[Array, Array], rows: Array, n: int):
-  """Per-row round material: `K` (in [0, n)), `a` and `b`, each `[rows, R]`.
+class RowWords(NamedTuple):
+  """A block's per-row Threefry words (see the module docstring, "Keys")."""
 
-  Word pairs come from Threefry on counters `(row, 2i)` and `(row, 2i + 1)`
-  under the mask key, so they are independent across rows and rounds. `K` is
-  `floor(u n / 2**64)` of a 64-bit word `u`: every value has probability
-  within `2**-64` of `1 / n` (a 32-bit `% n` would be off by up to `2**-32`,
-  summing to a per-row TV of `R n 2**-33`, which is not negligible at large
-  `n`).
+  value: tuple[Array, Array]          # `(s1, s2)`, each `[rows]`
+  rounds: tuple[Array, Array, Array]  # `(K, a, b)`, each `[rows, R]`
+
+
+def row_words(key: tuple[Array, Array], rows: Array, n: int,
+              rounds: bool = True) -> RowWords:
+  """Every per-row word of `rows` for row length `n`: one Threefry call.
+
+  Counters `(hi, lo) = (row, j)` under the matrix's key words: `j = 0` gives
+  the value words `(s1, s2)`; `j = 1 + i` gives round `i`'s 64-bit `u`
+  (first word high), `K_i = floor(u n / 2**64)`, in `[0, n)` with every value
+  within `2**-64` of probability `1 / n` (a 32-bit `% n` would be off by up to
+  `2**-32`, a per-row TV of `R n 2**-33`, not negligible at large `n`);
+  `j = 1 + R + i` gives `(a_i, b_i)`. Without `rounds` only `j = 0` is hashed
+  and `rounds` is empty.
+
+  Args:
+    key: the key words (`bits.key_words`).
+    rows: `[rows]` uint32 global rows.
+    n: the row length (fan_in).
+    rounds: whether to derive the round material (`num_rounds(n)` rounds).
+
+  Returns:
+    The words, `RowWords`.
   """
-  r = num_rounds(n)
-  j = jnp.arange(2 * r, dtype=_U32)
-  w1, w2 = bits.threefry(mask_key, rows[:, None], j[None, :])
-  hi, lo = w1[:, 0::2], w2[:, 1::2]
+  r = num_rounds(n) if rounds else 0
+  j = jnp.arange(2 * r + 1, dtype=_U32)
+  w1, w2 = bits.threefry_fused(key, rows[:, None], j[None, :])
+  hi, lo = w1[:, 1:r + 1], w2[:, 1:r + 1]
   # (hi 2**32 + lo) n / 2**64: the top word of a 96-bit product.
   hi_hi, hi_lo = bits.mul_add_u64(hi, n)
   lo_hi, _ = bits.mul_add_u64(lo, n)
   ks = hi_hi + ((hi_lo + lo_hi) < hi_lo).astype(_U32)
-  return ks, w2[:, 0::2], w1[:, 1::2]
+  return RowWords((w1[:, 0], w2[:, 0]), (ks, w1[:, r + 1:], w2[:, r + 1:]))
+
+
+def round_keys(key: tuple[Array, Array], rows: Array, n: int):
+  """Per-row round material `(K, a, b)`, each `[rows, R]` (`row_words`')."""
+  return row_words(key, rows, n).rounds
 
 
 def _round(x: Array, k: Array, kn: Array | None, a: Array, b: Array,
@@ -162,29 +209,50 @@ def _round(x: Array, k: Array, kn: Array | None, a: Array, b: Array,
   return jnp.where(swap, partner, x)
 
 
-def permute(x: Array, material, n: int, *, inverse: bool = False) -> Array:
+def permute(x: Array, material, n: int, *, inverse: bool = False,
+            rolled: bool | None = None) -> Array:
   """Applies the rows' permutations `pi_r` (or their inverses) to `x[r, :]`.
 
   `x` holds values in `[0, n)`, `n <= 2**32 - 1`; `material` is `round_keys`'s.
+  The rounds are unrolled into one elementwise pass (fast on large tiles) or,
+  with `rolled` (default: tiles of at most `_ROLLED_ELEMENTS`), a loop over
+  rounds, which compiles in a fraction of the time. Both give the same bits
+  (integer arithmetic).
   """
   ks, as_, bs = material
-  kn = ks + _U32(n) if n <= _HALF else None
-  order = range(ks.shape[1])
-  for i in (reversed(order) if inverse else order):
-    x = _round(x, ks[:, i:i + 1], None if kn is None else kn[:, i:i + 1],
-               as_[:, i:i + 1], bs[:, i:i + 1], n)
-  return x
+  n_rounds = ks.shape[1]
+  kn = ks + _U32(n) if n <= _HALF else ks
+  if rolled is None:
+    rolled = x.size <= _ROLLED_ELEMENTS
+  if not rolled or n_rounds <= 1:
+    order = range(n_rounds)
+    for i in (reversed(order) if inverse else order):
+      x = _round(x, ks[:, i:i + 1], kn[:, i:i + 1], as_[:, i:i + 1],
+                 bs[:, i:i + 1], n)
+    return x
+
+  def body(i, x):
+    i = n_rounds - 1 - i if inverse else i
+    k, k_n, a, b = (lax.dynamic_slice_in_dim(m, i, 1, axis=1)
+                    for m in (ks, kn, as_, bs))
+    return _round(x, k, k_n, a, b, n)
+
+  return lax.fori_loop(0, n_rounds, body, x)
 
 
-def keep_mask(mask_key: tuple[Array, Array], k: int, n: int, rows: Array,
+def keep_mask(key: tuple[Array, Array], k: int, n: int, rows: Array,
               cols: Array) -> Array:
   """Boolean keep-mask of `rows[:, None]` x `cols[None, :]`: `pi_r(c) >= k`."""
+  return _keep(row_words(key, rows, n, 0 < k < n).rounds, k, n,
+               rows.shape[0], cols)
+
+
+def _keep(material, k: int, n: int, n_rows: int, cols: Array) -> Array:
   if k == 0:
-    return jnp.ones((rows.shape[0], cols.shape[0]), bool)
+    return jnp.ones((n_rows, cols.shape[0]), bool)
   if k >= n:
-    return jnp.zeros((rows.shape[0], cols.shape[0]), bool)
-  material = round_keys(mask_key, rows, n)
-  x = jnp.broadcast_to(cols[None, :], (rows.shape[0], cols.shape[0]))
+    return jnp.zeros((n_rows, cols.shape[0]), bool)
+  x = jnp.broadcast_to(cols[None, :], (n_rows, cols.shape[0]))
   return permute(x, material, n) >= _U32(k)
 
 
@@ -197,11 +265,28 @@ def _mix(x: Array) -> Array:
   return x ^ (x >> 16)
 
 
-def value_bits(init_key: tuple[Array, Array], rows: Array, cols: Array) -> Array:
-  """32 value bits of element `(rows[i], cols[i, j])`: a hash keyed by row bits.
+def hash_values(value_words: tuple[Array, Array], cols: Array) -> Array:
+  """32 value bits of `(rows[i], cols[i, j])` from the rows' value words.
+
+  `value_words` is `row_words(...).value`; `cols` is `[n_cols]` (the same
+  columns for every row) or `[rows, n_cols]`.
+  """
+  s1, s2 = value_words
+  cols = cols if cols.ndim == 2 else cols[None, :]
+  return _mix(_mix(cols ^ s1[:, None]) + s2[:, None])
+
+
+def value_bits(key: tuple[Array, Array], rows: Array, cols: Array) -> Array:
+  """32 value bits of element `(rows[i], cols[i, j])`: a hash keyed by row words.
 
   `cols` is `[n_cols]` (the same columns for every row) or `[rows, n_cols]`.
   """
-  s1, s2 = bits.threefry(init_key, jnp.zeros_like(rows), rows)
-  cols = cols if cols.ndim == 2 else cols[None, :]
-  return _mix(_mix(cols ^ s1[:, None]) + s2[:, None])
+  return hash_values(row_words(key, rows, 1, rounds=False).value, cols)
+
+
+def block_bits(key: tuple[Array, Array], k: int, n: int, rows: Array,
+               cols: Array) -> tuple[Array, Array]:
+  """`(keep_mask(...), value_bits(...))` of a block from one Threefry call."""
+  words = row_words(key, rows, n, 0 < k < n)
+  return (_keep(words.rounds, k, n, rows.shape[0], cols),
+          hash_values(words.value, cols))

@@ -79,17 +79,18 @@ def nonzero_block(key: Array, spec: SparseSpec, row_start: Array | int,
     row ascending, `values[i, j]` the dense matrix's weight at
     `(row_start + i, indices[i, j])`.
   """
-  init_key, mask_key = blocks.split_key(key)
   rows = jnp.asarray(row_start, _U32) + jnp.arange(n_rows, dtype=_U32)
   n = spec.fan_in
+  # The dense tile's words (`counter.block_bits`): one Threefry call.
+  words = counter.row_words(bits.key_words(key), rows, n, spec.k > 0)
   if spec.k == 0:
     cols = jnp.broadcast_to(jnp.arange(n, dtype=_U32), (n_rows, n))
   else:
-    material = counter.round_keys(mask_key, rows, n)
     ranks = jnp.broadcast_to(jnp.arange(spec.k, n, dtype=_U32),
                              (n_rows, nnz(spec)))
-    cols = jnp.sort(counter.permute(ranks, material, n, inverse=True), axis=1)
-  values = blocks.values_from_bits(spec, counter.value_bits(init_key, rows, cols))
+    cols = jnp.sort(counter.permute(ranks, words.rounds, n, inverse=True),
+                    axis=1)
+  values = blocks.values_from_bits(spec, counter.hash_values(words.value, cols))
   return values, cols.astype(jnp.int32)
 
 
