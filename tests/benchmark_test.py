@@ -26,9 +26,10 @@ from scripts.benchlib import harness
 from scripts.benchlib import plot
 from scripts.benchlib import ratios as ratios_lib
 from scripts.benchlib import report
+from tests import test_utils
 from third_party import alberta_framework
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = test_utils.ROOT
 _BENCHMARK = os.path.join(_ROOT, "scripts", "benchmark.py")
 _MEMORY_REPORT = os.path.join(_ROOT, "scripts", "memory_report.py")
 _SHAPES = ([64, 64], [128, 32])
@@ -39,11 +40,8 @@ _TORCH = importlib.util.find_spec("torch") is not None
 
 def _run(script: str, args: list[str], extra_pythonpath: str | None = None,
          timeout: int = 300) -> subprocess.CompletedProcess:
-  env_vars = dict(os.environ)
-  path = [_ROOT] + ([extra_pythonpath] if extra_pythonpath else [])
-  if env_vars.get("PYTHONPATH"):
-    path.append(env_vars["PYTHONPATH"])
-  env_vars["PYTHONPATH"] = os.pathsep.join(path)
+  env_vars = test_utils.subprocess_env(
+      *([extra_pythonpath] if extra_pythonpath else []))
   return subprocess.run([sys.executable, script, *args], capture_output=True,
                         text=True, timeout=timeout, env=env_vars, cwd=_ROOT,
                         check=False)
@@ -395,7 +393,7 @@ class ReferenceCodeTest(parameterized.TestCase):
                                           method="permutation"))
     np.testing.assert_array_equal(got == 0, want == 0)
     if init_type == "uniform":
-      np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+      test_utils.assert_same_bits(got, want)
     else:
       np.testing.assert_array_max_ulp(got, want, maxulp=4)
 

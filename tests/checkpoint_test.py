@@ -28,7 +28,6 @@ import errno
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,14 +38,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
-import pytest
 from absl.testing import parameterized
 from jax.sharding import NamedSharding, PartitionSpec
 
 import alberta
 from alberta._src import checkpoint as checkpoint_lib
+from tests import test_utils
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = test_utils.ROOT
 
 
 def _mesh(shape, names):
@@ -62,20 +61,15 @@ def _matrix(dtype=jnp.float32):
       method="counter")
 
 
-def _bits(x) -> np.ndarray:
-  x = np.asarray(x)
-  return x.view(np.uint16 if x.dtype.itemsize == 2 else np.uint32)
-
-
-class CheckpointTest(parameterized.TestCase):
+class _CheckpointDirMixin(test_utils.TempDirMixin):
+  """`self.dir`, a fresh temporary directory; `self.path`, "w" in it (absent)."""
 
   def setUp(self):
     super().setUp()
-    # Not self.create_tempdir(): that needs absl flags, which pytest never parses.
-    tmp = tempfile.TemporaryDirectory()
-    self.addCleanup(tmp.cleanup)
-    self.dir = tmp.name
     self.path = os.path.join(self.dir, "w")
+
+
+class CheckpointTest(_CheckpointDirMixin, parameterized.TestCase):
 
   @parameterized.named_parameters(
       ("_float32", jnp.float32), ("_bfloat16", jnp.bfloat16),
@@ -88,7 +82,7 @@ class CheckpointTest(parameterized.TestCase):
     self.assertEqual(restored.dtype, jnp.dtype(dtype))
     self.assertEqual(restored.sharding,
                      jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-    np.testing.assert_array_equal(_bits(restored), _bits(matrix))
+    test_utils.assert_same_bits(restored, matrix)
 
   def test_restore_into_another_sharding_reads_each_shard_there(self):
     matrix = _matrix()
@@ -96,10 +90,9 @@ class CheckpointTest(parameterized.TestCase):
     by_rows = NamedSharding(_mesh((8,), ("rows",)), PartitionSpec("rows"))
     restored = alberta.checkpoint.restore(self.path, sharding=by_rows)
     self.assertEqual(restored.sharding, by_rows)
-    np.testing.assert_array_equal(_bits(restored), _bits(matrix))
+    test_utils.assert_same_bits(restored, matrix)
     for shard in restored.addressable_shards:
-      np.testing.assert_array_equal(_bits(shard.data),
-                                    _bits(np.asarray(matrix)[shard.index]))
+      test_utils.assert_same_bits(shard.data, np.asarray(matrix)[shard.index])
 
   def test_metadata_round_trips_with_versions_and_array_specs(self):
     alberta.checkpoint.save(self.path, _matrix(jnp.bfloat16),
@@ -257,15 +250,8 @@ def _no_renameat2(*args):
 _COMMITS = (("_renameat2", False), ("_portable", True))
 
 
-class CommitRaceTest(parameterized.TestCase):
+class CommitRaceTest(_CheckpointDirMixin, parameterized.TestCase):
   """Whatever appears at the target during a save is never replaced."""
-
-  def setUp(self):
-    super().setUp()
-    tmp = tempfile.TemporaryDirectory()
-    self.addCleanup(tmp.cleanup)
-    self.dir = tmp.name
-    self.path = os.path.join(self.dir, "w")
 
   def _portable(self, portable):
     if portable:
@@ -458,7 +444,7 @@ class CommitRaceTest(parameterized.TestCase):
                                flags], env=env_vars, cwd=_ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for i in range(2)]
-    outputs = [proc.communicate(timeout=300) for proc in procs]
+    outputs = test_utils.communicate_all(procs, timeout=300)
     codes = [proc.returncode for proc in procs]
     self.assertEqual(sorted(codes), [0, 1], msg=outputs)
     loser = codes.index(1)
@@ -469,10 +455,9 @@ class CommitRaceTest(parameterized.TestCase):
     self.assertEqual(alberta.checkpoint.restore_metadata(self.path)["writer"],
                      winner)
     expected = jax.random.normal(jax.random.key(winner), (64, 48)) + winner
-    np.testing.assert_array_equal(_bits(alberta.checkpoint.restore(self.path)),
-                                  _bits(expected))
+    test_utils.assert_same_bits(alberta.checkpoint.restore(self.path), expected)
 
-  @pytest.mark.slow
+  @test_utils.slow
   def test_a_failed_commit_on_process_0_fails_every_process(self):
     # Two JAX processes save one sharded matrix; a user directory appears at
     # the target while they write. Process 0 refuses to commit, and process
@@ -501,22 +486,14 @@ class CommitRaceTest(parameterized.TestCase):
           print("REFUSED", e)
           sys.exit(3)
         """)
-    with socket.socket() as s:
-      s.bind(("127.0.0.1", 0))
-      port = s.getsockname()[1]
+    port = test_utils.free_port()
     env_vars = dict(os.environ, PYTHONPATH=_ROOT, JAX_PLATFORMS="cpu")
     env_vars.pop("XLA_FLAGS", None)
     procs = [subprocess.Popen([sys.executable, "-c", code, str(i), str(port),
                                self.path], env=env_vars, cwd=_ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for i in range(2)]
-    try:
-      outputs = [proc.communicate(timeout=600) for proc in procs]
-    finally:
-      for proc in procs:
-        if proc.poll() is None:
-          proc.kill()
-          proc.communicate()
+    outputs = test_utils.communicate_all(procs, timeout=600)
     for proc, (stdout, stderr) in zip(procs, outputs):
       self.assertEqual(proc.returncode, 3, msg=f"{stdout}\n{stderr}")
       self.assertIn(f"REFUSED {self.path}", stdout)
@@ -525,15 +502,8 @@ class CommitRaceTest(parameterized.TestCase):
     self.assertEqual(os.listdir(self.path), ["user"])
 
 
-class FailureCleanupTest(parameterized.TestCase):
+class FailureCleanupTest(_CheckpointDirMixin, parameterized.TestCase):
   """A save that fails or is interrupted leaves nothing behind."""
-
-  def setUp(self):
-    super().setUp()
-    tmp = tempfile.TemporaryDirectory()
-    self.addCleanup(tmp.cleanup)
-    self.dir = tmp.name
-    self.path = os.path.join(self.dir, "w")
 
   @parameterized.named_parameters(("_interrupt", KeyboardInterrupt),
                                   ("_error", RuntimeError))
@@ -586,15 +556,8 @@ class FailureCleanupTest(parameterized.TestCase):
     self.assertEqual(os.listdir(mount), [])
 
 
-class ChecksumTest(parameterized.TestCase):
+class ChecksumTest(_CheckpointDirMixin, parameterized.TestCase):
   """The checksum and restore's verification."""
-
-  def setUp(self):
-    super().setUp()
-    tmp = tempfile.TemporaryDirectory()
-    self.addCleanup(tmp.cleanup)
-    self.dir = tmp.name
-    self.path = os.path.join(self.dir, "w")
 
   def test_the_checksum_does_not_depend_on_the_sharding(self):
     matrix = _matrix()
@@ -662,7 +625,7 @@ class ChecksumTest(parameterized.TestCase):
     alberta.checkpoint.save(self.path, matrix)
     by_rows = NamedSharding(_mesh((8,), ("rows",)), PartitionSpec("rows"))
     restored = alberta.checkpoint.restore(self.path, sharding=by_rows)
-    np.testing.assert_array_equal(_bits(restored), _bits(matrix))
+    test_utils.assert_same_bits(restored, matrix)
 
   @parameterized.named_parameters(("_checksum", "checksum"),
                                   ("_row_zeros", "row_zeros"))
@@ -681,9 +644,8 @@ class ChecksumTest(parameterized.TestCase):
     with self.assertRaisesRegex(alberta.checkpoint.ChecksumError,
                                 rf"{self.path}: array 'matrix'"):
       alberta.checkpoint.restore(self.path)
-    np.testing.assert_array_equal(
-        _bits(alberta.checkpoint.restore(self.path, verify=False)),
-        _bits(_matrix()))
+    test_utils.assert_same_bits(
+        alberta.checkpoint.restore(self.path, verify=False), _matrix())
 
   def _flip_sweep(self, flips, seed):
     """Restores `flips` single-bit-flipped copies; returns how each ended."""
@@ -713,8 +675,8 @@ class ChecksumTest(parameterized.TestCase):
                  else "orbax"] += 1
       else:
         # Never other numbers: the flip was harmless (unread bytes).
-        np.testing.assert_array_equal(_bits(restored), _bits(matrix),
-                                      err_msg=f"flip in {name} at {offset}")
+        test_utils.assert_same_bits(restored, matrix,
+                                    err_msg=f"flip in {name} at {offset}")
         outcomes["identical"] += 1
       shutil.rmtree(copy)
     print(f"{flips} single-bit flips over {len(files)} files: {dict(outcomes)}")
@@ -728,21 +690,17 @@ class ChecksumTest(parameterized.TestCase):
     # data files at random, so which flip lands where varies a little).
     self.assertGreater(outcomes["checksum"], 0)
 
-  @pytest.mark.slow
+  @test_utils.slow
   def test_many_bit_flips_raise_or_restore_the_identical_matrix(self):
     outcomes = self._flip_sweep(2000, seed=1)
     self.assertGreater(outcomes["checksum"], 0)
 
 
-class MetadataValidationTest(parameterized.TestCase):
+class MetadataValidationTest(_CheckpointDirMixin, parameterized.TestCase):
   """A malformed alberta.json names the file and the field."""
 
   def setUp(self):
     super().setUp()
-    tmp = tempfile.TemporaryDirectory()
-    self.addCleanup(tmp.cleanup)
-    self.dir = tmp.name
-    self.path = os.path.join(self.dir, "w")
     alberta.checkpoint.save(self.path, _matrix(), {"seed": 7})
     self.meta = os.path.join(self.path, checkpoint_lib.METADATA_FILE)
 
@@ -843,9 +801,8 @@ class MetadataValidationTest(parameterized.TestCase):
     _edit_metadata(self.path, to_v1)
     with self.assertRaisesRegex(ValueError, "format_version 1.*verify=False"):
       alberta.checkpoint.restore(self.path)
-    np.testing.assert_array_equal(
-        _bits(alberta.checkpoint.restore(self.path, verify=False)),
-        _bits(_matrix()))
+    test_utils.assert_same_bits(
+        alberta.checkpoint.restore(self.path, verify=False), _matrix())
 
 
 

@@ -23,7 +23,7 @@ from alberta._src import bits
 from alberta._src import blocks
 from alberta._src import counter
 from alberta._src.spec import make_spec
-from tests import counter_test
+from tests import test_utils
 
 _LARGE_N = (2**31 - 1, 2**31, 2**31 + 1, 3 * 2**30, 2**32 - 1)
 
@@ -51,7 +51,8 @@ def _model_permute(x: np.ndarray, material, n: int) -> np.ndarray:
   x = x.astype(np.int64)
   for r in range(x.shape[0]):
     for i in range(ks.shape[1]):
-      x[r] = counter_test.model_round(x[r], ks[r, i], as_[r, i], bs[r, i], n)
+      x[r] = test_utils.counter_model_round(x[r], ks[r, i], as_[r, i],
+                                            bs[r, i], n)
   return x
 
 
@@ -75,10 +76,6 @@ def _model_value_bits(init_key, rows: np.ndarray, cols: np.ndarray) -> np.ndarra
 # Jitted as in the generators: op by op, the uniform map's multiply-add would
 # be rounded twice instead of fused.
 _values_from_bits = jax.jit(blocks.values_from_bits, static_argnums=0)
-
-
-def _as_bits(x) -> np.ndarray:
-  return np.asarray(x, np.float32).view(np.uint32)
 
 
 class LargeFanInShuffleTest(parameterized.TestCase):
@@ -130,8 +127,7 @@ class LargeCoordinateTileTest(parameterized.TestCase):
       tile = np.asarray(blocks.row_block(key, spec, r0, 4, c0, 16))
       shifted = np.asarray(blocks.row_block(key, spec, r0 + np.uint32(1), 4,
                                             c0 + np.uint32(5), 16))
-      np.testing.assert_array_equal(_as_bits(tile[1:, 5:]),
-                                    _as_bits(shifted[:3, :11]))
+      test_utils.assert_same_bits(tile[1:, 5:], shifted[:3, :11])
       # The same tile from the numpy model of mask and values.
       rows = row_start + np.arange(4, dtype=np.int64)
       cols = col_start + np.arange(16, dtype=np.int64)
@@ -144,7 +140,7 @@ class LargeCoordinateTileTest(parameterized.TestCase):
           _model_value_bits(init_key, rows.astype(np.uint32),
                             cols.astype(np.uint32)))))
       np.testing.assert_array_equal(tile != 0, keep)
-      np.testing.assert_array_equal(_as_bits(tile[keep]), _as_bits(values[keep]))
+      test_utils.assert_same_bits(tile[keep], values[keep])
 
   @parameterized.product(method=("permutation", "counter"),
                          row_start=(2**31 - 3, 2**32 - 7))
@@ -158,9 +154,9 @@ class LargeCoordinateTileTest(parameterized.TestCase):
     np.testing.assert_array_equal((tile == 0).sum(axis=1), spec.k)
     # Overlapping row tiles and a column tile agree.
     later = np.asarray(blocks.row_block(key, spec, r0 + np.uint32(2), 4))
-    np.testing.assert_array_equal(_as_bits(tile[2:]), _as_bits(later))
+    test_utils.assert_same_bits(tile[2:], later)
     cols = np.asarray(blocks.row_block(key, spec, r0, 6, np.uint32(3), 4))
-    np.testing.assert_array_equal(_as_bits(tile[:, 3:7]), _as_bits(cols))
+    test_utils.assert_same_bits(tile[:, 3:7], cols)
     if method == "permutation":
       # The value bits hash the flat 64-bit counter row * fan_in + col.
       rows = row_start + np.arange(6, dtype=np.uint64)
@@ -174,8 +170,7 @@ class LargeCoordinateTileTest(parameterized.TestCase):
           init_key, jnp.asarray(rows, jnp.uint32)[:, None],
           jnp.arange(fan_in, dtype=jnp.uint32)[None, :], fan_in))
       keep = tile != 0
-      np.testing.assert_array_equal(_as_bits(tile[keep]),
-                                    _as_bits(np.asarray(want)[keep]))
+      test_utils.assert_same_bits(tile[keep], np.asarray(want)[keep])
 
 
 class HugeTileTest(absltest.TestCase):

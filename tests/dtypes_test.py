@@ -34,7 +34,8 @@ from alberta._src import blocks
 from alberta._src import checks
 from alberta._src import ell
 from alberta._src.spec import make_spec
-from tests.seed_reference import seed_sparse_init
+from tests import test_utils
+from third_party.alberta_framework.initializers import sparse_init as seed_sparse_init
 
 # A plain float32 -> float16 cast rounds |w| <= 2**-25 to zero. For LeCun
 # uniform weights that is a fraction 2**-25 / scale = 2**-17 of them at
@@ -62,11 +63,6 @@ REFUSED = (
 )
 
 
-def zeros_per_row(matrix) -> np.ndarray:
-  matrix = np.asarray(matrix).astype(np.float32)
-  return (matrix.reshape(matrix.shape[0], -1) == 0).sum(axis=1)
-
-
 @functools.lru_cache(maxsize=None)
 def _counter_matrix(init_type: str, dtype_name: str) -> np.ndarray:
   return np.asarray(alberta.sparse_init(
@@ -87,7 +83,7 @@ class ExactZeroCountTest(parameterized.TestCase):
     plain = f32.astype(np.float16)
     flushed = (f32 != 0) & (plain == 0)
     self.assertGreaterEqual(int(flushed.sum()), 3)
-    self.assertGreater(int((zeros_per_row(plain) > FLUSH_K).sum()), 0)
+    self.assertGreater(int((test_utils.zeros_per_row(plain) > FLUSH_K).sum()), 0)
 
   @parameterized.named_parameters(
       ("_float16_uniform", jnp.float16, "uniform"),
@@ -99,7 +95,7 @@ class ExactZeroCountTest(parameterized.TestCase):
   def test_exactly_k_zeros_in_every_row(self, dtype, init_type):
     out = counter_matrix(init_type, dtype)
     self.assertEqual(out.dtype, jnp.dtype(dtype))
-    np.testing.assert_array_equal(zeros_per_row(out), FLUSH_K)
+    np.testing.assert_array_equal(test_utils.zeros_per_row(out), FLUSH_K)
 
   def test_exactly_k_zeros_in_float64(self):
     with jax.enable_x64(True):
@@ -107,7 +103,7 @@ class ExactZeroCountTest(parameterized.TestCase):
           jax.random.key(FLUSH_KEYS["uniform"]), FLUSH_SHAPE, FLUSH_SPARSITY,
           dtype=jnp.float64, method="counter")
       self.assertEqual(out.dtype, jnp.float64)
-      np.testing.assert_array_equal(zeros_per_row(out), FLUSH_K)
+      np.testing.assert_array_equal(test_utils.zeros_per_row(out), FLUSH_K)
 
   def test_ell_values_in_float16_are_never_zero(self):
     # The ELL path shares the value map and the guarded cast.
@@ -124,18 +120,14 @@ class ExactZeroCountTest(parameterized.TestCase):
     plain = f32.astype(np.float16)
     flushed = (f32 != 0) & (plain == 0)
     tiny = np.float16(2**-24)
-    np.testing.assert_array_equal(
-        f16.view(np.uint16),
-        np.where(flushed, np.copysign(tiny, f32).astype(np.float16),
-                 plain).view(np.uint16))
+    test_utils.assert_same_bits(
+        f16, np.where(flushed, np.copysign(tiny, f32).astype(np.float16), plain))
 
   def test_bfloat16_is_the_float32_cast_exactly(self):
     # No generated weight is small enough for bfloat16 to flush (>= 2**-39).
     f32 = counter_matrix("normal", jnp.float32)
     bf16 = counter_matrix("normal", jnp.bfloat16)
-    np.testing.assert_array_equal(
-        bf16.view(np.uint16),
-        np.asarray(jnp.asarray(f32).astype(jnp.bfloat16)).view(np.uint16))
+    test_utils.assert_same_bits(bf16, jnp.asarray(f32).astype(jnp.bfloat16))
 
 
 class CastNonzeroTest(parameterized.TestCase):
@@ -149,13 +141,13 @@ class CastNonzeroTest(parameterized.TestCase):
                jax.jit(bits.cast_nonzero, static_argnums=1)):
       got = np.asarray(fn(jnp.asarray(x), jnp.float16))
       self.assertEqual(got.dtype, np.float16)
-      np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+      test_utils.assert_same_bits(got, want)
 
   def test_bfloat16_keeps_zeros_and_rounds_the_rest(self):
     x = np.array([2**-39, -2**-39, 0.0, -0.0, 0.3, -5.25], np.float32)
     got = np.asarray(bits.cast_nonzero(jnp.asarray(x), jnp.bfloat16))
     want = np.asarray(jnp.asarray(x).astype(jnp.bfloat16))
-    np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+    test_utils.assert_same_bits(got, want)
     np.testing.assert_array_equal(np.signbit(got.astype(np.float32)),
                                   np.signbit(x))
 
@@ -246,7 +238,7 @@ class DistributionTest(parameterized.TestCase):
     key = jax.random.key(23)
     out = np.asarray(alberta.sparse_init(key, (16, 50), 0.7))
     want = np.asarray(seed_sparse_init(key, (16, 50), 0.7))
-    np.testing.assert_array_equal(out.view(np.uint32), want.view(np.uint32))
+    test_utils.assert_same_bits(out, want)
 
 
 def _no_work():

@@ -24,14 +24,11 @@ from jax.sharding import PartitionSpec as P
 import alberta
 from alberta._src import ell
 from alberta._src.spec import make_spec
+from tests import test_utils
 
-
-def as_bits(x) -> np.ndarray:
-  """Bit patterns, with -0.0 read as +0.0 (the ELL arrays carry no zeros)."""
-  x = np.asarray(x)
-  if x.dtype == jnp.bfloat16:
-    x = x.astype(np.float32)
-  return (x.astype(np.float32) + np.float32(0)).view(np.uint32)
+# Bit patterns with -0.0 read as +0.0: the ELL arrays carry no zeros, so a
+# dense matrix scattered from them has only +0.0 where the library's has -0.0.
+as_bits = test_utils.as_bits_unsigned_zero
 
 
 def check_ell_layout(test, values, indices, fan_out, fan_in, k, dtype):
@@ -79,9 +76,8 @@ class EllEqualsDenseTest(parameterized.TestCase):
         as_bits(alberta.to_dense(values, indices, shape)), as_bits(dense))
     # The values carry their own signs: bit for bit, no zero normalized.
     rows = np.arange(spec.fan_out)[:, None]
-    np.testing.assert_array_equal(
-        np.asarray(values).view(np.uint32),
-        np.asarray(dense).reshape(spec.shape)[rows, indices].view(np.uint32))
+    test_utils.assert_same_bits(
+        values, np.asarray(dense).reshape(spec.shape)[rows, indices])
 
   @parameterized.parameters(jnp.bfloat16, jnp.float16)
   def test_low_precision_values_are_the_dense_values(self, dtype):

@@ -25,17 +25,14 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from absl.testing import absltest
 from absl.testing import parameterized
 
@@ -43,16 +40,15 @@ import alberta
 from alberta._src import checkpoint as checkpoint_lib
 from alberta._src import verify as verify_lib
 from alberta._src.spec import make_spec
+from tests import test_utils
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = test_utils.ROOT
 _SCRIPT = os.path.join(_ROOT, "scripts", "init_large.py")
 _TIMEOUT_S = 600
 
 
 def _env() -> dict[str, str]:
-  env_vars = dict(os.environ)
-  path = [_ROOT] + ([env_vars["PYTHONPATH"]] if env_vars.get("PYTHONPATH") else [])
-  env_vars["PYTHONPATH"] = os.pathsep.join(path)
+  env_vars = test_utils.subprocess_env()
   env_vars["JAX_PLATFORMS"] = "cpu"
   # The launcher's --num_cpu_devices, not the suite's XLA_FLAGS, sets the
   # device count of its runs.
@@ -68,12 +64,6 @@ def _command(args: list[str]) -> list[str]:
 def _run(args: list[str]) -> subprocess.CompletedProcess:
   return subprocess.run(_command(args), capture_output=True, text=True,
                         env=_env(), cwd=_ROOT, timeout=_TIMEOUT_S, check=False)
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _listing(root: str) -> list[str]:
@@ -106,14 +96,10 @@ def _assert_equals_sparse_init(testcase, matrix, *, seed, shape, sparsity,
                                expected.astype(np.float32), rtol=eps, atol=0)
 
 
-class LauncherTest(parameterized.TestCase):
+class LauncherTest(test_utils.TempDirMixin, parameterized.TestCase):
 
   def setUp(self):
     super().setUp()
-    # Not self.create_tempdir(): that needs absl flags, which pytest never parses.
-    tmp = tempfile.TemporaryDirectory()
-    self.addCleanup(tmp.cleanup)
-    self.dir = tmp.name
     self.output = os.path.join(self.dir, "w")
     self.report = os.path.join(self.dir, "report.json")
 
@@ -227,13 +213,11 @@ class LauncherTest(parameterized.TestCase):
     dense = np.asarray(alberta.to_dense(values, indices, shape))
     # Bit for bit, except that a scatter's zeros are +0.0 where the dense
     # matrix keeps the masked weight's sign.
-    np.testing.assert_array_equal(dense.view(np.uint32),
-                                  np.where(expected == 0, np.float32(0),
-                                           expected).view(np.uint32))
+    test_utils.assert_same_bits(
+        dense, np.where(expected == 0, np.float32(0), expected))
     # And the kept weights themselves, sign bits included.
     kept = np.take_along_axis(expected, np.asarray(indices), axis=1)
-    np.testing.assert_array_equal(np.asarray(values).view(np.uint32),
-                                  kept.view(np.uint32))
+    test_utils.assert_same_bits(values, kept)
     self.assertTrue(np.all((expected != 0).sum(axis=1) == nnz))
 
     info = alberta.checkpoint.restore_metadata(self.output)
@@ -540,7 +524,7 @@ class LauncherTest(parameterized.TestCase):
     self.assertEqual(checkpoint_lib.stale_staging(self.output), [])
     self.assertEqual(os.listdir(self.dir), [])
 
-  @pytest.mark.slow
+  @test_utils.slow
   def test_run_killed_mid_write_leaves_nothing_valid_at_output(self):
     # Big enough that writing the shards takes seconds (random float32 values
     # hardly compress at sparsity 0.5): the kill lands while they are written.
@@ -582,9 +566,9 @@ class LauncherTest(parameterized.TestCase):
         sparsity=0.9, init_type="uniform", dtype=jnp.float32, method="counter",
         rounding="nearest")
 
-  @pytest.mark.slow
+  @test_utils.slow
   def test_two_processes_save_what_one_process_saves(self):
-    port = _free_port()
+    port = test_utils.free_port()
     two = os.path.join(self.dir, "two")
     one = os.path.join(self.dir, "one")
     common = ["--shape=64,48", "--sparsity=0.7", "--method=counter",
@@ -601,15 +585,7 @@ class LauncherTest(parameterized.TestCase):
             env=_env(), cwd=_ROOT)
         for i in range(2)
     ]
-    outputs = []
-    try:
-      for proc in procs:
-        outputs.append(proc.communicate(timeout=_TIMEOUT_S))
-    finally:
-      for proc in procs:
-        if proc.poll() is None:
-          proc.kill()
-          proc.communicate()
+    outputs = test_utils.communicate_all(procs, timeout=_TIMEOUT_S)
     for proc, (stdout, stderr) in zip(procs, outputs):
       self.assertEqual(proc.returncode, 0,
                        msg=f"stdout:\n{stdout}\nstderr:\n{stderr}")
@@ -627,8 +603,7 @@ class LauncherTest(parameterized.TestCase):
     self._assert_ok(_run(common + ["--num_cpu_devices=8", f"--output={one}"]))
     from_two = np.asarray(alberta.checkpoint.restore(two))
     from_one = np.asarray(alberta.checkpoint.restore(one))
-    np.testing.assert_array_equal(from_two.view(np.uint32),
-                                  from_one.view(np.uint32))
+    test_utils.assert_same_bits(from_two, from_one)
     _assert_equals_sparse_init(
         self, from_two, seed=5, shape=(64, 48), sparsity=0.7,
         init_type="uniform", dtype=jnp.float32, method="counter",

@@ -21,7 +21,6 @@ from unittest import mock
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from absl.testing import absltest
 from absl.testing import parameterized
 from jax.sharding import Mesh
@@ -31,24 +30,8 @@ from jax.sharding import SingleDeviceSharding
 
 import alberta
 from alberta._src import sharding as sharding_lib
+from tests import test_utils
 
-
-def assert_same_matrix(actual, expected, init_type: str) -> None:
-  """Same zeros (signed), uniform values bit for bit, normal within 4 ulps.
-
-  Normal values are held to the library's contract of a few ulps (XLA may fuse
-  `erf_inv` differently in different programs); on the CPU they are currently
-  bit-identical too.
-  """
-  actual = np.asarray(actual)
-  expected = np.asarray(expected)
-  np.testing.assert_array_equal(actual.shape, expected.shape)
-  np.testing.assert_array_equal(np.signbit(actual), np.signbit(expected))
-  np.testing.assert_array_equal(actual == 0, expected == 0)
-  if init_type == "uniform":
-    np.testing.assert_array_equal(actual.view(np.uint32), expected.view(np.uint32))
-  else:
-    np.testing.assert_array_max_ulp(actual, expected, maxulp=4)
 
 
 # 320 rows: 40 per device on an 8-way row split, so a chunk of 37 leaves a
@@ -133,12 +116,13 @@ class ShardedInvariantTest(parameterized.TestCase):
     self.assertEqual(out.shape, _SHAPE)
     self.assertEqual(out.dtype, jnp.float32)
     self.assertEqual(out.sharding, sharding)
-    assert_same_matrix(out, expected, init_type)
+    test_utils.assert_same_matrix(out, expected, init_type)
     # Every device holds the tile the requested sharding assigns to it.
     tiles = sharding.devices_indices_map(_SHAPE)
     self.assertLen(out.addressable_shards, sharding.mesh.size)
     for shard in out.addressable_shards:
-      assert_same_matrix(shard.data, expected[tiles[shard.device]], init_type)
+      test_utils.assert_same_matrix(shard.data, expected[tiles[shard.device]],
+                                    init_type)
 
   @parameterized.named_parameters(*_COVERING_CASES)
   def test_equals_sparse_init(self, mesh, spec, chunk_rows, method, init_type):
@@ -146,7 +130,7 @@ class ShardedInvariantTest(parameterized.TestCase):
 
   # The mark goes under the decorator so each generated case carries it.
   @parameterized.named_parameters(*_ALL_CASES)
-  @pytest.mark.slow
+  @test_utils.slow
   def test_equals_sparse_init_all_combinations(self, mesh, spec, chunk_rows,
                                                method, init_type):
     self._check(mesh, spec, chunk_rows, method, init_type)
@@ -162,7 +146,8 @@ class ShardedInvariantTest(parameterized.TestCase):
     out = f(jax.random.key(_SEED))
     # The outer jit owns the output and spells the spec P('x', None).
     self.assertTrue(out.sharding.is_equivalent_to(sharding, 2))
-    assert_same_matrix(out, _reference("permutation", "uniform"), "uniform")
+    test_utils.assert_same_matrix(out, _reference("permutation", "uniform"),
+                                  "uniform")
 
   def test_bfloat16_is_float32_cast(self):
     sharding = NamedSharding(_mesh("4x2"), P(None, "x"))
@@ -195,13 +180,14 @@ class PmapTest(parameterized.TestCase):
     rows = _SHAPE[0] // n
     expected = _reference(method, init_type)
     self.assertEqual(out.shape, (n, rows, _SHAPE[1]))
-    assert_same_matrix(np.asarray(out).reshape(_SHAPE), expected, init_type)
+    test_utils.assert_same_matrix(np.asarray(out).reshape(_SHAPE), expected,
+                                  init_type)
     self.assertLen(out.addressable_shards, n)
     for shard in out.addressable_shards:
       d = shard.index[0].indices(n)[0]  # A 1-device slice is slice(None).
       self.assertEqual(shard.device, devices[d])
-      assert_same_matrix(shard.data[0], expected[d * rows:(d + 1) * rows],
-                         init_type)
+      test_utils.assert_same_matrix(
+          shard.data[0], expected[d * rows:(d + 1) * rows], init_type)
 
 
 class BadInputTest(parameterized.TestCase):

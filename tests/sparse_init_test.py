@@ -1,7 +1,7 @@
 """`alberta.sparse_init` and `alberta.num_zeros`: the core contract.
 
 Proves that with the defaults `sparse_init` is the seed's `sparse_init`
-(`tests/seed_reference.py`, run eagerly as written) for the same key: zero
+(`third_party/alberta_framework`, run eagerly as written) for the same key: zero
 pattern and uniform values bit for bit, normal values within a few ulps, over
 tiny, 1 x N, N x 1, prime and larger shapes, sparsities from 0 to 1, both
 distributions and both key kinds. Then the rest of the contract: N-D shapes are
@@ -23,13 +23,13 @@ from unittest import mock
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from absl.testing import absltest
 from absl.testing import parameterized
 
 import alberta
 from alberta._src import core
-from tests.seed_reference import seed_sparse_init
+from tests import test_utils
+from third_party.alberta_framework.initializers import sparse_init as seed_sparse_init
 
 KEY_FNS = {"typed": jax.random.key, "raw": jax.random.PRNGKey}
 
@@ -86,29 +86,17 @@ def _slow_seed_cases():
 
 
 def assert_matches_seed(actual, expected, init_type: str) -> None:
-  """The seed's matrix: zeros (with their signs) and values.
+  """The seed's float32 matrix: zeros (with their signs) and values.
 
   The seed multiplies by a 0/1 mask, so its masked negative weights are -0.0;
-  comparing the uint32 bit patterns holds the library to that too. Normal
-  values may differ by a couple of ulps: XLA fuses `erf_inv` differently in
-  the eager seed and in the library's jitted program (the seed differs from
-  its own jitted run the same way).
+  `assert_same_matrix` holds the library to that too. Normal values may differ
+  by a couple of ulps: XLA fuses `erf_inv` differently in the eager seed and
+  in the library's jitted program (the seed differs from its own jitted run
+  the same way).
   """
-  actual = np.asarray(actual)
-  expected = np.asarray(expected)
-  assert actual.dtype == np.float32, actual.dtype
-  np.testing.assert_array_equal(actual.shape, expected.shape)
-  np.testing.assert_array_equal(actual == 0, expected == 0)
-  np.testing.assert_array_equal(np.signbit(actual), np.signbit(expected))
-  if init_type == "uniform":
-    np.testing.assert_array_equal(actual.view(np.uint32), expected.view(np.uint32))
-  else:
-    np.testing.assert_array_max_ulp(actual, expected, maxulp=4)
+  assert np.asarray(actual).dtype == np.float32, np.asarray(actual).dtype
+  test_utils.assert_same_matrix(actual, expected, init_type)
 
-
-def zeros_per_row(matrix) -> np.ndarray:
-  matrix = np.asarray(matrix, np.float32)
-  return (matrix.reshape(matrix.shape[0], -1) == 0).sum(axis=1)
 
 
 class SeedEqualityTest(parameterized.TestCase):
@@ -118,7 +106,7 @@ class SeedEqualityTest(parameterized.TestCase):
     actual = alberta.sparse_init(key, shape, sparsity, init_type)
     expected = seed_sparse_init(key, shape, sparsity, init_type)
     assert_matches_seed(actual, expected, init_type)
-    np.testing.assert_array_equal(zeros_per_row(actual),
+    np.testing.assert_array_equal(test_utils.zeros_per_row(actual),
                                   alberta.num_zeros(shape[1], sparsity))
 
   @parameterized.named_parameters(*_quick_seed_cases())
@@ -126,7 +114,7 @@ class SeedEqualityTest(parameterized.TestCase):
     self.check_against_seed(**case)
 
   @parameterized.named_parameters(*_slow_seed_cases())
-  @pytest.mark.slow
+  @test_utils.slow
   def test_matches_seed_on_every_shape(self, **case):
     self.check_against_seed(**case)
 
@@ -135,7 +123,7 @@ class SeedEqualityTest(parameterized.TestCase):
       ("_7x13_normal_raw", (7, 13), "normal", "raw"),
       ("_128x10_uniform_raw", (128, 10), "uniform", "raw"),
   )
-  @pytest.mark.slow
+  @test_utils.slow
   def test_sparsity_sweep_matches_seed(self, shape, init_type, key_kind):
     for sparsity in SPARSITIES:
       with self.subTest(sparsity=sparsity):
@@ -147,7 +135,7 @@ class SeedEqualityTest(parameterized.TestCase):
     key = jax.random.key(42)
     out = alberta.sparse_init(key, (128, 10))
     assert_matches_seed(out, seed_sparse_init(key, (128, 10)), "uniform")
-    np.testing.assert_array_equal(zeros_per_row(out), 9)
+    np.testing.assert_array_equal(test_utils.zeros_per_row(out), 9)
 
 
 class NumZerosTest(parameterized.TestCase):
@@ -190,7 +178,7 @@ class NumZerosTest(parameterized.TestCase):
   @parameterized.named_parameters(("_nearest", "nearest", 7), ("_ceil", "ceil", 8))
   def test_rounding_sets_the_zero_count_of_every_row(self, rounding, k):
     out = alberta.sparse_init(jax.random.key(0), SHAPE, SPARSITY, rounding=rounding)
-    np.testing.assert_array_equal(zeros_per_row(out), k)
+    np.testing.assert_array_equal(test_utils.zeros_per_row(out), k)
 
   def test_ceil_keeps_the_seeds_values_and_adds_zeros(self):
     # The rounding rule only moves the mask threshold: the kept values and the
@@ -200,7 +188,8 @@ class NumZerosTest(parameterized.TestCase):
     nearest = np.asarray(alberta.sparse_init(key, SHAPE, SPARSITY))
     ceil = np.asarray(alberta.sparse_init(key, SHAPE, SPARSITY, rounding="ceil"))
     self.assertTrue(np.all((ceil == 0) >= (nearest == 0)))
-    np.testing.assert_array_equal(zeros_per_row(ceil) - zeros_per_row(nearest), 1)
+    np.testing.assert_array_equal(
+        test_utils.zeros_per_row(ceil) - test_utils.zeros_per_row(nearest), 1)
     kept = ceil != 0
     np.testing.assert_array_equal(ceil[kept], nearest[kept])
 
@@ -229,10 +218,10 @@ class ShapeTest(parameterized.TestCase):
     nd = np.asarray(alberta.sparse_init(key, shape, 0.6, init_type))
     flat = np.asarray(alberta.sparse_init(key, (shape[0], fan_in), 0.6, init_type))
     self.assertEqual(nd.shape, shape)
-    np.testing.assert_array_equal(nd.view(np.uint32),
-                                  flat.reshape(shape).view(np.uint32))
+    test_utils.assert_same_bits(nd, flat.reshape(shape))
     # The fan-in of an output unit is all of its trailing axes together.
-    np.testing.assert_array_equal(zeros_per_row(nd), alberta.num_zeros(fan_in, 0.6))
+    np.testing.assert_array_equal(test_utils.zeros_per_row(nd),
+                                  alberta.num_zeros(fan_in, 0.6))
 
   def test_shape_may_be_a_list_or_numpy_ints(self):
     key = jax.random.key(0)
@@ -277,7 +266,7 @@ class DtypeTest(parameterized.TestCase):
     np.testing.assert_array_equal(np.asarray(out), np.asarray(ref.astype(dtype)))
     # Casting keeps every masked zero; a kept weight would flush to zero in
     # float16 only below 2**-25 (probability ~1e-7 each), and this key has none.
-    np.testing.assert_array_equal(zeros_per_row(out), 7)
+    np.testing.assert_array_equal(test_utils.zeros_per_row(out), 7)
 
   def test_float64_under_x64_is_the_float32_result_widened(self):
     key = jax.random.key(9)
@@ -309,15 +298,14 @@ class TransformTest(parameterized.TestCase):
     key = jax.random.key(21)
     init = functools.partial(alberta.sparse_init, shape=SHAPE, sparsity=SPARSITY,
                              init_type=init_type)
-    np.testing.assert_array_equal(np.asarray(jax.jit(init)(key)).view(np.uint32),
-                                  np.asarray(init(key)).view(np.uint32))
+    test_utils.assert_same_bits(jax.jit(init)(key), init(key))
 
   def test_vmap_over_typed_keys_stacks_per_key_results(self):
     self.check_vmap_over_keys("typed")
 
   # A vmapped program compiles in ~5 s of CPU, so the raw-key variant runs in
   # the slow step (raw and typed keys meet the same `bits.key_words`).
-  @pytest.mark.slow
+  @test_utils.slow
   def test_vmap_over_raw_keys_stacks_per_key_results(self):
     self.check_vmap_over_keys("raw")
 
@@ -329,8 +317,7 @@ class TransformTest(parameterized.TestCase):
     for i in range(5):
       # A raw key and the typed key wrapping the same words give one matrix.
       key = keys[i] if key_kind == "typed" else jax.random.wrap_key_data(keys[i])
-      np.testing.assert_array_equal(batched[i].view(np.uint32),
-                                    np.asarray(init(key)).view(np.uint32))
+      test_utils.assert_same_bits(batched[i], init(key))
     # Each key its own mask: no two batch members share a zero pattern.
     patterns = {(batched[i] == 0).tobytes() for i in range(5)}
     self.assertLen(patterns, 5)
@@ -343,7 +330,7 @@ class MethodTest(parameterized.TestCase):
                               rounding="ceil")
     self.assertEqual(out.shape, SHAPE)
     self.assertEqual(out.dtype, jnp.float32)
-    np.testing.assert_array_equal(zeros_per_row(out), 8)
+    np.testing.assert_array_equal(test_utils.zeros_per_row(out), 8)
     bound = np.float32(1 / math.sqrt(SHAPE[1]))
     self.assertTrue(np.all(np.abs(np.asarray(out)) <= bound))
 

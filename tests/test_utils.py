@@ -1,4 +1,8 @@
-"""Helpers every test module shares: matrix comparisons, bit views, temp dirs, the slow gate.
+"""Helpers test modules share: matrix comparisons, bit views, temp dirs, the slow gate.
+
+Also the statistical tests' common pieces (`ALPHA`, `zeros_per_row`,
+`binomial_two_sided_p`) and the numpy model of one counter-method round
+(`counter_model_round`) that the counter and coordinate tests check against.
 
 Import `tests.env` first (it sets the 8 virtual CPU devices before JAX
 starts); this module imports JAX.
@@ -7,16 +11,23 @@ starts); this module imports JAX.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import tempfile
 import unittest
 
 import jax.numpy as jnp
 import numpy as np
+from scipy import stats
 
 try:  # pytest marks slow tests so `-m slow` selects them; Bazel has no pytest.
   import pytest
 except ImportError:  # pragma: no cover
   pytest = None
+
+# The repository root: the working directory and PYTHONPATH of the tests'
+# subprocesses (scripts, other JAX processes).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The slow gate. Long tests (sweeps, multi-process runs, big statistical
 # samples) run only when this variable is "1": `.ci/run` sets it for its
@@ -39,6 +50,12 @@ def slow(test):
   return test
 
 
+# Every p-value bound of the statistical tests: a correct implementation
+# (ideal randomness) fails each such assertion with probability ALPHA for a
+# random key. The keys are fixed, so each test always passes or always fails.
+ALPHA = 1e-4
+
+
 def as_bits(x) -> np.ndarray:
   """The bit patterns of a float array, as unsigned ints of the same width.
 
@@ -47,6 +64,14 @@ def as_bits(x) -> np.ndarray:
   x = np.asarray(x)
   width = {2: np.uint16, 4: np.uint32, 8: np.uint64}[x.dtype.itemsize]
   return x.view(width)
+
+
+def assert_same_bits(actual, expected, **kwargs) -> None:
+  """Equal bit for bit: signed zeros and the last ulp count (`as_bits` of both).
+
+  `kwargs` go to `np.testing.assert_array_equal` (e.g. `err_msg`).
+  """
+  np.testing.assert_array_equal(as_bits(actual), as_bits(expected), **kwargs)
 
 
 def as_bits_unsigned_zero(x) -> np.ndarray:
@@ -73,6 +98,67 @@ def assert_same_matrix(actual, expected, init_type: str) -> None:
     np.testing.assert_array_equal(as_bits(actual), as_bits(expected))
   else:
     np.testing.assert_array_max_ulp(actual, expected, maxulp=4)
+
+
+def zeros_per_row(matrix) -> np.ndarray:
+  """Zeros in each output unit (row) of a matrix, N-D layouts flattened."""
+  matrix = np.asarray(matrix).astype(np.float32)
+  return (matrix.reshape(matrix.shape[0], -1) == 0).sum(axis=1)
+
+
+def binomial_two_sided_p(counts, n: int, p: float) -> np.ndarray:
+  """Two-sided tail probability of each count under Binomial(n, p)."""
+  counts = np.asarray(counts)
+  lower = stats.binom.cdf(counts, n, p)
+  upper = stats.binom.sf(counts - 1, n, p)
+  return np.minimum(1.0, 2 * np.minimum(lower, upper))
+
+
+def counter_model_round(x: np.ndarray, k_value, a, b, n: int) -> np.ndarray:
+  """One round of the counter method's shuffle, in numpy int64.
+
+  As `alberta._src.counter` states it: column `x` pairs with
+  `partner = (K - x) mod n` and the two swap when the top bit of
+  `a * max(x, partner) + b (mod 2**32)` is set. An independent model of
+  `counter.permute` (exact modular arithmetic, no uint32 tricks).
+  """
+  partner = (np.int64(k_value) - x) % n
+  v = np.maximum(x, partner)
+  swap = ((np.uint64(a) * v.astype(np.uint64) + np.uint64(b))
+          % np.uint64(1 << 32)) >> np.uint64(31)
+  return np.where(swap == 1, partner, x)
+
+
+def subprocess_env(*pythonpath: str) -> dict[str, str]:
+  """This process's environment with `ROOT`, then `pythonpath`, first on PYTHONPATH."""
+  env = dict(os.environ)
+  path = [ROOT, *pythonpath]
+  if env.get("PYTHONPATH"):
+    path.append(env["PYTHONPATH"])
+  env["PYTHONPATH"] = os.pathsep.join(path)
+  return env
+
+
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 that was free a moment ago (for JAX's coordinator)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def communicate_all(procs: list[subprocess.Popen],
+                    timeout: float) -> list[tuple[str, str]]:
+  """Each process's (stdout, stderr), in order; none is left running.
+
+  A process still running when another's wait fails (a timeout) is killed.
+  """
+  try:
+    return [proc.communicate(timeout=timeout) for proc in procs]
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
 
 
 class TempDirMixin:
