@@ -107,19 +107,25 @@ class LauncherTest(test_utils.TempDirMixin, parameterized.TestCase):
     self.assertEqual(proc.returncode, 0,
                      msg=f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
 
-  @parameterized.named_parameters(
-      dict(testcase_name="_counter_2d_mesh_normal_bfloat16_ceil",
-           method="counter", shape=(64, 48), mesh="4,2", sparsity=0.8,
-           init_type="normal", dtype="bfloat16", rounding="ceil", seed=3,
-           chunk_rows=None),
-      dict(testcase_name="_permutation_default_mesh_uniform_float32_chunked",
-           method="permutation", shape=(64, 40), mesh=None, sparsity=0.9,
-           init_type="uniform", dtype="float32", rounding="nearest", seed=11,
-           chunk_rows=3),
-  )
-  def test_restore_equals_sparse_init(self, method, shape, mesh, sparsity,
-                                      init_type, dtype, rounding, seed,
-                                      chunk_rows):
+  def test_restore_equals_sparse_init_counter_2d_mesh_normal_bfloat16_ceil(
+      self):
+    self.check_restore_equals_sparse_init(
+        method="counter", shape=(64, 48), mesh="4,2", sparsity=0.8,
+        init_type="normal", dtype="bfloat16", rounding="ceil", seed=3,
+        chunk_rows=None)
+
+  # A launcher run is a subprocess (~10 s of CPU): the other method, mesh and
+  # options run in the slow step.
+  @test_utils.slow
+  def test_restore_equals_sparse_init_permutation_default_mesh_chunked(self):
+    self.check_restore_equals_sparse_init(
+        method="permutation", shape=(64, 40), mesh=None, sparsity=0.9,
+        init_type="uniform", dtype="float32", rounding="nearest", seed=11,
+        chunk_rows=3)
+
+  def check_restore_equals_sparse_init(self, method, shape, mesh, sparsity,
+                                       init_type, dtype, rounding, seed,
+                                       chunk_rows):
     args = [f"--shape={shape[0]},{shape[1]}", f"--method={method}",
             f"--sparsity={sparsity}", f"--init_type={init_type}",
             f"--dtype={dtype}", f"--rounding={rounding}", f"--seed={seed}",
@@ -482,10 +488,14 @@ class LauncherTest(test_utils.TempDirMixin, parameterized.TestCase):
     self.assertEqual(os.listdir(disk), [])  # No staging, nothing at --output.
     self.assertFalse(os.path.exists(self.report))
 
-  @parameterized.named_parameters(("_sigint", signal.SIGINT, 130),
-                                  ("_sigterm", signal.SIGTERM, 143))
-  def test_signal_during_save_exits_promptly_leaving_nothing(self, signum,
-                                                             status):
+  def test_sigterm_during_save_exits_promptly_leaving_nothing(self):
+    self.check_signal_during_save(signal.SIGTERM, 143)
+
+  @test_utils.slow
+  def test_sigint_during_save_exits_promptly_leaving_nothing(self):
+    self.check_signal_during_save(signal.SIGINT, 130)
+
+  def check_signal_during_save(self, signum, status):
     # 16 MiB: the save takes about a second, so the signal, sent once the
     # launcher logs that it is saving, lands while it saves.
     proc = subprocess.Popen(

@@ -42,8 +42,10 @@ SPARSITY = 0.72
 
 # Tiny, 1 x N, N x 1, primes, the seed's docstring example, a wide and a large
 # one (fan-in > 1024); every sparsity, both init types and both key kinds
-# appear in the quick set. The slow set crosses every shape with both init
-# types and both key kinds (sparsity rotating), and sweeps all sparsities.
+# appear in the quick set, which leaves out only the large 300 x 2000 matrix
+# (the seed's eager run of it takes ~10 s of CPU). The slow set crosses every
+# shape with both init types and both key kinds (sparsity rotating), and
+# sweeps all sparsities.
 SEED_SHAPES = ((1, 1), (5, 1), (1, 7), (2, 3), (7, 13), (128, 10), (31, 97),
                (3, 5000), (300, 2000), (211, 5))
 SPARSITIES = (0.0, 0.1, 0.5, 0.9, 0.99, 1.0)
@@ -54,7 +56,6 @@ QUICK_SEED_CASES = (
     ((7, 13), 0.1, "uniform", "typed"),
     ((128, 10), 0.9, "uniform", "typed"),
     ((3, 5000), 0.99, "uniform", "raw"),
-    ((300, 2000), 0.9, "normal", "typed"),
 )
 
 
