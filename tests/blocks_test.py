@@ -21,6 +21,7 @@ from absl.testing import parameterized
 from jax.extend.random import threefry2x32_p
 
 import alberta
+from tests import test_utils
 from alberta._src import bits
 from alberta._src import blocks
 from alberta._src.spec import make_spec
@@ -29,23 +30,7 @@ _METHODS_AND_TYPES = tuple(
     dict(testcase_name=f"_{m}_{t}", method=m, init_type=t)
     for m, t in itertools.product(("permutation", "counter"), ("uniform", "normal")))
 
-
-def assert_same_matrix(actual, expected, init_type: str) -> None:
-  """Same zero pattern (signed zeros included) and the same values.
-
-  Uniform values must match bit for bit. Normal values are held to the
-  library's contract of a few ulps (XLA may fuse `erf_inv` differently in
-  different programs); on the CPU they are currently bit-identical too.
-  """
-  actual = np.asarray(actual)
-  expected = np.asarray(expected)
-  np.testing.assert_array_equal(actual.shape, expected.shape)
-  np.testing.assert_array_equal(actual == 0, expected == 0)
-  np.testing.assert_array_equal(np.signbit(actual), np.signbit(expected))
-  if init_type == "uniform":
-    np.testing.assert_array_equal(actual.view(np.uint32), expected.view(np.uint32))
-  else:
-    np.testing.assert_array_max_ulp(actual, expected, maxulp=4)
+assert_same_matrix = test_utils.assert_same_matrix
 
 
 def reference_bits(key, rows, cols, row_length: int) -> np.ndarray:
