@@ -333,6 +333,7 @@ class HelperLayerTest(parameterized.TestCase):
   def test_ratios_compare_main_records_and_judge_targets(self):
     records = [_record("counter", sparsity=0.9),
                _record("permutation", sparsity=0.9, times_s=[30.0]),
+               _record("seed", sparsity=0.9, times_s=[15.0]),
                _record("dense_uniform", times_s=[0.5]),
                # A dense baseline for `ell` must not replace the main counter.
                _record("counter", sparsity=0.99, role="ell_baseline",
@@ -341,11 +342,14 @@ class HelperLayerTest(parameterized.TestCase):
     got = {(r["numerator"], r["denominator"], r.get("measure")): r
            for r in ratios_lib.ratios(records)}
     self.assertEqual(got[("permutation", "counter", None)]["ratio_min"], 30.0)
-    self.assertTrue(got[("permutation", "counter", None)]["met"])
+    self.assertIsNone(got[("permutation", "counter", None)]["met"])
+    # The seed-exact method is held to "no slower than the seed".
+    self.assertEqual(got[("seed", "permutation", None)]["ratio_min"], 0.5)
+    self.assertFalse(got[("seed", "permutation", None)]["met"])
     self.assertEqual(got[("counter", "dense_uniform", None)]["ratio_min"], 2.0)
     self.assertFalse(got[("counter", "dense_uniform", None)]["met"])
     self.assertAlmostEqual(got[("ell", "counter", None)]["ratio_min"], 0.1)
-    self.assertLen(report.ratio_table(list(got.values())).splitlines(), 4)
+    self.assertLen(report.ratio_table(list(got.values())).splitlines(), 6)
 
   @parameterized.parameters(("4096,4096", (4096, 4096)),
                             (" 65536 , 1024 ", (65536, 1024)))
