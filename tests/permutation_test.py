@@ -12,7 +12,10 @@ shuffle instead of sorting (key, index) pairs. Proves, bit for bit:
   or all equal) make almost every followed element tied, far more than one
   correction pass handles, against a key-value-sort shuffle with the same
   bits (itself checked against the seed's permutation with the real bits);
-- `ranks` on crafted arrays equals the stable argsort ranks of numpy.
+- `ranks` on crafted arrays equals the stable argsort ranks of numpy;
+- all of the above for both of `mask_block`'s paths, the sort path
+  (`_followed_mask`) and the compare path (`_compared_mask`, short rows), and
+  either side of the static bound that picks between them.
 """
 
 from tests import env  # noqa: F401
@@ -65,11 +68,19 @@ def _mask(key_data, spec, row_start, col_start, n_cols, fn):
   return fn(bits.key_words(key_data), spec, rows, col_start, n_cols)
 
 
-def _both(spec, seed, row_start=0, col_start=0, n_cols=None):
+# `mask_block` with each path forced, and with its own choice.
+_PATHS = {
+    "default": permutation.mask_block,
+    "sort": functools.partial(permutation.mask_block, path="sort"),
+    "compare": functools.partial(permutation.mask_block, path="compare"),
+}
+
+
+def _both(spec, seed, row_start=0, col_start=0, n_cols=None, path="default"):
   n_cols = spec.fan_in if n_cols is None else n_cols
   key_data = jax.random.key_data(jax.random.key(seed))
   args = (key_data, spec, jnp.uint32(row_start), jnp.int32(col_start), n_cols)
-  return (np.asarray(_mask(*args, fn=permutation.mask_block)),
+  return (np.asarray(_mask(*args, fn=_PATHS[path])),
           np.asarray(_mask(*args, fn=sorted_mask)))
 
 
@@ -87,30 +98,63 @@ SLOW_CASES = tuple(
     for k in sorted({0, 1, n // 2 - 1, n // 2, n // 2 + 1, n - 1, n}))
 
 
+def _with_paths(cases):
+  return tuple(case + (path,) for case in cases for path in ("sort", "compare"))
+
+
 class SeedMaskTest(parameterized.TestCase):
 
-  @parameterized.parameters(*QUICK_CASES)
-  def test_equals_sorted_mask(self, rows, n, k):
-    new, old = _both(_spec(rows, n, k), seed=n + k, row_start=5)
+  @parameterized.parameters(*_with_paths(QUICK_CASES))
+  def test_equals_sorted_mask(self, rows, n, k, path):
+    new, old = _both(_spec(rows, n, k), seed=n + k, row_start=5, path=path)
     np.testing.assert_array_equal(new, old)
     np.testing.assert_array_equal((~new).sum(axis=1), k)
 
-  @parameterized.parameters(*SLOW_CASES)
+  @parameterized.parameters(*_with_paths(SLOW_CASES))
   @pytest.mark.slow
-  def test_equals_sorted_mask_slow(self, rows, n, k):
-    new, old = _both(_spec(rows, n, k), seed=3 * n + k, row_start=1000)
+  def test_equals_sorted_mask_slow(self, rows, n, k, path):
+    new, old = _both(_spec(rows, n, k), seed=3 * n + k, row_start=1000,
+                     path=path)
     np.testing.assert_array_equal(new, old)
 
-  def test_column_tile_equals_sorted_mask(self):
-    new, old = _both(_spec(20, 1700, 850), seed=4, col_start=300, n_cols=700)
+  @parameterized.parameters(
+      # m n rounds <= _COMPARE_MAX = 2**17 either side of the bound: one round
+      # at n = 1024 (m = 128 | 129), two rounds at n = 2048 (m = 32 | 33),
+      # zeros or kept inputs followed.
+      (1024, 128, True), (1024, 129, False), (1024, 1024 - 128, True),
+      (1024, 1024 - 129, False), (2048, 32, True), (2048, 33, False),
+      (2048, 2048 - 32, True))
+  def test_default_path_at_the_bound_equals_sorted_mask(self, n, k,
+                                                        compare):
+    self.assertEqual(permutation.uses_compare(n, k), compare)
+    new, old = _both(_spec(6, n, k), seed=n - k, row_start=77)
+    np.testing.assert_array_equal(new, old)
+
+  def test_small_layers_take_the_compare_path(self):
+    # Haiku-sized layers at sparsity 0.9 and 0.5 compile without a sort.
+    for n, k in ((64, 58), (256, 230), (1024, 922), (256, 128)):
+      self.assertTrue(permutation.uses_compare(n, k), (n, k))
+    self.assertFalse(permutation.uses_compare(8192, 7373))
+
+  def test_bad_path_is_rejected(self):
+    with self.assertRaisesRegex(ValueError, "path.*'bogus'"):
+      permutation.mask_block(bits.key_words(jax.random.key(0)),
+                             _spec(2, 8, 3), jnp.arange(2, dtype=_U32), 0, 8,
+                             path="bogus")
+
+  @parameterized.parameters("sort", "compare")
+  def test_column_tile_equals_sorted_mask(self, path):
+    new, old = _both(_spec(20, 1700, 850), seed=4, col_start=300, n_cols=700,
+                     path=path)
     self.assertEqual(new.shape, (20, 700))
     np.testing.assert_array_equal(new, old)
 
-  def test_row_groups_equal_sorted_mask(self):
+  @parameterized.parameters("sort", "compare")
+  def test_row_groups_equal_sorted_mask(self, path):
     # 600 x 1024 = 2.3 * 2**18 elements: more than one independent group.
     spec = _spec(600, 1024, 922)
     self.assertGreater(permutation._groups(600, 1024), 1)
-    new, old = _both(spec, seed=8)
+    new, old = _both(spec, seed=8, path=path)
     np.testing.assert_array_equal(new, old)
 
 
@@ -156,19 +200,40 @@ class TiedBitsTest(parameterized.TestCase):
                                                tie_rows):
     k1, k2 = self.row_keys(n_rows, seed=n + k)
     sort_bits = _coarse_bits(shift)
+    ref = np.asarray(jax.jit(shuffle_mask, static_argnums=(2, 3, 4))(
+        k1, k2, n, k, sort_bits))
     new = jax.jit(permutation._followed_mask, static_argnums=(2, 3, 4, 5))(
         k1, k2, n, k, sort_bits, tie_rows)
+    compared = jax.jit(permutation._compared_mask, static_argnums=(2, 3, 4))(
+        k1, k2, n, k, sort_bits)
+    np.testing.assert_array_equal(np.asarray(new), ref)
+    np.testing.assert_array_equal(np.asarray(compared), ref)
+    np.testing.assert_array_equal((~ref).sum(axis=1), k)
+
+  @parameterized.parameters(
+      # One and two rounds; k at the edges and m - 1 (m = min(k, n - k)).
+      (40, 1), (40, 39), (40, 13), (40, 27), (1700, 1), (1700, 1699),
+      (1700, 849))
+  def test_compare_path_with_ties_at_edge_k(self, n, k):
+    k1, k2 = self.row_keys(7, seed=k)
+    sort_bits = _coarse_bits(29)  # 8 values: nearly every element tied
     ref = jax.jit(shuffle_mask, static_argnums=(2, 3, 4))(k1, k2, n, k,
                                                           sort_bits)
+    new = jax.jit(permutation._compared_mask, static_argnums=(2, 3, 4))(
+        k1, k2, n, k, sort_bits)
     np.testing.assert_array_equal(np.asarray(new), np.asarray(ref))
-    np.testing.assert_array_equal((~np.asarray(new)).sum(axis=1), k)
 
-  def test_all_bits_equal_is_the_identity(self):
+  @parameterized.parameters("sort", "compare")
+  def test_all_bits_equal_is_the_identity(self, path):
     # Every key equal: a stable sort keeps the order, so the zeros are the
     # first k positions.
     k1, k2 = self.row_keys(5, seed=0)
-    new = jax.jit(permutation._followed_mask, static_argnums=(2, 3, 4, 5))(
-        k1, k2, 64, 20, _zero_bits, 2)
+    if path == "sort":
+      new = jax.jit(permutation._followed_mask, static_argnums=(2, 3, 4, 5))(
+          k1, k2, 64, 20, _zero_bits, 2)
+    else:
+      new = jax.jit(permutation._compared_mask, static_argnums=(2, 3, 4))(
+          k1, k2, 64, 20, _zero_bits)
     np.testing.assert_array_equal(np.asarray(new),
                                   np.broadcast_to(np.arange(64) >= 20, (5, 64)))
 
