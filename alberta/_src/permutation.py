@@ -252,20 +252,23 @@ def _followed_mask(k1: Array, k2: Array, n: int, k: int,
                                      mode="promise_in_bounds")
 
 
-def _materialized(*xs: Array) -> tuple[Array, ...]:
-  """`xs` (uint32, broadcasting against `xs[0]`'s leading axis), each computed once.
+def _materialized(x: Array) -> Array:
+  """`x` (uint32, `[R, ...]`), computed once before its consumers.
 
   XLA counts integer adds and shifts as cheap and fuses a whole hash (~100
   operations, or a chain of them) into every consumer, so the sort bits
   broadcast into an `[R, m, n]` compare would be recomputed `m` times, and
-  key words into each of their users (an optimization barrier does not stop
-  it: the CPU pipeline removes barriers before fusion). A division by a
-  divisor that is 1 but not a compile-time constant is an operation XLA does
-  not duplicate, so each `x` is computed in a fusion of its own.
+  key words copied into each of their users (an optimization barrier does
+  not stop it: the CPU pipeline removes barriers before fusion). A division
+  by a divisor that is 1 but not a compile-time constant is an operation XLA
+  does not duplicate, so `x` is computed in a fusion of its own.
   """
-  one = (xs[0] >> _U32(31)) | _U32(1)
-  return tuple(x // one.reshape(one.shape + (1,) * (x.ndim - one.ndim))
-               for x in xs)
+  one = (x.reshape(x.shape[0], -1)[:, 0] >> _U32(31)) | _U32(1)
+  return x // one.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+# XLA:CPU splits plain reductions over more elements than this.
+_REDUCE_WINDOW = 32
 
 
 def _count_pairs(a: Array, b: Array) -> Array:
@@ -311,22 +314,37 @@ def _compared_mask(k1: Array, k2: Array, n: int, k: int,
   elems = jnp.broadcast_to(jnp.arange(first, first + m, dtype=jnp.int32),
                            (n_rows, m))
   all_cols = jnp.broadcast_to(cols.astype(_U32), (n_rows, n))
-  key = _materialized(k1, k2)
-  for _ in range(num_rounds(n)):
-    key, sub = _split_rows(*key)
-    key = _materialized(*key)
-    sub = _materialized(*sub)
-    row_bits, elem_bits = _materialized(
-        sub[0], sort_bits(*sub, all_cols), sort_bits(*sub, elems.astype(_U32)))[1:]
+  # Each hash's code costs compile time (XLA:CPU compiles every fused loop on
+  # its own, some tens of milliseconds each), so the key words of a round are
+  # one `[R, 2, 2]` array (`key, sub = split(key)`, two words each) from one
+  # fused loop that also hashes the row keys; it is materialized, or the row
+  # bits' loop would recompute it for every column.
+  key = (k1[:, None, None], k2[:, None, None])
+  which = jnp.arange(2, dtype=_U32)[None, :, None]
+  word = jnp.arange(2, dtype=_U32)[None, None, :]
+  for i in range(num_rounds(n)):
+    b1, b2 = _threefry(*key, jnp.zeros((), _U32),
+                       jnp.broadcast_to(which, (n_rows, 2, 2)))
+    split = _materialized(jnp.where(word == 0, b1, b2))
+    key, sub = (split[:, :1, :1], split[:, :1, 1:]), split[:, 1]
+    row_bits = _materialized(sort_bits(sub[:, 0], sub[:, 1], all_cols))
+    if i == 0:  # The followed elements are still `first, ..., first + m - 1`.
+      elem_bits = row_bits[:, first:first + m]
+    else:
+      elem_bits = jnp.take_along_axis(row_bits, elems, axis=1)
     row_bits, elem_bits = row_bits[:, None, :], elem_bits[:, :, None]
     elems = _count_pairs(
         row_bits < elem_bits,
         (row_bits == elem_bits) & (cols[None, None, :] < elems[:, :, None]))
-  # Column `c` is hit iff some rank equals `c`: the ranks in two halves.
-  half = -(-m // 2)
-  ranks_a, ranks_b = elems[:, :half], elems[:, m - half:]
-  hit = _count_pairs(ranks_a[:, None, :] == cols[None, :, None],
-                     ranks_b[:, None, :] == cols[None, :, None]) > 0
+  # Column `c` is hit iff some rank equals `c`. Up to 32 ranks, a plain `any`
+  # (fused with the caller's use of the mask); beyond, in two halves.
+  if m <= _REDUCE_WINDOW:
+    hit = jnp.any(elems[:, None, :] == cols[None, :, None], axis=2)
+  else:
+    half = -(-m // 2)
+    ranks_a, ranks_b = elems[:, :half], elems[:, m - half:]
+    hit = _count_pairs(ranks_a[:, None, :] == cols[None, :, None],
+                       ranks_b[:, None, :] == cols[None, :, None]) > 0
   return hit != zeros_followed
 
 
