@@ -119,6 +119,10 @@ class ReadmeTest(test_utils.TempDirMixin, absltest.TestCase):
             self.fail(f"README python block {i} failed: {e!r}\n{block}")
     finally:
       os.chdir(cwd)
+      # The README turns on the persistent compilation cache: not for the
+      # tests that follow in this process.
+      import jax  # pylint: disable=g-import-not-at-top
+      jax.config.update("jax_compilation_cache_dir", None)
 
 
 class DocstringExampleTest(parameterized.TestCase):
