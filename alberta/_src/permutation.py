@@ -81,34 +81,9 @@ def num_rounds(n: int) -> int:
 
 
 
-_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
-
-
 def _threefry(k1: Array, k2: Array, hi: Array, lo: Array) -> tuple[Array, Array]:
-  """Threefry-2x32 of counters `(hi, lo)`, unrolled into elementwise ops.
-
-  The same function as `jax.random`'s `threefry2x32_p` (20 rounds, key
-  injection every 4), with key words that broadcast against the counters.
-  Written out because on the CPU `threefry2x32_p` is lowered as a 5-step loop
-  over whole arrays, which XLA cannot fuse; unrolled, the hash is one fused
-  elementwise pass, an order of magnitude faster.
-  """
-  # `lax` operations on operands of one shape: the same graph as the `jnp`
-  # operators, traced several times faster (a hash is ~100 operations).
-  k1, k2, hi, lo = jnp.broadcast_arrays(k1, k2, hi, lo)
-  add, xor = lax.add, lax.bitwise_xor
-  ks = (k1, k2, xor(xor(k1, k2), np.uint32(0x1BD11BDA)))
-  x0 = add(hi, ks[0])
-  x1 = add(lo, ks[1])
-  for i in range(5):
-    for r in _ROTATIONS[i % 2]:
-      x0 = add(x0, x1)
-      x1 = lax.bitwise_or(lax.shift_left(x1, np.uint32(r)),
-                          lax.shift_right_logical(x1, np.uint32(32 - r)))
-      x1 = xor(x0, x1)
-    x0 = add(x0, ks[(i + 1) % 3])
-    x1 = add(add(x1, ks[(i + 2) % 3]), np.uint32(i + 1))
-  return x0, x1
+  """`bits.threefry_fused` with the key words given apart (they broadcast)."""
+  return bits.threefry_fused((k1, k2), hi, lo)
 
 
 def row_keys(mask_key: tuple[Array, Array], rows: Array) -> tuple[Array, Array]:
