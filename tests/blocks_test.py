@@ -278,6 +278,24 @@ class HostLoopTest(parameterized.TestCase):
     self.assertEqual(calls, [spec])  # the top-level call only, not under jit
     assert_same_matrix(eager, traced, "uniform")
 
+  @parameterized.parameters("permutation", "counter")
+  def test_sparse_init_chunk_rows_changes_nothing(self, method):
+    key = jax.random.key(5)
+    whole = alberta.sparse_init(key, (40, 24), method=method)
+    for chunk_rows in (1, 7, 40, 100):
+      assert_same_matrix(
+          alberta.sparse_init(key, (40, 24), method=method,
+                              chunk_rows=chunk_rows), whole, "uniform")
+    traced = jax.jit(lambda k: alberta.sparse_init(
+        k, (40, 24), method=method, chunk_rows=7))(key)
+    assert_same_matrix(traced, whole, "uniform")
+
+  @parameterized.parameters((0, ValueError), (-3, ValueError),
+                            (2.0, TypeError), (True, TypeError))
+  def test_sparse_init_refuses_bad_chunk_rows(self, chunk_rows, error):
+    with self.assertRaisesRegex(error, rf"chunk_rows .*{chunk_rows!r}"):
+      alberta.sparse_init(jax.random.key(0), (4, 4), chunk_rows=chunk_rows)
+
   def test_at_top_level(self):
     key = jax.random.key(0)
     self.assertTrue(blocks.at_top_level(key))

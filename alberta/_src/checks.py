@@ -175,3 +175,15 @@ def num_zeros(fan_in: int, sparsity: float, rounding: str = "nearest") -> int:
   else:
     k = math.ceil(sparsity * fan_in)
   return min(int(k), int(fan_in))
+
+
+def check_chunk_rows(chunk_rows: Any) -> int | None:
+  """`chunk_rows` must be None or a positive int."""
+  if chunk_rows is None:
+    return None
+  if isinstance(chunk_rows, (bool, np.bool_)) or not isinstance(
+      chunk_rows, numbers.Integral):
+    raise TypeError(f"chunk_rows must be None or a positive int, got {chunk_rows!r}.")
+  if chunk_rows <= 0:
+    raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}.")
+  return int(chunk_rows)

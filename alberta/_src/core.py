@@ -31,6 +31,7 @@ def sparse_init(
     dtype: Any = jnp.float32,
     method: str = "permutation",
     rounding: str = "nearest",
+    chunk_rows: int | None = None,
 ) -> Array:
   """A sparsely initialized weight matrix (Elsayed, Vasan & Mahmood, 2024).
 
@@ -56,6 +57,12 @@ def sparse_init(
       output unit); "counter" is the sort-free, tile-local method: same
       guarantees (exactly k zeros, uniform zero set), other numbers, far faster.
     rounding: the zero-count rule, "nearest" (the seed) or "ceil" (the paper).
+    chunk_rows: rows generated per step, so that temporaries stay bounded by
+      one chunk's; None: the whole matrix at once when its temporaries are a
+      small fraction of it, else chunks sized so. Outside any trace each chunk
+      is a program of its own that writes its rows into the result in place
+      (and uses every core); under `jit` or `vmap` the chunks are a loop in
+      the caller's graph. The result does not depend on it.
 
   Returns:
     An array of `shape` and `dtype`.
@@ -63,12 +70,14 @@ def sparse_init(
   checks.check_key(key)
   spec, shape = make_spec(shape, sparsity, init_type, method, rounding)
   dtype = checks.check_dtype(dtype)
+  chunk_rows = checks.check_chunk_rows(chunk_rows)
   if spec.fan_out == 0 or spec.fan_in == 0:
     return jnp.zeros(shape, dtype)
-  if _use_host_loop(key, spec, dtype):
-    out = _host_loop(key, spec, dtype)
+  if _use_host_loop(key, spec, dtype, chunk_rows):
+    out = blocks.generate_host_loop(key, spec, 0, spec.fan_out, 0, spec.fan_in,
+                                    dtype, chunk_rows)
   else:
-    out = _sparse_init_2d(key, spec, dtype, None)
+    out = _sparse_init_2d(key, spec, dtype, chunk_rows)
   if out.shape != spec.shape or out.dtype != dtype:
     # chex (imported only here: it is slow to import) names what is wrong.
     import chex  # pylint: disable=g-import-not-at-top
@@ -77,17 +86,14 @@ def sparse_init(
   return out.reshape(shape)
 
 
-def _use_host_loop(key: Array, spec: SparseSpec, dtype: jnp.dtype) -> bool:
+def _use_host_loop(key: Array, spec: SparseSpec, dtype: jnp.dtype,
+                   chunk_rows: int | None) -> bool:
   """A chunked matrix outside any trace runs as a host loop of programs.
 
   Each chunk is then a whole XLA program, which uses every core (see
   `blocks.generate_host_loop`); under a trace the chunks stay in the graph.
   """
-  chunk_rows = blocks.default_chunk_rows(spec, spec.fan_out, spec.fan_in, dtype)
+  if chunk_rows is None:
+    chunk_rows = blocks.default_chunk_rows(spec, spec.fan_out, spec.fan_in,
+                                           dtype)
   return chunk_rows < spec.fan_out and blocks.at_top_level(key)
-
-
-def _host_loop(key: Array, spec: SparseSpec, dtype: jnp.dtype) -> Array:
-  return blocks.generate_host_loop(key, spec, 0, spec.fan_out, 0, spec.fan_in,
-                                   dtype)
-

@@ -21,21 +21,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from alberta._src import blocks
 from alberta._src import checks
+from alberta._src.checks import check_chunk_rows
 from alberta._src.spec import SparseSpec, make_spec
 
 Array = jax.Array
-
-
-def check_chunk_rows(chunk_rows: Any) -> int | None:
-  """`chunk_rows` must be None or a positive int."""
-  if chunk_rows is None:
-    return None
-  if isinstance(chunk_rows, (bool, np.bool_)) or not isinstance(
-      chunk_rows, numbers.Integral):
-    raise TypeError(f"chunk_rows must be None or a positive int, got {chunk_rows!r}.")
-  if chunk_rows <= 0:
-    raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}.")
-  return int(chunk_rows)
 
 
 def _key_array(key: Array) -> Array:
