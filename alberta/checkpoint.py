@@ -5,18 +5,23 @@ it; `restore` reads it back as a `jax.Array`, optionally straight into a
 sharding; `restore_metadata` reads the metadata. `restore` verifies what it read
 against the checksums `save` recorded and raises `ChecksumError` on a
 mismatch. `check_output` checks a target before any work, `is_checkpoint`
-tells a complete checkpoint, and `stale_staging` lists what killed saves left
-beside a target. `scripts/init_large.py` saves with `save`; docs/CHECKPOINT.md
-describes the format and the commit protocol.
+tells a complete checkpoint, `stale_staging` lists what killed saves left
+beside a target and `remove_staging` removes what a failed or abandoned save
+still writes there; `estimate_stored_bytes` predicts a save's size on disk.
+`scripts/init_large.py` saves with `save`; docs/CHECKPOINT.md describes the
+format and the commit protocol.
 """
 
 from alberta._src.checkpoint import check_output
 from alberta._src.checkpoint import ChecksumError
+from alberta._src.checkpoint import estimate_stored_bytes
 from alberta._src.checkpoint import is_checkpoint
+from alberta._src.checkpoint import remove_staging
 from alberta._src.checkpoint import restore
 from alberta._src.checkpoint import restore_metadata
 from alberta._src.checkpoint import save
 from alberta._src.checkpoint import stale_staging
 
-__all__ = ("ChecksumError", "check_output", "is_checkpoint", "restore",
-           "restore_metadata", "save", "stale_staging")
+__all__ = ("ChecksumError", "check_output", "estimate_stored_bytes",
+           "is_checkpoint", "remove_staging", "restore", "restore_metadata",
+           "save", "stale_staging")

@@ -78,6 +78,7 @@ import ctypes.util
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -85,7 +86,7 @@ import signal
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -489,7 +490,61 @@ def stale_staging(path: str | os.PathLike[str]) -> list[str]:
       e.startswith(f".{name}{_RETIRED_INFIX}"))
 
 
-def _remove_staging(staging: str, ours: os.stat_result | None) -> None:
+def remove_staging(path: str | os.PathLike[str], *,
+                   keep: Iterable[str | os.PathLike[str]] = (),
+                   quiet_s: float = 0.5, timeout_s: float = 5.0) -> list[str]:
+  """Removes the staging entries beside `path` until no new one appears.
+
+  For a process whose save to `path` failed or was abandoned while orbax's
+  background threads may still be writing: `save` removes its staging before
+  it raises, but a thread that was mid-write can recreate a directory after
+  that, and orbax's writes cannot be cancelled. This lists `stale_staging(path)`
+  again and again, removing every entry not in `keep` (a directory tree; a
+  file or symbolic link is unlinked, never followed), until none has appeared
+  for `quiet_s` seconds or `timeout_s` seconds have passed; the caller then
+  typically exits, which stops those threads. `path` itself is never touched.
+  Call it only when no other process is saving to `path`: their staging
+  entries look the same.
+
+  Args:
+    path: the checkpoint target whose staging entries to remove.
+    keep: entries to leave in place, e.g. what `stale_staging(path)` listed
+      before this process's save started (earlier killed saves' leftovers).
+    quiet_s: how long no entry may have appeared before it stops.
+    timeout_s: the most it waits in all.
+
+  Returns:
+    The removed entries (absolute paths), in the order first removed.
+
+  Raises:
+    ValueError: `quiet_s` or `timeout_s` is negative or not a number.
+  """
+  for name, value in (("quiet_s", quiet_s), ("timeout_s", timeout_s)):
+    if not value >= 0:  # Also refuses NaN.
+      raise ValueError(f"{name} must be a non-negative number of seconds, "
+                       f"not {value!r}.")
+  keep = frozenset(os.path.abspath(os.fspath(k)) for k in keep)
+  removed = []
+  start = quiet_since = time.monotonic()
+  while time.monotonic() - start < timeout_s:
+    ours = [p for p in stale_staging(path) if p not in keep]
+    if ours:
+      quiet_since = time.monotonic()
+    elif time.monotonic() - quiet_since >= quiet_s:
+      break
+    for entry in ours:
+      if os.path.isdir(entry) and not os.path.islink(entry):
+        shutil.rmtree(entry, ignore_errors=True)
+      else:
+        with contextlib.suppress(OSError):
+          os.unlink(entry)
+      if entry not in removed:
+        removed.append(entry)
+    time.sleep(0.02)
+  return removed
+
+
+def _discard_staging(staging: str, ours: os.stat_result | None) -> None:
   """Removes `staging` and orbax's temporary directories beside it.
 
   `ours` is the staging directory as orbax left it: an entry under the
@@ -875,7 +930,7 @@ def save(
 
   def fail(error: BaseException, ours: os.stat_result | None):
     if lead:
-      _remove_staging(staging, ours)
+      _discard_staging(staging, ours)
     if _is_enospc(error):
       raise OSError(
           errno.ENOSPC,
@@ -922,6 +977,87 @@ def save(
         f"{path}: process 0 failed to commit the checkpoint (see its error); "
         f"nothing was saved.")
   return path
+
+
+def _first_rows(x: Any, sample_bytes: int) -> np.ndarray:
+  """Up to `sample_bytes` of leading rows of `x`'s first local shard."""
+  if isinstance(x, jax.Array):
+    x = x.addressable_shards[0].data
+  if x.ndim == 0:
+    return np.asarray(x).reshape(1)
+  row_bytes = max(1, math.prod(x.shape[1:]) * x.dtype.itemsize)
+  return np.asarray(x[:max(1, min(x.shape[0], sample_bytes // row_bytes))])
+
+
+def _stored_fraction(sample: np.ndarray) -> float | None:
+  """What orbax's compression leaves of `sample`'s bytes, as a fraction."""
+  import tensorstore as ts  # pylint: disable=g-import-not-at-top
+
+  context = ts.Context()
+  store = ts.open(
+      {"driver": "zarr", "kvstore": "memory://",
+       "metadata": {"compressor": {"id": "zstd", "level": 1}}},
+      create=True, context=context, dtype=ts.dtype(sample.dtype.name),
+      shape=sample.shape,
+      chunk_layout=ts.ChunkLayout(chunk_shape=sample.shape)).result()
+  store.write(sample).result()
+  kvstore = ts.KvStore.open("memory://", context=context).result()
+  stored = sum(len(kvstore.read(key).result().value)
+               for key in kvstore.list().result() if not key.startswith(b"."))
+  return stored / sample.nbytes if stored else None
+
+
+def estimate_stored_bytes(arrays: Array | np.ndarray | Mapping[str, Any], *,
+                          sample_bytes: int = 4 << 20) -> int | None:
+  """Estimates the bytes `save(path, arrays)` writes for the arrays' data.
+
+  `save` stores arrays through orbax-checkpoint, compressed with zstd
+  (level 1, through tensorstore), so what a matrix takes on disk depends on
+  its values: a sparse float32 matrix at sparsity 0.9 takes about a quarter
+  of its raw bytes, random values nearly all. This compresses a sample the
+  same way in memory, without writing a file: up to `sample_bytes` of
+  leading rows of each array's first shard held by this process, and scales
+  the sample's compressed fraction to the whole array (the zero count, hence
+  compressibility, of alberta's matrices is the same in every row). It counts
+  array data, not the few KiB of metadata files; for a 1 MiB matrix it is
+  within a few percent of the checkpoint's size. The launcher uses it to give
+  its progress bar an end.
+
+  Args:
+    arrays: a `jax.Array` or NumPy array, or a mapping of names to them, as
+      passed to `save`.
+    sample_bytes: the most bytes sampled from each array (at least one row).
+
+  Returns:
+    The estimated bytes of all arrays together, or None when it cannot be
+    estimated (tensorstore, installed with orbax-checkpoint, is missing or
+    refuses the dtype). Arrays with no elements count 0.
+
+  Raises:
+    TypeError: an entry of `arrays` is not an array.
+    ValueError: `sample_bytes` is not a positive integer.
+  """
+  if not _is_int(sample_bytes) or sample_bytes <= 0:
+    raise ValueError(f"sample_bytes must be a positive integer, not "
+                     f"{sample_bytes!r}.")
+  if not isinstance(arrays, Mapping):
+    arrays = {"matrix": arrays}
+  for name, a in arrays.items():
+    if not isinstance(a, (jax.Array, np.ndarray)):
+      raise TypeError(f"arrays[{name!r}] must be a jax.Array or a NumPy "
+                      f"array, not {type(a).__name__}.")
+  total = 0.0
+  for a in arrays.values():
+    if not a.size:
+      continue
+    try:
+      fraction = _stored_fraction(_first_rows(a, sample_bytes))
+    except Exception:  # pylint: disable=broad-exception-caught
+      return None  # No tensorstore, or a dtype it does not store.
+    if fraction is None:
+      return None
+    total += fraction * a.size * a.dtype.itemsize
+  return int(round(total))
 
 
 # --------------------------------------------------------------------------

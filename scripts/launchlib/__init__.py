@@ -1,0 +1,17 @@
+"""The launcher's helper layer (not a program, not part of alberta).
+
+`scripts/init_large.py` is the program; what it needs besides alberta's
+public API lives here:
+
+- `cli`: flag validation (checked before JAX starts), the parsed options,
+  starting JAX (and its multi-process runtime) and building the mesh;
+- `exits`: one-line errors, exit without waiting for orbax's threads,
+  SIGINT/SIGTERM handling, quiet orbax logs;
+- `run`: the run's plan (what is generated, on which mesh), its log lines,
+  compilation, generation and verification, checkpoint metadata and report
+  fields;
+- `report`: sizes, the save's progress line, peak memory, the report file.
+
+Imported as `scripts.launchlib`, with the repository root on `sys.path` (the
+launcher puts it there), like `scripts.benchlib`.
+"""

@@ -1,0 +1,94 @@
+"""The launcher's output besides the log's steps: sizes, progress, the report.
+
+The save's progress line, per-device peak memory, and the JSON report
+file, written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+from typing import Any
+
+from absl import logging
+
+
+def size(n: float) -> str:
+  """`n` bytes for humans: 512 B, 1.5 KiB, ..., GiB."""
+  for unit in ("B", "KiB", "MiB", "GiB"):
+    if n < 1024 or unit == "GiB":
+      return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+    n /= 1024
+  return ""
+
+
+def nbytes(arrays: dict[str, Any]) -> int:
+  """The arrays' raw (uncompressed) bytes."""
+  return sum(a.size * a.dtype.itemsize for a in arrays.values())
+
+
+def tree_bytes(path: str) -> int:
+  """Bytes of every file under `path`."""
+  return sum(os.path.getsize(os.path.join(root, f))
+             for root, _, files in os.walk(path) for f in files)
+
+
+def progress_line(expected_bytes: int, estimated: bool):
+  """A `save` progress callback logging a bar of the bytes on disk.
+
+  Orbax compresses the shards, so the final size is `expected_bytes`, an
+  estimate from a sample (or, when `estimated` is False, the uncompressed
+  size, which the bar never reaches). The bar stops at 99% until the save
+  completes.
+  """
+
+  def progress(bytes_on_disk: int, seconds: float) -> None:
+    width = 30
+    fraction = min(bytes_on_disk / max(expected_bytes, 1), 0.99)
+    filled = int(width * fraction)
+    rate = bytes_on_disk / max(seconds, 1e-9) / 2**20
+    logging.info("writing shards [%s%s] %3d%%  %s of %s%s  %.0f s  %.0f MiB/s",
+                 "#" * filled, "." * (width - filled), int(100 * fraction),
+                 size(bytes_on_disk), "~" if estimated else "<= ",
+                 size(expected_bytes) + ("" if estimated else " uncompressed"),
+                 seconds, rate)
+
+  return progress
+
+
+def peak_memory(jax, compiled) -> dict[str, Any]:
+  """Per-device peak memory: the runtime's counters, else XLA's estimate."""
+  stats = {str(d.id): d.memory_stats() for d in jax.local_devices()}
+  host_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  if all(s and "peak_bytes_in_use" in s for s in stats.values()):
+    return dict(source="device.memory_stats() peak_bytes_in_use",
+                per_device_peak_bytes={d: s["peak_bytes_in_use"]
+                                       for d, s in stats.items()},
+                host_peak_rss_bytes=host_peak)
+  analysis = compiled.memory_analysis()
+  per_device = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+                + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+  return dict(
+      source=("compiled.memory_analysis() of the generation program "
+              "(arguments + output + temporaries); this platform has no "
+              "device memory counters"),
+      per_device_peak_bytes={d: per_device for d in stats},
+      host_peak_rss_bytes=host_peak)
+
+
+def log_memory(memory: dict[str, Any]) -> None:
+  """Logs `peak_memory`'s figures in one line."""
+  logging.info("Peak memory per device (%s): %s; host peak RSS %.2f GiB.",
+               memory["source"], {d: size(b) for d, b in
+                                  memory["per_device_peak_bytes"].items()},
+               memory["host_peak_rss_bytes"] / 2**30)
+
+
+def write_report(path: str, report: dict[str, Any]) -> None:
+  """Writes `report` as JSON at `path`, atomically (a temporary, renamed)."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(report, f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
