@@ -53,76 +53,15 @@ from absl import logging
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # JAX and alberta are imported in `main`, after the flags are checked.
-from scripts.launchlib import cli  # noqa: E402
+from scripts.launchlib import devices  # noqa: E402
 from scripts.launchlib import exits  # noqa: E402
+from scripts.launchlib import options  # noqa: E402
 from scripts.launchlib import report as report_lib  # noqa: E402
 from scripts.launchlib import run  # noqa: E402
 
 FLAGS = flags.FLAGS
-
-flags.DEFINE_string(
-    "shape", "8192,8192", "Matrix shape ROWS,COLS = (fan_out, fan_in).")
-flags.DEFINE_float(
-    "sparsity", 0.9, "Fraction of each row's entries set to zero.",
-    lower_bound=0.0, upper_bound=1.0)
-flags.DEFINE_enum(
-    "init_type", "uniform", ["uniform", "normal"],
-    "LeCun uniform or LeCun normal values.")
-flags.DEFINE_enum(
-    "rounding", "nearest", ["nearest", "ceil"],
-    "Zero-count rule: nearest (the seed code) or ceil (the paper).")
-flags.DEFINE_enum(
-    "dtype", "float32", ["float32", "bfloat16", "float16"],
-    "Element type; values are generated in float32 and cast.")
-flags.DEFINE_enum(
-    "method", "counter", ["counter", "permutation"],
-    "Mask method: counter (sort-free, fast) or permutation (the seed's). "
-    "Note that alberta.sparse_init's own default is permutation: the log and "
-    "the report spell out the exact call, method included, that reproduces "
-    "the matrix.")
-flags.DEFINE_enum(
-    "format", "dense", ["dense", "ell"],
-    "Output layout: dense (the whole matrix, zeros included) or ell (each "
-    "row's fan_in - k nonzero values and their ascending column indices, "
-    "two [ROWS, fan_in - k] arrays; the zeros are never built). ell needs "
-    "--method=counter and a mesh that splits rows only.")
-flags.DEFINE_integer(
-    "seed", 0, "The key is jax.random.key(seed). Limited to [0, 2**32): with "
-    "64-bit mode off, JAX keeps only a seed's low 32 bits.",
-    lower_bound=0, upper_bound=2**32 - 1)
-flags.DEFINE_string(
-    "mesh", None, "Device mesh: N (rows split over N devices) or A,B (rows "
-    "over A, columns over B). Default: every device on rows.")
-flags.DEFINE_integer(
-    "chunk_rows", None, "Rows generated per step on each device, as in "
-    "sharded_sparse_init; default: chosen from the tile's memory.",
-    lower_bound=1)
-flags.DEFINE_integer(
-    "num_cpu_devices", None, "On the CPU platform, the number of virtual "
-    "devices (laptops and tests). Ignored by GPU and TPU backends.",
-    lower_bound=1)
-flags.DEFINE_string(
-    "output", None, "Checkpoint directory to save to. Without it the matrix "
-    "is generated, verified and reported, not saved.")
-flags.DEFINE_bool(
-    "overwrite", False, "Replace an existing --output (only an alberta "
-    "checkpoint or an empty directory is ever replaced, never a symbolic "
-    "link).")
-flags.DEFINE_string(
-    "report", None, "Write a machine-readable JSON report to this file.")
-flags.DEFINE_string(
-    "coordinator_address", None, "Multi-host: HOST:PORT of process 0, for "
-    "jax.distributed.initialize.")
-flags.DEFINE_integer(
-    "num_processes", None, "Multi-host: number of processes.", lower_bound=1)
-flags.DEFINE_integer(
-    "process_id", None, "Multi-host: this process's index.", lower_bound=0)
-flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() even without the "
-    "three flags above, letting JAX detect a managed cluster (Cloud TPU, "
-    "SLURM, Open MPI, GKE).")
-
-cli.register_validators(FLAGS)
+options.define(FLAGS)
+flags.adopt_module_key_flags(options)  # --helpshort lists them.
 
 # Saves shorter than this show no progress line.
 _PROGRESS_EVERY_S = 2.0
@@ -133,7 +72,7 @@ def main(argv: Sequence[str]) -> int:
   interrupts.install()
   try:
     return _main(argv, interrupts)
-  except cli.FlagError as e:
+  except options.FlagError as e:
     exits.flag_error(e)
   except KeyboardInterrupt:
     interrupts.exit()
@@ -143,11 +82,11 @@ def main(argv: Sequence[str]) -> int:
 def _main(argv: Sequence[str], interrupts: exits.Interrupts) -> int:
   """Starts JAX, generates, verifies, saves and reports; the exit status."""
   if len(argv) > 1:
-    raise cli.FlagError(f"unexpected arguments: {' '.join(argv[1:])}")
+    raise options.FlagError(f"unexpected arguments: {' '.join(argv[1:])}")
   # On the logger: absl's handler forwards records past its own filters.
   logging.get_absl_logger().addFilter(exits.QuietOrbax())
   interrupts.phase = "starting JAX"
-  jax = cli.start_jax(FLAGS)
+  jax = devices.start_jax(FLAGS)
   import alberta  # pylint: disable=g-import-not-at-top
 
   plan = run.Plan.from_flags(jax, alberta, FLAGS)

@@ -3,8 +3,9 @@
 `scripts/init_large.py` is the program; what it needs besides alberta's
 public API lives here:
 
-- `cli`: flag validation (checked before JAX starts), the parsed options,
-  starting JAX (and its multi-process runtime) and building the mesh;
+- `options`: the flags, defined on any `FlagValues`, and the checks absl runs
+  before JAX starts;
+- `devices`: starting JAX (and its multi-process runtime), the mesh;
 - `exits`: one-line errors, exit without waiting for orbax's threads,
   SIGINT/SIGTERM handling, quiet orbax logs;
 - `run`: the run's plan (what is generated, on which mesh), its log lines,

@@ -16,7 +16,8 @@ from typing import Any
 from absl import flags
 from absl import logging
 
-from scripts.launchlib import cli
+from scripts.launchlib import devices
+from scripts.launchlib import options
 from scripts.launchlib.report import nbytes
 
 
@@ -39,14 +40,14 @@ class Plan:
   @classmethod
   def from_flags(cls, jax, alberta,
                  flag_values: flags.FlagValues = flags.FLAGS) -> Plan:
-    """The run of the parsed flags; a `cli.FlagError` if it cannot be made."""
+    """The run of the parsed flags; a `options.FlagError` if it cannot be made."""
     f = flag_values
-    shape = cli.shape(f)
-    mesh, sharding = cli.make_mesh(jax, f)
+    shape = options.shape(f)
+    mesh, sharding = devices.make_mesh(jax, f)
     k = alberta.num_zeros(shape[1], f.sparsity, f.rounding)
     if f.format == "ell" and k == shape[1]:
       # Nothing to list, and orbax cannot save zero-size arrays.
-      raise cli.FlagError(
+      raise options.FlagError(
           f"--format=ell with --sparsity={f.sparsity} (--rounding="
           f"{f.rounding}) zeroes all {shape[1]} columns of every row: the ELL "
           f"arrays would be empty. Use --format=dense or a lower --sparsity.")
