@@ -14,61 +14,86 @@ median of several runs of each method, for each `--shape=ROWS,COLS`:
 - `ell`: `alberta.sparse_init_ell` (nonzeros only) at each `--ell_sparsities`,
   against dense `counter` at the same sparsity.
 
+These are the `matrix` cases; `sharded` adds the sharded runs below.
+
 Torch methods are recorded as skipped, with the reason, without torch.
 
 Memory, per method and shape: the compiled program's `memory_analysis()`
 (output and temporary bytes; per device for sharded runs) and the process's
 peak resident memory during the method's runs minus the resident memory before
-(`scripts/benchlib/harness.py` says how). Sharded runs: rows split over 1, 2,
-4, ... devices with `alberta.sharded_sparse_init` (`--num_cpu_devices` virtual
-CPU devices share the cores: on the CPU this shows sharding's overhead).
+(`scripts/benchlib/harness.py` says how). Sharded runs: rows split over each
+of `--device_counts` devices (1 and all) with `alberta.sharded_sparse_init`
+(`--num_cpu_devices` virtual CPU devices share the cores: on the CPU this
+shows sharding's overhead).
+
+The everyday path (`--cases=layer`, i.e. `import,mlp,chunk,cores`;
+`scripts/benchlib/layer.py` says what each measures): import time, a small
+Haiku MLP's init, chunked against unchunked generation and one core against
+all at `--layer_shape`, each figure the minimum over `--fresh_processes`
+processes, each of which is this script run again with `--layer_child`.
 
 Agreement checks, which make the script exit non-zero when they fail: the seed
 against `permutation` (eager at small shapes, bit for bit; jitted at each timed
 shape, up to the sign of zero, which XLA's select changes), each sharded result
 against the one-device matrix, each ELL result scattered back against the dense
-counter matrix.
+counter matrix, the chunked matrices against the one-piece one.
 
-Outputs: tables on stdout, with the counter method's ratios against its targets;
+Outputs: tables on stdout, with every ratio (from this run's figures);
 `--json` (every figure, machine, JAX, devices), `--markdown` (the tables for
-docs/PERFORMANCE.md after the command that regenerates them), `--plot`.
-`--plot_from=a.json,b.json --plot=FILE` redraws the plot from earlier runs.
+docs/PERFORMANCE.md, each part after the command that regenerates it),
+`--plot`. `--plot_from=a.json,b.json --plot=FILE` redraws the plot from
+earlier runs. `--cases` selects groups of cases; the default, every case at
+the default shapes, is the run docs/PERFORMANCE.md shows:
 
-Example:
+  python scripts/benchmark.py --json=/tmp/bench/run.json \
+      --markdown=/tmp/bench/run.md --plot=docs/benchmark.png
 
-  python scripts/benchmark.py --shape=4096,4096 --shape=65536,1024 \
-      --json=/tmp/benchmark.json --markdown=/tmp/benchmark.md --plot=/tmp/b.png
+A quick look at two shapes, without the fresh processes:
+
+  python scripts/benchmark.py --cases=matrix,sharded --shape=4096,4096 \
+      --shape=65536,1024 --markdown=/tmp/benchmark.md
 """
 
 from __future__ import annotations
 
-import gc
 import json
-import math
 import os
 import pathlib
 import sys
 from collections.abc import Sequence
 
-from absl import app
-from absl import flags
-
 # The repository root, for `scripts.benchlib` and `third_party`.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from scripts.benchlib import layer  # noqa: E402  (imports no JAX)
+
+if __name__ == "__main__" and (_TASK := layer.child_task(sys.argv)):
+  # A fresh-process measurement: before anything here imports JAX.
+  print(json.dumps(layer.run_task(_TASK)))
+  sys.exit(0)
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
 
 # JAX's backend starts only in `main`, after `--num_cpu_devices` is applied.
 import jax  # noqa: E402
 
 from scripts.benchlib import harness  # noqa: E402
+from scripts.benchlib import machine  # noqa: E402
 from scripts.benchlib import plot  # noqa: E402
 from scripts.benchlib import ratios as ratios_lib  # noqa: E402
 from scripts.benchlib import report  # noqa: E402
 from scripts.benchlib import suite  # noqa: E402
 
 ALL_METHODS = suite.ALL_METHODS
+ALL_CASES = ("matrix", "sharded", *layer.CASES)
+_GROUPS = {"layer": layer.CASES, "all": ALL_CASES}
 
+_CASES = flags.DEFINE_list(
+    "cases", ["all"], f"Groups of cases among {ALL_CASES}; 'layer' is "
+    f"{','.join(layer.CASES)}, 'all' (the documented run) every one.")
 _SHAPE = flags.DEFINE_multi_string(
-    "shape", ["512,512", "2048,2048", "4096,4096"],
+    "shape", ["256,128", "4096,4096", "65536,1024", "1024,65536"],
     "Matrix shape ROWS,COLS (fan_out, fan_in); repeat for several.")
 _SIZES = flags.DEFINE_list(
     "sizes", None, "Deprecated: ROWSxCOLS,... (use --shape=ROWS,COLS).")
@@ -89,9 +114,10 @@ _NUM_CPU_DEVICES = flags.DEFINE_integer(
     "num_cpu_devices", 8, "Virtual CPU devices; 0 keeps JAX's default.",
     lower_bound=0)
 _DEVICE_COUNTS = flags.DEFINE_list(
-    "device_counts", [], "Sharded runs' device counts; default 1, 2, 4, ... "
-    "up to all local devices.")
-_SHARDED = flags.DEFINE_bool("sharded", True, "Run the sharded timings.")
+    "device_counts", [], "Sharded runs' device counts; default 1 and all "
+    "local devices.")
+_SHARDED = flags.DEFINE_bool(
+    "sharded", True, "--nosharded: leave the sharded case out of --cases.")
 _SHARDED_METHODS = flags.DEFINE_list("sharded_methods", ["counter"],
                                      "alberta methods timed sharded.")
 _CHECK_SEED = flags.DEFINE_bool(
@@ -100,6 +126,13 @@ _TORCH_THREADS = flags.DEFINE_integer(
     "torch_threads", 0, "torch.set_num_threads; 0 keeps torch's default. On a "
     "loaded machine torch's threads can stall torch_original 10x: try 1.",
     lower_bound=0)
+_LAYER_SHAPE = flags.DEFINE_string(
+    "layer_shape", "8192,1024", "ROWS,COLS of the chunk and cores cases.")
+_LAYER_CHUNK_ROWS = flags.DEFINE_integer(
+    "layer_chunk_rows", 1024, "chunk_rows of the chunk case.", lower_bound=1)
+_FRESH_PROCESSES = flags.DEFINE_integer(
+    "fresh_processes", 3, "Processes per layer measurement (min kept).",
+    lower_bound=1)
 _KEY = flags.DEFINE_integer("key", 0, "PRNG seed of the key every method uses.")
 _JSON = flags.DEFINE_string("json", None, "Write every figure to this file.")
 _PLOT = flags.DEFINE_string("plot", None, "Write the plot to this PNG file.")
@@ -110,18 +143,22 @@ _MARKDOWN = flags.DEFINE_string(
     "markdown", None, "Write the command and the tables as Markdown here.")
 
 
-def _all_parse(parse, values) -> bool:
-  try:
-    return all(parse(v) is not None for v in values or ())
-  except ValueError:
-    return False
+def _size_text(size: str) -> str:
+  return size.lower().replace("x", ",")
 
 
-flags.register_validator("shape", lambda v: bool(v) and _all_parse(
+flags.register_validator("shape", lambda v: bool(v) and harness.all_valid(
     harness.parse_shape, v), "--shape must be ROWS,COLS, positive ints.")
-flags.register_validator("sizes", lambda v: _all_parse(
-    lambda s: harness.parse_shape(s.lower().replace("x", ",")), v),
+flags.register_validator("sizes", lambda v: harness.all_valid(
+    lambda s: harness.parse_shape(_size_text(s)), v),
                          "--sizes must be ROWSxCOLS shapes.")
+flags.register_validator(
+    "cases", lambda cs: bool(cs) and all(c in ALL_CASES or c in _GROUPS
+                                         for c in cs),
+    f"--cases must be a non-empty list among {ALL_CASES}, layer, all.")
+flags.register_validator(
+    "layer_shape", lambda v: harness.all_valid(harness.parse_shape, [v]),
+    "--layer_shape must be ROWS,COLS, positive ints.")
 flags.register_validator(
     "methods", lambda ms: bool(ms) and all(m in ALL_METHODS for m in ms),
     f"--methods must be a non-empty list among {ALL_METHODS}.")
@@ -132,18 +169,30 @@ flags.register_validator(
     "sharded_methods", lambda ms: set(ms) <= {"counter", "permutation"},
     "--sharded_methods must be among counter, permutation.")
 flags.register_validator(
-    "ell_sparsities", lambda v: _all_parse(
+    "ell_sparsities", lambda v: harness.all_valid(
         lambda s: float(s) if 0 <= float(s) <= 1 else None, v),
     "--ell_sparsities must be floats in [0, 1].")
 
 
-def _shapes() -> list[tuple[int, int]]:
-  if _SIZES.value is None:
-    return [harness.parse_shape(s) for s in _SHAPE.value]
-  if flags.FLAGS["shape"].present:
-    raise app.UsageError("Give --shape or the deprecated --sizes, not both.")
-  return [harness.parse_shape(s.lower().replace("x", ","))
-          for s in _SIZES.value]
+def _cases() -> list[str]:
+  """--cases with its groups spelled out, in `ALL_CASES` order."""
+  chosen = set()
+  for c in _CASES.value:
+    chosen.update(_GROUPS.get(c, (c,)))
+  if not _SHARDED.value:
+    chosen.discard("sharded")
+  return [c for c in ALL_CASES if c in chosen]
+
+
+def _import_torch() -> tuple[object, str]:
+  """torch (with --torch_threads applied), or None and why not."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    return None, f"torch is not importable ({e}); pip install torch to time it"
+  if _TORCH_THREADS.value:
+    torch.set_num_threads(_TORCH_THREADS.value)
+  return torch, ""
 
 
 def main(argv: Sequence[str]) -> None:
@@ -156,56 +205,53 @@ def main(argv: Sequence[str]) -> None:
               backend=jax.default_backend())
     print(f"wrote {_PLOT.value}")
     return
-  shapes = _shapes()
+  shapes = harness.flag_shapes(_SHAPE, _SIZES, _size_text)
+  cases = _cases()
   if _NUM_CPU_DEVICES.value:
     harness.use_cpu_devices(_NUM_CPU_DEVICES.value)
   methods = [m for m in ALL_METHODS if m in _METHODS.value]
   torch, torch_reason = None, "not requested"
-  if {"torch_dense", "torch_original"} & set(methods):
-    try:
-      import torch  # pylint: disable=g-import-not-at-top
-      if _TORCH_THREADS.value:
-        torch.set_num_threads(_TORCH_THREADS.value)
-    except ImportError as e:
-      torch_reason = (f"torch is not importable ({e}); pip install torch to "
-                      "time it")
-  key = jax.random.key(_KEY.value)
-  env = harness.environment(
+  if "matrix" in cases and {"torch_dense", "torch_original"} & set(methods):
+    torch, torch_reason = _import_torch()
+  env = machine.environment(
       report.command_line("scripts/benchmark.py", sys.argv[1:]), torch)
   env["loadavg_start"] = os.getloadavg()
   probe = harness.RssProbe()
-  print(f"alberta benchmark: {env['backend']} ({env['num_devices']} devices, "
-        f"{env['cpu_model']}, {env['cpus_usable']} cores), jax {env['jax']}, "
-        f"torch {env['torch']}, load {env['loadavg_start']}", flush=True)
+  print(f"alberta benchmark ({','.join(cases)}): {env['backend']} "
+        f"({env['num_devices']} devices, {env['cpu_model']}, "
+        f"{env['cpus_usable']} cores), jax {env['jax']}, torch {env['torch']}, "
+        f"load {env['loadavg_start']}", flush=True)
 
   settings = suite.Settings(
-      key=key, sparsity=_SPARSITY.value,
+      key=jax.random.key(_KEY.value), sparsity=_SPARSITY.value,
       ell_sparsities=tuple(float(v) for v in _ELL_SPARSITIES.value),
-      sharded_methods=tuple(_SHARDED_METHODS.value if _SHARDED.value else ()),
+      sharded_methods=tuple(_SHARDED_METHODS.value if "sharded" in cases
+                            else ()),
       check_seed=_CHECK_SEED.value, torch_seed=_KEY.value,
       repeats=harness.Repeats(_REPEATS.value, _SLOW_REPEATS.value,
                               _SLOW_SECONDS.value))
-  checks = []
-  if _CHECK_SEED.value and {"seed", "permutation"} <= set(methods):
-    checks.append(suite.seed_check_small(key, _SPARSITY.value))
   available = len(jax.devices())
-  counts = ([int(c) for c in _DEVICE_COUNTS.value] or
-            [2**i for i in range(int(math.log2(available)) + 1)])
-  counts = [c for c in counts if c <= available] if _SHARDED.value else []
-  records, sharded = [], []
-  for shape in shapes:
-    shape_records, kept = suite.bench_shape(shape, methods, settings, probe,
-                                            torch, torch_reason, checks)
-    records.extend(shape_records)
-    if counts:
-      sharded.extend(suite.bench_sharded(shape, settings, probe, counts, kept))
-    del kept
-    gc.collect()
+  counts = [int(c) for c in _DEVICE_COUNTS.value] or sorted({1, available})
+  counts = [c for c in counts if c <= available] if "sharded" in cases else []
+  checks = []
+  if "matrix" in cases and _CHECK_SEED.value and {
+      "seed", "permutation"} <= set(methods):
+    checks.append(suite.seed_check_small(settings.key, _SPARSITY.value))
+  records, sharded = suite.bench_shapes(
+      shapes, methods if "matrix" in cases else [], counts, settings, probe,
+      torch, torch_reason, checks)
+  layer_settings = layer.Settings(
+      harness.parse_shape(_LAYER_SHAPE.value), _LAYER_CHUNK_ROWS.value,
+      _FRESH_PROCESSES.value, _REPEATS.value)
+  layer_records = layer.measure(cases, layer_settings,
+                                layer.spawn(os.path.abspath(__file__)))
+  layer_rows = layer.rows(layer_records)
   env["loadavg_end"] = os.getloadavg()
 
   ratios = ratios_lib.ratios(records)
   seed_passed = all(c["passed"] for c in checks) if checks else None
-  print(report.summary(records, sharded, ratios, checks))
+  tables = (records, sharded, ratios)
+  print(report.summary(*tables, checks, layer_rows, _FRESH_PROCESSES.value))
   print(f"\nload average: start {env['loadavg_start']}, end "
         f"{env['loadavg_end']}; RSS peaks by {probe.mode}")
 
@@ -213,29 +259,38 @@ def main(argv: Sequence[str]) -> None:
     with open(_JSON.value, "w") as f:
       json.dump({
           "environment": env,
-          "settings": {"shapes": [list(s) for s in shapes], "methods": methods,
+          "settings": {"cases": cases,
+                       "shapes": [list(s) for s in shapes], "methods": methods,
                        "sparsity": _SPARSITY.value, "repeats": _REPEATS.value,
                        "slow_repeats": _SLOW_REPEATS.value,
                        "slow_seconds": _SLOW_SECONDS.value,
                        "device_counts": counts,
                        "sharded_methods": _SHARDED_METHODS.value,
+                       "layer": {"shape": list(layer_settings.shape),
+                                 "chunk_rows": layer_settings.chunk_rows,
+                                 "fresh_processes": layer_settings.processes},
                        "rss_mode": probe.mode},
           "results": records, "sharded": sharded, "ratios": ratios,
+          "layer": layer_records, "layer_rows": layer_rows,
           "seed_check": {"passed": seed_passed, "checks": checks}},
                 f, indent=1)
     print(f"wrote {_JSON.value}")
   if _MARKDOWN.value:
     with open(_MARKDOWN.value, "w") as f:
-      f.write(report.run_markdown(env, records, sharded, ratios, seed_passed))
+      f.write(report.run_markdown(env, *tables, seed_passed, layer_rows,
+                                  _FRESH_PROCESSES.value))
     print(f"wrote {_MARKDOWN.value}")
   if _PLOT.value:
     plot.plot(_PLOT.value, records, sharded, backend=env["backend"])
     print(f"wrote {_PLOT.value}")
-  failed = [name for name, field, rs in (
-      ("seed vs permutation", "passed", checks),
-      ("ell vs dense counter", "matches_dense_counter", records),
-      ("sharded vs one device", "matches_single_device", sharded))
-            if not all(r[field] for r in rs if field in r)]
+  failed = [name for name, ok in (
+      ("seed vs permutation", all(c["passed"] for c in checks)),
+      ("ell vs dense counter", all(r["matches_dense_counter"] for r in records
+                                   if "matches_dense_counter" in r)),
+      ("sharded vs one device", all(r["matches_single_device"] for r in sharded
+                                    if "matches_single_device" in r)),
+      ("chunked vs one piece", all(layer.chunks_agree(layer_records))))
+            if not ok]
   if failed:
     raise SystemExit(f"agreement checks failed: {', '.join(failed)}")
 

@@ -62,21 +62,14 @@ _MARKDOWN = flags.DEFINE_string(
 flags.DEFINE_alias("output", "markdown")  # Its former name.
 
 
-def _valid_shape(text: str) -> bool:
-  try:
-    harness.parse_shape(text)
-  except ValueError:
-    return False
-  return True
-
-
 flags.register_validator(
     "chunk_rows", lambda values: all(
         v in ("None", "unchunked") or (v.isdigit() and int(v) > 0)
         for v in values),
     message="--chunk_rows entries must be 'None', 'unchunked' or positive "
     "ints.")
-flags.register_validator("shape", _valid_shape,
+flags.register_validator("shape", lambda v: harness.all_valid(
+    harness.parse_shape, [v]),
                          message="--shape must be ROWS,COLS, positive ints.")
 
 

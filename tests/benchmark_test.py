@@ -1,10 +1,12 @@
 """The benchmark scripts run end to end at tiny sizes and report honestly.
 
-scripts/benchmark.py and scripts/memory_report.py are run as subprocesses, as
-CI's smoke test and a user would run them; the tests read their JSON and
-Markdown. The helper layer (`scripts/benchlib`) and the reference code
-(`third_party/alberta_framework`) are tested directly. No timing is asserted
-beyond "positive": figures on a shared machine are evidence, not contracts.
+scripts/benchmark.py (every case, the everyday path's fresh processes
+included), scripts/memory_report.py and scripts/checkpoint_cost.py are run as
+subprocesses at tiny sizes, as CI's smoke test and a user would run them (in
+the slow step); the tests read their JSON and Markdown. The default run parses
+the flags, runs one fresh-process child and tests the helper layer
+(`scripts/benchlib`) in process. No timing is asserted beyond "positive":
+figures on a shared machine are evidence, not contracts.
 """
 
 from tests import env  # noqa: F401
@@ -23,6 +25,7 @@ import numpy as np
 
 import alberta
 from scripts.benchlib import harness
+from scripts.benchlib import layer
 from scripts.benchlib import plot
 from scripts.benchlib import ratios as ratios_lib
 from scripts.benchlib import report
@@ -32,6 +35,7 @@ from third_party import alberta_framework
 _ROOT = test_utils.ROOT
 _BENCHMARK = os.path.join(_ROOT, "scripts", "benchmark.py")
 _MEMORY_REPORT = os.path.join(_ROOT, "scripts", "memory_report.py")
+_CHECKPOINT_COST = os.path.join(_ROOT, "scripts", "checkpoint_cost.py")
 _SHAPES = ([64, 64], [128, 32])
 _METHODS = ("fill", "dense_uniform", "counter", "permutation", "seed",
             "torch_dense", "torch_original")
@@ -47,8 +51,9 @@ def _run(script: str, args: list[str], extra_pythonpath: str | None = None,
                         check=False)
 
 
-# The whole benchmark (every method and shape, in a subprocess) takes ~15 s of
-# CPU: it runs in the slow step; HelperLayerTest tests its layers in process.
+# The whole benchmark (every method and shape, and 15 fresh processes for the
+# everyday path) takes ~60 s of CPU: it runs in the slow step; HelperLayerTest
+# and LayerTest test its layers in process.
 @test_utils.slow
 class BenchmarkScriptTest(parameterized.TestCase):
 
@@ -59,11 +64,13 @@ class BenchmarkScriptTest(parameterized.TestCase):
     cls.json_path = os.path.join(cls.tmp.name, "bench.json")
     cls.plot_path = os.path.join(cls.tmp.name, "bench.png")
     cls.markdown_path = os.path.join(cls.tmp.name, "bench.md")
+    # Every case (the default --cases), the everyday path's at a tiny shape.
     cls.args = [
         "--shape=64,64", "--shape=128,32", "--repeats=2",
         "--num_cpu_devices=2", "--device_counts=1,2",
         "--ell_sparsities=0.9,0.99",
         f"--methods={','.join(_METHODS + ('ell',))}",
+        "--layer_shape=64,32", "--layer_chunk_rows=16", "--fresh_processes=1",
         f"--json={cls.json_path}", f"--plot={cls.plot_path}",
         f"--markdown={cls.markdown_path}"]
     cls.proc = _run(_BENCHMARK, cls.args)
@@ -214,6 +221,26 @@ class BenchmarkScriptTest(parameterized.TestCase):
     for method in _METHODS:
       self.assertIn(f"| {method} | 64x64 | 1 |", after)
     self.assertIn("seed vs permutation check: passed.", after)
+    # The everyday path last, after the same command again.
+    last = after[after.index("seed vs permutation check"):]
+    self.assertIn(report.layer_intro(1), last)
+    table = last[last.index(command) + len(command):].lstrip("\n")
+    self.assertStartsWith(table, "| measurement | value | ratio |")
+    self.assertLen(table.strip().splitlines(), 2 + len(
+        self.result["layer_rows"]))
+
+  def test_layer_cases_each_ran_once_and_chunking_kept_the_matrix(self):
+    cases = [r["task"]["case"] for r in self.result["layer"]]
+    self.assertEqual(cases, ["import"] + ["mlp"] * 8 + ["chunk"] * 2
+                     + ["cores"] * 4)
+    self.assertEqual(layer.chunks_agree(self.result["layer"]), [True, True])
+    # 2 import rows, 5 per MLP initializer, 2 per chunked method, 1 per method
+    # pinned: each from this run's records.
+    self.assertEqual(self.result["layer_rows"],
+                     layer.rows(self.result["layer"]))
+    self.assertLen(self.result["layer_rows"], 2 + 5 * 4 + 2 * 2 + 2)
+    pinned = [r for r in self.result["layer"] if r["task"].get("cores") == "1"]
+    self.assertTrue(all(r["result"]["cores"] == 1 for r in pinned))
 
   def test_plot_is_a_png(self):
     with open(self.plot_path, "rb") as f:
@@ -240,7 +267,7 @@ class BenchmarkEdgeCasesTest(parameterized.TestCase):
       json_path = os.path.join(tmp, "bench.json")
       # --sizes is the deprecated spelling of --shape.
       proc = _run(_BENCHMARK, [
-          "--sizes=16x16,8x4", "--repeats=1", "--nosharded",
+          "--sizes=16x16,8x4", "--repeats=1", "--cases=matrix",
           "--methods=fill,torch_dense,torch_original", f"--json={json_path}"],
                   extra_pythonpath=tmp)
       self.assertEqual(proc.returncode, 0, msg=proc.stderr)
@@ -255,15 +282,59 @@ class BenchmarkEdgeCasesTest(parameterized.TestCase):
                     by_method[(method, (8, 4))]["reason"])
     self.assertIsNone(result["environment"]["torch"])
 
-  @parameterized.parameters(
-      (["--shape=4096"], "--shape"), (["--shape=0,5"], "--shape"),
-      (["--shape=4096x4096"], "--shape"), (["--sizes=4096"], "--sizes"),
-      (["--methods=sort"], "--methods"),
-      (["--shape=8,8", "--sizes=8x8"], "not both"))
-  def test_malformed_flags_are_rejected(self, flags, message):
-    proc = _run(_BENCHMARK, flags + ["--nosharded"], timeout=120)
-    self.assertNotEqual(proc.returncode, 0)
-    self.assertIn(message, proc.stderr)
+  def test_malformed_flags_are_rejected_naming_the_flag(self):
+    # One process parses each command line in turn (None: accepted).
+    cases = [(["--shape=8,8", "--cases=layer,matrix"], None),
+             (["--shape=4096"], "--shape"), (["--shape=0,5"], "--shape"),
+             (["--shape=4096x4096"], "--shape"), (["--sizes=4096"], "--sizes"),
+             (["--methods=sort"], "--methods"),
+             (["--cases=layer,io"], "--cases"),
+             (["--layer_shape=8"], "--layer_shape"),
+             (["--layer_chunk_rows=0"], "--layer_chunk_rows"),
+             (["--fresh_processes=0"], "--fresh_processes"),
+             (["--shape=8,8", "--sizes=8x8"], "not both")]
+    proc = subprocess.run(
+        [sys.executable, "-c", _FLAG_PROBE, _BENCHMARK,
+         json.dumps([argv for argv, _ in cases])], capture_output=True,
+        text=True, timeout=120, env=test_utils.subprocess_env(), cwd=_ROOT,
+        check=False)
+    self.assertEqual(proc.returncode, 0, msg=proc.stderr)
+    errors = json.loads(proc.stdout.strip().splitlines()[-1])
+    for (argv, message), error in zip(cases, errors, strict=True):
+      if message is None:
+        self.assertIsNone(error, msg=argv)
+      else:
+        self.assertIn(message, error or "", msg=argv)
+
+  def test_a_layer_child_imports_jax_itself_and_answers_in_json(self):
+    proc = _run(_BENCHMARK, [layer.CHILD_FLAG + json.dumps({"case": "import"})],
+                timeout=120)
+    self.assertEqual(proc.returncode, 0, msg=proc.stderr)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    self.assertFalse(result["jax_preloaded"])
+    self.assertGreater(result["jax"]["wall"], 0)
+    self.assertGreater(result["alberta_extra"]["cpu"], 0)
+
+
+# Loads scripts/benchmark.py as a module (not __main__: no child dispatch) and
+# parses each command line of argv[2] as its main would; prints the errors.
+_FLAG_PROBE = r"""
+import importlib.util, json, sys
+from absl import app, flags
+spec = importlib.util.spec_from_file_location("benchmark", sys.argv[1])
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+errors = []
+for argv in json.loads(sys.argv[2]):
+  try:
+    flags.FLAGS(["benchmark.py", *argv])
+    bench.harness.flag_shapes(bench._SHAPE, bench._SIZES, bench._size_text)
+    errors.append(None)
+  except (flags.Error, app.UsageError) as e:
+    errors.append(str(e))
+  flags.FLAGS.unparse_flags()
+print(json.dumps(errors))
+"""
 
 
 class MemoryReportTest(absltest.TestCase):
@@ -290,6 +361,22 @@ class MemoryReportTest(absltest.TestCase):
     for row in rows:
       self.assertGreaterEqual(float(row[-1].rstrip(" |")), 1.0)  # peak / output
     self.assertIn(text, proc.stdout)
+
+
+class CheckpointCostTest(absltest.TestCase):
+
+  # Orbax's import and a save and four restores: ~5 s of CPU.
+  @test_utils.slow
+  def test_markdown_is_the_command_then_a_row_per_shape(self):
+    args = ["--sizes=16,8", "--repeats=1"]  # --sizes: --shape's former name.
+    proc = _run(_CHECKPOINT_COST, args, timeout=300)
+    self.assertEqual(proc.returncode, 0, msg=proc.stderr)
+    command = report.command_line("scripts/checkpoint_cost.py", args)
+    self.assertStartsWith(proc.stdout, f"Command:\n\n```\n{command}\n```\n")
+    rows = [line for line in proc.stdout.splitlines()
+            if line.startswith("| ") and "float32" in line]
+    self.assertEqual([r.split(" | ")[0] for r in rows],
+                     ["| 16x16 float32", "| 8x8 float32"])
 
 
 def _record(method, shape=(4, 8), status="ok", devices=1, **fields):
@@ -388,6 +475,107 @@ class HelperLayerTest(parameterized.TestCase):
     self.assertEqual(sharded, [])
 
 
+def _layer_result(task):
+  """A child's answer to `task`, its figures a function of the task."""
+  case = task["case"]
+  if case == "import":
+    return {"jax": {"wall": 2.0, "cpu": 1.0},
+            "alberta_extra": {"wall": 0.5, "cpu": 0.25}}
+  if case == "mlp":
+    first = {"haiku_default": 2.0, "uniform": 1.0}.get(task["init"], 3.0)
+    out = {"first": {"wall": first, "cpu": first / 2}}
+    return {**out, "steady": first / 1e3} if task["jit"] else out
+  if case == "chunk":
+    return {"whole": 0.4, "host_loop": 0.2, "in_graph": 0.8, "agree": True}
+  return {"steady": 0.3 if task["cores"] == "1" else 0.1,
+          "cores": 1 if task["cores"] == "1" else 2}
+
+
+class LayerTest(parameterized.TestCase):
+  """The everyday path's parent side, with children answered in process."""
+
+  _SETTINGS = layer.Settings(shape=(64, 32), chunk_rows=16, processes=2,
+                             repeats=1)
+
+  def _measure(self, cases, answer=_layer_result):
+    seen = []
+
+    def run(task):
+      seen.append(task)
+      return answer(task)
+
+    return layer.measure(cases, self._SETTINGS, run, log=lambda _: None), seen
+
+  def test_each_task_runs_in_as_many_processes_as_asked_keeping_the_minimum(
+      self):
+    calls = iter([{"steady": 0.5, "cores": 2}, {"steady": 0.2, "cores": 2}])
+    records, seen = self._measure(["cores"], lambda task: dict(next(calls))
+                                  if task["method"] == "permutation"
+                                  and task["cores"] == "all"
+                                  else _layer_result(task))
+    self.assertEqual([(t["method"], t["cores"]) for t in seen[::2]],
+                     [("permutation", "1"), ("permutation", "all"),
+                      ("counter", "1"), ("counter", "all")])
+    self.assertLen(seen, 8)  # 4 tasks x 2 processes
+    self.assertEqual(records[1]["result"], {"steady": 0.2, "cores": 2})
+    self.assertTrue(all(t["shape"] == [64, 32] for t in seen))
+
+  def test_cases_select_their_tasks_in_the_report_order(self):
+    tasks = layer.tasks(["chunk", "import", "mlp"], self._SETTINGS)
+    self.assertEqual([t["case"] for t in tasks],
+                     ["import"] + ["mlp"] * 8 + ["chunk"] * 2)
+    self.assertEqual({t["chunk_rows"] for t in tasks if "chunk_rows" in t},
+                     {16})
+    self.assertEqual(layer.tasks([], self._SETTINGS), [])
+
+  def test_a_child_that_found_jax_imported_is_refused(self):
+    with self.assertRaisesRegex(RuntimeError, "imported before"):
+      self._measure(["import"], lambda task: {
+          **_layer_result(task), "jax_preloaded": True})
+
+  def test_every_ratio_comes_from_the_figures_of_the_run(self):
+    records, _ = self._measure(list(layer.CASES))
+    rows = {r["measurement"]: r for r in layer.rows(records)}
+    self.assertLen(rows, 2 + 5 * 4 + 2 * 2 + 2)
+    self.assertEqual(rows["import alberta, extra (s)"]["ratio"], "0.25x jax")
+    self.assertEqual(
+        rows["MLP sparse_counter: first jit(net.init), cpu s"]["ratio"],
+        "1.50x haiku_default")
+    self.assertEqual(rows["MLP uniform: steady jit(net.init), ms"]["value"],
+                     "1")
+    self.assertStartsWith(
+        rows["counter 64x32, chunk_rows=16 at top level (ms)"]["ratio"],
+        "2.00x the throughput of one piece (400.0 ms)")
+    self.assertEqual(
+        rows["sparse_init permutation 64x32, 1 core / 2 (ms)"],
+        {"measurement": "sparse_init permutation 64x32, 1 core / 2 (ms)",
+         "value": "300.0 / 100.0", "ratio": "3.00x speed-up"})
+    self.assertEqual(layer.chunks_agree(records), [True, True])
+    md = report.markdown_table(list(rows.values()), report.LAYER_COLUMNS)
+    self.assertEqual(md[:2], ["| measurement | value | ratio |",
+                              "|---|---:|---|"])
+    self.assertLen(report.table(list(rows.values()),
+                                report.LAYER_COLUMNS).splitlines(),
+                   2 + len(rows))
+
+  def test_the_child_side_imports_no_jax_before_its_task(self):
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+            "import scripts.benchlib.layer; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'jax', 'numpy', 'alberta', 'absl'}))")
+    proc = subprocess.run([sys.executable, "-c", code, _ROOT],
+                          capture_output=True, text=True, timeout=60,
+                          check=False)
+    self.assertEqual(proc.returncode, 0, msg=proc.stderr)
+    self.assertEqual(proc.stdout.strip(), "[]")
+    self.assertIsNone(layer.child_task(["benchmark.py", "--cases=layer"]))
+    self.assertEqual(layer.child_task(
+        ["benchmark.py", layer.CHILD_FLAG + '{"case": "import"}']),
+                     {"case": "import"})
+    with self.assertRaisesRegex(ValueError, "'nope'"):
+      layer.run_task({"case": "nope"})
+
+
 class ReferenceCodeTest(parameterized.TestCase):
 
   # tests/sparse_init_test.py's SeedEqualityTest holds `sparse_init` to the
@@ -406,7 +594,9 @@ class ReferenceCodeTest(parameterized.TestCase):
                                method="permutation")
     test_utils.assert_same_matrix(got, want, init_type)
 
+  # Importing torch alone takes ~4 s.
   @absltest.skipUnless(_TORCH, "needs torch")
+  @test_utils.slow
   def test_torch_original_zeros_ceil_of_sparsity_per_row(self):
     import torch  # pylint: disable=g-import-not-at-top
     w = alberta_framework.torch_sparse_init(torch.empty(6, 10), 0.85)

@@ -1,7 +1,11 @@
 """The benchmark scripts' helper layer (not a program, not part of alberta).
 
 - `harness`: shapes and devices from flags, timing, resident and compiled
-  memory, agreement of two matrices, the machine's details;
+  memory, agreement of two matrices;
+- `machine`: the machine, the software and the devices of a run;
+- `suite`: the methods and what the benchmark runs at each shape;
+- `layer`: the everyday path (import, a small Haiku MLP, chunking, cores), each
+  measurement in a fresh process; it imports no JAX at module level;
 - `ratios`: the ratios the counter method is held to, with their targets;
 - `report`: the tables, as text and as Markdown, from one column list, and the
   command that regenerates them;

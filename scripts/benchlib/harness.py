@@ -1,5 +1,8 @@
 """Measuring: shapes and devices, timing, resident and compiled memory.
 
+Also the shapes' flags (`parse_shape`, `flag_shapes`) and `compare`, the
+agreement of two matrices; `machine` describes the machine.
+
 Nothing here starts JAX's backend at import: `use_cpu_devices` must run before
 the first `jax.devices()`.
 """
@@ -7,15 +10,12 @@ the first `jax.devices()`.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import gc
 import math
 import os
-import platform
 import re
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -23,8 +23,10 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import app
+from absl import flags
 
-import alberta
+from scripts.benchlib import layer
 
 
 def parse_shape(text: str) -> tuple[int, int]:
@@ -38,13 +40,33 @@ def parse_shape(text: str) -> tuple[int, int]:
   return shape
 
 
+def all_valid(parse: Callable[[str], Any], values: Any) -> bool:
+  """Whether `parse` takes each of `values` (None: none) without ValueError."""
+  try:
+    return all(parse(v) is not None for v in values or ())
+  except ValueError:
+    return False
+
+
+def flag_shapes(shape: flags.FlagHolder, sizes: flags.FlagHolder,
+                size_text: Callable[[str], str]) -> list[tuple[int, int]]:
+  """The shapes of `--shape`, or of the deprecated `--sizes`; not both.
+
+  `size_text` turns one `--sizes` entry into "ROWS,COLS".
+  """
+  if sizes.value is None:
+    return [parse_shape(s) for s in shape.value]
+  if shape.present:
+    raise app.UsageError("Give --shape or the deprecated --sizes, not both.")
+  return [parse_shape(size_text(s)) for s in sizes.value]
+
+
 def use_cpu_devices(n: int, cpu_only: bool = False) -> None:
   """`n` virtual CPU devices (and, with `cpu_only`, no other backend)."""
   # An inherited --xla_force_host_platform_device_count (e.g. from the test
   # environment) would contradict jax_num_cpu_devices: ours wins.
-  os.environ["XLA_FLAGS"] = re.sub(
-      r"--xla_force_host_platform_device_count=\S*", "",
-      os.environ.get("XLA_FLAGS", "")).strip()
+  os.environ["XLA_FLAGS"] = layer.without_forced_devices(
+      os.environ.get("XLA_FLAGS", ""))
   if cpu_only:
     jax.config.update("jax_platforms", "cpu")
   jax.config.update("jax_num_cpu_devices", n)
@@ -224,65 +246,3 @@ def compare(a: Any, b: Any) -> dict[str, Any]:
           "equal_up_to_zero_sign": bool(np.array_equal(a, b)),
           "signed_zero_mismatches": int(np.sum(
               (a == 0) & (b == 0) & (np.signbit(a) != np.signbit(b))))}
-
-
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor()
-
-
-def _mem_total() -> int | None:
-  try:
-    with open("/proc/meminfo") as f:
-      match = re.search(r"MemTotal:\s+(\d+) kB", f.read())
-  except OSError:
-    return None
-  return int(match.group(1)) * 1024 if match else None
-
-
-def _git_commit() -> str | None:
-  try:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
-                         text=True, timeout=10, check=False,
-                         cwd=os.path.dirname(os.path.abspath(__file__)))
-  except (OSError, subprocess.SubprocessError):
-    return None
-  return out.stdout.strip() or None
-
-
-def environment(command: str, torch: Any = None) -> dict[str, Any]:
-  """The machine, the software and the devices a run measured on."""
-  import jaxlib  # pylint: disable=g-import-not-at-top
-  devices = jax.devices()
-  usable = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count())
-  return {
-      "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
-          timespec="seconds"),
-      "command": command,
-      "git_commit": _git_commit(),
-      "python": sys.version.split()[0],
-      "platform": platform.platform(),
-      "cpu_model": _cpu_model(),
-      "cpu_count": os.cpu_count(),
-      "cpus_usable": usable,
-      "mem_total_bytes": _mem_total(),
-      "jax": jax.__version__,
-      "jaxlib": jaxlib.__version__,
-      "numpy": np.__version__,
-      "alberta": alberta.__version__,
-      "backend": jax.default_backend(),
-      "devices": [str(d) for d in devices],
-      "device_kind": devices[0].device_kind,
-      "num_devices": len(devices),
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "jax_threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
-      "torch": None if torch is None else torch.__version__,
-      "torch_threads": None if torch is None else torch.get_num_threads(),
-  }

@@ -82,14 +82,16 @@ def _pad(text: str, column: Column) -> str:
       column.width)
 
 
-def table(records: Sequence[dict[str, Any]]) -> str:
+def table(records: Sequence[dict[str, Any]],
+          columns: Sequence[Column] = COLUMNS) -> str:
   """The records as a fixed-width text table (memory in MB as well)."""
-  header = " ".join(_pad(c.text, c) for c in COLUMNS)
+  header = " ".join(_pad(c.text, c) for c in columns)
   lines = [header, "-" * len(header)]
   for r in records:
-    columns = COLUMNS if r["status"] == "ok" else COLUMNS[:_KEY_COLUMNS]
-    line = " ".join(_pad(c.cell(r, markdown=False), c) for c in columns)
-    if r["status"] != "ok":
+    ok = r.get("status", "ok") == "ok"
+    line = " ".join(_pad(c.cell(r, markdown=False), c)
+                    for c in (columns if ok else columns[:_KEY_COLUMNS]))
+    if not ok:
       line += f" {r['status']}: {r.get('reason', '')}"
     lines.append(line)
   return "\n".join(lines)
@@ -142,8 +144,14 @@ def _ratio_markdown(ratios: Sequence[dict[str, Any]]) -> list[str]:
 def run_markdown(env: dict[str, Any], records: Sequence[dict[str, Any]],
                  sharded: Sequence[dict[str, Any]],
                  ratios: Sequence[dict[str, Any]],
-                 seed_passed: bool | None) -> str:
-  """A benchmark run for docs/: machine, the command, then every table."""
+                 seed_passed: bool | None,
+                 layer_rows: Sequence[dict[str, Any]] = (),
+                 processes: int = 1) -> str:
+  """A benchmark run for docs/: machine, the command, then every table.
+
+  The everyday-path table (`layer_rows`) repeats the command above it, so
+  that each part pasted on its own still names what regenerates it.
+  """
   lines = [f"Measured {env['date_utc']} on {env['cpu_model']} "
            f"({env['cpus_usable']} cores usable, "
            f"{(env['mem_total_bytes'] or 0) / 2**30:.0f} GiB), "
@@ -153,7 +161,8 @@ def run_markdown(env: dict[str, Any], records: Sequence[dict[str, Any]],
            f"load average {env['loadavg_start'][0]:.2f} at start, "
            f"{env['loadavg_end'][0]:.2f} at end; commit {env['git_commit']}.",
            "", *command_block(env["command"])]
-  lines += markdown_table(records)
+  if records:
+    lines += markdown_table(records)
   if sharded:
     lines += ["", "Sharded, from the same command "
               "(`alberta.sharded_sparse_init`, rows split over devices; "
@@ -166,20 +175,30 @@ def run_markdown(env: dict[str, Any], records: Sequence[dict[str, Any]],
   if seed_passed is not None:
     lines += ["", f"seed vs permutation check: "
               f"{'passed' if seed_passed else 'FAILED'}."]
+  if layer_rows:
+    if records or sharded:
+      lines += ["", f"{layer_intro(processes)}, from the "
+                "same command:", "", *command_block(env["command"])]
+    lines += markdown_table(layer_rows, LAYER_COLUMNS)
   return "\n".join(lines) + "\n"
 
 
 def summary(records: Sequence[dict[str, Any]],
             sharded: Sequence[dict[str, Any]],
             ratios: Sequence[dict[str, Any]],
-            checks: Sequence[dict[str, Any]]) -> str:
+            checks: Sequence[dict[str, Any]],
+            layer_rows: Sequence[dict[str, Any]] = (),
+            processes: int = 1) -> str:
   """A benchmark run for the terminal: tables, ratios, agreement checks."""
-  out = ["", table(records)]
+  out = ["", table(records)] if records else []
   if sharded:
     out += ["", "Sharded (alberta.sharded_sparse_init, rows split over "
             "devices; memory per device):", table(sharded)]
   if ratios:
     out += ["", "Ratios (min times):", ratio_table(ratios)]
+  if layer_rows:
+    out += ["", f"{layer_intro(processes)}:",
+            table(layer_rows, LAYER_COLUMNS)]
   if checks:
     out += ["", "seed vs permutation:"]
     out += [f"  {json.dumps(c)}" for c in checks]
@@ -206,6 +225,23 @@ def command_block(command: str) -> list[str]:
   """A Markdown paragraph naming the command, then the command fenced."""
   return ["Command:", "", "```", command, "```", ""]
 
+
+# The everyday path (`layer.rows`): one figure a row, its ratio beside it.
+def layer_intro(processes: int) -> str:
+  """What the everyday-path table shows (`processes` fresh ones per figure)."""
+  return ("The everyday path (import, a small Haiku MLP, chunking, cores), "
+          f"each figure the minimum over {processes} fresh "
+          f"process{'es' if processes != 1 else ''}")
+
+
+
+LAYER_COLUMNS = (
+    Column("measurement", 62, "measurement", lambda r: r["measurement"],
+           text_left=True, md_left=True),
+    Column("value", 15, "value", lambda r: r["value"]),
+    Column("ratio", 1, "ratio", lambda r: r["ratio"], text_left=True,
+           md_left=True),
+)
 
 # scripts/memory_report.py's rows: per-device bytes of one compiled program.
 MEMORY_COLUMNS = (

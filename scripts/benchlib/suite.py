@@ -81,6 +81,29 @@ def seed_check_small(key: Any, sparsity: float) -> dict[str, Any]:
           "passed": all(r["bitwise_equal"] for r in results)}
 
 
+def bench_shapes(shapes: Sequence[tuple[int, int]], methods: Sequence[str],
+                 counts: Sequence[int], settings: Settings,
+                 probe: harness.RssProbe, torch: Any, torch_reason: str,
+                 checks: list[dict[str, Any]],
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+  """`methods` (`bench_shape`), then sharded on `counts`, at each shape.
+
+  Returns the records and the sharded records; either part may be empty (no
+  methods, no counts). Each sharded result is checked against the one-device
+  result of the same method, when that method was among `methods`.
+  """
+  records, sharded = [], []
+  for shape in shapes:
+    shape_records, kept = bench_shape(shape, methods, settings, probe, torch,
+                                      torch_reason, checks)
+    records.extend(shape_records)
+    if counts:
+      sharded.extend(bench_sharded(shape, settings, probe, counts, kept))
+    del kept
+    gc.collect()
+  return records, sharded
+
+
 def bench_shape(shape: tuple[int, int], methods: Sequence[str],
                 settings: Settings, probe: harness.RssProbe, torch: Any,
                 torch_reason: str, checks: list[dict[str, Any]],
