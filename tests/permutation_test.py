@@ -5,7 +5,7 @@ of each row through the rounds of `jax.random.permutation`'s sort-based
 shuffle instead of sorting (key, index) pairs. Proves, bit for bit:
 
 - the mask equals `jax.random.permutation(row_key, n) >= k` (the seed's own
-  code, kept here as `sorted_mask`) for one- and two-round row lengths (the
+  code, kept here as `seed_permutations`) for one- and two-round row lengths (the
   boundary is n = 1625 / 1626), k in {0, 1, m - 1, n - 1, n}, sparsity 0.5,
   column tiles and several row groups;
 - with ties: the sort bits are injectable, and coarse bits (16 or 2 values,
@@ -16,6 +16,13 @@ shuffle instead of sorting (key, index) pairs. Proves, bit for bit:
 - all of the above for both of `mask_block`'s paths, the sort path
   (`_followed_mask`) and the compare path (`_compared_mask`, short rows), and
   either side of the static bound that picks between them.
+
+Each distinct (rows, n, k, path) compiles its own program (the sort path
+several seconds of CPU), so the default run keeps one case per property and
+shares the seed's permutations (`seed_permutations`, computed once per key,
+rows and n) between cases that differ only in k or in the column tile; the
+`slow` step runs the full grid (every k edge at n = 2, 100, 1625, 1626, 5000)
+and the cases the default run leaves out.
 """
 
 from tests import env  # noqa: F401
@@ -25,33 +32,53 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from absl.testing import absltest
 from absl.testing import parameterized
 from jax import lax
 
-from alberta._src import bits
+from alberta._src import keys
 from alberta._src import permutation
 from alberta._src.spec import SparseSpec
+from tests import test_utils
 
 _U32 = jnp.uint32
 
 
-def sorted_mask(mask_key, spec, rows, col_start, n_cols):
-  """The former implementation: the seed's `jax.random.permutation` per row."""
-  k1, k2 = permutation.row_keys(mask_key, rows)
+@functools.partial(jax.jit, static_argnames=("n_rows", "n"))
+def _seed_permutations(key_data, row_start, n_rows, n):
+  rows = row_start + jnp.arange(n_rows, dtype=_U32)
+  k1, k2 = permutation.row_keys(keys.key_words(key_data), rows)
 
   def one_row(w1, w2):
     key = jax.random.wrap_key_data(jnp.stack([w1, w2]), impl="threefry2x32")
-    return jax.random.permutation(key, spec.fan_in)
+    return jax.random.permutation(key, n)
 
-  perm = jax.vmap(one_row)(k1, k2)
-  perm = lax.dynamic_slice_in_dim(perm, col_start, n_cols, axis=1)
-  return perm >= spec.k
+  return jax.vmap(one_row)(k1, k2)
 
 
-def shuffle_mask(k1, k2, n, k, sort_bits):
-  """`jax.random.permutation`'s shuffle (`_shuffle`) with injectable bits."""
+@functools.lru_cache(maxsize=None)
+def seed_permutations(seed: int, row_start: int, n_rows: int,
+                      n: int) -> np.ndarray:
+  """The seed's `jax.random.permutation(row_key, n)` of each row (read-only).
+
+  Rows `[row_start, row_start + n_rows)` of `jax.random.key(seed)`'s mask
+  key: the former implementation, whose mask is `perm >= k` (and a column
+  tile its slice), so one permutation serves every k and tile. Computed once
+  per argument tuple.
+  """
+  key_data = jax.random.key_data(jax.random.key(seed))
+  perm = np.asarray(_seed_permutations(key_data, jnp.uint32(row_start),
+                                       n_rows, n))
+  perm.flags.writeable = False
+  return perm
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def shuffle(k1, k2, n, sort_bits):
+  """`jax.random.permutation`'s shuffle (`_shuffle`) with injectable bits.
+
+  The permutation of each row; its mask for k zeros is `shuffle(...) >= k`.
+  """
   n_rows = k1.shape[0]
   x = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (n_rows, n))
   cols = jnp.broadcast_to(jnp.arange(n, dtype=_U32), (n_rows, n))
@@ -59,13 +86,13 @@ def shuffle_mask(k1, k2, n, k, sort_bits):
   for _ in range(permutation.num_rounds(n)):
     key, sub = permutation._split_rows(*key)
     _, x = lax.sort_key_val(sort_bits(*sub, cols), x, dimension=1)
-  return x >= k
+  return x
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "n_cols", "fn"))
 def _mask(key_data, spec, row_start, col_start, n_cols, fn):
   rows = row_start + jnp.arange(spec.fan_out, dtype=_U32)
-  return fn(bits.key_words(key_data), spec, rows, col_start, n_cols)
+  return fn(keys.key_words(key_data), spec, rows, col_start, n_cols)
 
 
 # `mask_block` with each path forced, and with its own choice.
@@ -77,25 +104,41 @@ _PATHS = {
 
 
 def _both(spec, seed, row_start=0, col_start=0, n_cols=None, path="default"):
+  """`mask_block`'s mask on `path` and the seed's, `perm >= k`, sliced alike."""
   n_cols = spec.fan_in if n_cols is None else n_cols
   key_data = jax.random.key_data(jax.random.key(seed))
   args = (key_data, spec, jnp.uint32(row_start), jnp.int32(col_start), n_cols)
+  perm = seed_permutations(seed, row_start, spec.fan_out, spec.fan_in)
   return (np.asarray(_mask(*args, fn=_PATHS[path])),
-          np.asarray(_mask(*args, fn=sorted_mask)))
+          perm[:, col_start:col_start + n_cols] >= spec.k)
 
 
 def _spec(n_rows, n, k):
   return SparseSpec(n_rows, n, k, "uniform", "permutation")
 
 
-# (rows, n, k): one round up to n = 1625, two from 1626; k at the edges, in
-# the middle, and either side of n / 2 (zeros followed vs kept followed).
+# (rows, n, k): k = 0 and n; one round up to n = 1625 with one zero
+# followed, two from 1626 with one kept input followed (k = n - 1, sharing
+# the seed's permutations with the column tile's k = n / 2 below). One round
+# with many kept inputs followed is `test_row_groups_equal_sorted_mask`.
 QUICK_CASES = ((9, 1, 0), (9, 1, 1), (16, 7, 3), (16, 7, 4), (40, 1625, 1),
-               (40, 1626, 1625), (24, 1626, 813), (64, 1000, 900))
+               (40, 1626, 1625))
+# Every k edge at one and two rounds, either side of n / 2, and the default
+# run's former cases.
 SLOW_CASES = tuple(
     (rows, n, k) for rows, n in ((33, 2), (50, 100), (30, 1625), (30, 1626),
                                  (12, 5000))
-    for k in sorted({0, 1, n // 2 - 1, n // 2, n // 2 + 1, n - 1, n}))
+    for k in sorted({0, 1, n // 2 - 1, n // 2, n // 2 + 1, n - 1, n})) + (
+        (24, 1626, 813), (64, 1000, 900))
+# m n rounds <= _COMPARE_MAX = 2**17 either side of the bound: one round at
+# n = 1024 (m = 128 | 129), two rounds at n = 2048 (m = 32 | 33), zeros or
+# kept inputs followed; (n, k, takes the compare path).
+BOUND_CASES = ((1024, 128, True), (1024, 129, False), (1024, 1024 - 128, True),
+               (1024, 1024 - 129, False), (2048, 32, True), (2048, 33, False),
+               (2048, 2048 - 32, True))
+# The seed's mask key and first row of the tests below, one per row length,
+# so that the cases of one length share the seed's permutations.
+_ROW_START = 5
 
 
 def _with_paths(cases):
@@ -104,31 +147,40 @@ def _with_paths(cases):
 
 class SeedMaskTest(parameterized.TestCase):
 
-  @parameterized.parameters(*_with_paths(QUICK_CASES))
-  def test_equals_sorted_mask(self, rows, n, k, path):
-    new, old = _both(_spec(rows, n, k), seed=n + k, row_start=5, path=path)
+  def check_equals_sorted_mask(self, rows, n, k, path, seed, row_start):
+    new, old = _both(_spec(rows, n, k), seed=seed, row_start=row_start,
+                     path=path)
     np.testing.assert_array_equal(new, old)
     np.testing.assert_array_equal((~new).sum(axis=1), k)
 
+  @parameterized.parameters(*_with_paths(QUICK_CASES))
+  def test_equals_sorted_mask(self, rows, n, k, path):
+    self.check_equals_sorted_mask(rows, n, k, path, seed=n,
+                                  row_start=_ROW_START)
+
   @parameterized.parameters(*_with_paths(SLOW_CASES))
-  @pytest.mark.slow
+  @test_utils.slow
   def test_equals_sorted_mask_slow(self, rows, n, k, path):
-    new, old = _both(_spec(rows, n, k), seed=3 * n + k, row_start=1000,
-                     path=path)
+    self.check_equals_sorted_mask(rows, n, k, path, seed=3 * n,
+                                  row_start=1000)
+
+  def test_bound_between_the_paths(self):
+    for n, k, compare in BOUND_CASES:
+      self.assertEqual(permutation.uses_compare(n, k), compare, (n, k))
+
+  # Either side of the bound at one round (both k share the seed's
+  # permutations); the other sides in the slow step.
+  @parameterized.parameters(*BOUND_CASES[:2])
+  def test_default_path_at_the_bound_equals_sorted_mask(self, n, k, compare):
+    self.assertEqual(permutation.uses_compare(n, k), compare)
+    new, old = _both(_spec(6, n, k), seed=n, row_start=77)
     np.testing.assert_array_equal(new, old)
 
-  @parameterized.parameters(
-      # m n rounds <= _COMPARE_MAX = 2**17 either side of the bound: one round
-      # at n = 1024 (m = 128 | 129), two rounds at n = 2048 (m = 32 | 33),
-      # zeros or kept inputs followed.
-      (1024, 128, True), (1024, 129, False), (1024, 1024 - 128, True),
-      (1024, 1024 - 129, False), (2048, 32, True), (2048, 33, False),
-      (2048, 2048 - 32, True))
-  def test_default_path_at_the_bound_equals_sorted_mask(self, n, k,
-                                                        compare):
-    self.assertEqual(permutation.uses_compare(n, k), compare)
-    new, old = _both(_spec(6, n, k), seed=n - k, row_start=77)
-    np.testing.assert_array_equal(new, old)
+  @parameterized.parameters(*BOUND_CASES[2:])
+  @test_utils.slow
+  def test_default_path_at_the_bound_equals_sorted_mask_slow(self, n, k,
+                                                             compare):
+    self.test_default_path_at_the_bound_equals_sorted_mask(n, k, compare)
 
   def test_small_layers_take_the_compare_path(self):
     # Haiku-sized layers at sparsity 0.9 and 0.5 compile without a sort.
@@ -138,28 +190,40 @@ class SeedMaskTest(parameterized.TestCase):
 
   def test_bad_path_is_rejected(self):
     with self.assertRaisesRegex(ValueError, "path.*'bogus'"):
-      permutation.mask_block(bits.key_words(jax.random.key(0)),
+      permutation.mask_block(keys.key_words(jax.random.key(0)),
                              _spec(2, 8, 3), jnp.arange(2, dtype=_U32), 0, 8,
                              path="bogus")
 
   @parameterized.parameters("sort", "compare")
   def test_column_tile_equals_sorted_mask(self, path):
-    new, old = _both(_spec(20, 1700, 850), seed=4, col_start=300, n_cols=700,
-                     path=path)
-    self.assertEqual(new.shape, (20, 700))
+    # Two rounds, half the row zero: the rows of (40, 1626, 1625) above.
+    new, old = _both(_spec(40, 1626, 813), seed=1626, row_start=_ROW_START,
+                     col_start=300, n_cols=700, path=path)
+    self.assertEqual(new.shape, (40, 700))
     np.testing.assert_array_equal(new, old)
 
   @parameterized.parameters("sort", "compare")
   def test_row_groups_equal_sorted_mask(self, path):
-    # 600 x 1024 = 2.3 * 2**18 elements: more than one independent group.
-    spec = _spec(600, 1024, 922)
+    # 132 x 1000 = 2.01 * 2**16 elements: two independent groups; one round,
+    # 100 kept inputs followed.
+    self.assertGreater(permutation._groups(132, 1000), 1)
+    self.check_equals_sorted_mask(132, 1000, 900, path, seed=8, row_start=0)
+
+  @parameterized.parameters("sort", "compare")
+  @test_utils.slow
+  def test_more_row_groups_equal_sorted_mask(self, path):
+    # 600 x 1024 = 9.4 * 2**16 elements: as many groups as the cores allow.
     self.assertGreater(permutation._groups(600, 1024), 1)
-    new, old = _both(spec, seed=8, path=path)
-    np.testing.assert_array_equal(new, old)
+    self.check_equals_sorted_mask(600, 1024, 922, path, seed=8, row_start=0)
 
 
+@functools.lru_cache(maxsize=None)
 def _coarse_bits(shift):
-  """The real sort bits with the low `shift` bits dropped: many ties."""
+  """The real sort bits with the low `shift` bits dropped: many ties.
+
+  One function per shift (cached), so the programs compiled for it are
+  shared between tests.
+  """
   def sort_bits(k1, k2, counters):
     return permutation._hash32(k1, k2, counters) >> _U32(shift)
   return sort_bits
@@ -170,22 +234,50 @@ def _zero_bits(k1, k2, counters):
   return jnp.zeros(counters.shape, _U32)
 
 
+_followed_mask = jax.jit(permutation._followed_mask,
+                         static_argnums=(2, 3, 4, 5))
+_compared_mask = jax.jit(permutation._compared_mask, static_argnums=(2, 3, 4))
+
+
+def _row_keys(n_rows, seed, row_start=0):
+  key = keys.key_words(jax.random.key(seed))
+  return permutation.row_keys(
+      key, row_start + jnp.arange(n_rows, dtype=_U32))
+
+
+@functools.lru_cache(maxsize=None)
+def tied_shuffle(n_rows: int, n: int, shift: int) -> np.ndarray:
+  """`shuffle` with `_coarse_bits(shift)` of rows `[0, n_rows)` of key `n`.
+
+  Computed once per argument tuple (read-only); the mask for k zeros is
+  `tied_shuffle(...) >= k`.
+  """
+  perm = np.asarray(shuffle(*_row_keys(n_rows, seed=n), n, _coarse_bits(shift)))
+  perm.flags.writeable = False
+  return perm
+
+
 class TiedBitsTest(parameterized.TestCase):
 
-  def row_keys(self, n_rows, seed):
-    key = bits.key_words(jax.random.key(seed))
-    return permutation.row_keys(key, jnp.arange(n_rows, dtype=_U32))
+  @parameterized.parameters((8, 50, 0), (40, 1626, _ROW_START))
+  def test_shuffle_reference_is_the_seeds_permutation(self, n_rows, n,
+                                                      row_start):
+    # With the real bits the reference shuffle is jax.random.permutation, at
+    # one and two rounds (the second the rows of SeedMaskTest's cases).
+    ref = shuffle(*_row_keys(n_rows, n, row_start), n, permutation._hash32)
+    np.testing.assert_array_equal(
+        np.asarray(ref), seed_permutations(n, row_start, n_rows, n))
 
-  def test_shuffle_reference_is_the_seeds_permutation(self):
-    # With the real bits the reference shuffle is jax.random.permutation.
-    k1, k2 = self.row_keys(8, seed=1)
-    for n in (50, 1700):
-      ref = jax.jit(shuffle_mask, static_argnums=(2, 3, 4))(
-          k1, k2, n, n // 3, permutation._hash32)
-      spec = _spec(8, n, n // 3)
-      seed = sorted_mask(bits.key_words(jax.random.key(1)), spec,
-                         jnp.arange(8, dtype=_U32), 0, n)
-      np.testing.assert_array_equal(np.asarray(ref), np.asarray(seed))
+  def check_tied_bits_equal_stable_sort_shuffle(self, n_rows, n, k, shift,
+                                                tie_rows):
+    k1, k2 = _row_keys(n_rows, seed=n)
+    sort_bits = _coarse_bits(shift)
+    ref = tied_shuffle(n_rows, n, shift) >= k
+    new = _followed_mask(k1, k2, n, k, sort_bits, tie_rows)
+    compared = _compared_mask(k1, k2, n, k, sort_bits)
+    np.testing.assert_array_equal(np.asarray(new), ref)
+    np.testing.assert_array_equal(np.asarray(compared), ref)
+    np.testing.assert_array_equal((~ref).sum(axis=1), k)
 
   @parameterized.named_parameters(
       # 16 distinct values in a row of 300: every element tied, one pass per
@@ -194,46 +286,46 @@ class TiedBitsTest(parameterized.TestCase):
       ("_16_values_kept", 12, 300, 250, 28, 1),
       # 2 values and two rounds; a few rows per pass.
       ("_2_values_two_rounds", 6, 1700, 800, 31, 4),
+  )
+  def test_tied_bits_equal_stable_sort_shuffle(self, *case):
+    self.check_tied_bits_equal_stable_sort_shuffle(*case)
+
+  @parameterized.named_parameters(
       ("_2_values_two_rounds_kept", 6, 1700, 1000, 31, 4),
   )
-  def test_tied_bits_equal_stable_sort_shuffle(self, n_rows, n, k, shift,
-                                               tie_rows):
-    k1, k2 = self.row_keys(n_rows, seed=n + k)
-    sort_bits = _coarse_bits(shift)
-    ref = np.asarray(jax.jit(shuffle_mask, static_argnums=(2, 3, 4))(
-        k1, k2, n, k, sort_bits))
-    new = jax.jit(permutation._followed_mask, static_argnums=(2, 3, 4, 5))(
-        k1, k2, n, k, sort_bits, tie_rows)
-    compared = jax.jit(permutation._compared_mask, static_argnums=(2, 3, 4))(
-        k1, k2, n, k, sort_bits)
-    np.testing.assert_array_equal(np.asarray(new), ref)
-    np.testing.assert_array_equal(np.asarray(compared), ref)
-    np.testing.assert_array_equal((~ref).sum(axis=1), k)
+  @test_utils.slow
+  def test_tied_bits_equal_stable_sort_shuffle_slow(self, *case):
+    self.check_tied_bits_equal_stable_sort_shuffle(*case)
+
+  def check_compare_path_with_ties(self, n, k):
+    k1, k2 = _row_keys(7, seed=n)
+    sort_bits = _coarse_bits(29)  # 8 values: nearly every element tied
+    new = _compared_mask(k1, k2, n, k, sort_bits)
+    np.testing.assert_array_equal(np.asarray(new),
+                                  tied_shuffle(7, n, 29) >= k)
 
   @parameterized.parameters(
       # One and two rounds; k at the edges and m - 1 (m = min(k, n - k)).
-      (40, 1), (40, 39), (40, 13), (40, 27), (1700, 1), (1700, 1699),
-      (1700, 849))
+      (40, 1), (40, 39), (40, 13), (40, 27), (1700, 1), (1700, 1699))
   def test_compare_path_with_ties_at_edge_k(self, n, k):
-    k1, k2 = self.row_keys(7, seed=k)
-    sort_bits = _coarse_bits(29)  # 8 values: nearly every element tied
-    ref = jax.jit(shuffle_mask, static_argnums=(2, 3, 4))(k1, k2, n, k,
-                                                          sort_bits)
-    new = jax.jit(permutation._compared_mask, static_argnums=(2, 3, 4))(
-        k1, k2, n, k, sort_bits)
-    np.testing.assert_array_equal(np.asarray(new), np.asarray(ref))
+    self.check_compare_path_with_ties(n, k)
+
+  # Two rounds and half the row followed: as test_tied_bits_equal_stable_...
+  # _2_values_two_rounds, which runs the compare path too.
+  @parameterized.parameters((1700, 849))
+  @test_utils.slow
+  def test_compare_path_with_ties_at_middle_k(self, n, k):
+    self.check_compare_path_with_ties(n, k)
 
   @parameterized.parameters("sort", "compare")
   def test_all_bits_equal_is_the_identity(self, path):
     # Every key equal: a stable sort keeps the order, so the zeros are the
     # first k positions.
-    k1, k2 = self.row_keys(5, seed=0)
+    k1, k2 = _row_keys(5, seed=0)
     if path == "sort":
-      new = jax.jit(permutation._followed_mask, static_argnums=(2, 3, 4, 5))(
-          k1, k2, 64, 20, _zero_bits, 2)
+      new = _followed_mask(k1, k2, 64, 20, _zero_bits, 2)
     else:
-      new = jax.jit(permutation._compared_mask, static_argnums=(2, 3, 4))(
-          k1, k2, 64, 20, _zero_bits)
+      new = _compared_mask(k1, k2, 64, 20, _zero_bits)
     np.testing.assert_array_equal(np.asarray(new),
                                   np.broadcast_to(np.arange(64) >= 20, (5, 64)))
 
