@@ -175,12 +175,15 @@ flags.register_validator(
 
 
 def _cases() -> list[str]:
-  """--cases with its groups spelled out, in `ALL_CASES` order."""
+  """--cases with its groups spelled out, in `ALL_CASES` order (checked)."""
   chosen = set()
   for c in _CASES.value:
     chosen.update(_GROUPS.get(c, (c,)))
   if not _SHARDED.value:
     chosen.discard("sharded")
+  if _PLOT.value and not chosen & {"matrix", "sharded"}:
+    raise app.UsageError("--plot draws the matrix and sharded cases; --cases "
+                         "has neither.")
   return [c for c in ALL_CASES if c in chosen]
 
 

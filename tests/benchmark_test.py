@@ -292,7 +292,8 @@ class BenchmarkEdgeCasesTest(parameterized.TestCase):
              (["--layer_shape=8"], "--layer_shape"),
              (["--layer_chunk_rows=0"], "--layer_chunk_rows"),
              (["--fresh_processes=0"], "--fresh_processes"),
-             (["--shape=8,8", "--sizes=8x8"], "not both")]
+             (["--shape=8,8", "--sizes=8x8"], "not both"),
+             (["--cases=layer", "--plot=x.png"], "--plot")]
     proc = subprocess.run(
         [sys.executable, "-c", _FLAG_PROBE, _BENCHMARK,
          json.dumps([argv for argv, _ in cases])], capture_output=True,
@@ -329,6 +330,7 @@ for argv in json.loads(sys.argv[2]):
   try:
     flags.FLAGS(["benchmark.py", *argv])
     bench.harness.flag_shapes(bench._SHAPE, bench._SIZES, bench._size_text)
+    bench._cases()
     errors.append(None)
   except (flags.Error, app.UsageError) as e:
     errors.append(str(e))
