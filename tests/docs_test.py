@@ -7,6 +7,11 @@ on have made their checkpoints. The sizes meant for a pod are the only thing
 changed: `_SMALLER` shrinks them to fit the test machine, and a test checks
 that every replacement still matches the README, so the table cannot go stale.
 
+The default run makes the launcher commands' checkpoints in this process
+instead (`alberta.sparse_init` / `sparse_init_ell` with the commands' flags,
+saved with `alberta.checkpoint.save`: two JAX subprocesses cost more than all
+the snippets together); the slow step runs the commands themselves.
+
 Docstring examples (an `Example::` block in a public object's docstring, as in
 Haiku) run the same way, each in a namespace holding `alberta`, `jax`, `jnp`,
 `hk`, `nn` and a `key`.
@@ -71,6 +76,41 @@ def _commands(text: str) -> list[str]:
   return commands
 
 
+# The launcher flags `_save_in_process` reproduces (others fail the test, so
+# that a new README command cannot be silently misread); `--num_cpu_devices`
+# and `--report` change nothing the snippets read.
+_IN_PROCESS_FLAGS = ("shape", "sparsity", "format", "output", "report",
+                     "num_cpu_devices")
+
+
+def _save_in_process(command: str) -> None:
+  """Saves what a README launcher command saves, without starting it.
+
+  The launcher's matrix is `alberta.sparse_init(jax.random.key(seed), shape,
+  sparsity, method="counter")` (its default method and seed), or with
+  `--format=ell` that of `sparse_init_ell`, saved as `"matrix"` or as
+  `"values"` and `"indices"`; the metadata holds the fields the snippets read.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  flags = dict(re.findall(r"--(\w+)=(\S+)", command))
+  unknown = sorted(set(flags) - set(_IN_PROCESS_FLAGS))
+  if unknown:
+    raise ValueError(f"README command with flags {unknown} the default test "
+                     f"cannot reproduce in process: {command}")
+  shape = tuple(int(d) for d in flags.get("shape", "8192,8192").split(","))
+  sparsity = float(flags.get("sparsity", 0.9))
+  key = jax.random.key(0)
+  if flags.get("format", "dense") == "ell":
+    values, indices = alberta.sparse_init_ell(key, shape, sparsity)
+    arrays = {"values": values, "indices": indices}
+  else:
+    arrays = {"matrix": alberta.sparse_init(key, shape, sparsity,
+                                            method="counter")}
+  alberta.checkpoint.save(flags["output"], arrays, metadata=dict(
+      shape=list(shape), sparsity=sparsity, method="counter", seed=0,
+      format=flags.get("format", "dense")))
+
+
 def _examples(obj) -> list[str]:
   doc = inspect.getdoc(obj) or ""
   found = re.findall(r"Example::\n\n((?:(?: {2,}.*)?\n)+)", doc + "\n")
@@ -97,6 +137,15 @@ class ReadmeTest(test_utils.TempDirMixin, absltest.TestCase):
 
   def test_python_blocks_run_in_order(self):
     text = _readme(self.dir)
+    commands = _commands(text)
+    self.assertNotEmpty(commands)
+    for command in commands:
+      _save_in_process(command)
+    self.run_python_blocks(text)
+
+  @test_utils.slow
+  def test_python_blocks_run_in_order_after_the_launcher(self):
+    text = _readme(self.dir)
     for command in _commands(text):
       argv = shlex.split(command)
       argv[0] = sys.executable
@@ -104,6 +153,10 @@ class ReadmeTest(test_utils.TempDirMixin, absltest.TestCase):
                               check=False, timeout=600)
       self.assertEqual(result.returncode, 0,
                        f"{command}\n{result.stdout}\n{result.stderr}")
+    self.run_python_blocks(text)
+
+  def run_python_blocks(self, text: str) -> None:
+    """Runs the ```python blocks of `text` in order, in one namespace."""
     blocks = _blocks(text, "python")
     self.assertNotEmpty(blocks)
     namespace = {"__name__": "__readme__"}
