@@ -32,6 +32,8 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
+import time
 from unittest import mock
 
 import jax
@@ -419,6 +421,11 @@ class CommitRaceTest(_CheckpointDirMixin, parameterized.TestCase):
     if to_directory:
       self.assertEqual(alberta.checkpoint.restore_metadata(target)["seed"], 1)
 
+  # Two JAX processes (seconds of start-up each): in the slow step. The
+  # default run keeps the commit's part of the guarantee: whatever appears at
+  # the target mid-save, as the winner's commit does, makes the loser raise
+  # and leave nothing (test_a_directory_appearing_without_overwrite_is_kept).
+  @test_utils.slow
   def test_two_processes_saving_to_one_path_exactly_one_succeeds(self):
     # Each process waits, mid-write (from its progress callback), until both
     # are writing: both passed the initial check, so the commit decides.
@@ -700,6 +707,125 @@ class ChecksumTest(_CheckpointDirMixin, parameterized.TestCase):
   def test_many_bit_flips_raise_or_restore_the_identical_matrix(self):
     outcomes = self._flip_sweep(2000, seed=1)
     self.assertGreater(outcomes["checksum"], 0)
+
+
+class RemoveStagingTest(_CheckpointDirMixin, absltest.TestCase):
+  """remove_staging: this run's staging goes, whatever else is there stays."""
+
+  def _writer(self, staging):
+    """A thread recreating `staging`, as orbax's writes can; stop with set()."""
+    stop = threading.Event()
+    wrote = threading.Event()
+
+    def write():
+      while not stop.is_set():
+        try:
+          os.makedirs(os.path.join(staging, "d"), exist_ok=True)
+        except FileNotFoundError:
+          continue  # Removed between the two mkdirs: again.
+        wrote.set()
+        time.sleep(0.002)
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    self.addCleanup(thread.join)
+    self.addCleanup(stop.set)
+    wrote.wait()
+    return stop, thread
+
+  def test_only_unkept_staging_entries_are_removed_and_links_not_followed(self):
+    os.mkdir(self.path)  # The target itself is never touched.
+    outside = os.path.join(self.dir, "outside")
+    os.makedirs(os.path.join(outside, "data"))
+    entries = {name: os.path.join(self.dir, name) for name in (
+        ".w.alberta-tmp-1", ".w.alberta-tmp-2.orbax-checkpoint-tmp",
+        ".w.alberta-old-3", ".w.alberta-tmp-4", ".ww.alberta-tmp-5")}
+    for name, entry in entries.items():
+      if name == ".w.alberta-tmp-4":
+        os.symlink(outside, entry)
+      else:
+        os.makedirs(os.path.join(entry, "shard"))
+    removed = alberta.checkpoint.remove_staging(
+        self.path, keep=[entries[".w.alberta-tmp-1"]], quiet_s=0)
+    self.assertEqual(removed, [entries[".w.alberta-old-3"],
+                               entries[".w.alberta-tmp-2.orbax-checkpoint-tmp"],
+                               entries[".w.alberta-tmp-4"]])
+    self.assertEqual(sorted(os.listdir(self.dir)),
+                     [".w.alberta-tmp-1", ".ww.alberta-tmp-5", "outside", "w"])
+    self.assertEqual(os.listdir(outside), ["data"])  # Through the link: kept.
+    self.assertEqual(alberta.checkpoint.remove_staging(self.path, quiet_s=0.01),
+                     [entries[".w.alberta-tmp-1"]])
+
+  def test_what_a_writer_recreates_is_removed_until_it_stops(self):
+    staging = os.path.join(self.dir, ".w.alberta-tmp-9")
+    stop, thread = self._writer(staging)
+    # The writer stops while removal goes on; nothing it wrote survives.
+    threading.Timer(0.1, stop.set).start()
+    removed = alberta.checkpoint.remove_staging(self.path, quiet_s=0.2,
+                                                timeout_s=60)
+    thread.join()
+    self.assertEqual(removed, [staging])
+    self.assertEqual(os.listdir(self.dir), [])
+
+  def test_a_writer_that_never_stops_is_given_up_on_at_the_timeout(self):
+    staging = os.path.join(self.dir, ".w.alberta-tmp-9")
+    self._writer(staging)
+    # Returns although the entry keeps reappearing (quiet_s is never reached).
+    self.assertEqual(alberta.checkpoint.remove_staging(
+        self.path, quiet_s=60, timeout_s=0.1), [staging])
+
+  def test_bad_durations_are_refused(self):
+    for kwargs in ({"quiet_s": -1}, {"timeout_s": float("nan")}):
+      name = next(iter(kwargs))
+      with self.assertRaisesRegex(ValueError, f"{name} must be a non-negative"):
+        alberta.checkpoint.remove_staging(self.path, **kwargs)
+
+
+class EstimateStoredBytesTest(_CheckpointDirMixin, absltest.TestCase):
+  """estimate_stored_bytes: what save writes, predicted from a sample."""
+
+  def test_the_estimate_is_close_to_what_save_writes(self):
+    # 90% zeros, uniform values elsewhere, as a sparse matrix has; rows on
+    # 8 devices (the estimate samples the first shard).
+    rng = np.random.default_rng(0)
+    values = rng.uniform(-1, 1, (256, 512)).astype(np.float32)
+    matrix = jax.device_put(
+        np.where(rng.random((256, 512)) < 0.9, np.float32(0), values),
+        NamedSharding(_mesh((8,), ("rows",)), PartitionSpec("rows")))
+    estimate = alberta.checkpoint.estimate_stored_bytes(matrix)
+    alberta.checkpoint.save(self.path, matrix)
+    on_disk = sum(os.path.getsize(os.path.join(root, f))
+                  for root, _, files in os.walk(self.path) for f in files)
+    # ~120 KiB on disk, ~2% of it metadata files; the estimate is within a
+    # few percent of the data (fixed seed: deterministic).
+    self.assertBetween(estimate, 0.9 * on_disk, 1.1 * on_disk)
+    self.assertLess(estimate, matrix.nbytes / 3)
+    # Named arrays add up (one rounding each).
+    both = alberta.checkpoint.estimate_stored_bytes({"a": matrix, "b": matrix})
+    self.assertAlmostEqual(both, 2 * estimate, delta=1)
+
+  def test_the_estimate_follows_compressibility(self):
+    estimate = alberta.checkpoint.estimate_stored_bytes
+    zeros = np.zeros((64, 64), np.float32)
+    noise = np.random.default_rng(0).integers(0, 2**32, (64, 64), np.uint32)
+    self.assertLess(estimate(zeros), zeros.nbytes / 100)
+    self.assertGreater(estimate(noise), 0.99 * noise.nbytes)
+    self.assertEqual(estimate({"empty": jnp.zeros((0, 3))}), 0)
+    self.assertIsNotNone(estimate(jnp.ones((4, 4), jnp.bfloat16)))
+    # One row (at least) is sampled however small sample_bytes is.
+    self.assertGreater(estimate(noise, sample_bytes=1), 0.99 * noise.nbytes)
+
+  def test_without_tensorstore_there_is_no_estimate(self):
+    with mock.patch.dict(sys.modules, {"tensorstore": None}):
+      self.assertIsNone(alberta.checkpoint.estimate_stored_bytes(jnp.ones(4)))
+
+  def test_bad_arguments_are_named(self):
+    for sample_bytes in (0, -1, 1.5, True):
+      with self.assertRaisesRegex(ValueError, "sample_bytes must be a positive"):
+        alberta.checkpoint.estimate_stored_bytes(jnp.ones(4),
+                                                 sample_bytes=sample_bytes)
+    with self.assertRaisesRegex(TypeError, r"arrays\['a'\] must be a jax.Array"):
+      alberta.checkpoint.estimate_stored_bytes({"a": [1.0, 2.0]})
 
 
 class MetadataValidationTest(_CheckpointDirMixin, parameterized.TestCase):

@@ -1,27 +1,32 @@
-"""scripts/init_large.py end to end, as a user runs it: a subprocess.
+"""scripts/init_large.py end to end, as a user runs it, and its flags.
 
-Proves that the launcher's checkpoint restores to exactly
-`sparse_init(jax.random.key(seed), shape, ...)` for both methods, on a 1-D and
-a 2-D mesh of 8 virtual CPU devices, with the metadata to recompute it and an
-honest report; that without `--output` nothing is saved; that an existing
-output and every bad flag are refused before any work, with a message naming
-the flag in one or two lines, a non-zero exit and nothing created (a symbolic
-link at `--output` even with `--overwrite`); that the verification the
-launcher runs (`alberta.verify`, as the launcher calls it) catches corrupted
-matrices and ELL arrays; that `--format=ell` saves values and indices that
-scatter to the dense counter matrix, checked and reported like it, and that
-its impossible combinations are flag errors; that a full disk (a 512 KiB
-tmpfs, when running as root) fails in one line naming `--output` and the
-cause, leaving nothing; that SIGINT or SIGTERM during the save exits within
-seconds with status 130 or 143, a one-line message and no traceback, leaving
-nothing; and (slow) that a run killed mid-write leaves nothing valid-looking at
+Proves, in launcher subprocesses, that the launcher's checkpoint restores to
+exactly `sparse_init(jax.random.key(seed), shape, ...)` with the metadata to
+recompute it and an honest report (default: counter on a 2-D mesh; slow: the
+permutation method on the default mesh, chunked); that `--format=ell` saves
+values and indices that scatter to the dense counter matrix, checked and
+reported like it; that a flag refused by absl's validators and one refused once
+JAX knows the devices each exit non-zero in one or two lines, before any work,
+creating nothing; that a full disk (a 256 KiB tmpfs, when running as root)
+fails in one line naming `--output` and the cause, leaving nothing; that
+SIGTERM (and, slow, SIGINT) during the save exits within seconds with status
+143 (130), a one-line message and no traceback, leaving nothing; and (slow)
+that without `--output` nothing is saved, that every bad flag is refused that
+way end to end, that a run killed mid-write leaves nothing valid-looking at
 `--output`, and that two processes of 4 devices each (JAX's multi-process
 runtime over gloo on 127.0.0.1) save the same matrix as one.
+
+In process (`scripts/launchlib`): that every bad flag, and every combination
+only the devices rule out, is refused with a message naming it, an existing
+output and a symbolic link (even with `--overwrite`) included, touching
+nothing; and the save's progress line. What the launcher's verification
+catches is `alberta.verify`'s, proven in verify_test.
 """
 
 from tests import env  # noqa: F401
 
 import json
+import logging
 import os
 import re
 import signal
@@ -33,13 +38,14 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 from absl.testing import absltest
 from absl.testing import parameterized
 
 import alberta
-from alberta._src import checkpoint as checkpoint_lib
-from alberta._src import verify as verify_lib
-from alberta._src.spec import make_spec
+from scripts.launchlib import options
+from scripts.launchlib import report as report_lib
+from scripts.launchlib import run
 from tests import test_utils
 
 _ROOT = test_utils.ROOT
@@ -94,6 +100,76 @@ def _assert_equals_sparse_init(testcase, matrix, *, seed, shape, sparsity,
     eps = float(jnp.finfo(dtype).eps)
     np.testing.assert_allclose(actual.astype(np.float32),
                                expected.astype(np.float32), rtol=eps, atol=0)
+
+
+# Bad flags (a test name, the flags after `_BASE_FLAGS`, the message), as
+# absl's validators refuse them, before JAX starts. {dir}: the test's directory,
+# holding `file`, a checkpoint at `checkpoint` and a symbolic link to it,
+# `link` (`_bad_flag_fixtures`).
+_REFUSED_BY_ABSL = (
+    ("_shape_one_number", ["--shape=8192"], r"--shape='8192' must be ROWS,COLS"),
+    ("_shape_zero", ["--shape=0,8"], r"--shape='0,8' must be"),
+    ("_shape_negative", ["--shape=-4,8"], r"--shape='-4,8' must be"),
+    ("_shape_not_numbers", ["--shape=a,b"], r"--shape='a,b' must be"),
+    ("_shape_three_numbers", ["--shape=8,8,8"], r"--shape='8,8,8' must be"),
+    ("_shape_too_large", ["--shape=4294967296,1"], r"--shape='4294967296,1'"),
+    ("_sparsity_above_one", ["--sparsity=1.5"], r"flag --sparsity=1.5"),
+    ("_sparsity_negative", ["--sparsity=-0.25"], r"flag --sparsity=-0.25"),
+    ("_sparsity_nan", ["--sparsity=nan"], r"flag --sparsity=nan"),
+    ("_mesh_not_dividing_rows", ["--mesh=3"], r"--mesh=3 splits the 64 rows"),
+    ("_mesh_not_dividing_columns", ["--mesh=4,5"],
+     r"--mesh=4,5 splits the 48 columns"),
+    ("_mesh_zero", ["--mesh=0"], r"--mesh='0' must be N or A,B"),
+    ("_mesh_three_axes", ["--mesh=2,2,2"], r"--mesh='2,2,2' must be N or A,B"),
+    ("_init_type", ["--init_type=gaussian"], r"flag --init_type=gaussian"),
+    ("_method", ["--method=sort"], r"flag --method=sort"),
+    ("_rounding", ["--rounding=floor"], r"flag --rounding=floor"),
+    ("_dtype_float64", ["--dtype=float64"], r"flag --dtype=float64"),
+    ("_dtype_int", ["--dtype=int8"], r"flag --dtype=int8"),
+    ("_seed_negative", ["--seed=-1"], r"flag --seed=-1"),
+    ("_seed_above_32_bits", ["--seed=4294967296"], r"flag --seed=4294967296"),
+    ("_chunk_rows_zero", ["--chunk_rows=0"], r"flag --chunk_rows=0"),
+    ("_num_cpu_devices_zero", ["--num_cpu_devices=0"],
+     r"flag --num_cpu_devices=0"),
+    ("_process_id_out_of_range", ["--num_processes=2", "--process_id=2"],
+     r"--process_id=2 must be below --num_processes=2"),
+    ("_output_below_a_file", ["--output={dir}/file/w"],
+     r"--output=\S+/file/w is not writable: .*not a directory"),
+    ("_output_empty", ["--output="], r"--output must not be empty"),
+    ("_output_existing", ["--output={dir}/checkpoint"],
+     r"--output=\S+/checkpoint: .*already exists.*--overwrite"),
+    ("_output_symbolic_link_even_with_overwrite",
+     ["--output={dir}/link", "--overwrite"], r"--output=\S+/link: .*symbolic link"),
+    ("_report_in_missing_directory", ["--report={dir}/missing/r.json"],
+     r"--report='\S+/missing/r.json': \S+ is not a writable directory"),
+    ("_format_unknown", ["--format=csr"], r"flag --format=csr"),
+    ("_format_ell_with_column_mesh", ["--format=ell", "--mesh=4,2"],
+     r"--mesh=4,2 splits the columns .*--format=ell"),
+    ("_format_ell_with_permutation", ["--format=ell", "--method=permutation"],
+     r"--method=permutation cannot make --format=ell"),
+)
+
+# Flags refused once JAX knows the devices (options.FlagError).
+_REFUSED_WITH_THE_DEVICES = (
+    ("_mesh_too_many_devices", ["--mesh=16"],
+     r"--mesh=16 needs 16 devices but only 8 exist"),
+    ("_default_mesh_not_dividing_rows", ["--shape=60,48"],
+     r"--mesh defaults to all 8 devices on rows, which does not divide the 60"),
+    ("_format_ell_without_nonzeros", ["--format=ell", "--sparsity=0.99"],
+     r"--format=ell with --sparsity=0.99 .*zeroes all 48 columns"),
+)
+
+_BASE_FLAGS = ["--shape=64,48", "--num_cpu_devices=8"]
+
+
+def _bad_flag_fixtures(directory: str) -> None:
+  """What the bad --output cases refuse to touch."""
+  with open(os.path.join(directory, "file"), "w") as f:
+    f.write("x")
+  alberta.checkpoint.save(os.path.join(directory, "checkpoint"),
+                          jnp.ones((2, 2)), {"seed": 1})
+  os.symlink(os.path.join(directory, "checkpoint"),
+             os.path.join(directory, "link"))
 
 
 class LauncherTest(test_utils.TempDirMixin, parameterized.TestCase):
@@ -260,6 +336,7 @@ class LauncherTest(test_utils.TempDirMixin, parameterized.TestCase):
     for peak in report["memory"]["per_device_peak_bytes"].values():
       self.assertGreaterEqual(peak, tile_bytes)
 
+  @test_utils.slow
   def test_without_output_the_matrix_is_reported_not_saved(self):
     proc = _run(["--shape=16,16", "--num_cpu_devices=8", "--mesh=2,4",
                  f"--report={self.report}"])
@@ -271,72 +348,13 @@ class LauncherTest(test_utils.TempDirMixin, parameterized.TestCase):
     self.assertTrue(report["verification"]["passed"])
     self.assertIn("Verification passed", proc.stderr)
 
-  def test_existing_output_is_refused_before_any_work(self):
-    alberta.checkpoint.save(self.output, jnp.ones((2, 2)), {"seed": 1})
-    before = _listing(self.dir)
-    proc = _run(["--shape=16,16", "--num_cpu_devices=8",
-                 f"--output={self.output}", f"--report={self.report}"])
-    self.assertNotEqual(proc.returncode, 0)
-    self.assertRegex(proc.stderr, r"--output=\S+: .*already exists.*--overwrite")
-    self.assertNotIn("Compiling", proc.stderr)
-    self.assertEqual(_listing(self.dir), before)
-    self.assertEqual(alberta.checkpoint.restore_metadata(self.output)["seed"], 1)
-
-  @parameterized.named_parameters(
-      ("_shape_one_number", ["--shape=8192"], r"--shape='8192' must be ROWS,COLS"),
-      ("_shape_zero", ["--shape=0,8"], r"--shape='0,8' must be"),
-      ("_shape_negative", ["--shape=-4,8"], r"--shape='-4,8' must be"),
-      ("_shape_not_numbers", ["--shape=a,b"], r"--shape='a,b' must be"),
-      ("_shape_three_numbers", ["--shape=8,8,8"], r"--shape='8,8,8' must be"),
-      ("_shape_too_large", ["--shape=4294967296,1"], r"--shape='4294967296,1'"),
-      ("_sparsity_above_one", ["--sparsity=1.5"], r"flag --sparsity=1.5"),
-      ("_sparsity_negative", ["--sparsity=-0.25"], r"flag --sparsity=-0.25"),
-      ("_sparsity_nan", ["--sparsity=nan"], r"flag --sparsity=nan"),
-      ("_mesh_not_dividing_rows", ["--mesh=3"], r"--mesh=3 splits the 64 rows"),
-      ("_mesh_not_dividing_columns", ["--mesh=4,5"],
-       r"--mesh=4,5 splits the 48 columns"),
-      ("_mesh_zero", ["--mesh=0"], r"--mesh='0' must be N or A,B"),
-      ("_mesh_three_axes", ["--mesh=2,2,2"], r"--mesh='2,2,2' must be N or A,B"),
-      ("_mesh_too_many_devices", ["--mesh=16"],
-       r"--mesh=16 needs 16 devices but only 8 exist", True),
-      ("_init_type", ["--init_type=gaussian"], r"flag --init_type=gaussian"),
-      ("_method", ["--method=sort"], r"flag --method=sort"),
-      ("_rounding", ["--rounding=floor"], r"flag --rounding=floor"),
-      ("_dtype_float64", ["--dtype=float64"], r"flag --dtype=float64"),
-      ("_dtype_int", ["--dtype=int8"], r"flag --dtype=int8"),
-      ("_seed_negative", ["--seed=-1"], r"flag --seed=-1"),
-      ("_seed_above_32_bits", ["--seed=4294967296"], r"flag --seed=4294967296"),
-      ("_chunk_rows_zero", ["--chunk_rows=0"], r"flag --chunk_rows=0"),
-      ("_num_cpu_devices_zero", ["--num_cpu_devices=0"],
-       r"flag --num_cpu_devices=0"),
-      ("_process_id_out_of_range", ["--num_processes=2", "--process_id=2"],
-       r"--process_id=2 must be below --num_processes=2"),
-      ("_output_below_a_file", ["--output={dir}/file/w"],
-       r"--output=\S+/file/w is not writable: .*not a directory"),
-      ("_output_empty", ["--output="], r"--output must not be empty"),
-      ("_report_in_missing_directory", ["--report={dir}/missing/r.json"],
-       r"--report='\S+/missing/r.json': \S+ is not a writable directory"),
-      ("_format_unknown", ["--format=csr"], r"flag --format=csr"),
-      ("_format_ell_with_column_mesh", ["--format=ell", "--mesh=4,2"],
-       r"--mesh=4,2 splits the columns .*--format=ell"),
-      ("_format_ell_with_permutation", ["--format=ell", "--method=permutation"],
-       r"--method=permutation cannot make --format=ell"),
-      ("_format_ell_without_nonzeros", ["--format=ell", "--sparsity=0.99"],
-       r"--format=ell with --sparsity=0.99 .*zeroes all 48 columns"),
-  )
-  def test_bad_flag_is_refused_before_any_work(self, bad, message,
-                                               with_output=False):
-    with open(os.path.join(self.dir, "file"), "w") as f:
-      f.write("x")
-    before = _listing(self.dir)
-    # --report (written only after the work) shows that nothing ran. --output
-    # would too, but checking it imports alberta and costs seconds a case, so
-    # only the cases about --output (and one other) pass it.
-    args = ["--shape=64,48", "--num_cpu_devices=8", f"--report={self.report}"]
-    if with_output:
-      args.append(f"--output={self.output}")
-    args += [a.format(dir=self.dir) for a in bad]
-    proc = _run(args)
+  def check_refused_before_any_work(self, bad, message, directory):
+    _bad_flag_fixtures(directory)
+    before = _listing(directory)
+    report = os.path.join(directory, "report.json")
+    # --report (written only after the work) shows that nothing ran.
+    proc = _run(_BASE_FLAGS + [f"--report={report}"] +
+                [a.format(dir=directory) for a in bad])
     self.assertNotEqual(proc.returncode, 0)
     self.assertRegex(proc.stderr, message)
     # The error and a pointer to --helpshort: no usage text, no traceback.
@@ -344,139 +362,42 @@ class LauncherTest(test_utils.TempDirMixin, parameterized.TestCase):
                          msg=proc.stderr)
     self.assertNotIn("Traceback", proc.stderr)
     self.assertNotIn("Compiling", proc.stderr)
-    self.assertEqual(_listing(self.dir), before)
+    self.assertEqual(_listing(directory), before)
+    self.assertEqual(alberta.checkpoint.restore_metadata(
+        os.path.join(directory, "checkpoint"))["seed"], 1)
 
-  def test_symbolic_link_output_is_refused_even_with_overwrite(self):
-    target = os.path.join(self.dir, "real")
-    alberta.checkpoint.save(target, jnp.ones((2, 2)), {"seed": 1})
-    os.symlink(target, self.output)
-    before = _listing(self.dir)
-    proc = _run(["--shape=16,16", "--num_cpu_devices=8", "--overwrite",
-                 f"--output={self.output}", f"--report={self.report}"])
-    self.assertNotEqual(proc.returncode, 0)
-    self.assertRegex(proc.stderr, r"--output=\S+/w: .*symbolic link")
-    self.assertLessEqual(len(proc.stderr.strip().splitlines()), 2,
-                         msg=proc.stderr)
-    self.assertNotIn("Compiling", proc.stderr)
-    # The link, its target and its contents untouched; nothing added.
-    self.assertEqual(_listing(self.dir), before)
-    self.assertEqual(os.readlink(self.output), target)
-    self.assertEqual(alberta.checkpoint.restore_metadata(target)["seed"], 1)
+  def test_refused_flags_end_the_launcher_in_two_lines_before_any_work(self):
+    # The launcher's two ways of refusing: a validator (this one imports
+    # alberta) and an error once JAX has started. Every case runs end to end
+    # in the slow step, and in process below.
+    cases = dict((c[0], c[1:]) for c in
+                 _REFUSED_BY_ABSL + _REFUSED_WITH_THE_DEVICES)
+    for name in ("_output_existing", "_mesh_too_many_devices"):
+      with self.subTest(name):
+        directory = os.path.join(self.dir, name)
+        os.mkdir(directory)
+        self.check_refused_before_any_work(*cases[name], directory)
 
-  @absltest.skipIf(os.geteuid() == 0, "root can write to read-only directories")
-  def test_read_only_output_location_is_refused(self):
-    parent = os.path.join(self.dir, "ro")
-    os.mkdir(parent, 0o500)
-    self.addCleanup(os.chmod, parent, 0o700)
-    proc = _run(["--shape=16,16", f"--output={parent}/w"])
-    self.assertNotEqual(proc.returncode, 0)
-    self.assertRegex(proc.stderr, r"--output=\S+ is not writable")
-    self.assertEqual(os.listdir(parent), [])
-
-  def test_verification_catches_corrupted_matrices(self):
-    # `alberta.verify` called as the launcher calls it: on the sharded
-    # arrays, with the run's arguments and raise_on_failure=False.
-    mesh = jax.make_mesh((4, 2), ("rows", "cols"),
-                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    sharding = jax.sharding.NamedSharding(
-        mesh, jax.sharding.PartitionSpec("rows", "cols"))
-    shape, sparsity = (64, 48), 0.75
-
-    def launcher_verify(arrays, init_type):
-      return alberta.verify(arrays, sparsity, init_type, shape=shape,
-                            method="counter", rounding="nearest",
-                            dtype=jnp.float32, raise_on_failure=False)
-
-    for init_type in ("uniform", "normal"):
-      spec, _ = make_spec(shape, sparsity, init_type, "counter", "nearest")
-      good = alberta.sharded_sparse_init(
-          jax.random.key(0), shape, sparsity, init_type, sharding=sharding,
-          method="counter")
-      k_col = int(jnp.argmax(good[5] == 0))
-      v_col = int(jnp.argmax(good[7] != 0))
-      bound = float(verify_lib.value_bound(spec, jnp.float32))
-      corrupt = dict(
-          good=good,
-          missing_zero=good.at[5, k_col].set(0.001),
-          extra_zero=good.at[7, v_col].set(0.0),
-          extra_zeros=good.at[:4].set(0.0),
-          nan=good.at[7, v_col].set(jnp.nan),
-          inf=good.at[7, v_col].set(-jnp.inf),
-          out_of_bound=good.at[7, v_col].set(bound * 1.001),
-      )
-      found = {name: launcher_verify(jax.device_put(m, sharding), init_type)
-               for name, m in corrupt.items()}
-      with self.subTest(init_type):
-        self.assertTrue(found["good"].passed, msg=found["good"])
-        self.assertEqual(found["good"].rows_below_k, 0)
-        self.assertEqual(found["missing_zero"].rows_below_k, 1)
-        self.assertFalse(found["missing_zero"].passed)
-        # The counter method never keeps a zero: one extra zero fails.
-        self.assertEqual(found["extra_zero"].rows_above_k, 1)
-        self.assertFalse(found["extra_zero"].passed)
-        self.assertEqual(found["extra_zeros"].excess_zeros, 48)
-        self.assertEqual(found["extra_zeros"].rows_above_k, 4)
-        self.assertFalse(found["extra_zeros"].passed)
-        for name in ("nan", "inf"):
-          self.assertEqual(found[name].nonfinite, 1, msg=name)
-          self.assertFalse(found[name].passed, msg=name)
-        self.assertEqual(found["out_of_bound"].out_of_bound, 1)
-        self.assertFalse(found["out_of_bound"].passed)
-
-    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("rows"))
-    spec, _ = make_spec(shape, sparsity, "uniform", "counter", "nearest")
-    values, indices = alberta.sharded_sparse_init_ell(
-        jax.random.key(0), shape, sparsity, sharding=rows)
-    bound = float(verify_lib.value_bound(spec, jnp.float32))
-    corrupt = dict(
-        good=(values, indices),
-        one_zero_value=(values.at[3, 2].set(0.0), indices),
-        all_zero_values=(jnp.zeros_like(values), indices),
-        swapped=(values, indices.at[5, 0:2].set(indices[5, 1::-1])),
-        repeated=(values, indices.at[5, 1].set(indices[5, 0])),
-        column_too_large=(values, indices.at[6, -1].set(48)),
-        column_negative=(values, indices.at[6, 0].set(-1)),
-        nan=(values.at[7, 0].set(jnp.nan), indices),
-        out_of_bound=(values.at[7, 0].set(bound * 1.001), indices),
-    )
-    ell = {name: launcher_verify((jax.device_put(v, rows),
-                                  jax.device_put(i, rows)), "uniform")
-           for name, (v, i) in corrupt.items()}
-    self.assertTrue(ell["good"].passed, msg=ell["good"])
-    self.assertEqual(ell["good"].nonzeros_per_row, 12)
-    # A stored 0.0 is a 37th zero in its row: the counter method keeps none.
-    self.assertEqual(ell["one_zero_value"].rows_above_k, 1)
-    self.assertFalse(ell["one_zero_value"].passed)
-    self.assertEqual(ell["all_zero_values"].excess_zeros, 64 * 12)
-    self.assertFalse(ell["all_zero_values"].passed)
-    self.assertEqual(ell["swapped"].rows_unsorted, 1)
-    self.assertEqual(ell["repeated"].rows_with_repeats, 1)
-    for name in ("swapped", "repeated"):
-      self.assertFalse(ell[name].passed, msg=name)
-    # A column of 48 at the end of a row stays ascending; -1 at the start too.
-    for name in ("column_too_large", "column_negative"):
-      self.assertEqual(ell[name].indices_out_of_range, 1, msg=name)
-      self.assertEqual(ell[name].rows_unsorted, 0, msg=name)
-      self.assertFalse(ell[name].passed, msg=name)
-    self.assertEqual(ell["nan"].nonfinite, 1)
-    self.assertFalse(ell["nan"].passed)
-    self.assertEqual(ell["out_of_bound"].out_of_bound, 1)
-    self.assertFalse(ell["out_of_bound"].passed)
+  @test_utils.slow
+  @parameterized.named_parameters(*_REFUSED_BY_ABSL, *_REFUSED_WITH_THE_DEVICES)
+  def test_bad_flag_is_refused_by_the_launcher_before_any_work(self, bad,
+                                                               message):
+    self.check_refused_before_any_work(bad, message, self.dir)
 
   def test_full_disk_fails_in_one_line_and_leaves_nothing(self):
     if os.geteuid() != 0:
       self.skipTest("mounting a small tmpfs needs root")
     disk = os.path.join(self.dir, "disk")
     os.mkdir(disk)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k",
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k",
                               "tmpfs", disk], capture_output=True, text=True,
                              check=False)
     if mounted.returncode:
       self.skipTest(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     self.addCleanup(subprocess.run, ["umount", disk], check=False)
     output = os.path.join(disk, "w")
-    # 4 MiB of float32 at sparsity 0.5 compresses to ~2.4 MiB: too big.
-    proc = _run(["--shape=1024,1024", "--sparsity=0.5", "--num_cpu_devices=8",
+    # 1 MiB of float32 at sparsity 0.5 compresses to ~0.6 MiB: too big.
+    proc = _run(["--shape=512,512", "--sparsity=0.5", "--num_cpu_devices=8",
                  f"--output={output}", f"--report={self.report}"])
     self.assertEqual(proc.returncode, 1, msg=proc.stderr)
     errors = [line for line in proc.stderr.splitlines()
@@ -531,7 +452,7 @@ class LauncherTest(test_utils.TempDirMixin, parameterized.TestCase):
                      rf"saving.*nothing was written at --output=")
     self.assertLen(rest.strip().splitlines(), 1, msg=rest)
     self.assertFalse(os.path.lexists(self.output))
-    self.assertEqual(checkpoint_lib.stale_staging(self.output), [])
+    self.assertEqual(alberta.checkpoint.stale_staging(self.output), [])
     self.assertEqual(os.listdir(self.dir), [])
 
   @test_utils.slow
@@ -545,7 +466,7 @@ class LauncherTest(test_utils.TempDirMixin, parameterized.TestCase):
         env=_env(), cwd=_ROOT)
     try:
       deadline = time.monotonic() + _TIMEOUT_S
-      while not checkpoint_lib.stale_staging(self.output):
+      while not alberta.checkpoint.stale_staging(self.output):
         self.assertIsNone(proc.poll(), msg="finished before it started writing")
         self.assertLess(time.monotonic(), deadline)
         time.sleep(0.005)
@@ -558,11 +479,11 @@ class LauncherTest(test_utils.TempDirMixin, parameterized.TestCase):
       proc.stderr.close()
     self.assertEqual(proc.returncode, -signal.SIGKILL)
 
-    leftovers = checkpoint_lib.stale_staging(self.output)
+    leftovers = alberta.checkpoint.stale_staging(self.output)
     self.assertNotEmpty(leftovers)  # The kill did land mid-write.
     self.assertFalse(os.path.lexists(self.output))
     for leftover in leftovers:
-      self.assertFalse(checkpoint_lib.is_checkpoint(leftover))
+      self.assertFalse(alberta.checkpoint.is_checkpoint(leftover))
     with self.assertRaisesRegex(FileNotFoundError, "no alberta checkpoint"):
       alberta.checkpoint.restore(self.output)
 
@@ -620,6 +541,71 @@ class LauncherTest(test_utils.TempDirMixin, parameterized.TestCase):
         rounding="nearest")
     self.assertEqual(sorted(os.listdir(self.dir)),
                      ["one", "report.json", "two"])
+
+
+def _parse(argv: list[str]) -> flags.FlagValues:
+  """The launcher's flags parsed from `argv` in this process."""
+  flag_values = flags.FlagValues()
+  options.define(flag_values)
+  flag_values(["init_large.py", *argv])
+  return flag_values
+
+
+class FlagsTest(test_utils.TempDirMixin, parameterized.TestCase):
+  """The launcher's flags, parsed and checked in process."""
+
+  @parameterized.named_parameters(*_REFUSED_BY_ABSL)
+  def test_bad_flag_is_refused_before_jax_starts(self, bad, message):
+    _bad_flag_fixtures(self.dir)
+    before = _listing(self.dir)
+    with self.assertRaisesRegex(flags.Error, message):
+      _parse(_BASE_FLAGS + [a.format(dir=self.dir) for a in bad])
+    self.assertEqual(_listing(self.dir), before)
+    self.assertEqual(os.readlink(os.path.join(self.dir, "link")),
+                     os.path.join(self.dir, "checkpoint"))
+
+  @parameterized.named_parameters(*_REFUSED_WITH_THE_DEVICES)
+  def test_flags_the_devices_rule_out_are_refused(self, bad, message):
+    flag_values = _parse(_BASE_FLAGS + bad)  # Valid as far as absl can tell.
+    with self.assertRaisesRegex(options.FlagError, message):
+      run.Plan.from_flags(jax, alberta, flag_values)
+
+  @absltest.skipIf(os.geteuid() == 0, "root can write to read-only directories")
+  def test_read_only_output_location_is_refused(self):
+    parent = os.path.join(self.dir, "ro")
+    os.mkdir(parent, 0o500)
+    self.addCleanup(os.chmod, parent, 0o700)
+    with self.assertRaisesRegex(flags.Error, r"--output=\S+ is not writable"):
+      _parse(["--shape=16,16", f"--output={parent}/w"])
+    self.assertEqual(os.listdir(parent), [])
+
+  def test_plan_of_valid_flags(self):
+    plan = run.Plan.from_flags(jax, alberta, _parse(
+        _BASE_FLAGS + ["--chunk_rows=100", "--format=ell",
+                       "--mesh=4", "--sparsity=0.75", "--seed=9"]))
+    self.assertEqual((plan.shape, plan.zeros_per_row, plan.nnz), ((64, 48), 36, 12))
+    self.assertEqual(dict(plan.mesh.shape), {"rows": 4})
+    self.assertEqual(plan.tile, (16, 12))
+    self.assertEqual(plan.chunk_rows_used, 16)  # At most the tile's rows.
+    self.assertEqual(plan.entries, 64 * 12)
+    self.assertEqual(
+        plan.recompute(ell=True), "alberta.sparse_init_ell(jax.random.key(9), "
+        "(64, 48), 0.75, 'uniform', dtype=jnp.float32, method='counter', "
+        "rounding='nearest')")
+    self.assertEqual(plan.metadata()["nonzeros_per_row"], 12)
+
+
+class ProgressTest(absltest.TestCase):
+
+  def test_the_bar_stops_at_99_percent_until_the_save_ends(self):
+    with self.assertLogs("absl", logging.INFO) as logs:
+      report_lib.progress_line(1000, estimated=True)(500, 1.0)
+      report_lib.progress_line(1000, estimated=True)(5000, 2.0)
+      report_lib.progress_line(2**20, estimated=False)(2**19, 1.0)
+    self.assertRegex(logs.output[0], r"\[#{15}\.{15}\]  50%  500 B of ~1000 B")
+    self.assertRegex(logs.output[1], r"\[#{29}\.\]  99%  4\.9 KiB of ~1000 B")
+    self.assertRegex(logs.output[2],
+                     r" 50%  512\.0 KiB of <= 1\.0 MiB uncompressed  1 s")
 
 
 if __name__ == "__main__":
