@@ -41,17 +41,22 @@ SHAPE = (16, 10)
 SPARSITY = 0.72
 
 # Tiny, 1 x N, N x 1, primes, the seed's docstring example, a wide and a large
-# one (fan-in > 1024); every sparsity, both init types and both key kinds
-# appear in the quick set, which leaves out only the large 300 x 2000 matrix
-# (the seed's eager run of it takes ~10 s of CPU). The slow set crosses every
-# shape with both init types and both key kinds (sparsity rotating), and
-# sweeps all sparsities.
+# one (fan-in > 1625: two sort rounds). The seed runs eagerly, so each new
+# shape costs it a compilation of every op (~1-3 s of CPU), and the library a
+# program: the quick set is the four pairs of init type and key kind
+# (`test_default_arguments_are_the_seeds` is uniform with a typed key), with
+# sparsity 1 and 0, an N x 1 shape, and one and two sort rounds. The slow set
+# crosses every shape with both init types and both key kinds (sparsity
+# rotating), sweeps all sparsities and runs the former quick cases.
 SEED_SHAPES = ((1, 1), (5, 1), (1, 7), (2, 3), (7, 13), (128, 10), (31, 97),
-               (3, 5000), (300, 2000), (211, 5))
+               (2, 1700), (3, 5000), (300, 2000), (211, 5))
 SPARSITIES = (0.0, 0.1, 0.5, 0.9, 0.99, 1.0)
 QUICK_SEED_CASES = (
     ((1, 1), 1.0, "uniform", "raw"),
     ((5, 1), 0.0, "normal", "typed"),
+    ((2, 1700), 0.99, "normal", "raw"),
+)
+FORMER_QUICK_SEED_CASES = (
     ((1, 7), 0.5, "normal", "raw"),
     ((7, 13), 0.1, "uniform", "typed"),
     ((128, 10), 0.9, "uniform", "typed"),
@@ -83,6 +88,10 @@ def _slow_seed_cases():
       SEED_SHAPES, ("uniform", "normal"), ("typed", "raw"))):
     sparsity = SPARSITIES[(i + i // 4) % len(SPARSITIES)]
     cases.append(_case(shape, sparsity, init_type, kind, seed=100 + i))
+  for i, c in enumerate(FORMER_QUICK_SEED_CASES):
+    case = _case(*c, seed=len(QUICK_SEED_CASES) + i)
+    case["testcase_name"] += "_former_quick"
+    cases.append(case)
   return cases
 
 
@@ -208,21 +217,24 @@ class NumZerosTest(parameterized.TestCase):
 
 class ShapeTest(parameterized.TestCase):
 
+  # Each N-D shape flattens to `SHAPE`, so its 2-D program is the one the
+  # other tests compile.
   @parameterized.named_parameters(
-      ("_conv2d_out_in_kh_kw_uniform", (6, 3, 2, 2), "uniform"),
-      ("_conv2d_out_in_kh_kw_normal", (6, 3, 2, 2), "normal"),
-      ("_rank5_with_ones", (3, 2, 1, 5, 1), "uniform"),
+      ("_conv2d_out_in_kh_kw_uniform", (16, 5, 1, 2), "uniform"),
+      ("_conv2d_out_in_kh_kw_normal", (16, 5, 1, 2), "normal"),
+      ("_rank5_with_ones", (16, 2, 1, 5, 1), "uniform"),
   )
   def test_nd_shape_is_the_2d_matrix_reshaped(self, shape, init_type):
     key = jax.random.key(11)
     fan_in = math.prod(shape[1:])
-    nd = np.asarray(alberta.sparse_init(key, shape, 0.6, init_type))
-    flat = np.asarray(alberta.sparse_init(key, (shape[0], fan_in), 0.6, init_type))
+    nd = np.asarray(alberta.sparse_init(key, shape, SPARSITY, init_type))
+    flat = np.asarray(alberta.sparse_init(key, (shape[0], fan_in), SPARSITY,
+                                          init_type))
     self.assertEqual(nd.shape, shape)
     test_utils.assert_same_bits(nd, flat.reshape(shape))
     # The fan-in of an output unit is all of its trailing axes together.
     np.testing.assert_array_equal(test_utils.zeros_per_row(nd),
-                                  alberta.num_zeros(fan_in, 0.6))
+                                  alberta.num_zeros(fan_in, SPARSITY))
 
   def test_shape_may_be_a_list_or_numpy_ints(self):
     key = jax.random.key(0)
@@ -294,7 +306,11 @@ class DtypeTest(parameterized.TestCase):
 
 class TransformTest(parameterized.TestCase):
 
+  # Each compiles a program of its own; in the default run
+  # `test_vmap_over_typed_keys_stacks_per_key_results` compares a jitted
+  # (and vmapped) program with the eager one.
   @parameterized.named_parameters(("_uniform", "uniform"), ("_normal", "normal"))
+  @test_utils.slow
   def test_jit_equals_eager(self, init_type):
     key = jax.random.key(21)
     init = functools.partial(alberta.sparse_init, shape=SHAPE, sparsity=SPARSITY,
@@ -305,14 +321,16 @@ class TransformTest(parameterized.TestCase):
     self.check_vmap_over_keys("typed")
 
   # A vmapped program compiles in ~5 s of CPU, so the raw-key variant runs in
-  # the slow step (raw and typed keys meet the same `bits.key_words`).
+  # the slow step (raw and typed keys meet the same `keys.key_words`).
   @test_utils.slow
   def test_vmap_over_raw_keys_stacks_per_key_results(self):
     self.check_vmap_over_keys("raw")
 
   def check_vmap_over_keys(self, key_kind):
+    # Normal values: the ones a different fusion under jit could change.
     keys = jax.random.split(KEY_FNS[key_kind](8), 5)
-    init = functools.partial(alberta.sparse_init, shape=SHAPE, sparsity=SPARSITY)
+    init = functools.partial(alberta.sparse_init, shape=SHAPE, sparsity=SPARSITY,
+                             init_type="normal")
     batched = np.asarray(jax.jit(jax.vmap(init))(keys))
     self.assertEqual(batched.shape, (5, *SHAPE))
     for i in range(5):
