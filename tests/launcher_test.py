@@ -139,7 +139,8 @@ _REFUSED_BY_ABSL = (
     ("_output_existing", ["--output={dir}/checkpoint"],
      r"--output=\S+/checkpoint: .*already exists.*--overwrite"),
     ("_output_symbolic_link_even_with_overwrite",
-     ["--output={dir}/link", "--overwrite"], r"--output=\S+/link: .*symbolic link"),
+     ["--output={dir}/link", "--overwrite"],
+     r"--output=\S+/link: .*symbolic link"),
     ("_report_in_missing_directory", ["--report={dir}/missing/r.json"],
      r"--report='\S+/missing/r.json': \S+ is not a writable directory"),
     ("_format_unknown", ["--format=csr"], r"flag --format=csr"),
@@ -378,8 +379,8 @@ class LauncherTest(test_utils.TempDirMixin, parameterized.TestCase):
         os.mkdir(directory)
         self.check_refused_before_any_work(*cases[name], directory)
 
-  @test_utils.slow
   @parameterized.named_parameters(*_REFUSED_BY_ABSL, *_REFUSED_WITH_THE_DEVICES)
+  @test_utils.slow
   def test_bad_flag_is_refused_by_the_launcher_before_any_work(self, bad,
                                                                message):
     self.check_refused_before_any_work(bad, message, self.dir)
@@ -583,7 +584,8 @@ class FlagsTest(test_utils.TempDirMixin, parameterized.TestCase):
     plan = run.Plan.from_flags(jax, alberta, _parse(
         _BASE_FLAGS + ["--chunk_rows=100", "--format=ell",
                        "--mesh=4", "--sparsity=0.75", "--seed=9"]))
-    self.assertEqual((plan.shape, plan.zeros_per_row, plan.nnz), ((64, 48), 36, 12))
+    self.assertEqual((plan.shape, plan.zeros_per_row, plan.nnz),
+                     ((64, 48), 36, 12))
     self.assertEqual(dict(plan.mesh.shape), {"rows": 4})
     self.assertEqual(plan.tile, (16, 12))
     self.assertEqual(plan.chunk_rows_used, 16)  # At most the tile's rows.

@@ -30,8 +30,8 @@ def parse_ints(text: str, flag: str, counts: Sequence[int]) -> tuple[int, ...]:
   except ValueError:
     values = ()
   if len(values) not in counts or any(v <= 0 for v in values):
-    wanted = " or ".join({1: "N", 2: "ROWS,COLS" if flag == "shape" else "A,B"}[c]
-                         for c in counts)
+    names = {1: "N", 2: "ROWS,COLS" if flag == "shape" else "A,B"}
+    wanted = " or ".join(names[c] for c in counts)
     raise flags.ValidationError(
         f"--{flag}={text!r} must be {wanted}, positive integers.")
   return values
@@ -229,9 +229,9 @@ def define(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       "process_id", None, "Multi-host: this process's index.", lower_bound=0,
       flag_values=flag_values)
   flags.DEFINE_bool(
-      "distributed", False, "Call jax.distributed.initialize() even without the "
-      "three flags above, letting JAX detect a managed cluster (Cloud TPU, "
-      "SLURM, Open MPI, GKE).",
+      "distributed", False, "Call jax.distributed.initialize() even without "
+      "the three flags above, letting JAX detect a managed cluster (Cloud "
+      "TPU, SLURM, Open MPI, GKE).",
       flag_values=flag_values)
   for names, check, message in _VALIDATORS:
     if isinstance(names, str):

@@ -18,7 +18,7 @@ from absl import logging
 
 from scripts.launchlib import devices
 from scripts.launchlib import options
-from scripts.launchlib.report import nbytes
+from scripts.launchlib import report as report_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Plan:
   @classmethod
   def from_flags(cls, jax, alberta,
                  flag_values: flags.FlagValues = flags.FLAGS) -> Plan:
-    """The run of the parsed flags; a `options.FlagError` if it cannot be made."""
+    """The run of the parsed flags; an `options.FlagError` if there is none."""
     f = flag_values
     shape = options.shape(f)
     mesh, sharding = devices.make_mesh(jax, f)
@@ -149,7 +149,7 @@ class Plan:
     logging.info("Generated in %.3f s: %.3g %s/s, %.3g GB/s.", seconds,
                  self.entries / seconds,
                  "nonzeros" if self.ell else "entries",
-                 nbytes(arrays) / seconds / 1e9)
+                 report_lib.nbytes(arrays) / seconds / 1e9)
     return arrays, seconds
 
   @property
@@ -200,7 +200,7 @@ class Plan:
              memory: dict[str, Any]) -> dict[str, Any]:
     """The JSON report's fields, before the save adds its own."""
     devices = jax.devices()
-    raw = nbytes(arrays)
+    raw = report_lib.nbytes(arrays)
     report = dict(
         self._facts(),
         arrays={name: list(a.shape) for name, a in arrays.items()},
