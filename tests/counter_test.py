@@ -39,6 +39,7 @@ import alberta
 from alberta._src import bits
 from alberta._src import blocks
 from alberta._src import counter
+from alberta._src import keys
 from alberta._src.spec import make_spec
 from tests import test_utils
 
@@ -58,7 +59,7 @@ def _rows(row_start, n_rows: int):
 @functools.partial(jax.jit, static_argnames=("n_rows", "fan_in"))
 def _permuted_columns(key, n_rows: int, fan_in: int, row_start=0):
   """`pi_r(c)` for rows `[row_start, +n_rows)` and all columns `c`."""
-  mask_key = bits.key_words(key)
+  mask_key = keys.key_words(key)
   rows = _rows(row_start, n_rows)
   material = counter.round_keys(mask_key, rows, fan_in)
   cols = jnp.broadcast_to(jnp.arange(fan_in, dtype=jnp.uint32), (n_rows, fan_in))
@@ -67,9 +68,28 @@ def _permuted_columns(key, n_rows: int, fan_in: int, row_start=0):
 
 @functools.partial(jax.jit, static_argnames=("n_rows", "fan_in", "k"))
 def _zero_mask_jit(key, n_rows: int, fan_in: int, k: int, row_start=0):
-  mask_key = bits.key_words(key)
+  mask_key = keys.key_words(key)
   cols = jnp.arange(fan_in, dtype=jnp.uint32)
   return ~counter.keep_mask(mask_key, k, fan_in, _rows(row_start, n_rows), cols)
+
+
+@functools.partial(jax.jit, static_argnames=("n_rows", "fan_in", "ks"))
+def _zero_counts_jit(key, row_start, n_rows: int, fan_in: int, ks):
+  mask_key = keys.key_words(key)
+  rows = _rows(row_start, n_rows)
+  cols = jnp.arange(fan_in, dtype=jnp.uint32)
+  return jnp.stack([
+      (~counter.keep_mask(mask_key, k, fan_in, rows, cols)).sum(
+          axis=1, dtype=jnp.int32) for k in ks])
+
+
+def zero_counts(key, row_start, n_rows: int, fan_in: int, ks) -> np.ndarray:
+  """Zeros per row of `keep_mask` for each k of `ks`: `int32[len(ks), n_rows]`.
+
+  One program for every k (the shuffle is computed once, compared with each).
+  """
+  return np.asarray(_zero_counts_jit(key, np.uint32(row_start), n_rows,
+                                     fan_in, tuple(ks)))
 
 
 def zero_mask(key, n_rows: int, fan_in: int, k: int, row_start=0) -> np.ndarray:
@@ -84,7 +104,7 @@ def zero_mask(key, n_rows: int, fan_in: int, k: int, row_start=0) -> np.ndarray:
 
 @functools.partial(jax.jit, static_argnames=("spec",))
 def _raw_values_jit(key, spec):
-  init_key = bits.key_words(key)
+  init_key = keys.key_words(key)
   rows = _rows(0, spec.fan_out)
   cols = jnp.arange(spec.fan_in, dtype=jnp.uint32)
   return blocks.values_from_bits(spec, counter.value_bits(init_key, rows, cols))
@@ -208,7 +228,7 @@ def zero_set_tv(n: int, k: int, rounds: int, kernel: np.ndarray) -> float:
 @functools.partial(jax.jit, static_argnames=("n_rows",))
 def _opposite_pairs_at_fan_in_4(key, row_start, n_rows: int):
   """Rows whose zero set (k = 2 of 4) is {0, 2} or {1, 3}; and all zeros."""
-  mask_key = bits.key_words(key)
+  mask_key = keys.key_words(key)
   zeros = ~counter.keep_mask(mask_key, 2, 4, _rows(row_start, n_rows),
                              jnp.arange(4, dtype=jnp.uint32))
   opposite = (zeros[:, 0] & zeros[:, 2]) | (zeros[:, 1] & zeros[:, 3])
@@ -227,10 +247,20 @@ def opposite_pair_z(key, n_rows: int, chunk: int = 2**22) -> float:
 
 class ZeroCountTest(parameterized.TestCase):
 
-  @parameterized.parameters(
-      (1, 8), (2, 8), (3, 8), (10, 8), (64, 8), (1024, 8), (13, 8), (127, 8),
-      (257, 8), (65537, 2))
+  # Each fan-in compiles a program: tiny ones, a power of two, odd ones and
+  # one past 2**16 here, the rest in the slow step.
+  @parameterized.parameters((1, 8), (2, 8), (3, 8), (64, 8), (127, 8),
+                            (65537, 2))
   def test_each_row_shuffle_is_a_bijection(self, fan_in, n_rows):
+    self.check_each_row_shuffle_is_a_bijection(fan_in, n_rows)
+
+  @parameterized.parameters((10, 8), (1024, 8), (13, 8), (257, 8))
+  @test_utils.slow
+  def test_each_row_shuffle_is_a_bijection_at_other_fan_ins(self, fan_in,
+                                                             n_rows):
+    self.check_each_row_shuffle_is_a_bijection(fan_in, n_rows)
+
+  def check_each_row_shuffle_is_a_bijection(self, fan_in, n_rows):
     # A bijection of [0, fan_in) maps exactly k columns below k, for every k.
     perm = np.asarray(_permuted_columns(jax.random.key(11), n_rows, fan_in,
                                         np.uint32(2**32 - 5)))
@@ -244,31 +274,37 @@ class ZeroCountTest(parameterized.TestCase):
       self, fan_in, n_rows):
     self.check_exactly_k_zeros_per_row(fan_in, n_rows)
 
-  # Op by op, ~3 s of CPU each; test_each_row_shuffle_is_a_bijection covers
-  # these fan-ins in the default run (a bijection puts exactly k columns
-  # below every k).
+  # test_each_row_shuffle_is_a_bijection covers these fan-ins in the default
+  # run (a bijection puts exactly k columns below every k).
   @parameterized.parameters((1024, 4), (65537, 2))
   @test_utils.slow
   def test_exactly_k_zeros_per_row_at_large_fan_in(self, fan_in, n_rows):
     self.check_exactly_k_zeros_per_row(fan_in, n_rows)
 
   def check_exactly_k_zeros_per_row(self, fan_in, n_rows):
-    mask_key = bits.key_words(jax.random.key(3))
-    rows = _rows(np.uint32(2**31 - 1), n_rows)
-    cols = jnp.arange(fan_in, dtype=jnp.uint32)
-    for sparsity, rounding in itertools.product(
-        (0.0, 0.1, 0.5, 0.7, 0.9, 0.99, 1.0), ("nearest", "ceil")):
-      k = alberta.num_zeros(fan_in, sparsity, rounding)
-      # Op by op: integer ops only, and one compilation per op shape serves
-      # every k.
-      keep = np.asarray(counter.keep_mask(mask_key, k, fan_in, rows, cols))
-      np.testing.assert_array_equal((~keep).sum(axis=1), k,
+    cases = list(itertools.product((0.0, 0.1, 0.5, 0.7, 0.9, 0.99, 1.0),
+                                   ("nearest", "ceil")))
+    ks = [alberta.num_zeros(fan_in, sparsity, rounding)
+          for sparsity, rounding in cases]
+    counts = zero_counts(jax.random.key(3), 2**31 - 1, n_rows, fan_in, ks)
+    for (sparsity, rounding), k, count in zip(cases, ks, counts):
+      np.testing.assert_array_equal(count, k,
                                     err_msg=f"{sparsity=} {rounding=}")
 
-  @parameterized.parameters((1, 0.5, "nearest"), (3, 1.0, "nearest"),
-                            (10, 0.7, "ceil"), (64, 0.9, "nearest"),
-                            (127, 0.1, "ceil"), (128, 0.0, "nearest"))
+  @parameterized.parameters((10, 0.7, "ceil"), (64, 0.9, "nearest"),
+                            (127, 0.1, "ceil"))
   def test_output_zeros_are_the_mask(self, fan_in, sparsity, rounding):
+    self.check_output_zeros_are_the_mask(fan_in, sparsity, rounding)
+
+  # k = n or 0 (no shuffle) and fan_in 1: three more programs each.
+  @parameterized.parameters((1, 0.5, "nearest"), (3, 1.0, "nearest"),
+                            (128, 0.0, "nearest"))
+  @test_utils.slow
+  def test_output_zeros_are_the_mask_at_the_edges(self, fan_in, sparsity,
+                                                  rounding):
+    self.check_output_zeros_are_the_mask(fan_in, sparsity, rounding)
+
+  def check_output_zeros_are_the_mask(self, fan_in, sparsity, rounding):
     key = jax.random.key(3)
     shape = (16, fan_in)
     spec = _spec(shape, sparsity, rounding=rounding)
@@ -308,13 +344,22 @@ class ExactZeroSetLawTest(parameterized.TestCase):
 
   def test_model_round_is_counter_round(self):
     rng = np.random.default_rng(0)
-    for n in (2, 5, 8):
+    ns = (2, 5, 8)
+    inputs = []
+    for n in ns:
       k_value = rng.integers(0, n, 64, dtype=np.uint32)
       a, b = rng.integers(0, 2**32, (2, 64), dtype=np.uint32)
-      x = np.broadcast_to(np.arange(n, dtype=np.uint32), (64, n))
-      got = np.asarray(counter.permute(
-          jnp.asarray(x), tuple(jnp.asarray(w[:, None]) for w in (k_value, a, b)),
-          n))
+      inputs.append((k_value, a, b))
+
+    @jax.jit
+    def permute_all(inputs):  # One program for the three row lengths.
+      return [counter.permute(
+          jnp.broadcast_to(jnp.arange(n, dtype=jnp.uint32), (64, n)),
+          tuple(w[:, None] for w in words), n)
+              for n, words in zip(ns, inputs)]
+
+    for n, (k_value, a, b), got in zip(ns, inputs, permute_all(inputs)):
+      got = np.asarray(got)
       want = np.stack([
           test_utils.counter_model_round(np.arange(n), k_value[i], a[i], b[i], n)
           for i in range(64)])
@@ -323,11 +368,16 @@ class ExactZeroSetLawTest(parameterized.TestCase):
   def test_k_law_is_round_keys_k(self):
     # round_keys' K is floor(u n / 2**64) of u = (w1, w2) at counter (r, 1 + i).
     n, rows = 7, jnp.arange(3, dtype=jnp.uint32)
-    mask_key = bits.key_words(jax.random.key(4))
-    ks = np.asarray(counter.round_keys(mask_key, rows, n)[0])
-    j = jnp.arange(1, counter.num_rounds(n) + 1, dtype=jnp.uint32)
-    w1, w2 = (np.asarray(w) for w in
+
+    @jax.jit
+    def ks_and_words(key):  # One program, not op by op.
+      mask_key = keys.key_words(key)
+      j = jnp.arange(1, counter.num_rounds(n) + 1, dtype=jnp.uint32)
+      return (counter.round_keys(mask_key, rows, n)[0],
               bits.threefry(mask_key, rows[:, None], j[None, :]))
+
+    ks, (w1, w2) = ks_and_words(jax.random.key(4))
+    ks, w1, w2 = np.asarray(ks), np.asarray(w1), np.asarray(w2)
     for r, i in itertools.product(range(3), range(ks.shape[1])):
       u = (int(w1[r, i]) << 32) | int(w2[r, i])
       self.assertEqual(int(ks[r, i]), (u * n) >> 64)
@@ -399,9 +449,20 @@ class TilingTest(parameterized.TestCase):
         jax.random.key(40), self._SHAPE, self._SPARSITY, init_type,
         method="counter"))
 
+  # Ragged last chunks (75 = 10 * 7 + 5 = 2 * 37 + 1), each distribution once;
+  # every pair, chunks of one row and the default in the slow step.
+  @parameterized.parameters((7, "uniform"), (37, "normal"))
+  def test_any_chunk_rows_gives_identical_bits(self, chunk_rows, init_type):
+    self.check_any_chunk_rows_gives_identical_bits(chunk_rows, init_type)
+
   @parameterized.product(chunk_rows=(1, 7, 37, None),
                          init_type=("uniform", "normal"))
-  def test_any_chunk_rows_gives_identical_bits(self, chunk_rows, init_type):
+  @test_utils.slow
+  def test_any_chunk_rows_gives_identical_bits_slow(self, chunk_rows,
+                                                    init_type):
+    self.check_any_chunk_rows_gives_identical_bits(chunk_rows, init_type)
+
+  def check_any_chunk_rows_gives_identical_bits(self, chunk_rows, init_type):
     spec = _spec(self._SHAPE, self._SPARSITY, init_type)
     generate = jax.jit(blocks.generate, static_argnums=(1, 3, 5, 6, 7))
     out = generate(jax.random.key(40), spec, 0, spec.fan_out, 0, spec.fan_in,
@@ -421,12 +482,22 @@ class TilingTest(parameterized.TestCase):
                     for r0 in (0, 25, 50)])
     test_utils.assert_same_bits(out, self._whole())
 
+  # Rows and columns split, chunked; tests/sharding_test.py runs every mesh
+  # for both methods, and the other layouts here run in the slow step.
+  def test_sharded_equals_whole_matrix(self):
+    self.check_sharded_equals_whole_matrix((2, 4), ("x", "y"), P("y", "x"), 3)
+
   @parameterized.named_parameters(
       ("_rows_8", (8,), ("x",), P("x"), None),
-      ("_cols_rows_2x4_chunked", (2, 4), ("x", "y"), P("y", "x"), 3),
       ("_rows_over_both_axes", (2, 4), ("x", "y"), P(("x", "y")), None),
       ("_replicated", (8,), ("x",), P(), 7))
-  def test_sharded_equals_whole_matrix(self, mesh_shape, axes, spec, chunk_rows):
+  @test_utils.slow
+  def test_sharded_equals_whole_matrix_other_layouts(self, mesh_shape, axes,
+                                                     spec, chunk_rows):
+    self.check_sharded_equals_whole_matrix(mesh_shape, axes, spec, chunk_rows)
+
+  def check_sharded_equals_whole_matrix(self, mesh_shape, axes, spec,
+                                        chunk_rows):
     mesh = Mesh(np.array(jax.devices()).reshape(mesh_shape), axes)
     shape = (64, 48)
     out = alberta.sharded_sparse_init(
@@ -435,6 +506,8 @@ class TilingTest(parameterized.TestCase):
     want = alberta.sparse_init(jax.random.key(41), shape, 0.8, method="counter")
     test_utils.assert_same_bits(out, want)
 
+  # tests/sharding_test.py runs pmap for both methods in the default run.
+  @test_utils.slow
   def test_pmap_equals_whole_matrix(self):
     out = alberta.pmap_sparse_init(jax.random.key(42), (64, 40), 0.9,
                                    method="counter", chunk_rows=5)
@@ -446,6 +519,9 @@ class TilingTest(parameterized.TestCase):
 class TransformTest(parameterized.TestCase):
   """jit and vmap over keys leave the matrix as it is."""
 
+  # test_vmap_over_keys_stacks_per_key_matrices compares a jitted program
+  # (normal values) with the eager one in the default run.
+  @test_utils.slow
   def test_jit_equals_eager(self):
     shape = (24, 30)
     f = jax.jit(lambda key: alberta.sparse_init(key, shape, 0.6, "normal",
@@ -454,13 +530,21 @@ class TransformTest(parameterized.TestCase):
                                method="counter")
     test_utils.assert_same_bits(f(jax.random.key(53)), want)
 
-  @parameterized.parameters("typed", "raw")
-  def test_vmap_over_keys_stacks_per_key_matrices(self, key_kind):
+  def test_vmap_over_keys_stacks_per_key_matrices(self):
+    self.check_vmap_over_keys_stacks_per_key_matrices("typed")
+
+  # Raw keys compile programs of their own; they meet the same key words.
+  @test_utils.slow
+  def test_vmap_over_raw_keys_stacks_per_key_matrices(self):
+    self.check_vmap_over_keys_stacks_per_key_matrices("raw")
+
+  def check_vmap_over_keys_stacks_per_key_matrices(self, key_kind):
     make = jax.random.key if key_kind == "typed" else jax.random.PRNGKey
-    keys = jax.vmap(make)(jnp.arange(4))
+    key_batch = jax.vmap(make)(jnp.arange(4))
     shape = (12, 20)
-    f = lambda key: alberta.sparse_init(key, shape, 0.5, method="counter")
-    out = jax.jit(jax.vmap(f))(keys)
+    f = lambda key: alberta.sparse_init(key, shape, 0.5, "normal",
+                                        method="counter")
+    out = jax.jit(jax.vmap(f))(key_batch)
     want = np.stack([np.asarray(f(make(i))) for i in range(4)])
     test_utils.assert_same_bits(out, want)
 
