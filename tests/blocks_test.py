@@ -10,6 +10,7 @@ numbers.
 
 from tests import env  # noqa: F401
 
+import functools
 import itertools
 from unittest import mock
 
@@ -24,11 +25,33 @@ import alberta
 from tests import test_utils
 from alberta._src import bits
 from alberta._src import blocks
+from alberta._src import driver
+from alberta._src import keys
 from alberta._src.spec import make_spec
 
 _METHODS_AND_TYPES = tuple(
     dict(testcase_name=f"_{m}_{t}", method=m, init_type=t)
     for m, t in itertools.product(("permutation", "counter"), ("uniform", "normal")))
+# The default run's: each method and each distribution once (the distribution
+# is an elementwise map of the same bits); the slow run has the other two.
+_COVERING = (_METHODS_AND_TYPES[0], _METHODS_AND_TYPES[3])
+_OTHERS = (_METHODS_AND_TYPES[1], _METHODS_AND_TYPES[2])
+
+# The matrix whose tiles and chunks RowBlockTest and HostLoopTest check.
+_SHAPE = (50, 33)
+_SPARSITY = 0.6
+_KEY = 3
+
+
+def _spec(method: str, init_type: str):
+  return make_spec(_SHAPE, _SPARSITY, init_type, method, "nearest")[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _reference(method: str, init_type: str) -> np.ndarray:
+  """`sparse_init` of the shared matrix, computed once per case."""
+  return np.asarray(alberta.sparse_init(jax.random.key(_KEY), _SHAPE, _SPARSITY,
+                                        init_type, method=method))
 
 assert_same_matrix = test_utils.assert_same_matrix
 
@@ -82,10 +105,11 @@ class ElementBitsTest(parameterized.TestCase):
     full = np.asarray(jax.random.bits(key, (13, 37), jnp.uint32))
     rows = np.array([0, 1, 5, 12], np.uint32)
     cols = np.array([0, 3, 36], np.uint32)
-    got = bits.element_bits(bits.key_words(key), jnp.asarray(rows)[:, None],
-                            jnp.asarray(cols)[None, :], 37)
+    element_bits = jax.jit(bits.element_bits, static_argnums=3)
+    got = element_bits(keys.key_words(key), jnp.asarray(rows)[:, None],
+                       jnp.asarray(cols)[None, :], 37)
     np.testing.assert_array_equal(np.asarray(got), full[np.ix_(rows, cols)])
-    everything = bits.element_bits(bits.key_words(key),
+    everything = element_bits(keys.key_words(key),
                                    jnp.arange(13, dtype=jnp.uint32)[:, None],
                                    jnp.arange(37, dtype=jnp.uint32)[None, :], 37)
     np.testing.assert_array_equal(np.asarray(everything), full)
@@ -121,7 +145,7 @@ class ElementBitsTest(parameterized.TestCase):
     cols = np.array(cols, np.uint32)[None, :]
     self.assertGreater(int(rows.max()) * row_length + int(cols.max()), 2**32)
     got = jax.jit(bits.element_bits, static_argnums=3)(
-        bits.key_words(key), jnp.asarray(rows), jnp.asarray(cols), row_length)
+        keys.key_words(key), jnp.asarray(rows), jnp.asarray(cols), row_length)
     np.testing.assert_array_equal(np.asarray(got),
                                   reference_bits(key, rows, cols, row_length))
 
@@ -143,52 +167,55 @@ class ElementBitsTest(parameterized.TestCase):
 
 class RowBlockTest(parameterized.TestCase):
 
-  _SHAPE = (50, 33)
-  _SPARSITY = 0.6
+  _SHAPE = _SHAPE
+  _SPARSITY = _SPARSITY
 
-  @parameterized.named_parameters(*_METHODS_AND_TYPES)
+  @parameterized.named_parameters(*_COVERING)
   def test_any_tile_with_traced_start_equals_slice_of_sparse_init(
       self, method, init_type):
-    key = jax.random.key(3)
-    whole = np.asarray(alberta.sparse_init(
-        key, self._SHAPE, self._SPARSITY, init_type, method=method))
-    spec, _ = make_spec(self._SHAPE, self._SPARSITY, init_type, method, "nearest")
-    traces = []
+    self._check_any_tile(method, init_type)
 
-    @jax.jit
-    def rows_tile(key, r0):
-      traces.append("rows")
-      return blocks.row_block(key, spec, r0, 7)
+  @parameterized.named_parameters(*_OTHERS)
+  @test_utils.slow
+  def test_any_tile_with_traced_start_equals_slice_of_sparse_init_others(
+      self, method, init_type):
+    self._check_any_tile(method, init_type)
+
+  def _check_any_tile(self, method, init_type):
+    key = jax.random.key(_KEY)
+    whole = _reference(method, init_type)
+    spec = _spec(method, init_type)
+    traces = []
 
     @jax.jit
     def tile(key, r0, c0):
       traces.append("tile")
       return blocks.row_block(key, spec, r0, 7, c0, 5)
 
-    # Called on its own, outside any jit, too: a 1/sqrt(33) scale makes the
-    # uniform map round differently op by op than fused (see ElementBitsTest).
-    assert_same_matrix(blocks.row_block(key, spec, 13, 7), whole[13:20], init_type)
     for r0 in (0, 1, 13, 43):  # 43: the tile ends at the last row.
-      assert_same_matrix(rows_tile(key, r0), whole[r0:r0 + 7], init_type)
+      # Called on its own, outside any jit, too (it is jitted itself, its start
+      # traced): a 1/sqrt(33) scale makes the uniform map round differently
+      # op by op than fused (see ElementBitsTest).
+      assert_same_matrix(blocks.row_block(key, spec, r0, 7), whole[r0:r0 + 7],
+                         init_type)
       for c0 in (0, 17, 28):   # 28: the tile ends at the last column.
         assert_same_matrix(tile(key, r0, c0), whole[r0:r0 + 7, c0:c0 + 5],
                            init_type)
     # The starts were traced: one compile serves every tile position.
-    self.assertEqual(traces, ["rows", "tile"])
+    self.assertEqual(traces, ["tile"])
 
   @parameterized.named_parameters(
       ("_permutation_chunk1", "permutation", "uniform", 1),
-      ("_permutation_chunk7", "permutation", "normal", 7),
-      ("_counter_chunk7", "counter", "uniform", 7),
+      ("_permutation_chunk7", "permutation", "uniform", 7),
+      ("_counter_chunk7", "counter", "normal", 7),
       ("_counter_default", "counter", "normal", None),
   )
   def test_chunked_generate_equals_slice(self, method, init_type, chunk_rows):
     # 20 rows in chunks of 7: the last chunk is shifted back over its
     # predecessor, which must recompute those rows identically.
-    key = jax.random.PRNGKey(9)
-    whole = np.asarray(alberta.sparse_init(
-        key, self._SHAPE, self._SPARSITY, init_type, method=method))
-    spec, _ = make_spec(self._SHAPE, self._SPARSITY, init_type, method, "nearest")
+    key = jax.random.PRNGKey(_KEY)  # A raw key: the same matrix.
+    whole = _reference(method, init_type)
+    spec = _spec(method, init_type)
     gen = jax.jit(lambda key, r0, c0: blocks.generate(
         key, spec, r0, 20, c0, 11, jnp.float32, chunk_rows))
     for r0, c0 in ((0, 0), (30, 22), (11, 5)):
@@ -198,8 +225,8 @@ class RowBlockTest(parameterized.TestCase):
   def test_generate_in_bfloat16_is_float32_cast(self):
     key = jax.random.key(4)
     spec, _ = make_spec(self._SHAPE, 0.5, "normal", "counter", "nearest")
-    f32 = blocks.generate(key, spec, 3, 12, 0, 33, jnp.float32, 5)
-    bf16 = blocks.generate(key, spec, 3, 12, 0, 33, jnp.bfloat16, 5)
+    f32 = blocks.generate(key, spec, 3, 12, 0, 33, jnp.float32)
+    bf16 = blocks.generate(key, spec, 3, 12, 0, 33, jnp.bfloat16)
     self.assertEqual(bf16.dtype, jnp.bfloat16)
     np.testing.assert_array_equal(np.asarray(bf16),
                                   np.asarray(f32.astype(jnp.bfloat16)))
@@ -212,13 +239,21 @@ class RowBlockTest(parameterized.TestCase):
     self.assertEqual(out.shape, (n_rows, n_cols))
 
   def test_far_tile_of_huge_matrix_equals_independent_reference(self):
-    # Rows [69990, 70000) x columns [65500, 65536) of a 70000 x 65536 matrix
-    # (flat indices ~4.59e9 > 2**32), built without the rest of the matrix and
-    # compared with the seed's recipe computed from global indices: row keys
-    # from jax.random.split, masks from jax.random.permutation, weight bits
-    # from exact 64-bit counters.
-    shape, sparsity = (70000, 65536), 0.9
-    r0, n_rows, c0, n_cols = 69990, 10, 65500, 36
+    # Rows [4199990, 4200000) x columns [1000, 1031) of a 4200000 x 1031
+    # matrix (flat indices ~4.33e9 > 2**32), built without the rest of the
+    # matrix and compared with the seed's recipe computed from global indices:
+    # row keys from jax.random.split, masks from jax.random.permutation,
+    # weight bits from exact 64-bit counters.
+    self._check_far_tile((4_200_000, 1031), 4_199_990, 10, 1000, 31)
+
+  @test_utils.slow
+  def test_far_tile_of_huge_matrix_with_long_rows(self):
+    # 70000 x 65536 (flat indices ~4.59e9): rows of two sort rounds, whose
+    # mask takes the sort path instead of the compare path.
+    self._check_far_tile((70000, 65536), 69990, 10, 65500, 36)
+
+  def _check_far_tile(self, shape, r0, n_rows, c0, n_cols):
+    sparsity = 0.9
     key = jax.random.key(1234)
     spec, _ = make_spec(shape, sparsity, "uniform", "permutation", "nearest")
     got = jax.jit(lambda key: blocks.row_block(key, spec, r0, n_rows, c0, n_cols))(key)
@@ -230,7 +265,9 @@ class RowBlockTest(parameterized.TestCase):
     rows, cols = np.meshgrid(np.arange(r0, r0 + n_rows),
                              np.arange(c0, c0 + n_cols), indexing="ij")
     scale = 1.0 / shape[1]**0.5
-    values = np.asarray(bits.bits_to_uniform(
+    # Jitted, as the library runs it (see ElementBitsTest): one FMA.
+    to_uniform = jax.jit(bits.bits_to_uniform, static_argnums=(1, 2))
+    values = np.asarray(to_uniform(
         jnp.asarray(reference_bits(init_key, rows, cols, shape[1])), -scale, scale))
     want = np.where(keep, values, np.copysign(np.float32(0), values))
     self.assertTrue(keep.any() and not keep.all())
@@ -240,26 +277,49 @@ class RowBlockTest(parameterized.TestCase):
 class HostLoopTest(parameterized.TestCase):
   """`generate_host_loop` (top-level chunking) equals the one-piece tile."""
 
-  @parameterized.named_parameters(*_METHODS_AND_TYPES)
+  # The default run: each method and distribution once, chunks of 7 (a
+  # ragged last chunk; the program test_sparse_init_chunk_rows_changes_nothing
+  # runs too) and an inner tile in one over-long chunk; the slow run: the
+  # other two, and every kind of chunk size.
+  @parameterized.named_parameters(*_COVERING)
   def test_every_chunk_size_equals_unchunked_bit_for_bit(self, method,
                                                          init_type):
-    key = jax.random.key(21)
-    spec, _ = make_spec((50, 33), 0.6, init_type, method, "nearest")
-    whole = np.asarray(jax.jit(lambda k: blocks.generate(
-        k, spec, 0, 50, 0, 33, jnp.float32, 50))(key))
+    self._check_chunk_sizes(method, init_type, (7,), inner_chunk_rows=64)
+
+  @parameterized.named_parameters(*_METHODS_AND_TYPES)
+  @test_utils.slow
+  def test_every_chunk_size_equals_unchunked_bit_for_bit_sweep(self, method,
+                                                               init_type):
     # 1..50 and beyond: divisors, ragged last chunks, one chunk, over-long.
-    for chunk_rows in (1, 3, 7, 16, 25, 49, 50, 64):
+    self._check_chunk_sizes(method, init_type, (1, 3, 7, 16, 25, 49, 50, 64))
+
+  def _check_chunk_sizes(self, method, init_type, chunk_sizes,
+                         inner_chunk_rows=7):
+    key = jax.random.key(_KEY)
+    spec = _spec(method, init_type)
+    whole = _reference(method, init_type)  # one piece
+    for chunk_rows in chunk_sizes:
       got = blocks.generate_host_loop(key, spec, 0, 50, 0, 33, jnp.float32,
                                       chunk_rows)
       assert_same_matrix(got, whole, "uniform")  # bit for bit, also normal
     # An inner tile: global row and column offsets reach the chunks.
-    tile = blocks.generate_host_loop(key, spec, 11, 20, 5, 17, jnp.float32, 7)
+    tile = blocks.generate_host_loop(key, spec, 11, 20, 5, 17, jnp.float32,
+                                     inner_chunk_rows)
     assert_same_matrix(tile, whole[11:31, 5:22], "uniform")
 
   @parameterized.parameters("permutation", "counter")
   def test_sparse_init_uses_it_for_chunked_matrices_with_same_result(
       self, method):
-    shape = (1100, 1024)  # 4.3 MiB: chunked by default
+    # Small matrices are chunked too without the policy's lower bound.
+    with mock.patch.object(driver, "_UNCHUNKED_BYTES", 0):
+      self._check_sparse_init_uses_it(method, (64, 40))
+
+  @parameterized.parameters("permutation", "counter")
+  @test_utils.slow
+  def test_sparse_init_uses_it_for_large_matrices(self, method):
+    self._check_sparse_init_uses_it(method, (1100, 1024))  # 4.3 MiB
+
+  def _check_sparse_init_uses_it(self, method, shape):
     spec, _ = make_spec(shape, 0.9, "uniform", method, "nearest")
     self.assertLess(blocks.default_chunk_rows(spec, *shape, jnp.float32),
                     shape[0])
@@ -278,17 +338,16 @@ class HostLoopTest(parameterized.TestCase):
     self.assertEqual(calls, [spec])  # the top-level call only, not under jit
     assert_same_matrix(eager, traced, "uniform")
 
-  @parameterized.parameters("permutation", "counter")
-  def test_sparse_init_chunk_rows_changes_nothing(self, method):
-    key = jax.random.key(5)
-    whole = alberta.sparse_init(key, (40, 24), method=method)
-    for chunk_rows in (1, 7, 40, 100):
-      assert_same_matrix(
-          alberta.sparse_init(key, (40, 24), method=method,
-                              chunk_rows=chunk_rows), whole, "uniform")
-    traced = jax.jit(lambda k: alberta.sparse_init(
-        k, (40, 24), method=method, chunk_rows=7))(key)
-    assert_same_matrix(traced, whole, "uniform")
+  @parameterized.named_parameters(*_COVERING)
+  def test_sparse_init_chunk_rows_changes_nothing(self, method, init_type):
+    key = jax.random.key(_KEY)
+    whole = _reference(method, init_type)
+    # A ragged last chunk, at top level (a host loop) and under jit (a loop in
+    # the graph).
+    run = lambda k: alberta.sparse_init(k, _SHAPE, _SPARSITY, init_type,
+                                        method=method, chunk_rows=7)
+    assert_same_matrix(run(key), whole, "uniform")
+    assert_same_matrix(jax.jit(run)(key), whole, "uniform")
 
   @parameterized.parameters((0, ValueError), (-3, ValueError),
                             (2.0, TypeError), (True, TypeError))
@@ -298,11 +357,11 @@ class HostLoopTest(parameterized.TestCase):
 
   def test_at_top_level(self):
     key = jax.random.key(0)
-    self.assertTrue(blocks.at_top_level(key))
+    self.assertTrue(driver.at_top_level(key))
     seen = []
-    jax.jit(lambda k: seen.append(blocks.at_top_level(k)))(key)
-    jax.jit(lambda x: seen.append(blocks.at_top_level(key)))(1.0)
-    jax.vmap(lambda k: seen.append(blocks.at_top_level(k)))(
+    jax.jit(lambda k: seen.append(driver.at_top_level(k)))(key)
+    jax.jit(lambda x: seen.append(driver.at_top_level(key)))(1.0)
+    jax.vmap(lambda k: seen.append(driver.at_top_level(k)))(
         jax.random.split(key, 2))
     self.assertEqual(seen, [False, False, False])
 
@@ -346,7 +405,7 @@ class DefaultChunkRowsTest(parameterized.TestCase):
   def test_chunks_are_equal(self):
     # 2048 rows that fit 1927 at a time run as two chunks of 1024, not
     # 1927 + a shifted second chunk that redoes 1806 rows.
-    self.assertEqual(blocks.chunk_rows_for(2048, 2**30, 1000, 1927 * 1000 / 2**30), 1024)
+    self.assertEqual(driver.chunk_rows_for(2048, 2**30, 1000, 1927 * 1000 / 2**30), 1024)
 
 
 class PartitionableFlagTest(parameterized.TestCase):

@@ -45,25 +45,42 @@ def check_ell_layout(test, values, indices, fan_out, fan_in, k, dtype):
     test.assertTrue((np.diff(indices, axis=1) > 0).all())
 
 
+# Each case compiles its own programs: the default run has the edges (a 1x1
+# matrix, no zeros, no nonzeros, an N-D shape), both distributions and
+# roundings, an odd and a long row; the slow run the other shapes.
+_DENSE_CASES = (
+    ("_1x1_ceil", (1, 1), 0.5, "normal", "ceil"),
+    ("_sparsity_0", (16, 10), 0.0, "uniform", "nearest"),
+    ("_sparsity_1", (16, 10), 1.0, "normal", "nearest"),
+    ("_prime_257", (9, 257), 0.5, "normal", "ceil"),
+    ("_1000_sparse", (40, 1000), 0.99, "uniform", "nearest"),
+    ("_4d_conv", (6, 3, 2, 5), 0.6, "normal", "nearest"),
+)
+_DENSE_SLOW_CASES = (
+    ("_1x1", (1, 1), 0.5, "uniform", "nearest"),
+    ("_fan_in_1", (7, 1), 0.3, "uniform", "nearest"),
+    ("_10_ceil", (16, 10), 0.7, "uniform", "ceil"),
+    ("_64_normal", (33, 64), 0.9, "normal", "nearest"),
+    ("_64_uniform_099", (33, 64), 0.99, "uniform", "ceil"),
+    ("_1000_dense", (40, 1000), 0.1, "normal", "nearest"),
+    ("_65537", (2, 65537), 0.9, "uniform", "nearest"),
+)
+
+
 class EllEqualsDenseTest(parameterized.TestCase):
 
-  @parameterized.named_parameters(
-      ("_1x1", (1, 1), 0.5, "uniform", "nearest"),
-      ("_1x1_ceil", (1, 1), 0.5, "normal", "ceil"),
-      ("_fan_in_1", (7, 1), 0.3, "uniform", "nearest"),
-      ("_sparsity_0", (16, 10), 0.0, "uniform", "nearest"),
-      ("_sparsity_1", (16, 10), 1.0, "normal", "nearest"),
-      ("_10_ceil", (16, 10), 0.7, "uniform", "ceil"),
-      ("_64_normal", (33, 64), 0.9, "normal", "nearest"),
-      ("_64_uniform_099", (33, 64), 0.99, "uniform", "ceil"),
-      ("_prime_257", (9, 257), 0.5, "normal", "ceil"),
-      ("_1000_sparse", (40, 1000), 0.99, "uniform", "nearest"),
-      ("_1000_dense", (40, 1000), 0.1, "normal", "nearest"),
-      ("_65537", (2, 65537), 0.9, "uniform", "nearest"),
-      ("_4d_conv", (6, 3, 2, 5), 0.6, "normal", "nearest"),
-  )
+  @parameterized.named_parameters(*_DENSE_CASES)
   def test_scatter_equals_dense_counter_matrix(self, shape, sparsity, init_type,
                                                rounding):
+    self._check(shape, sparsity, init_type, rounding)
+
+  @parameterized.named_parameters(*_DENSE_SLOW_CASES)
+  @test_utils.slow
+  def test_scatter_equals_dense_counter_matrix_more(self, shape, sparsity,
+                                                    init_type, rounding):
+    self._check(shape, sparsity, init_type, rounding)
+
+  def _check(self, shape, sparsity, init_type, rounding):
     key = jax.random.key(60)
     values, indices = alberta.sparse_init_ell(key, shape, sparsity, init_type,
                                               rounding=rounding)
@@ -123,8 +140,16 @@ class EllEqualsDenseTest(parameterized.TestCase):
 
 class ChunkingAndMemoryTest(parameterized.TestCase):
 
-  @parameterized.parameters(1, 7, 37, None)
+  @parameterized.parameters(1, 37)  # 75 rows: a ragged last chunk of 37
   def test_any_chunk_rows_gives_identical_arrays(self, chunk_rows):
+    self._check(chunk_rows)
+
+  @parameterized.parameters(7, None)
+  @test_utils.slow
+  def test_any_chunk_rows_gives_identical_arrays_more(self, chunk_rows):
+    self._check(chunk_rows)
+
+  def _check(self, chunk_rows):
     spec, _ = make_spec((75, 40), 0.7, "uniform", "counter", "nearest")
     key = jax.random.key(65)
     gen = jax.jit(ell.generate, static_argnums=(1, 3, 4, 5))
@@ -170,13 +195,23 @@ class ShardedEllTest(parameterized.TestCase):
 
   @parameterized.named_parameters(
       ("_rows_over_8", (8,), ("x",), P("x"), None),
-      ("_rows_over_8_chunked", (8,), ("x",), P("x", None), 3),
       ("_rows_over_both_axes", (2, 4), ("x", "y"), P(("x", "y")), 5),
-      ("_rows_over_one_axis_of_two", (2, 4), ("x", "y"), P("y"), None),
       ("_replicated", (8,), ("x",), P(), 7),
   )
   def test_equals_sparse_init_ell_and_dense(self, mesh_shape, axes, spec,
                                             chunk_rows):
+    self._check(mesh_shape, axes, spec, chunk_rows)
+
+  @parameterized.named_parameters(
+      ("_rows_over_8_chunked", (8,), ("x",), P("x", None), 3),
+      ("_rows_over_one_axis_of_two", (2, 4), ("x", "y"), P("y"), None),
+  )
+  @test_utils.slow
+  def test_equals_sparse_init_ell_and_dense_more(self, mesh_shape, axes, spec,
+                                                 chunk_rows):
+    self._check(mesh_shape, axes, spec, chunk_rows)
+
+  def _check(self, mesh_shape, axes, spec, chunk_rows):
     mesh = Mesh(np.array(jax.devices()).reshape(mesh_shape), axes)
     sharding = NamedSharding(mesh, spec)
     key = jax.random.key(66)
@@ -195,13 +230,15 @@ class ShardedEllTest(parameterized.TestCase):
         as_bits(alberta.to_dense(values, indices, self._SHAPE)), as_bits(dense))
 
   def test_each_device_holds_its_rows(self):
+    # The program of the "_rows_over_8" case.
     mesh = Mesh(np.array(jax.devices()), ("x",))
     values, _ = alberta.sharded_sparse_init_ell(
-        jax.random.key(67), self._SHAPE, 0.5,
+        jax.random.key(67), self._SHAPE, self._SPARSITY, "normal",
         sharding=NamedSharding(mesh, P("x")))
-    want, _ = alberta.sparse_init_ell(jax.random.key(67), self._SHAPE, 0.5)
+    want, _ = alberta.sparse_init_ell(jax.random.key(67), self._SHAPE,
+                                      self._SPARSITY, "normal")
     for shard in values.addressable_shards:
-      self.assertEqual(shard.data.shape, (8, 50))
+      self.assertEqual(shard.data.shape, (8, 30))
       np.testing.assert_array_equal(as_bits(shard.data),
                                     as_bits(np.asarray(want)[shard.index]))
 
@@ -286,9 +323,12 @@ class ArgumentTest(parameterized.TestCase):
 
 class BcooTest(parameterized.TestCase):
 
-  @parameterized.parameters(((48, 80),), ((6, 3, 2, 5),))
-  def test_bcoo_is_the_dense_matrix(self, shape):
-    values, indices = alberta.sparse_init_ell(jax.random.key(70), shape, 0.8)
+  # The specs of two EllEqualsDenseTest cases, whose programs are compiled.
+  @parameterized.parameters(((40, 1000), 0.99, "uniform"),
+                            ((6, 3, 2, 5), 0.6, "normal"))
+  def test_bcoo_is_the_dense_matrix(self, shape, sparsity, init_type):
+    values, indices = alberta.sparse_init_ell(jax.random.key(70), shape,
+                                              sparsity, init_type)
     mat = alberta.to_bcoo(values, indices, shape)
     self.assertIsInstance(mat, jsparse.BCOO)
     self.assertEqual(mat.shape, tuple(shape))
@@ -298,11 +338,11 @@ class BcooTest(parameterized.TestCase):
         as_bits(alberta.to_dense(values, indices, shape)))
 
   def test_sparse_matmul_equals_dense_matmul(self):
-    shape = (64, 256)
-    values, indices = alberta.sparse_init_ell(jax.random.key(71), shape, 0.9)
+    shape = (40, 1000)
+    values, indices = alberta.sparse_init_ell(jax.random.key(71), shape, 0.99)
     w_sparse = alberta.to_bcoo(values, indices, shape)
     w_dense = alberta.to_dense(values, indices, shape)
-    x = jax.random.normal(jax.random.key(72), (5, 256))
+    x = jax.random.normal(jax.random.key(72), (5, 1000))
     layer = jax.jit(lambda w, x: x @ w.T)  # a Linear layer's y = x W^T
     np.testing.assert_allclose(layer(w_sparse, x), x @ w_dense.T,
                                rtol=1e-5, atol=1e-6)

@@ -5,7 +5,10 @@ its output and of its temporaries (everything XLA allocates besides arguments
 and outputs). Chunked generation must keep the temporaries a small fraction of
 the output: here at most a quarter of it, for a (16384, 2048) float32 matrix
 on 8 devices, for every method. Programs are only lowered and compiled, never
-run, so the test is cheap in memory and time whatever the matrix size.
+run, so the test is cheap in memory whatever the matrix size; the permutation
+method's programs take seconds to compile each, so the default run checks
+each path once (its hardest layout: a 2-D mesh, whose column tiles still
+generate whole rows) and the slow run every variant.
 
 The host loop (`blocks.generate_host_loop`, used by `sparse_init` outside any
 trace) runs a program per chunk; its peak is the donated output buffer,
@@ -25,8 +28,10 @@ from jax.sharding import PartitionSpec as P
 
 from alberta._src import blocks
 from alberta._src import core
-from alberta._src import sharding as sharding_lib
+from alberta._src import driver
+from alberta._src.methods import METHODS
 from alberta._src.spec import make_spec
+from tests import test_utils
 
 _SHAPE = (16384, 2048)
 _N_DEVICES = 8
@@ -38,26 +43,40 @@ def _sharded_memory(method: str, spec: P, chunk_rows, dtype=jnp.float32):
   mesh = (jax.make_mesh((_N_DEVICES,), ("x",)) if len(spec) < 2 else
           jax.make_mesh((4, 2), ("x", "y")))
   sparse_spec, _ = make_spec(_SHAPE, 0.9, "uniform", method, "nearest")
-  fn = sharding_lib._sharded_fn(sparse_spec, np.dtype(dtype),
-                                NamedSharding(mesh, spec), chunk_rows)
+  fn = driver.sharded_program(blocks.DENSE, sparse_spec, np.dtype(dtype),
+                              NamedSharding(mesh, spec), chunk_rows)
   key_data = jax.random.key_data(jax.random.key(0))
   return fn.lower(key_data).compile().memory_analysis()
 
 
+_SHARDED_CASES = (
+    ("_permutation_2d_default", "permutation", P("x", "y"), None),
+    ("_counter_rows_default", "counter", P("x"), None),
+    ("_counter_2d_default", "counter", P("x", "y"), None),
+    ("_counter_chunk16", "counter", P("x"), 16),
+)
+_SHARDED_SLOW_CASES = (
+    ("_permutation_rows_default", "permutation", P("x"), None),
+    ("_permutation_chunk16", "permutation", P("x"), 16),
+    ("_permutation_chunk64", "permutation", P("x"), 64),
+    ("_counter_chunk256", "counter", P("x"), 256),
+)
+
+
 class ShardedMemoryTest(parameterized.TestCase):
 
-  @parameterized.named_parameters(
-      ("_permutation_rows_default", "permutation", P("x"), None),
-      ("_permutation_2d_default", "permutation", P("x", "y"), None),
-      ("_permutation_chunk16", "permutation", P("x"), 16),
-      ("_permutation_chunk64", "permutation", P("x"), 64),
-      ("_counter_rows_default", "counter", P("x"), None),
-      ("_counter_2d_default", "counter", P("x", "y"), None),
-      ("_counter_chunk16", "counter", P("x"), 16),
-      ("_counter_chunk256", "counter", P("x"), 256),
-  )
+  @parameterized.named_parameters(*_SHARDED_CASES)
   def test_chunked_temporaries_at_most_quarter_of_output(self, method, spec,
                                                          chunk_rows):
+    self._check(method, spec, chunk_rows)
+
+  @parameterized.named_parameters(*_SHARDED_SLOW_CASES)
+  @test_utils.slow
+  def test_chunked_temporaries_at_most_quarter_of_output_more(
+      self, method, spec, chunk_rows):
+    self._check(method, spec, chunk_rows)
+
+  def _check(self, method, spec, chunk_rows):
     stats = _sharded_memory(method, spec, chunk_rows)
     # Per device: a 2048 x 2048 float32 tile (16 MiB), whatever the mesh.
     out_bytes = _SHAPE[0] * _SHAPE[1] * 4 // _N_DEVICES
@@ -77,10 +96,20 @@ class ShardedMemoryTest(parameterized.TestCase):
 
 
 class SparseInitMemoryTest(parameterized.TestCase):
+  """`sparse_init`'s own program: `generate` over the whole matrix.
 
-  @parameterized.named_parameters(("_permutation", "permutation"),
-                                  ("_counter", "counter"))
-  def test_single_device_within_output_plus_small_temp(self, method):
+  The same chunk loop as the sharded tile's, so the default run checks the
+  cheap method; the slow run both.
+  """
+
+  def test_single_device_within_output_plus_small_temp(self):
+    self._check("counter")
+
+  @test_utils.slow
+  def test_single_device_within_output_plus_small_temp_permutation(self):
+    self._check("permutation")
+
+  def _check(self, method):
     spec, _ = make_spec((4096, 4096), 0.9, "uniform", method, "nearest")
     stats = core._sparse_init_2d.lower(
         jax.random.key(0), spec, np.dtype(np.float32), None).compile(
@@ -94,12 +123,21 @@ class SparseInitMemoryTest(parameterized.TestCase):
 
 class HostLoopMemoryTest(parameterized.TestCase):
 
-  # Shapes the default chunks: long rows for the permutation method, short
-  # ones for the counter method (whose temporaries are per-row words).
-  @parameterized.named_parameters(("_permutation", "permutation", (8192, 2048)),
+  # Shapes the default chunks: rows of 1024 for the permutation method (its
+  # compare path, which compiles in a second; the sort path's long rows are
+  # in the slow run), short ones for the counter method (whose temporaries
+  # are per-row words).
+  @parameterized.named_parameters(("_permutation", "permutation", (4096, 1024)),
                                   ("_counter", "counter", (2**20, 16)))
   def test_each_chunk_costs_at_most_a_quarter_of_the_output(self, method,
                                                             shape):
+    self._check(method, shape)
+
+  @test_utils.slow
+  def test_each_chunk_costs_at_most_a_quarter_of_the_output_long_matrix(self):
+    self._check("permutation", (8192, 2048))  # two sort rounds, row groups
+
+  def _check(self, method, shape):
     spec, _ = make_spec(shape, 0.9, "uniform", method, "nearest")
     dtype = np.dtype(np.float32)
     chunk_rows = blocks.host_loop_chunk_rows(spec, *shape, dtype)
@@ -108,7 +146,7 @@ class HostLoopMemoryTest(parameterized.TestCase):
     index = jax.ShapeDtypeStruct((), jnp.uint32)
     matrix = jax.ShapeDtypeStruct(shape, dtype)
     key = jax.random.key(0)
-    if blocks._SEPARATE_TILE[method]:
+    if METHODS[method].separate_tile:
       # A finished chunk, then an in-place copy of it into the output.
       tile = jax.jit(lambda k, r, c: blocks.generate(
           k, spec, r, chunk_rows, c, shape[1], dtype, chunk_rows))

@@ -7,9 +7,10 @@ is `sparse_init(key, shape, ...)` computed on one device: the same zeros, the
 same values, laid out exactly as requested, each device holding its own tile.
 
 Each distinct (layout, method, init_type, chunk) is one compile (~1 s on a
-loaded CPU), so the default run covers every mesh, half of the layouts and
-every (chunk, method, init_type) combination at least once; every layout with
-every (chunk, method) runs in the `slow` step.
+loaded CPU), so the default run covers every mesh, every kind of spec (rows,
+columns, both, transposed axes, a flattened 2-D axis, replicated) and every
+(chunk, method) pair and distribution at least once, in seven cases; every
+layout with every (chunk, method) runs in the `slow` step.
 """
 
 from tests import env  # noqa: F401
@@ -29,6 +30,7 @@ from jax.sharding import PartitionSpec as P
 from jax.sharding import SingleDeviceSharding
 
 import alberta
+from alberta._src import driver
 from alberta._src import sharding as sharding_lib
 from tests import test_utils
 
@@ -69,7 +71,6 @@ _SPECS_2D = (P("x"), P(None, "x"), P("x", "y"), P(("x", "y"),), P(),
 _LAYOUTS = tuple(
     [(m, s) for m in ("1", "2", "4", "8") for s in _SPECS_1D]
     + [(m, s) for m in ("4x2", "2x4") for s in _SPECS_2D])
-_OPTIONS = tuple(itertools.product(_CHUNKS, _METHODS, _INIT_TYPES))
 
 
 def _case_name(mesh: str, spec: P, chunk, method: str, init_type: str) -> str:
@@ -85,12 +86,17 @@ def _case(mesh, spec, chunk, method, init_type):
               init_type=init_type)
 
 
-# Default run: every other layout (13 of 26: every mesh, most specs), the j-th
-# of them with option (7 j mod 12); 7 is prime to 12, so all 12 options appear,
-# each on layouts of different meshes and specs. The slow run has every layout.
-_COVERING_CASES = tuple(
-    _case(m, s, *_OPTIONS[(7 * j) % len(_OPTIONS)])
-    for j, (m, s) in enumerate(_LAYOUTS[::2]))
+# Default run: every mesh, every kind of spec, each (chunk, method) pair once
+# and each distribution; the slow run has every layout.
+_COVERING_CASES = (
+    _case("1", P(), None, "counter", "uniform"),
+    _case("2", P(None, "x"), 1, "counter", "normal"),
+    _case("4", P("x"), 37, "permutation", "normal"),
+    _case("8", P("x"), None, "permutation", "uniform"),
+    _case("4x2", P("x", "y"), 1, "permutation", "uniform"),
+    _case("2x4", P("y", "x"), 37, "counter", "normal"),
+    _case("2x4", P(None, ("y", "x")), 37, "counter", "uniform"),
+)
 # Slow run: every layout with every (chunk, method); the distribution only
 # changes the elementwise value map, not how tiles are placed, so it alternates.
 _ALL_CASES = tuple(
@@ -137,7 +143,8 @@ class ShardedInvariantTest(parameterized.TestCase):
     self._check(mesh, spec, chunk_rows, method, init_type)
 
   def test_raw_key_gives_same_matrix_as_typed_key(self):
-    self._check("4x2", P("x", "y"), None, "permutation", "uniform",
+    # The program of a typed key's case: the key's words are its argument.
+    self._check("4x2", P("x", "y"), 1, "permutation", "uniform",
                 key=jax.random.PRNGKey(_SEED))
 
   def test_callable_under_jit_with_traced_key(self):
@@ -166,11 +173,22 @@ class PmapTest(parameterized.TestCase):
   @parameterized.named_parameters(
       ("_all_devices", None, None, "permutation", "uniform"),
       ("_scrambled_four", (5, 2, 7, 0), 37, "counter", "normal"),
-      ("_one_device", (3,), 37, "permutation", "normal"),
-      ("_two_devices_chunk1", (6, 1), 1, "counter", "uniform"),
   )
   def test_device_d_holds_block_d_of_sparse_init(self, device_ids, chunk_rows,
                                                   method, init_type):
+    self._check(device_ids, chunk_rows, method, init_type)
+
+  @parameterized.named_parameters(
+      ("_one_device", (3,), 37, "permutation", "normal"),
+      ("_two_devices_chunk1", (6, 1), 1, "counter", "uniform"),
+  )
+  @test_utils.slow
+  def test_device_d_holds_block_d_of_sparse_init_more(self, device_ids,
+                                                       chunk_rows, method,
+                                                       init_type):
+    self._check(device_ids, chunk_rows, method, init_type)
+
+  def _check(self, device_ids, chunk_rows, method, init_type):
     all_devices = jax.devices()
     devices = None if device_ids is None else [all_devices[i] for i in device_ids]
     out = alberta.pmap_sparse_init(
@@ -198,9 +216,10 @@ class BadInputTest(parameterized.TestCase):
     super().setUp()
     # Building the jitted / pmapped program is the step before compiling:
     # reaching it with a bad argument fails the test.
-    for builder in ("_sharded_fn", "_pmap_fn"):
+    for module, builder in ((driver, "sharded_program"),
+                            (sharding_lib, "_pmap_fn")):
       patcher = mock.patch.object(
-          sharding_lib, builder,
+          module, builder,
           side_effect=AssertionError(f"{builder} reached with bad input"))
       patcher.start()
       self.addCleanup(patcher.stop)
@@ -280,16 +299,21 @@ class PartitionableFlagTest(absltest.TestCase):
   def test_sharded_and_pmap_refuse_when_partitionable_is_off(self):
     key = jax.random.key(0)
     sharding = NamedSharding(_mesh("8"), P("x"))
-    # Compiled first with the flag on, so a stale cache would be the failure.
-    alberta.sharded_sparse_init(key, (16, 8), sharding=sharding)
-    alberta.pmap_sparse_init(key, (16, 8))
+    # Compiled first with the flag on, so a stale cache would be the failure
+    # (the programs of the cases above: the same shape and arguments).
+    sharded = functools.partial(alberta.sharded_sparse_init, key, _SHAPE,
+                                _SPARSITY, sharding=sharding)
+    pmapped = functools.partial(alberta.pmap_sparse_init, key, _SHAPE,
+                                _SPARSITY)
+    sharded()
+    pmapped()
     previous = jax.config.jax_threefry_partitionable
     jax.config.update("jax_threefry_partitionable", False)
     try:
       with self.assertRaisesRegex(RuntimeError, "jax_threefry_partitionable"):
-        alberta.sharded_sparse_init(key, (16, 8), sharding=sharding)
+        sharded()
       with self.assertRaisesRegex(RuntimeError, "jax_threefry_partitionable"):
-        alberta.pmap_sparse_init(key, (16, 8))
+        pmapped()
     finally:
       jax.config.update("jax_threefry_partitionable", previous)
 

@@ -40,14 +40,6 @@ def check_partitionable() -> None:
         "jax.config.update('jax_threefry_partitionable', True).")
 
 
-def key_words(key: Array) -> tuple[Array, Array]:
-  """The two uint32 words of a threefry key, typed or raw."""
-  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    key = jax.random.key_data(key)
-  key = lax.convert_element_type(key, _U32)
-  return key[0], key[1]
-
-
 def threefry(k: tuple[Array, Array], hi: Array, lo: Array) -> tuple[Array, Array]:
   """Threefry-2x32 of the 64-bit counters `(hi, lo)` under key words `k`."""
   hi, lo = jnp.broadcast_arrays(jnp.asarray(hi, _U32), jnp.asarray(lo, _U32))
@@ -88,14 +80,6 @@ def threefry_fused(k: tuple[Array, Array], hi: Array, lo: Array
     x0 = add(x0, ks[(i + 1) % 3])
     x1 = add(add(x1, ks[(i + 2) % 3]), np.uint32(i + 1))
   return x0, x1
-
-
-def split2(k: tuple[Array, Array]):
-  """`jax.random.split(key)` as key words: `(first, second)`."""
-  zero = jnp.zeros((2,), _U32)
-  # Unrolled: a loop-lowered Threefry costs a few tenths of a second to compile.
-  b1, b2 = threefry_fused(k, zero, jnp.arange(2, dtype=_U32))
-  return (b1[0], b2[0]), (b1[1], b2[1])
 
 
 def mul_add_u64(a: Array, b: int, c: Array | int = 0) -> tuple[Array, Array]:

@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alberta._src import methods
+
 INIT_TYPES = ("uniform", "normal")
-METHODS = ("permutation", "counter")
 ROUNDINGS = ("nearest", "ceil")
 
 # Counters are 64-bit (two uint32 words) and row / column indices are uint32.
@@ -50,7 +51,7 @@ def check_init_type(init_type: Any) -> str:
 
 
 def check_method(method: Any) -> str:
-  return check_choice("method", method, METHODS)
+  return check_choice("method", method, tuple(methods.METHODS))
 
 
 def check_rounding(rounding: Any) -> str:
@@ -116,35 +117,6 @@ def check_dtype(dtype: Any) -> np.dtype:
         f"set jax_enable_x64 (e.g. `with jax.enable_x64(True):`) for {dt}.",
         UserWarning, stacklevel=3)
   return np.dtype(canonical)
-
-
-def check_key(key: Any) -> None:
-  """Raises unless `key` is a threefry2x32 JAX PRNG key (typed or raw uint32[2])."""
-  dtype = getattr(key, "dtype", None)
-  shape = getattr(key, "shape", None)
-  if dtype is None or shape is None:
-    raise TypeError(
-        f"key must be a JAX PRNG key (jax.random.key or jax.random.PRNGKey), "
-        f"got {key!r} of type {type(key).__name__}.")
-  if jnp.issubdtype(dtype, jax.dtypes.prng_key):
-    impl = str(jax.random.key_impl(key))
-    if shape != ():
-      raise ValueError(
-          f"key must be a single PRNG key of shape (), got a key array of shape "
-          f"{shape}; use jax.vmap to map over several keys.")
-    if "threefry2x32" not in impl:
-      raise ValueError(
-          f"key must use the threefry2x32 PRNG implementation, got {impl!r}.")
-    return
-  if dtype != np.uint32 or tuple(shape) != (2,):
-    raise TypeError(
-        f"key must be a JAX PRNG key (jax.random.key or jax.random.PRNGKey), got "
-        f"an array of dtype {dtype} and shape {tuple(shape)}.")
-  default_impl = str(jax.config.jax_default_prng_impl)
-  if "threefry" not in default_impl:
-    raise ValueError(
-        f"a raw uint32[2] key is read with the default PRNG implementation, "
-        f"which is {default_impl!r}; alberta needs threefry2x32.")
 
 
 def num_zeros(fan_in: int, sparsity: float, rounding: str = "nearest") -> int:

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from alberta._src import blocks
-from alberta._src import checks
-from alberta._src.spec import SparseSpec, make_spec
+from alberta._src import driver
+from alberta._src.spec import SparseSpec
 
 Array = jax.Array
 
@@ -67,10 +67,9 @@ def sparse_init(
   Returns:
     An array of `shape` and `dtype`.
   """
-  checks.check_key(key)
-  spec, shape = make_spec(shape, sparsity, init_type, method, rounding)
-  dtype = checks.check_dtype(dtype)
-  chunk_rows = checks.check_chunk_rows(chunk_rows)
+  spec, shape, dtype, chunk_rows = driver.prepare(
+      "sparse_init", key, shape, sparsity, init_type, method, rounding, dtype,
+      chunk_rows)
   if spec.fan_out == 0 or spec.fan_in == 0:
     return jnp.zeros(shape, dtype)
   if _use_host_loop(key, spec, dtype, chunk_rows):
@@ -96,4 +95,4 @@ def _use_host_loop(key: Array, spec: SparseSpec, dtype: jnp.dtype,
   if chunk_rows is None:
     chunk_rows = blocks.default_chunk_rows(spec, spec.fan_out, spec.fan_in,
                                            dtype)
-  return chunk_rows < spec.fan_out and blocks.at_top_level(key)
+  return chunk_rows < spec.fan_out and driver.at_top_level(key)

@@ -175,7 +175,7 @@ def row_words(key: tuple[Array, Array], rows: Array, n: int,
   and `rounds` is empty.
 
   Args:
-    key: the key words (`bits.key_words`).
+    key: the key words (`keys.key_words`).
     rows: `[rows]` uint32 global rows.
     n: the row length (fan_in).
     rounds: whether to derive the round material (`num_rounds(n)` rounds).

@@ -7,7 +7,7 @@ columns are therefore exactly the preimages `pi_r^{-1}(j)` of the ranks
 `nnz = fan_in - k` ranks lists them directly, at the cost of the dense method
 per *kept* element. A sort over the `nnz` columns of each row puts them in
 ascending order, and each value is the dense method's pure function of
-`(key, r, c)` (`counter.value_bits`, `blocks.values_from_bits`), so scattering
+`(key, r, c)` (`counter.value_bits`, `methods.values_from_bits`), so scattering
 the ELL arrays gives `sparse_init(..., method="counter")` bit for bit, zeros
 aside (a scatter writes +0.0 where the dense matrix keeps the sign of the
 masked weight). Time and memory are O(fan_out * nnz), not O(fan_out * fan_in).
@@ -30,11 +30,12 @@ from jax.experimental import sparse as jsparse
 from jax.sharding import NamedSharding, PartitionSpec
 
 from alberta._src import bits
-from alberta._src import blocks
 from alberta._src import checks
 from alberta._src import counter
-from alberta._src import sharding as sharding_lib
-from alberta._src.spec import SparseSpec, make_spec
+from alberta._src import driver
+from alberta._src import keys
+from alberta._src import methods
+from alberta._src.spec import SparseSpec
 
 Array = jax.Array
 _U32 = jnp.uint32
@@ -49,6 +50,7 @@ def nnz(spec: SparseSpec) -> int:
 
 
 def _check_method(spec: SparseSpec, name: str) -> None:
+  """Raises unless the ELL layout can hold `spec` (`driver.prepare`'s hook)."""
   if spec.method != "counter":
     raise ValueError(
         f"{name} needs method='counter', got method={spec.method!r}: the "
@@ -82,7 +84,7 @@ def nonzero_block(key: Array, spec: SparseSpec, row_start: Array | int,
   rows = jnp.asarray(row_start, _U32) + jnp.arange(n_rows, dtype=_U32)
   n = spec.fan_in
   # The dense tile's words (`counter.block_bits`): one Threefry call.
-  words = counter.row_words(bits.key_words(key), rows, n, spec.k > 0)
+  words = counter.row_words(keys.key_words(key), rows, n, spec.k > 0)
   if spec.k == 0:
     cols = jnp.broadcast_to(jnp.arange(n, dtype=_U32), (n_rows, n))
   else:
@@ -90,7 +92,8 @@ def nonzero_block(key: Array, spec: SparseSpec, row_start: Array | int,
                              (n_rows, nnz(spec)))
     cols = jnp.sort(counter.permute(ranks, words.rounds, n, inverse=True),
                     axis=1)
-  values = blocks.values_from_bits(spec, counter.hash_values(words.value, cols))
+  values = methods.values_from_bits(spec,
+                                    counter.hash_values(words.value, cols))
   return values, cols.astype(jnp.int32)
 
 
@@ -103,43 +106,56 @@ def _temp_bytes_per_row(spec: SparseSpec) -> int:
   return 5 * nnz(spec) + 32 * max(counter.num_rounds(spec.fan_in), 1)
 
 
+def _block(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
+           col_start: Array | int, n_cols: int, dtype: Any
+           ) -> tuple[Array, Array]:
+  del col_start, n_cols  # A row's nonzeros are a whole ELL row.
+  values, indices = nonzero_block(key, spec, row_start, n_rows)
+  return bits.cast_nonzero(values, dtype), indices
+
+
+def _empty(spec: SparseSpec, n_rows: int, n_cols: int, dtype: Any
+           ) -> tuple[Array, Array]:
+  del n_cols
+  return (jnp.zeros((n_rows, nnz(spec)), dtype),
+          jnp.zeros((n_rows, nnz(spec)), jnp.int32))
+
+
+def _out_bytes_per_row(spec: SparseSpec, n_cols: int, dtype: Any) -> int:
+  del n_cols
+  return nnz(spec) * (jnp.dtype(dtype).itemsize + 4)
+
+
+def _temp_fraction(spec: SparseSpec) -> float:
+  # The per-row sort's buffer grows with the chunk, as in the permutation method.
+  del spec
+  return 1 / 8
+
+
+# The ELL arrays: `(values, indices)`, each `[n_rows, nnz]`; no column tiles.
+ELL = driver.Layout(block=_block, empty=_empty,
+                    out_bytes_per_row=_out_bytes_per_row,
+                    temp_bytes_per_row=_temp_bytes_per_row,
+                    temp_fraction=_temp_fraction, outputs=2)
+
+
 def default_chunk_rows(spec: SparseSpec, n_rows: int, dtype: jnp.dtype) -> int:
   """The default chunk: temporaries a small fraction of the ELL arrays."""
-  out_bytes = n_rows * nnz(spec) * (jnp.dtype(dtype).itemsize + 4)
-  # The per-row sort's buffer grows with the chunk, as in the permutation method.
-  return blocks.chunk_rows_for(n_rows, out_bytes, _temp_bytes_per_row(spec),
-                               1 / 8)
+  return driver.default_chunk_rows(ELL, spec, n_rows, spec.fan_in, dtype)
 
 
 def generate(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
              dtype: jnp.dtype, chunk_rows: int | None = None
              ) -> tuple[Array, Array]:
   """The ELL arrays of rows `[row_start, +n_rows)`, `chunk_rows` at a time."""
-  width = nnz(spec)
-  empty = (jnp.zeros((n_rows, width), dtype), jnp.zeros((n_rows, width), jnp.int32))
-  if n_rows == 0 or width == 0:
-    return empty
-  if chunk_rows is None:
-    chunk_rows = default_chunk_rows(spec, n_rows, dtype)
-
-  def block(start, n):
-    values, indices = nonzero_block(key, spec, row_start + start, n)
-    return bits.cast_nonzero(values, dtype), indices
-
-  return blocks.fill_rows(block, n_rows, chunk_rows, empty)
+  return driver.generate(ELL, key, spec, row_start, n_rows, 0, spec.fan_in,
+                         dtype, chunk_rows)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _sparse_init_ell_2d(key: Array, spec: SparseSpec, dtype: jnp.dtype,
                         chunk_rows: int | None) -> tuple[Array, Array]:
   return generate(key, spec, 0, spec.fan_out, dtype, chunk_rows)
-
-
-def _make_ell_spec(name: str, shape: Any, sparsity: Any, init_type: Any,
-                   method: Any, rounding: Any, dtype: Any):
-  spec, shape = make_spec(shape, sparsity, init_type, method, rounding)
-  _check_method(spec, name)
-  return spec, shape, checks.check_dtype(dtype)
 
 
 def sparse_init_ell(
@@ -183,31 +199,15 @@ def sparse_init_ell(
     ValueError: `method="permutation"`, a fan-in of 2**31 or more, or an
       argument `sparse_init` would also reject.
   """
-  checks.check_key(key)
-  spec, _, dtype = _make_ell_spec("sparse_init_ell", shape, sparsity, init_type,
-                                  method, rounding, dtype)
+  spec, _, dtype, _ = driver.prepare(
+      "sparse_init_ell", key, shape, sparsity, init_type, method, rounding,
+      dtype, check_spec=_check_method)
   if spec.fan_out == 0 or nnz(spec) == 0:
     return (jnp.zeros((spec.fan_out, nnz(spec)), dtype),
             jnp.zeros((spec.fan_out, nnz(spec)), jnp.int32))
   values, indices = _sparse_init_ell_2d(key, spec, dtype, None)
   chex.assert_shape((values, indices), (spec.fan_out, nnz(spec)))
   return values, indices
-
-
-@functools.lru_cache(maxsize=64)
-def _sharded_fn(spec: SparseSpec, dtype: jnp.dtype, sharding: NamedSharding,
-                chunk_rows: int | None):
-  names, (tile_rows, _) = sharding_lib.tile_layout(spec.shape, sharding)
-  out_spec = PartitionSpec(names[0], None)
-
-  def local(key_data):
-    row_index = jax.lax.axis_index(names[0]) if names[0] else 0
-    return generate(key_data, spec, row_index * tile_rows, tile_rows, dtype,
-                    chunk_rows)
-
-  mapped = jax.shard_map(local, mesh=sharding.mesh, in_specs=PartitionSpec(),
-                         out_specs=(out_spec, out_spec), check_vma=False)
-  return jax.jit(mapped, out_shardings=(sharding, sharding))
 
 
 def sharded_sparse_init_ell(
@@ -247,15 +247,9 @@ def sharded_sparse_init_ell(
     TypeError: `sharding` is not a `NamedSharding`, or `chunk_rows` is not an
       int.
   """
-  checks.check_key(key)
-  spec, shape, dtype = _make_ell_spec("sharded_sparse_init_ell", shape,
-                                      sparsity, init_type, method, rounding,
-                                      dtype)
-  if len(shape) != 2:
-    raise ValueError(
-        f"sharded_sparse_init_ell takes a 2-D shape (fan_out, fan_in), got "
-        f"{shape!r}.")
-  chunk_rows = sharding_lib.check_chunk_rows(chunk_rows)
+  spec, shape, dtype, chunk_rows = driver.prepare(
+      "sharded_sparse_init_ell", key, shape, sparsity, init_type, method,
+      rounding, dtype, chunk_rows, two_d=True, check_spec=_check_method)
   # Before `tile_layout`, so that a column split is named as such even where
   # the mesh would not divide fan_in either.
   split = tuple(getattr(sharding, "spec", ()))
@@ -267,13 +261,13 @@ def sharded_sparse_init_ell(
         f"{sharding.spec} splits axis 1 (the columns): the ELL arrays are "
         f"[fan_out, nnz] and the nonzeros of a row belong together. Split the "
         f"rows instead, e.g. {rows_only}.")
-  sharding_lib.tile_layout(shape, sharding)
+  driver.tile_layout(shape, sharding)
   if spec.fan_out == 0 or nnz(spec) == 0:
     empty = jnp.zeros((spec.fan_out, nnz(spec)), dtype)
     return (jax.device_put(empty, sharding),
             jax.device_put(empty.astype(jnp.int32), sharding))
-  return _sharded_fn(spec, dtype, sharding, chunk_rows)(
-      sharding_lib._key_array(key))  # pylint: disable=protected-access
+  return driver.sharded_program(ELL, spec, dtype, sharding, chunk_rows)(
+      keys.key_array(key))
 
 
 @functools.partial(jax.jit, static_argnames=("fan_in", "ascending"))

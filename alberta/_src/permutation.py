@@ -53,6 +53,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +61,9 @@ import numpy as np
 from jax import lax
 
 from alberta._src import bits
-from alberta._src.spec import SparseSpec
+
+if TYPE_CHECKING:  # `spec` imports `checks`, which imports the methods.
+  from alberta._src.spec import SparseSpec
 
 Array = jax.Array
 

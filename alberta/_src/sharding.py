@@ -1,98 +1,29 @@
 """Sharded, chunked and pmap generation of large matrices.
 
 Each device computes only its own tile with `blocks.generate`, from the tile's
-global coordinates: no device builds the matrix, no device talks to another,
-and the result is bit-identical to `sparse_init` on one device whatever the
-mesh, the sharding, the chunk size or the number of processes.
+global coordinates (`driver.sharded_program`): no device builds the matrix, no
+device talks to another, and the result is bit-identical to `sparse_init` on
+one device whatever the mesh, the sharding, the chunk size or the number of
+processes.
 """
 
 from __future__ import annotations
 
 import functools
-import math
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
 from alberta._src import blocks
-from alberta._src import checks
-from alberta._src.checks import check_chunk_rows
-from alberta._src.spec import SparseSpec, make_spec
+from alberta._src import driver
+from alberta._src import keys
+from alberta._src.spec import SparseSpec
 
 Array = jax.Array
-
-
-def _key_array(key: Array) -> Array:
-  """The key as a uint32[2] array, which any jit or pmap can take replicated."""
-  if isinstance(key, jax.core.Tracer):
-    return jax.random.key_data(key) if jnp.issubdtype(
-        key.dtype, jax.dtypes.prng_key) else key
-  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    key = jax.random.key_data(key)
-  return np.asarray(key, np.uint32)
-
-
-def _axis_names(entry: Any) -> tuple[str, ...]:
-  if entry is None:
-    return ()
-  if isinstance(entry, (tuple, list)):
-    return tuple(entry)
-  return (entry,)
-
-
-def tile_layout(shape: tuple[int, int], sharding: Any) -> tuple[
-    tuple[tuple[str, ...], tuple[str, ...]], tuple[int, int]]:
-  """Mesh axes splitting rows and columns, and the per-device tile shape.
-
-  Raises:
-    TypeError: `sharding` is not a `NamedSharding`.
-    ValueError: the spec names more than two dimensions, or a dimension is not
-      divisible by the number of devices splitting it.
-  """
-  if not isinstance(sharding, NamedSharding):
-    raise TypeError(
-        f"sharding must be a jax.sharding.NamedSharding, got {sharding!r}.")
-  spec = tuple(sharding.spec)
-  if len(spec) > 2:
-    raise ValueError(
-        f"sharding spec {sharding.spec} names {len(spec)} dimensions; the "
-        f"matrix has 2 (fan_out, fan_in).")
-  spec = spec + (None,) * (2 - len(spec))
-  names = tuple(_axis_names(e) for e in spec)
-  tile = []
-  for dim, size, axes in zip(("fan_out", "fan_in"), shape, names):
-    parts = math.prod(sharding.mesh.shape[a] for a in axes)
-    if size % parts:
-      raise ValueError(
-          f"sharding {sharding.spec} over mesh {dict(sharding.mesh.shape)} splits "
-          f"{dim}={size} into {parts} parts, which does not divide it; shape "
-          f"{shape!r} must be divisible by the mesh along each split dimension.")
-    tile.append(size // parts)
-  return names, (tile[0], tile[1])
-
-
-@functools.lru_cache(maxsize=64)
-def _sharded_fn(spec: SparseSpec, dtype: np.dtype, sharding: NamedSharding,
-                chunk_rows: int | None):
-  names, (tile_rows, tile_cols) = tile_layout(spec.shape, sharding)
-
-  def local(key_data):
-    # Global offsets in uint32: a tile may start at row 2**31 or beyond.
-    row_index = jax.lax.axis_index(names[0]) if names[0] else 0
-    col_index = jax.lax.axis_index(names[1]) if names[1] else 0
-    return blocks.generate(
-        key_data, spec, jnp.asarray(row_index, jnp.uint32) * np.uint32(tile_rows),
-        tile_rows, jnp.asarray(col_index, jnp.uint32) * np.uint32(tile_cols),
-        tile_cols, dtype, chunk_rows)
-
-  mapped = jax.shard_map(local, mesh=sharding.mesh, in_specs=PartitionSpec(),
-                         out_specs=PartitionSpec(*names), check_vma=False)
-  return jax.jit(mapped, out_shardings=sharding)
 
 
 def sharded_sparse_init(
@@ -126,16 +57,12 @@ def sharded_sparse_init(
   Returns:
     The matrix, a global array with exactly `sharding`.
   """
-  checks.check_key(key)
-  spec, shape = make_spec(shape, sparsity, init_type, method, rounding)
-  if len(shape) != 2:
-    raise ValueError(
-        f"sharded_sparse_init takes a 2-D shape (fan_out, fan_in), got {shape!r}; "
-        f"reshape the result for other layouts.")
-  dtype = checks.check_dtype(dtype)
-  chunk_rows = check_chunk_rows(chunk_rows)
-  tile_layout(shape, sharding)
-  return _sharded_fn(spec, dtype, sharding, chunk_rows)(_key_array(key))
+  spec, shape, dtype, chunk_rows = driver.prepare(
+      "sharded_sparse_init", key, shape, sparsity, init_type, method, rounding,
+      dtype, chunk_rows, two_d=True)
+  driver.tile_layout(shape, sharding)
+  return driver.sharded_program(blocks.DENSE, spec, dtype, sharding,
+                                chunk_rows)(keys.key_array(key))
 
 
 @functools.lru_cache(maxsize=64)
@@ -176,13 +103,9 @@ def pmap_sparse_init(
     `[n_devices, fan_out // n_devices, fan_in]`; device `d` holds rows
     `[d * fan_out // n_devices, (d + 1) * fan_out // n_devices)`.
   """
-  checks.check_key(key)
-  spec, shape = make_spec(shape, sparsity, init_type, method, rounding)
-  if len(shape) != 2:
-    raise ValueError(
-        f"pmap_sparse_init takes a 2-D shape (fan_out, fan_in), got {shape!r}.")
-  dtype = checks.check_dtype(dtype)
-  chunk_rows = check_chunk_rows(chunk_rows)
+  spec, shape, dtype, chunk_rows = driver.prepare(
+      "pmap_sparse_init", key, shape, sparsity, init_type, method, rounding,
+      dtype, chunk_rows, two_d=True)
   devices = tuple(jax.local_devices() if devices is None else devices)
   if not devices:
     raise ValueError(f"devices must not be empty, got {devices!r}.")
@@ -198,4 +121,4 @@ def pmap_sparse_init(
         f"fan_out={spec.fan_out} of shape {shape!r} is not divisible by the "
         f"number of devices, {len(devices)}.")
   index = np.arange(len(devices), dtype=np.int32)
-  return _pmap_fn(spec, dtype, devices, chunk_rows)(index, _key_array(key))
+  return _pmap_fn(spec, dtype, devices, chunk_rows)(index, keys.key_array(key))

@@ -1,0 +1,86 @@
+"""The PRNG key: its check, its two uint32 words, and the seed's key split.
+
+Every entry point takes a threefry2x32 key, typed (`jax.random.key`) or raw
+(`jax.random.PRNGKey`, uint32[2]); both read as the same two words, so they
+give the same matrix. The permutation method splits the key as the seed does
+(`split_key`); the counter method hashes under the key's own words.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from alberta._src import bits
+
+Array = jax.Array
+
+_U32 = jnp.uint32
+
+
+def check_key(key: Any) -> None:
+  """Raises unless `key` is a threefry2x32 JAX PRNG key (typed or raw uint32[2])."""
+  dtype = getattr(key, "dtype", None)
+  shape = getattr(key, "shape", None)
+  if dtype is None or shape is None:
+    raise TypeError(
+        f"key must be a JAX PRNG key (jax.random.key or jax.random.PRNGKey), "
+        f"got {key!r} of type {type(key).__name__}.")
+  if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+    impl = str(jax.random.key_impl(key))
+    if shape != ():
+      raise ValueError(
+          f"key must be a single PRNG key of shape (), got a key array of shape "
+          f"{shape}; use jax.vmap to map over several keys.")
+    if "threefry2x32" not in impl:
+      raise ValueError(
+          f"key must use the threefry2x32 PRNG implementation, got {impl!r}.")
+    return
+  if dtype != np.uint32 or tuple(shape) != (2,):
+    raise TypeError(
+        f"key must be a JAX PRNG key (jax.random.key or jax.random.PRNGKey), got "
+        f"an array of dtype {dtype} and shape {tuple(shape)}.")
+  default_impl = str(jax.config.jax_default_prng_impl)
+  if "threefry" not in default_impl:
+    raise ValueError(
+        f"a raw uint32[2] key is read with the default PRNG implementation, "
+        f"which is {default_impl!r}; alberta needs threefry2x32.")
+
+
+def key_array(key: Array) -> Array:
+  """The key as a uint32[2] array, which any jit or pmap can take replicated."""
+  if isinstance(key, jax.core.Tracer):
+    return jax.random.key_data(key) if jnp.issubdtype(
+        key.dtype, jax.dtypes.prng_key) else key
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.key_data(key)
+  return np.asarray(key, np.uint32)
+
+
+def key_words(key: Array) -> tuple[Array, Array]:
+  """The two uint32 words of a threefry key, typed or raw."""
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.key_data(key)
+  key = lax.convert_element_type(key, _U32)
+  return key[0], key[1]
+
+
+def split2(k: tuple[Array, Array]):
+  """`jax.random.split(key)` as key words: `(first, second)`."""
+  zero = jnp.zeros((2,), _U32)
+  # Unrolled: a loop-lowered Threefry costs a few tenths of a second to compile.
+  b1, b2 = bits.threefry_fused(k, zero, jnp.arange(2, dtype=_U32))
+  return (b1[0], b2[0]), (b1[1], b2[1])
+
+
+def split_key(key: Array):
+  """Key words of `(init_key, mask_key) = jax.random.split(key)`.
+
+  The permutation method's (the seed's) keys; the counter method uses the
+  key's own words (`counter.row_words`).
+  """
+  return split2(key_words(key))
