@@ -119,12 +119,26 @@ class StatisticsSuite(metaclass=parameterized.TestGeneratorMetaclass):
   @parameterized.named_parameters(
       ("_half_uniform", (FAN_OUT, FAN_IN), SPARSITY, "uniform", "nearest"),
       ("_half_normal", (FAN_OUT, FAN_IN), SPARSITY, "normal", "nearest"),
-      ("_ceil_wide", (33, 1001), 0.99, "uniform", "ceil"),
-      ("_nearest_narrow", (300, 7), 0.1, "normal", "nearest"),
       ("_conv_layout", (16, 8, 3, 3), 0.9, "uniform", "ceil"),
   )
   def test_every_output_unit_has_exactly_k_zeros(self, shape, sparsity, init_type,
                                                  rounding):
+    self.check_every_output_unit_has_exactly_k_zeros(shape, sparsity,
+                                                     init_type, rounding)
+
+  # Shapes no other test draws (a program each).
+  @parameterized.named_parameters(
+      ("_ceil_wide", (33, 1001), 0.99, "uniform", "ceil"),
+      ("_nearest_narrow", (300, 7), 0.1, "normal", "nearest"),
+  )
+  @test_utils.slow
+  def test_every_output_unit_has_exactly_k_zeros_at_other_shapes(
+      self, shape, sparsity, init_type, rounding):
+    self.check_every_output_unit_has_exactly_k_zeros(shape, sparsity,
+                                                     init_type, rounding)
+
+  def check_every_output_unit_has_exactly_k_zeros(self, shape, sparsity,
+                                                  init_type, rounding):
     out = self.draw(init_type, seed=1, shape=shape, sparsity=sparsity,
                     rounding=rounding)
     fan_in = math.prod(shape[1:])
@@ -199,10 +213,11 @@ class StatisticsSuite(metaclass=parameterized.TestGeneratorMetaclass):
     self.assertLess(result.pvalue, ALPHA, result)
 
   def test_values_of_neighbouring_columns_and_rows_are_uncorrelated(self):
-    # Sparsity 0: the values before masking.
-    v = self.draw("uniform", seed=31, shape=(512, 512), sparsity=0.0)
-    v = v.astype(np.float64) * np.sqrt(3 * 512)  # unit variance
-    # Lag-1 correlation pooled over 512 * 511 pairs is ~N(0, 1 / pairs):
+    # Sparsity 0: the values before masking (the program of
+    # test_mask_is_independent_of_values, another key).
+    v = self.draw("uniform", seed=31, sparsity=0.0)
+    v = v.astype(np.float64) * np.sqrt(3 * FAN_IN)  # unit variance
+    # Lag-1 correlation pooled over ~2e5 pairs is ~N(0, 1 / pairs):
     # |z| < 4.42 fails with probability 1e-5 each (two-sided).
     for a, b in ((v[:, 1:], v[:, :-1]), (v[1:], v[:-1]),
                  (v[1:, 1:], v[:-1, :-1])):
@@ -257,9 +272,10 @@ class StatisticsSuite(metaclass=parameterized.TestGeneratorMetaclass):
   @parameterized.named_parameters(
       # 399 degrees of freedom.
       ("_many_inputs", (FAN_OUT, FAN_IN), SPARSITY, 5),
-      # Few inputs, many rows: 8000 rows of 10 inputs, 3 zeros each; 9
-      # degrees of freedom.
-      ("_few_inputs", (8000, 10), 0.3, 6),
+      # Few inputs, many rows: 8000 rows of 5 inputs, 2 zeros each (the
+      # program of test_every_k_subset_equally_frequent); 4 degrees of
+      # freedom.
+      ("_few_inputs", (8000, 5), 0.4, 6),
   )
   def test_zero_positions_uniform_across_inputs(self, shape, sparsity, seed):
     # Corrected Pearson chi-square on column counts: false-failure rate ALPHA.
@@ -380,9 +396,10 @@ class ColumnStatisticTest(absltest.TestCase):
 
   def test_column_statistic_has_power(self):
     # The statistic is not vacuous: the same counts with one input's zeros
-    # moved to another (a biased mask: 200 rows changed) give p < ALPHA.
-    mask = zero_mask(draw("permutation", seed=6, shape=(8000, 10),
-                          sparsity=0.3))
+    # moved to another (a biased mask: 200 rows changed) give p < ALPHA
+    # (T ~ 33 on 4 degrees of freedom, p ~ 1e-6).
+    mask = zero_mask(draw("permutation", seed=6, shape=(8000, 5),
+                          sparsity=0.4))
     biased = mask.copy()
     rows = np.flatnonzero(biased[:, 0] & ~biased[:, 1])[:200]
     biased[rows, 0], biased[rows, 1] = False, True
