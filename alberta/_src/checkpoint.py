@@ -10,7 +10,8 @@ target, `.NAME.alberta-tmp-TOKEN` (orbax first writes into
 `.NAME.alberta-tmp-TOKEN.orbax-checkpoint-tmp` and renames it), `alberta.json`
 goes in last, and the whole directory is then published at the target by one
 rename. An interrupted or failed save removes its staging directories before
-it re-raises (a killed process leaves them; `stale_staging` lists them); a
+it re-raises (a killed process leaves them; `stale_staging` lists them, and
+`remove_staging` removes what orbax's threads still write after a failure); a
 directory at the target is always a whole checkpoint.
 
 Commit protocol. `check_output`'s rules (nothing is replaced without
