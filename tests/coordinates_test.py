@@ -22,6 +22,7 @@ from absl.testing import parameterized
 from alberta._src import bits
 from alberta._src import blocks
 from alberta._src import counter
+from alberta._src import keys
 from alberta._src.spec import make_spec
 from tests import test_utils
 
@@ -38,7 +39,7 @@ def _columns(n: int, count: int = 3000) -> np.ndarray:
 
 @functools.partial(jax.jit, static_argnames=("n",))
 def _round_trip(key, rows, cols, n: int):
-  mask_key = bits.key_words(key)
+  mask_key = keys.key_words(key)
   material = counter.round_keys(mask_key, rows, n)
   x = jnp.broadcast_to(cols[None, :], (rows.shape[0], cols.shape[0]))
   image = counter.permute(x, material, n)
@@ -59,7 +60,7 @@ def _model_permute(x: np.ndarray, material, n: int) -> np.ndarray:
 def _model_value_bits(init_key, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
   """`counter.value_bits` in numpy uint64, reduced mod 2**32 at every step."""
   s1, s2 = (np.asarray(w, np.uint64)
-            for w in bits.threefry(init_key, rows, np.zeros_like(rows)))
+            for w in _threefry(init_key, rows, np.zeros_like(rows)))
   m32 = np.uint64(2**32 - 1)
 
   def mix(x):
@@ -76,6 +77,20 @@ def _model_value_bits(init_key, rows: np.ndarray, cols: np.ndarray) -> np.ndarra
 # Jitted as in the generators: op by op, the uniform map's multiply-add would
 # be rounded twice instead of fused.
 _values_from_bits = jax.jit(blocks.values_from_bits, static_argnums=0)
+# The library's pieces the models below start from, each one program (op by
+# op, every op would compile on its own).
+_round_keys = jax.jit(counter.round_keys, static_argnums=2)
+_threefry = jax.jit(bits.threefry)
+_mul_add_u64 = jax.jit(bits.mul_add_u64, static_argnums=1)
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _permutation_values(key, spec, rows):
+  """The permutation method's values at `rows` x all columns (the seed's bits)."""
+  init_key, _ = keys.split_key(key)
+  return blocks.values_from_bits(spec, bits.element_bits(
+      init_key, rows[:, None], jnp.arange(spec.fan_in, dtype=jnp.uint32)[None, :],
+      spec.fan_in))
 
 
 class LargeFanInShuffleTest(parameterized.TestCase):
@@ -103,11 +118,11 @@ class LargeFanInShuffleTest(parameterized.TestCase):
   @parameterized.parameters(*_LARGE_N)
   def test_round_keys_k_is_the_64_bit_multiply_high(self, n):
     rows = jnp.asarray([0, 2**32 - 1], jnp.uint32)
-    mask_key = bits.key_words(jax.random.key(8))
-    ks = np.asarray(counter.round_keys(mask_key, rows, n)[0])
+    mask_key = keys.key_words(jax.random.key(8))
+    ks = np.asarray(_round_keys(mask_key, rows, n)[0])
     j = jnp.arange(1, counter.num_rounds(n) + 1, dtype=jnp.uint32)
     w1, w2 = (np.asarray(w, np.uint64)
-              for w in bits.threefry(mask_key, rows[:, None], j[None, :]))
+              for w in _threefry(mask_key, rows[:, None], j[None, :]))
     u = [[(int(a) << 32) | int(b) for a, b in zip(w1[r], w2[r])]
          for r in range(2)]
     np.testing.assert_array_equal(ks, [[(v * n) >> 64 for v in r] for r in u])
@@ -131,8 +146,8 @@ class LargeCoordinateTileTest(parameterized.TestCase):
       # The same tile from the numpy model of mask and values.
       rows = row_start + np.arange(4, dtype=np.int64)
       cols = col_start + np.arange(16, dtype=np.int64)
-      init_key = mask_key = bits.key_words(key)
-      material = counter.round_keys(mask_key, jnp.asarray(rows, jnp.uint32),
+      init_key = mask_key = keys.key_words(key)
+      material = _round_keys(mask_key, jnp.asarray(rows, jnp.uint32),
                                     fan_in)
       keep = _model_permute(np.broadcast_to(cols, (4, 16)), material,
                             fan_in) >= spec.k
@@ -160,15 +175,12 @@ class LargeCoordinateTileTest(parameterized.TestCase):
     if method == "permutation":
       # The value bits hash the flat 64-bit counter row * fan_in + col.
       rows = row_start + np.arange(6, dtype=np.uint64)
-      hi, lo = bits.mul_add_u64(jnp.asarray(rows, jnp.uint32), fan_in)
+      hi, lo = _mul_add_u64(jnp.asarray(rows, jnp.uint32), fan_in)
       flat = rows * np.uint64(fan_in)
       np.testing.assert_array_equal(np.asarray(hi), flat >> np.uint64(32))
       np.testing.assert_array_equal(np.asarray(lo),
                                     flat & np.uint64(2**32 - 1))
-      init_key, _ = blocks.split_key(key)
-      want = _values_from_bits(spec, bits.element_bits(
-          init_key, jnp.asarray(rows, jnp.uint32)[:, None],
-          jnp.arange(fan_in, dtype=jnp.uint32)[None, :], fan_in))
+      want = _permutation_values(key, spec, jnp.asarray(rows, jnp.uint32))
       keep = tile != 0
       test_utils.assert_same_bits(tile[keep], np.asarray(want)[keep])
 
