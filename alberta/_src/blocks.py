@@ -1,6 +1,6 @@
 """The block generator: any tile of the matrix from its global coordinates.
 
-Every entry point (whole matrix, chunked, sharded, pmap, ELL) calls
+Every dense entry point (whole matrix, chunked, sharded, pmap) calls
 `row_block`; a tile depends only on the key and its global row and column
 range, so results are bit-identical whatever the tiling.
 """

@@ -203,8 +203,7 @@ def sparse_init_ell(
       "sparse_init_ell", key, shape, sparsity, init_type, method, rounding,
       dtype, check_spec=_check_method)
   if spec.fan_out == 0 or nnz(spec) == 0:
-    return (jnp.zeros((spec.fan_out, nnz(spec)), dtype),
-            jnp.zeros((spec.fan_out, nnz(spec)), jnp.int32))
+    return _empty(spec, spec.fan_out, spec.fan_in, dtype)
   values, indices = _sparse_init_ell_2d(key, spec, dtype, None)
   chex.assert_shape((values, indices), (spec.fan_out, nnz(spec)))
   return values, indices
@@ -263,9 +262,8 @@ def sharded_sparse_init_ell(
         f"rows instead, e.g. {rows_only}.")
   driver.tile_layout(shape, sharding)
   if spec.fan_out == 0 or nnz(spec) == 0:
-    empty = jnp.zeros((spec.fan_out, nnz(spec)), dtype)
-    return (jax.device_put(empty, sharding),
-            jax.device_put(empty.astype(jnp.int32), sharding))
+    return jax.device_put(_empty(spec, spec.fan_out, spec.fan_in, dtype),
+                          sharding)
   return driver.sharded_program(ELL, spec, dtype, sharding, chunk_rows)(
       keys.key_array(key))
 
