@@ -24,6 +24,7 @@ from absl.testing import parameterized
 import alberta
 from alberta._src import verify as verify_lib
 from alberta._src.spec import make_spec
+from tests import test_utils
 
 _SHAPE = (64, 48)
 _SPARSITY = 0.75
@@ -73,12 +74,23 @@ def _first_where(matrix, row: int, zero: bool) -> int:
 
 class VerifyPassesTest(parameterized.TestCase):
 
-  @parameterized.product(
-      method=("counter", "permutation"),
-      init_type=("uniform", "normal"),
-      sharded=(True, False),
-  )
+  # The sharded matrices are test_dense_corruption's and the unsharded
+  # uniform ones other tests'; the unsharded normal ones (a program each)
+  # run in the slow step.
+  @parameterized.parameters(
+      (method, init_type, sharded)
+      for method in ("counter", "permutation")
+      for init_type, sharded in (("uniform", True), ("normal", True),
+                                 ("uniform", False)))
   def test_library_matrix_passes(self, method, init_type, sharded):
+    self.check_library_matrix_passes(method, init_type, sharded)
+
+  @parameterized.parameters("counter", "permutation")
+  @test_utils.slow
+  def test_library_matrix_passes_unsharded_normal(self, method):
+    self.check_library_matrix_passes(method, "normal", False)
+
+  def check_library_matrix_passes(self, method, init_type, sharded):
     matrix = _matrix(method, init_type, sharded)
     report = alberta.verify(matrix, _SPARSITY, init_type, method=method)
     self.assertTrue(report.passed, msg=report)
@@ -96,8 +108,18 @@ class VerifyPassesTest(parameterized.TestCase):
     self.assertLessEqual(report.max_abs, report.value_bound)
     self.assertIsNone(report.nonzeros_per_row)
 
-  @parameterized.parameters("float16", "bfloat16", "float32", "float64")
+  # float32 is test_library_matrix_passes'; each dtype compiles a generator
+  # and a reduction per method, so bfloat16 runs in the slow step.
+  @parameterized.parameters("float16", "float64")
   def test_every_dtype_passes(self, dtype):
+    self.check_every_dtype_passes(dtype)
+
+  @parameterized.parameters("bfloat16", "float32")
+  @test_utils.slow
+  def test_every_dtype_passes_slow(self, dtype):
+    self.check_every_dtype_passes(dtype)
+
+  def check_every_dtype_passes(self, dtype):
     with jax.enable_x64(dtype == "float64"):
       for method in ("counter", "permutation"):
         matrix = _matrix(method, "normal", sharded=False, dtype=dtype)
@@ -247,9 +269,10 @@ class VerifyCatchesCorruptionTest(parameterized.TestCase):
           alberta.verify((v, i), _SPARSITY, shape=_SHAPE)
 
   def test_dtype_mismatch_fails(self):
-    matrix = _matrix("counter", sharded=False, dtype=jnp.bfloat16)
+    # The float16 matrix of test_every_dtype_passes.
+    matrix = _matrix("counter", "normal", sharded=False, dtype=jnp.float16)
     with self.assertRaisesRegex(verify_lib.VerificationError,
-                                "dtype is bfloat16, expected float32"):
+                                "dtype is float16, expected float32"):
       alberta.verify(matrix, _SPARSITY, method="counter", dtype=jnp.float32)
 
   def test_verification_error_is_a_value_error_with_the_report(self):
