@@ -104,8 +104,9 @@ class LargeFanInShuffleTest(parameterized.TestCase):
 
   @parameterized.parameters(*_MORE_LARGE_N)
   @test_utils.slow
-  def test_permute_is_a_permutation_of_more_fan_ins(self, n):
+  def test_shuffle_and_round_keys_at_more_fan_ins(self, n):
     self.check_permute_is_a_permutation_of_fan_in(n)
+    self.check_round_keys_k_is_the_64_bit_multiply_high(n)
 
   def check_permute_is_a_permutation_of_fan_in(self, n):
     rows = np.array([0, 1, 2**31 - 1, 2**31, 2**32 - 2], np.uint32)
@@ -128,11 +129,6 @@ class LargeFanInShuffleTest(parameterized.TestCase):
 
   @parameterized.parameters(*_LARGE_N)
   def test_round_keys_k_is_the_64_bit_multiply_high(self, n):
-    self.check_round_keys_k_is_the_64_bit_multiply_high(n)
-
-  @parameterized.parameters(*_MORE_LARGE_N)
-  @test_utils.slow
-  def test_round_keys_k_is_the_64_bit_multiply_high_more(self, n):
     self.check_round_keys_k_is_the_64_bit_multiply_high(n)
 
   def check_round_keys_k_is_the_64_bit_multiply_high(self, n):
