@@ -172,15 +172,18 @@ class SeedMaskTest(parameterized.TestCase):
   # permutations); the other sides in the slow step.
   @parameterized.parameters(*BOUND_CASES[:2])
   def test_default_path_at_the_bound_equals_sorted_mask(self, n, k, compare):
-    self.assertEqual(permutation.uses_compare(n, k), compare)
-    new, old = _both(_spec(6, n, k), seed=n, row_start=77)
-    np.testing.assert_array_equal(new, old)
+    self.check_default_path_equals_sorted_mask(n, k, compare)
 
   @parameterized.parameters(*BOUND_CASES[2:])
   @test_utils.slow
   def test_default_path_at_the_bound_equals_sorted_mask_slow(self, n, k,
                                                              compare):
-    self.test_default_path_at_the_bound_equals_sorted_mask(n, k, compare)
+    self.check_default_path_equals_sorted_mask(n, k, compare)
+
+  def check_default_path_equals_sorted_mask(self, n, k, compare):
+    self.assertEqual(permutation.uses_compare(n, k), compare)
+    new, old = _both(_spec(6, n, k), seed=n, row_start=77)
+    np.testing.assert_array_equal(new, old)
 
   def test_small_layers_take_the_compare_path(self):
     # Haiku-sized layers at sparsity 0.9 and 0.5 compile without a sort.
