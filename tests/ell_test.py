@@ -46,13 +46,14 @@ def check_ell_layout(test, values, indices, fan_out, fan_in, k, dtype):
 
 
 # Each case compiles its own programs: the default run has the edges (a 1x1
-# matrix, no zeros, no nonzeros, an N-D shape), both distributions and
-# roundings, an odd and a long row; the slow run the other shapes.
+# matrix, no zeros, no nonzeros, an N-D shape), both distributions, a long
+# sparse row, and a "ceil" rounding that differs from "nearest" (0.99 * 64);
+# the slow run the other shapes.
 _DENSE_CASES = (
     ("_1x1_ceil", (1, 1), 0.5, "normal", "ceil"),
     ("_sparsity_0", (16, 10), 0.0, "uniform", "nearest"),
     ("_sparsity_1", (16, 10), 1.0, "normal", "nearest"),
-    ("_prime_257", (9, 257), 0.5, "normal", "ceil"),
+    ("_64_uniform_099", (33, 64), 0.99, "uniform", "ceil"),
     ("_1000_sparse", (40, 1000), 0.99, "uniform", "nearest"),
     ("_4d_conv", (6, 3, 2, 5), 0.6, "normal", "nearest"),
 )
@@ -61,7 +62,7 @@ _DENSE_SLOW_CASES = (
     ("_fan_in_1", (7, 1), 0.3, "uniform", "nearest"),
     ("_10_ceil", (16, 10), 0.7, "uniform", "ceil"),
     ("_64_normal", (33, 64), 0.9, "normal", "nearest"),
-    ("_64_uniform_099", (33, 64), 0.99, "uniform", "ceil"),
+    ("_prime_257", (9, 257), 0.5, "normal", "ceil"),
     ("_1000_dense", (40, 1000), 0.1, "normal", "nearest"),
     ("_65537", (2, 65537), 0.9, "uniform", "nearest"),
 )
@@ -96,8 +97,15 @@ class EllEqualsDenseTest(parameterized.TestCase):
     test_utils.assert_same_bits(
         values, np.asarray(dense).reshape(spec.shape)[rows, indices])
 
-  @parameterized.parameters(jnp.bfloat16, jnp.float16)
-  def test_low_precision_values_are_the_dense_values(self, dtype):
+  def test_low_precision_values_are_the_dense_values(self):
+    # float16: the guarded cast, which flushes no kept weight to zero.
+    self._check_low_precision(jnp.float16)
+
+  @test_utils.slow
+  def test_low_precision_values_are_the_dense_values_bfloat16(self):
+    self._check_low_precision(jnp.bfloat16)
+
+  def _check_low_precision(self, dtype):
     key = jax.random.key(61)
     values, indices = alberta.sparse_init_ell(key, (24, 50), 0.8, dtype=dtype)
     self.assertEqual(values.dtype, dtype)
@@ -127,24 +135,29 @@ class EllEqualsDenseTest(parameterized.TestCase):
       np.testing.assert_array_equal(indices[i], want_i)
       np.testing.assert_array_equal(as_bits(values[i]), as_bits(want_v))
 
-  def test_same_key_same_arrays_other_key_other_columns(self):
-    a = alberta.sparse_init_ell(jax.random.key(63), (32, 64), 0.75)
-    b = alberta.sparse_init_ell(jax.random.PRNGKey(63), (32, 64), 0.75)
-    c = alberta.sparse_init_ell(jax.random.key(64), (32, 64), 0.75)
+  def test_other_key_other_columns(self):
+    # The "_1000_sparse" case's matrix (its program), under other keys.
+    a = alberta.sparse_init_ell(jax.random.key(63), (40, 1000), 0.99)
+    c = alberta.sparse_init_ell(jax.random.key(64), (40, 1000), 0.99)
+    # Two independent uniform 10-subsets of 1000 columns coincide with
+    # probability 1 / C(1000, 10) ~ 4e-24 per row.
+    self.assertFalse((np.asarray(a[1]) == np.asarray(c[1])).all(axis=1).any())
+
+  @test_utils.slow
+  def test_raw_key_same_arrays_as_typed_key(self):
+    # A raw key is another program signature (a uint32[2] argument).
+    a = alberta.sparse_init_ell(jax.random.key(63), (40, 1000), 0.99)
+    b = alberta.sparse_init_ell(jax.random.PRNGKey(63), (40, 1000), 0.99)
     np.testing.assert_array_equal(a[1], b[1])
     np.testing.assert_array_equal(as_bits(a[0]), as_bits(b[0]))
-    # Two independent uniform 48-subsets of 64 columns coincide with
-    # probability 1 / C(64, 16) ~ 2e-15 per row.
-    self.assertFalse((np.asarray(a[1]) == np.asarray(c[1])).all(axis=1).any())
 
 
 class ChunkingAndMemoryTest(parameterized.TestCase):
 
-  @parameterized.parameters(1, 37)  # 75 rows: a ragged last chunk of 37
-  def test_any_chunk_rows_gives_identical_arrays(self, chunk_rows):
-    self._check(chunk_rows)
+  def test_any_chunk_rows_gives_identical_arrays(self):
+    self._check(37)  # 75 rows: a ragged last chunk
 
-  @parameterized.parameters(7, None)
+  @parameterized.parameters(1, 7, None)
   @test_utils.slow
   def test_any_chunk_rows_gives_identical_arrays_more(self, chunk_rows):
     self._check(chunk_rows)
@@ -167,8 +180,14 @@ class ChunkingAndMemoryTest(parameterized.TestCase):
     self.assertLess(chunk, 16384)
     self.assertGreater(chunk, 0)
 
-  @parameterized.parameters(0.9, 0.99)
-  def test_compiled_memory_is_the_output_plus_a_small_chunk(self, sparsity):
+  def test_compiled_memory_is_the_output_plus_a_small_chunk(self):
+    self._check_memory(0.99)
+
+  @test_utils.slow
+  def test_compiled_memory_is_the_output_plus_a_small_chunk_0_9(self):
+    self._check_memory(0.9)
+
+  def _check_memory(self, sparsity):
     # Compiled only, not run: 16384 x 16384 is 1 GiB dense in float32.
     n = 16384
     spec, _ = make_spec((n, n), sparsity, "uniform", "counter", "nearest")
@@ -193,10 +212,12 @@ class ShardedEllTest(parameterized.TestCase):
   _SHAPE = (64, 100)
   _SPARSITY = 0.7
 
+  # The program builder is the dense layout's too (sharding_test runs every
+  # kind of spec): the default run has a row split in chunks over two axes
+  # and one unchunked over eight devices.
   @parameterized.named_parameters(
       ("_rows_over_8", (8,), ("x",), P("x"), None),
       ("_rows_over_both_axes", (2, 4), ("x", "y"), P(("x", "y")), 5),
-      ("_replicated", (8,), ("x",), P(), 7),
   )
   def test_equals_sparse_init_ell_and_dense(self, mesh_shape, axes, spec,
                                             chunk_rows):
@@ -205,6 +226,7 @@ class ShardedEllTest(parameterized.TestCase):
   @parameterized.named_parameters(
       ("_rows_over_8_chunked", (8,), ("x",), P("x", None), 3),
       ("_rows_over_one_axis_of_two", (2, 4), ("x", "y"), P("y"), None),
+      ("_replicated", (8,), ("x",), P(), 7),
   )
   @test_utils.slow
   def test_equals_sparse_init_ell_and_dense_more(self, mesh_shape, axes, spec,
