@@ -117,11 +117,12 @@ def _spec(n_rows, n, k):
   return SparseSpec(n_rows, n, k, "uniform", "permutation")
 
 
-# (rows, n, k): k = 0 and n; one round up to n = 1625 with one zero
-# followed, two from 1626 with one kept input followed (k = n - 1, sharing
-# the seed's permutations with the column tile's k = n / 2 below). One round
-# with many kept inputs followed is `test_row_groups_equal_sorted_mask`.
-QUICK_CASES = ((9, 1, 0), (9, 1, 1), (16, 7, 3), (16, 7, 4), (40, 1625, 1),
+# (rows, n, k): k = 0 and n; a short row; one round up to n = 1625 with one
+# zero followed, two from 1626 with one kept input followed (k = n - 1,
+# sharing the seed's permutations with the column tile's k = n / 2 below).
+# Many kept inputs followed through the sort path: TiedBitsTest's
+# `_16_values_kept` (and the slow cases).
+QUICK_CASES = ((9, 1, 0), (9, 1, 1), (16, 7, 3), (40, 1625, 1),
                (40, 1626, 1625))
 # Every k edge at one and two rounds, either side of n / 2, and the default
 # run's former cases.
@@ -129,7 +130,7 @@ SLOW_CASES = tuple(
     (rows, n, k) for rows, n in ((33, 2), (50, 100), (30, 1625), (30, 1626),
                                  (12, 5000))
     for k in sorted({0, 1, n // 2 - 1, n // 2, n // 2 + 1, n - 1, n})) + (
-        (24, 1626, 813), (64, 1000, 900))
+        (24, 1626, 813), (64, 1000, 900), (16, 7, 4))
 # m n rounds <= _COMPARE_MAX = 2**17 either side of the bound: one round at
 # n = 1024 (m = 128 | 129), two rounds at n = 2048 (m = 32 | 33), zeros or
 # kept inputs followed; (n, k, takes the compare path).
@@ -168,13 +169,13 @@ class SeedMaskTest(parameterized.TestCase):
     for n, k, compare in BOUND_CASES:
       self.assertEqual(permutation.uses_compare(n, k), compare, (n, k))
 
-  # Either side of the bound at one round (both k share the seed's
-  # permutations); the other sides in the slow step.
-  @parameterized.parameters(*BOUND_CASES[:2])
+  # The default path below the bound (its sort side is the sort path's
+  # cases); the other sides in the slow step.
+  @parameterized.parameters(*BOUND_CASES[:1])
   def test_default_path_at_the_bound_equals_sorted_mask(self, n, k, compare):
     self.check_default_path_equals_sorted_mask(n, k, compare)
 
-  @parameterized.parameters(*BOUND_CASES[2:])
+  @parameterized.parameters(*BOUND_CASES[1:])
   @test_utils.slow
   def test_default_path_at_the_bound_equals_sorted_mask_slow(self, n, k,
                                                              compare):
@@ -197,20 +198,19 @@ class SeedMaskTest(parameterized.TestCase):
                              _spec(2, 8, 3), jnp.arange(2, dtype=_U32), 0, 8,
                              path="bogus")
 
-  @parameterized.parameters("sort", "compare")
-  def test_column_tile_equals_sorted_mask(self, path):
-    # Two rounds, half the row zero: the rows of (40, 1626, 1625) above.
-    new, old = _both(_spec(40, 1626, 813), seed=1626, row_start=_ROW_START,
-                     col_start=300, n_cols=700, path=path)
-    self.assertEqual(new.shape, (40, 700))
-    np.testing.assert_array_equal(new, old)
+  # Tiling and row groups happen around either path (a slice of its mask,
+  # one call per group): the compare path here, the sort path in the slow
+  # step.
+  def test_column_tile_equals_sorted_mask(self):
+    self.check_column_tile_equals_sorted_mask("compare")
 
-  @parameterized.parameters("sort", "compare")
-  def test_row_groups_equal_sorted_mask(self, path):
-    # 132 x 1000 = 2.01 * 2**16 elements: two independent groups; one round,
-    # 100 kept inputs followed.
-    self.assertGreater(permutation._groups(132, 1000), 1)
-    self.check_equals_sorted_mask(132, 1000, 900, path, seed=8, row_start=0)
+  def test_row_groups_equal_sorted_mask(self):
+    self.check_row_groups_equal_sorted_mask("compare")
+
+  @test_utils.slow
+  def test_column_tile_and_row_groups_on_the_sort_path(self):
+    self.check_column_tile_equals_sorted_mask("sort")
+    self.check_row_groups_equal_sorted_mask("sort")
 
   @parameterized.parameters("sort", "compare")
   @test_utils.slow
@@ -218,6 +218,19 @@ class SeedMaskTest(parameterized.TestCase):
     # 600 x 1024 = 9.4 * 2**16 elements: as many groups as the cores allow.
     self.assertGreater(permutation._groups(600, 1024), 1)
     self.check_equals_sorted_mask(600, 1024, 922, path, seed=8, row_start=0)
+
+  def check_column_tile_equals_sorted_mask(self, path):
+    # Two rounds, half the row zero: the rows of (40, 1626, 1625) above.
+    new, old = _both(_spec(40, 1626, 813), seed=1626, row_start=_ROW_START,
+                     col_start=300, n_cols=700, path=path)
+    self.assertEqual(new.shape, (40, 700))
+    np.testing.assert_array_equal(new, old)
+
+  def check_row_groups_equal_sorted_mask(self, path):
+    # 132 x 1000 = 2.01 * 2**16 elements: two independent groups; one round,
+    # 100 kept inputs followed.
+    self.assertGreater(permutation._groups(132, 1000), 1)
+    self.check_equals_sorted_mask(132, 1000, 900, path, seed=8, row_start=0)
 
 
 @functools.lru_cache(maxsize=None)
