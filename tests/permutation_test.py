@@ -28,6 +28,7 @@ and the cases the default run leaves out.
 from tests import env  # noqa: F401
 
 import functools
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -131,12 +132,12 @@ SLOW_CASES = tuple(
                                  (12, 5000))
     for k in sorted({0, 1, n // 2 - 1, n // 2, n // 2 + 1, n - 1, n})) + (
         (24, 1626, 813), (64, 1000, 900), (16, 7, 4))
-# m n rounds <= _COMPARE_MAX = 2**17 either side of the bound: one round at
-# n = 1024 (m = 128 | 129), two rounds at n = 2048 (m = 32 | 33), zeros or
-# kept inputs followed; (n, k, takes the compare path).
-BOUND_CASES = ((1024, 128, True), (1024, 129, False), (1024, 1024 - 128, True),
-               (1024, 1024 - 129, False), (2048, 32, True), (2048, 33, False),
-               (2048, 2048 - 32, True))
+# m = min(k, n - k) <= _COMPARE_MAX = 256 either side of the bound: one
+# round at n = 1024, two rounds at n = 2048, zeros or kept inputs followed;
+# (n, k, takes the compare path).
+BOUND_CASES = ((1024, 256, True), (1024, 257, False), (1024, 1024 - 256, True),
+               (1024, 1024 - 257, False), (2048, 256, True),
+               (2048, 257, False), (2048, 2048 - 256, True))
 # The seed's mask key and first row of the tests below, one per row length,
 # so that the cases of one length share the seed's permutations.
 _ROW_START = 5
@@ -188,7 +189,8 @@ class SeedMaskTest(parameterized.TestCase):
 
   def test_small_layers_take_the_compare_path(self):
     # Haiku-sized layers at sparsity 0.9 and 0.5 compile without a sort.
-    for n, k in ((64, 58), (256, 230), (1024, 922), (256, 128)):
+    for n, k in ((64, 58), (256, 230), (1024, 922), (256, 128),
+                 (2048, 1843)):
       self.assertTrue(permutation.uses_compare(n, k), (n, k))
     self.assertFalse(permutation.uses_compare(8192, 7373))
 
@@ -215,9 +217,11 @@ class SeedMaskTest(parameterized.TestCase):
   @parameterized.parameters("sort", "compare")
   @test_utils.slow
   def test_more_row_groups_equal_sorted_mask(self, path):
-    # 600 x 1024 = 9.4 * 2**16 elements: as many groups as the cores allow.
-    self.assertGreater(permutation._groups(600, 1024), 1)
-    self.check_equals_sorted_mask(600, 1024, 922, path, seed=8, row_start=0)
+    # 600 x 1024 = 9.4 * 2**16 elements: as many groups as the cores allow
+    # (row groups are for matrices of 2**28 elements and more: forced here).
+    with mock.patch.object(permutation, "_GROUP_MIN_MATRIX", 0):
+      self.assertGreater(permutation._groups(600, 1024, 600 * 1024), 1)
+      self.check_equals_sorted_mask(600, 1024, 922, path, seed=8, row_start=0)
 
   def check_column_tile_equals_sorted_mask(self, path):
     # Two rounds, half the row zero: the rows of (40, 1626, 1625) above.
@@ -228,9 +232,15 @@ class SeedMaskTest(parameterized.TestCase):
 
   def check_row_groups_equal_sorted_mask(self, path):
     # 132 x 1000 = 2.01 * 2**16 elements: two independent groups; one round,
-    # 100 kept inputs followed.
-    self.assertGreater(permutation._groups(132, 1000), 1)
-    self.check_equals_sorted_mask(132, 1000, 900, path, seed=8, row_start=0)
+    # 100 kept inputs followed (row groups are for matrices of 2**28
+    # elements and more: forced here).
+    with mock.patch.object(permutation, "_GROUP_MIN_MATRIX", 0):
+      self.assertGreater(permutation._groups(132, 1000, 132 * 1000), 1)
+      self.check_equals_sorted_mask(132, 1000, 900, path, seed=8, row_start=0)
+
+  def test_no_row_groups_below_the_matrix_size(self):
+    self.assertEqual(permutation._groups(132, 1000, 2**28 - 1), 1)
+    self.assertGreater(permutation._groups(132, 1000, 2**28), 1)
 
 
 @functools.lru_cache(maxsize=None)

@@ -36,16 +36,17 @@ key-value sort) and `E = #{j < p : b_j = b}` counts its ties. `E = 0` unless
 loop that counts their ties over the whole row, a few rows per iteration, until
 none is left. So the mask equals the seed's bit for bit, ties included, and
 costs one sort of `n` unsigned ints, `m log n` gathers and a scatter per row
-and round, instead of a key-value sort. A block's rows are split into a few
-independent groups, which XLA:CPU runs on separate cores.
+and round, instead of a key-value sort. The blocks of very large matrices are
+split into a few independent row groups, which XLA:CPU runs on separate cores.
 
-Short rows (`m n` per round up to `_COMPARE_MAX`, every Haiku-sized layer)
-take a second path, `_compared_mask`, that evaluates the same `rank(p)` by
-comparing `b` with the whole row, `m n` compares fused with their sum, and
-marks the mask's columns by comparing them with the ranks: no sort, search,
-loop or scatter, so it compiles 4-5x faster (0.5 s against 2 s for a
-256 x 256 layer on the CPU) and, at these sizes, also runs faster. Both paths
-give the same mask, bit for bit.
+Rows that follow few elements (`m` up to `_COMPARE_MAX`: every Haiku-sized
+layer, and sparsity 0.9 up to fan_in 2560) take a second path,
+`_compared_mask`, that evaluates the same `rank(p)` by comparing `b` with the
+whole row, `m n` compares fused with their sum, and marks the mask's columns
+by comparing them with the ranks: no sort, search, loop or scatter, so it
+compiles 4-6x faster (0.5-0.7 s against 2.4-4.3 s on the CPU) and, at these
+`m`, also runs faster (`uses_compare`). Both paths give the same mask, bit
+for bit.
 """
 
 from __future__ import annotations
@@ -71,9 +72,11 @@ _U32 = jnp.uint32
 # At most this many row groups per block (see `_groups`).
 _MAX_GROUPS = 8
 _MIN_GROUP = 2**16
-# Rows with `min(k, n - k) * n * num_rounds(n)` up to this take
-# `_compared_mask` (see `uses_compare`).
-_COMPARE_MAX = 2**17
+# Row groups only for matrices of at least this many elements (see `_groups`).
+_GROUP_MIN_MATRIX = 2**28
+# Rows with `min(k, n - k)` up to this take `_compared_mask` (see
+# `uses_compare`).
+_COMPARE_MAX = 256
 
 
 def num_rounds(n: int) -> int:
@@ -334,23 +337,33 @@ def _compared_mask(k1: Array, k2: Array, n: int, k: int,
 def uses_compare(n: int, k: int) -> bool:
   """Whether `mask_block` takes `_compared_mask` for rows of `n`, `k` zeros.
 
-  When its `m n` comparisons per row and round, `m = min(k, n - k)`, are at
-  most `_COMPARE_MAX` (static). Measured on the CPU (2 cores, per row): a
-  comparison costs about 0.3 ns and the sort path about 60 us at `n = 1024`
-  (one round) and 240 us at `n = 2048` (two), so at the bound the compare
-  path is still at least as fast, and it compiles 4-5x faster at every size.
+  When `m = min(k, n - k)`, the elements followed, is at most `_COMPARE_MAX`
+  (static). Per row and round the compare path costs `m n` comparisons,
+  about `0.3 m n` ns, and the sort path about `60-70 n` ns (its sort, search
+  and scatter), so the two meet near `m = 200-400`, higher for longer rows.
+  Measured on the CPU (2 cores, 64-512 rows, the compare path's time over the
+  sort path's): 0.69 at `m = 190, n = 1024`, 0.48 at `m = 190, n = 4096`,
+  0.95 at `m = 400, n = 16384`. The compare path also compiles 4-6x faster
+  (0.5-0.7 s against 2.4-4.3 s), which is most of a layer's first call.
   """
-  return min(k, n - k) * n * num_rounds(n) <= _COMPARE_MAX
+  return min(k, n - k) <= _COMPARE_MAX
 
 
-def _groups(n_rows: int, n: int) -> int:
+def _groups(n_rows: int, n: int, matrix_elements: int) -> int:
   """Independent row groups of a block (static).
 
   XLA:CPU runs independent operations concurrently, one per core, but each
-  sort on one thread: a block is split into groups that each sort their own
-  rows, enough to occupy the cores, each of at least `_MIN_GROUP` elements so that
-  small blocks stay one piece.
+  sort on one thread: a block can be split into groups that each sort their
+  own rows, enough to occupy the cores, each of at least `_MIN_GROUP`
+  elements. Every group is a copy of the sort path's code, though, and each
+  copy costs its compile time again (about 3 s for rows of 2048 on a 2-core
+  CPU, against a run time of 0.1 s for a 512 x 2048 layer), while the
+  measured gain is small (13% at 1024 x 65536, none at 4096 x 4096). So only
+  matrices of at least `_GROUP_MIN_MATRIX` elements, whose generation takes
+  tens of seconds, are split.
   """
+  if matrix_elements < _GROUP_MIN_MATRIX:
+    return 1
   cores = os.cpu_count() or 1
   return max(1, min(_MAX_GROUPS, 2 * cores, n_rows * n // _MIN_GROUP))
 
@@ -373,7 +386,7 @@ def mask_block(mask_key: tuple[Array, Array], spec: SparseSpec, rows: Array,
     raise ValueError(f"path must be 'compare' or 'sort', got {path!r}")
   k1, k2 = row_keys(mask_key, rows)
   followed = _compared_mask if path == "compare" else _followed_mask
-  n_groups = _groups(n_rows, n)
+  n_groups = _groups(n_rows, n, spec.fan_out * spec.fan_in)
   bounds = [n_rows * g // n_groups for g in range(n_groups + 1)]
   mask = jnp.concatenate([
       followed(k1[a:b], k2[a:b], n, k)
