@@ -33,6 +33,7 @@ setup(
             "matplotlib>=3.7",
             "orbax-checkpoint>=0.11",
             "pytest>=7",
+            "pytest-xdist>=3",
             "scipy>=1.10",
         ],
         "bench": ["matplotlib>=3.7", "torch==2.13.0"],
