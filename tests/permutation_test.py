@@ -132,12 +132,12 @@ SLOW_CASES = tuple(
                                  (12, 5000))
     for k in sorted({0, 1, n // 2 - 1, n // 2, n // 2 + 1, n - 1, n})) + (
         (24, 1626, 813), (64, 1000, 900), (16, 7, 4))
-# m = min(k, n - k) <= _COMPARE_MAX = 256 either side of the bound: one
-# round at n = 1024, two rounds at n = 2048, zeros or kept inputs followed;
-# (n, k, takes the compare path).
-BOUND_CASES = ((1024, 256, True), (1024, 257, False), (1024, 1024 - 256, True),
-               (1024, 1024 - 257, False), (2048, 256, True),
-               (2048, 257, False), (2048, 2048 - 256, True))
+# m n rounds <= _COMPARE_MAX = 2**17 either side of the bound: one round at
+# n = 1024 (m = 128 | 129), two rounds at n = 2048 (m = 32 | 33), zeros or
+# kept inputs followed; (n, k, takes the compare path).
+BOUND_CASES = ((1024, 128, True), (1024, 129, False), (1024, 1024 - 128, True),
+               (1024, 1024 - 129, False), (2048, 32, True), (2048, 33, False),
+               (2048, 2048 - 32, True))
 # The seed's mask key and first row of the tests below, one per row length,
 # so that the cases of one length share the seed's permutations.
 _ROW_START = 5
@@ -189,8 +189,7 @@ class SeedMaskTest(parameterized.TestCase):
 
   def test_small_layers_take_the_compare_path(self):
     # Haiku-sized layers at sparsity 0.9 and 0.5 compile without a sort.
-    for n, k in ((64, 58), (256, 230), (1024, 922), (256, 128),
-                 (2048, 1843)):
+    for n, k in ((64, 58), (256, 230), (1024, 922), (256, 128)):
       self.assertTrue(permutation.uses_compare(n, k), (n, k))
     self.assertFalse(permutation.uses_compare(8192, 7373))
 

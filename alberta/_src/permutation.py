@@ -39,14 +39,13 @@ costs one sort of `n` unsigned ints, `m log n` gathers and a scatter per row
 and round, instead of a key-value sort. The blocks of very large matrices are
 split into a few independent row groups, which XLA:CPU runs on separate cores.
 
-Rows that follow few elements (`m` up to `_COMPARE_MAX`: every Haiku-sized
-layer, and sparsity 0.9 up to fan_in 2560) take a second path,
-`_compared_mask`, that evaluates the same `rank(p)` by comparing `b` with the
-whole row, `m n` compares fused with their sum, and marks the mask's columns
-by comparing them with the ranks: no sort, search, loop or scatter, so it
-compiles 4-6x faster (0.5-0.7 s against 2.4-4.3 s on the CPU) and, at these
-`m`, also runs faster (`uses_compare`). Both paths give the same mask, bit
-for bit.
+Short rows (`m n` per round up to `_COMPARE_MAX`, every Haiku-sized layer)
+take a second path, `_compared_mask`, that evaluates the same `rank(p)` by
+comparing `b` with the whole row, `m n` compares fused with their sum, and
+marks the mask's columns by comparing them with the ranks: no sort, search,
+loop or scatter, so it compiles 4-5x faster (0.5 s against 2 s for a
+256 x 256 layer on the CPU) and, at these sizes, also runs faster. Both paths
+give the same mask, bit for bit.
 """
 
 from __future__ import annotations
@@ -74,9 +73,9 @@ _MAX_GROUPS = 8
 _MIN_GROUP = 2**16
 # Row groups only for matrices of at least this many elements (see `_groups`).
 _GROUP_MIN_MATRIX = 2**28
-# Rows with `min(k, n - k)` up to this take `_compared_mask` (see
-# `uses_compare`).
-_COMPARE_MAX = 256
+# Rows with `min(k, n - k) * n * num_rounds(n)` up to this take
+# `_compared_mask` (see `uses_compare`).
+_COMPARE_MAX = 2**17
 
 
 def num_rounds(n: int) -> int:
@@ -337,16 +336,13 @@ def _compared_mask(k1: Array, k2: Array, n: int, k: int,
 def uses_compare(n: int, k: int) -> bool:
   """Whether `mask_block` takes `_compared_mask` for rows of `n`, `k` zeros.
 
-  When `m = min(k, n - k)`, the elements followed, is at most `_COMPARE_MAX`
-  (static). Per row and round the compare path costs `m n` comparisons,
-  about `0.3 m n` ns, and the sort path about `60-70 n` ns (its sort, search
-  and scatter), so the two meet near `m = 200-400`, higher for longer rows.
-  Measured on the CPU (2 cores, 64-512 rows, the compare path's time over the
-  sort path's): 0.69 at `m = 190, n = 1024`, 0.48 at `m = 190, n = 4096`,
-  0.95 at `m = 400, n = 16384`. The compare path also compiles 4-6x faster
-  (0.5-0.7 s against 2.4-4.3 s), which is most of a layer's first call.
+  When its `m n` comparisons per row and round, `m = min(k, n - k)`, are at
+  most `_COMPARE_MAX` (static). Measured on the CPU (2 cores, per row): a
+  comparison costs about 0.3 ns and the sort path about 60 us at `n = 1024`
+  (one round) and 240 us at `n = 2048` (two), so at the bound the compare
+  path is still at least as fast, and it compiles 4-5x faster at every size.
   """
-  return min(k, n - k) <= _COMPARE_MAX
+  return min(k, n - k) * n * num_rounds(n) <= _COMPARE_MAX
 
 
 def _groups(n_rows: int, n: int, matrix_elements: int) -> int:
