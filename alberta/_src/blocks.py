@@ -122,10 +122,8 @@ def _chunk_program(spec: SparseSpec, n_cols: int, dtype: jnp.dtype,
     return generate(key, spec, row, chunk_rows, col, n_cols, dtype, chunk_rows)
 
   if not METHODS[spec.method].separate_tile:
-    fused = jax.jit(
-        lambda out, key, row, col, start: lax.dynamic_update_slice_in_dim(
-            out, tile(key, row, col), start, axis=0), donate_argnums=0)
-    return fused
+    return jax.jit(lambda out, key, row, col, start: _write(
+        out, tile(key, row, col), start), donate_argnums=0)
   separate = jax.jit(tile)
 
   def step(out, key, row, col, start):
@@ -136,10 +134,13 @@ def _chunk_program(spec: SparseSpec, n_cols: int, dtype: jnp.dtype,
   return step
 
 
-@functools.partial(jax.jit, donate_argnums=0)
-def _write_rows(out: Array, tile: Array, start: Array) -> Array:
-  """`out` with `tile` written at row `start`, in place (`out` is donated)."""
+def _write(out: Array, tile: Array, start: Array) -> Array:
+  """`out` with `tile` written at row `start`."""
   return lax.dynamic_update_slice_in_dim(out, tile, start, axis=0)
+
+
+# In place: `out` is donated.
+_write_rows = jax.jit(_write, donate_argnums=0)
 
 
 def generate_host_loop(key: Array, spec: SparseSpec, row_start: int,
