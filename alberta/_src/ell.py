@@ -369,8 +369,15 @@ def to_dense(values: Array, indices: Array, shape: Sequence[int]) -> Array:
       offending index and value.
     TypeError: `indices` are not integers.
   """
-  shape, fan_out, fan_in = _check_ell(values, indices, shape, "to_dense",
-                                      ascending=False)
+  shape, _, _ = _check_ell(values, indices, shape, "to_dense", ascending=False)
+  return _scatter(values, indices, shape)
+
+
+# `to_dense` and `to_bcoo` build their arrays in one compiled program each:
+# called eagerly, op by op, they would compile every operation on its own.
+@functools.partial(jax.jit, static_argnames=("shape",))
+def _scatter(values: Array, indices: Array, shape: tuple[int, ...]) -> Array:
+  fan_out, fan_in = shape[0], math.prod(shape[1:])
   rows = jnp.arange(fan_out, dtype=indices.dtype)[:, None]
   dense = jnp.zeros((fan_out, fan_in), values.dtype)
   dense = dense.at[rows, indices].set(values, unique_indices=True)
@@ -401,12 +408,18 @@ def to_bcoo(values: Array, indices: Array, shape: Sequence[int]) -> jsparse.BCOO
       names the offending index and value.
     TypeError: `indices` are not integers.
   """
-  shape, fan_out, _ = _check_ell(values, indices, shape, "to_bcoo",
-                                 ascending=True)
+  shape, _, _ = _check_ell(values, indices, shape, "to_bcoo", ascending=True)
+  return jsparse.BCOO(_bcoo_arrays(values, indices, shape), shape=shape,
+                      indices_sorted=True, unique_indices=True)
+
+
+@functools.partial(jax.jit, static_argnames=("shape",))
+def _bcoo_arrays(values: Array, indices: Array, shape: tuple[int, ...]
+                 ) -> tuple[Array, Array]:
+  """`to_bcoo`'s data and `[fan_out * nnz, len(shape)]` coordinates."""
   indices = indices.astype(jnp.int32)
-  rows = jnp.broadcast_to(jnp.arange(fan_out, dtype=jnp.int32)[:, None],
+  rows = jnp.broadcast_to(jnp.arange(shape[0], dtype=jnp.int32)[:, None],
                           indices.shape)
   coords = (rows,) + tuple(jnp.unravel_index(indices, shape[1:]))
   coords = jnp.stack([c.astype(jnp.int32) for c in coords], axis=-1)
-  return jsparse.BCOO((values.reshape(-1), coords.reshape(-1, len(shape))),
-                      shape=shape, indices_sorted=True, unique_indices=True)
+  return values.reshape(-1), coords.reshape(-1, len(shape))
