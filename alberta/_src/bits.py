@@ -82,6 +82,22 @@ def threefry_fused(k: tuple[Array, Array], hi: Array, lo: Array
   return x0, x1
 
 
+def materialized(x: Array) -> Array:
+  """`x` (uint32, `[R, ...]`, `R >= 1`), computed once before its consumers.
+
+  XLA counts integer adds and shifts as cheap and fuses a whole hash (~100
+  operations, or a chain of them) into every consumer of its result: a hash
+  whose words feed four fusions is compiled, and run, four times, and one
+  broadcast into an `[R, m, n]` compare would be recomputed `m` times. An
+  optimization barrier does not stop it (the CPU pipeline removes barriers
+  before fusion). A division by a divisor that is 1 but not a compile-time
+  constant is an operation XLA does not duplicate, so `x` is computed in a
+  fusion of its own and its consumers read it.
+  """
+  one = (x.reshape(x.shape[0], -1)[:, 0] >> _U32(31)) | _U32(1)
+  return x // one.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
 def mul_add_u64(a: Array, b: int, c: Array | int = 0) -> tuple[Array, Array]:
   """`a * b + c` as 64-bit `(hi, lo)` uint32 words, for uint32 `a`, `c`.
 

@@ -73,8 +73,11 @@ def split2(k: tuple[Array, Array]):
   """`jax.random.split(key)` as key words: `(first, second)`."""
   zero = jnp.zeros((2,), _U32)
   # Unrolled: a loop-lowered Threefry costs a few tenths of a second to compile.
+  # Materialized: each of the two keys feeds its own fusions, and XLA would
+  # copy the hash into every one of them.
   b1, b2 = bits.threefry_fused(k, zero, jnp.arange(2, dtype=_U32))
-  return (b1[0], b2[0]), (b1[1], b2[1])
+  words = bits.materialized(jnp.stack([b1, b2], axis=1))
+  return (words[0, 0], words[0, 1]), (words[1, 0], words[1, 1])
 
 
 def split_key(key: Array):

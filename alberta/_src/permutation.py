@@ -237,21 +237,6 @@ def _followed_mask(k1: Array, k2: Array, n: int, k: int,
                                      mode="promise_in_bounds")
 
 
-def _materialized(x: Array) -> Array:
-  """`x` (uint32, `[R, ...]`), computed once before its consumers.
-
-  XLA counts integer adds and shifts as cheap and fuses a whole hash (~100
-  operations, or a chain of them) into every consumer, so the sort bits
-  broadcast into an `[R, m, n]` compare would be recomputed `m` times, and
-  key words copied into each of their users (an optimization barrier does
-  not stop it: the CPU pipeline removes barriers before fusion). A division
-  by a divisor that is 1 but not a compile-time constant is an operation XLA
-  does not duplicate, so `x` is computed in a fusion of its own.
-  """
-  one = (x.reshape(x.shape[0], -1)[:, 0] >> _U32(31)) | _U32(1)
-  return x // one.reshape((-1,) + (1,) * (x.ndim - 1))
-
-
 # XLA:CPU splits plain reductions over more elements than this.
 _REDUCE_WINDOW = 32
 
@@ -287,7 +272,7 @@ def _compared_mask(k1: Array, k2: Array, n: int, k: int,
   `[R, n, m]` compare and `any`). It costs `m n` comparisons per row and
   round against the sort path's `n log n`, but compiles to a handful of
   fused loops, several times faster; `mask_block` uses it for short rows
-  (`uses_compare`). The hashes are computed once each (`_materialized`) and
+  (`uses_compare`). The hashes are computed once each (`bits.materialized`) and
   the sums are variadic reductions (`_count_pairs`), so no `[R, m, n]` array
   is ever stored.
   """
@@ -310,9 +295,9 @@ def _compared_mask(k1: Array, k2: Array, n: int, k: int,
   for i in range(num_rounds(n)):
     b1, b2 = _threefry(*key, jnp.zeros((), _U32),
                        jnp.broadcast_to(which, (n_rows, 2, 2)))
-    split = _materialized(jnp.where(word == 0, b1, b2))
+    split = bits.materialized(jnp.where(word == 0, b1, b2))
     key, sub = (split[:, :1, :1], split[:, :1, 1:]), split[:, 1]
-    row_bits = _materialized(sort_bits(sub[:, 0], sub[:, 1], all_cols))
+    row_bits = bits.materialized(sort_bits(sub[:, 0], sub[:, 1], all_cols))
     if i == 0:  # The followed elements are still `first, ..., first + m - 1`.
       elem_bits = row_bits[:, first:first + m]
     else:
