@@ -191,14 +191,7 @@ def row_words(key: tuple[Array, Array], rows: Array, n: int,
   hi_hi, hi_lo = bits.mul_add_u64(hi, n)
   lo_hi, _ = bits.mul_add_u64(lo, n)
   ks = hi_hi + ((hi_lo + lo_hi) < hi_lo).astype(_U32)
-  # All of a row's words in one array, computed once: the value words, `K`
-  # and `(a, b)` each feed fusions of their own, and XLA would copy the whole
-  # hash into every one of them (four copies to compile instead of one).
-  words = bits.materialized(jnp.concatenate(
-      [w1[:, :1], w2[:, :1], ks, w1[:, r + 1:], w2[:, r + 1:]], axis=1))
-  return RowWords((words[:, 0], words[:, 1]),
-                  (words[:, 2:r + 2], words[:, r + 2:2 * r + 2],
-                   words[:, 2 * r + 2:]))
+  return RowWords((w1[:, 0], w2[:, 0]), (ks, w1[:, r + 1:], w2[:, r + 1:]))
 
 
 def round_keys(key: tuple[Array, Array], rows: Array, n: int):
