@@ -296,7 +296,7 @@ def _index_faults(indices: Array, fan_in: int, ascending: bool) -> tuple[
 
 
 def _check_ell(values: Any, indices: Any, shape: Any, name: str,
-               ascending: bool) -> tuple[tuple[int, ...], int, int]:
+               ascending: bool) -> tuple[int, ...]:
   """Validates ELL arrays for `to_dense` / `to_bcoo`, before any work.
 
   Shapes and dtypes always. The index values too when they are concrete: each
@@ -306,6 +306,9 @@ def _check_ell(values: Any, indices: Any, shape: Any, name: str,
   scatter of `to_dense` and a negative one wraps around (NumPy indexing),
   while `to_bcoo` keeps both as given, so the two disagree. Check traced
   arrays before the trace, or with `alberta.verify`.
+
+  Returns:
+    `shape` as a tuple of ints (`checks.check_shape`).
   """
   shape = checks.check_shape(shape)
   fan_out, fan_in = shape[0], math.prod(shape[1:])
@@ -329,7 +332,7 @@ def _check_ell(values: Any, indices: Any, shape: Any, name: str,
     raise TypeError(
         f"{name}: indices must be integers, got dtype {indices.dtype}.")
   if indices.size == 0 or isinstance(indices, jax.core.Tracer):
-    return shape, fan_out, fan_in
+    return shape
   row, col, value, wrong_row, wrong_col = (
       int(v) for v in jax.device_get(
           _index_faults(indices, fan_in=fan_in, ascending=ascending)))
@@ -347,7 +350,7 @@ def _check_ell(values: Any, indices: Any, shape: Any, name: str,
     raise ValueError(
         f"{name}: indices must be distinct within each row, but row "
         f"{wrong_row} repeats {sorted(found)[wrong_col]}.")
-  return shape, fan_out, fan_in
+  return shape
 
 
 def to_dense(values: Array, indices: Array, shape: Sequence[int]) -> Array:
@@ -369,7 +372,7 @@ def to_dense(values: Array, indices: Array, shape: Sequence[int]) -> Array:
       offending index and value.
     TypeError: `indices` are not integers.
   """
-  shape, _, _ = _check_ell(values, indices, shape, "to_dense", ascending=False)
+  shape = _check_ell(values, indices, shape, "to_dense", ascending=False)
   return _scatter(values, indices, shape)
 
 
@@ -408,7 +411,7 @@ def to_bcoo(values: Array, indices: Array, shape: Sequence[int]) -> jsparse.BCOO
       names the offending index and value.
     TypeError: `indices` are not integers.
   """
-  shape, _, _ = _check_ell(values, indices, shape, "to_bcoo", ascending=True)
+  shape = _check_ell(values, indices, shape, "to_bcoo", ascending=True)
   return jsparse.BCOO(_bcoo_arrays(values, indices, shape), shape=shape,
                       indices_sorted=True, unique_indices=True)
 
