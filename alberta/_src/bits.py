@@ -10,6 +10,10 @@ It also holds the maps from bits to weights: the seed's (`bits_to_uniform`,
 `bits_to_normal`, `jax.random`'s own) and the counter method's, which draw from
 an open interval so that a kept weight is never 0; and `cast_nonzero`, the cast
 to the output dtype that never rounds a kept weight to zero.
+
+The arithmetic is written in `lax` operations rather than `jnp` operators: the
+same graph, traced several times faster. A small layer's first call is mostly
+tracing and compiling these hashes (a hash is ~120 operations).
 """
 
 from __future__ import annotations
@@ -48,6 +52,21 @@ def threefry(k: tuple[Array, Array], hi: Array, lo: Array) -> tuple[Array, Array
   return tuple(threefry2x32_p.bind(k1, k2, hi, lo))
 
 
+def _broadcast_u32(*xs) -> list[Array]:
+  """`jnp.broadcast_arrays` of `xs` as uint32, in `lax` operations."""
+  xs = [lax.convert_element_type(x, _U32) if getattr(x, "dtype", None) != _U32
+        else x for x in xs]
+  shape = lax.broadcast_shapes(*(np.shape(x) for x in xs))
+  out = []
+  for x in xs:
+    x_shape = np.shape(x)
+    if x_shape != shape:
+      lead = len(shape) - len(x_shape)
+      x = lax.broadcast_in_dim(x, shape, tuple(range(lead, len(shape))))
+    out.append(x)
+  return out
+
+
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 
 
@@ -62,11 +81,19 @@ def threefry_fused(k: tuple[Array, Array], hi: Array, lo: Array
   unrolled, the hash is ~100 elementwise integer operations that fuse into one
   pass. Key words and counters broadcast against each other.
   """
-  # `lax` operations on operands of one shape: the same graph as the `jnp`
-  # operators, traced several times faster (a hash is ~100 operations).
-  k1, k2, hi, lo = jnp.broadcast_arrays(
-      jnp.asarray(k[0], _U32), jnp.asarray(k[1], _U32),
-      jnp.asarray(hi, _U32), jnp.asarray(lo, _U32))
+  return _threefry_rounds(*_broadcast_u32(k[0], k[1], hi, lo))
+
+
+@jax.jit
+def _threefry_rounds(k1: Array, k2: Array, hi: Array, lo: Array
+                     ) -> tuple[Array, Array]:
+  """`threefry_fused` of four uint32 operands of one shape.
+
+  Jitted so that each shape is traced once per process, and only once lowered
+  into a program: a layer's init hashes two `[fan_out, fan_in]` arrays, and a
+  network's layers often share their shapes. XLA inlines the call, so the
+  compiled program is the same as without the jit.
+  """
   add, xor = lax.add, lax.bitwise_xor
   ks = (k1, k2, xor(xor(k1, k2), np.uint32(0x1BD11BDA)))
   x0 = add(hi, ks[0])
@@ -94,8 +121,11 @@ def materialized(x: Array) -> Array:
   constant is an operation XLA does not duplicate, so `x` is computed in a
   fusion of its own and its consumers read it.
   """
-  one = (x.reshape(x.shape[0], -1)[:, 0] >> _U32(31)) | _U32(1)
-  return x // one.reshape((-1,) + (1,) * (x.ndim - 1))
+  first = lax.slice(x.reshape(x.shape[0], -1), (0, 0), (x.shape[0], 1))
+  one = lax.bitwise_or(lax.shift_right_logical(first, np.uint32(31)),
+                       np.uint32(1))
+  one = lax.broadcast_in_dim(one.reshape(x.shape[0]), x.shape, (0,))
+  return lax.div(x, one)
 
 
 def mul_add_u64(a: Array, b: int, c: Array | int = 0) -> tuple[Array, Array]:
@@ -107,22 +137,30 @@ def mul_add_u64(a: Array, b: int, c: Array | int = 0) -> tuple[Array, Array]:
   """
   if not 0 <= b < 2**32:
     raise ValueError(f"multiplier must be in [0, 2**32), got {b}")
-  a = jnp.asarray(a, _U32)
-  a_lo, a_hi = a & 0xFFFF, a >> 16
-  b_lo, b_hi = _U32(b & 0xFFFF), _U32(b >> 16)
-  ll = a_lo * b_lo
-  lh = a_lo * b_hi
-  hl = a_hi * b_lo
-  hh = a_hi * b_hi
-  mid = lh + hl
-  mid_carry = (mid < lh).astype(_U32)
-  lo = ll + (mid << 16)
-  lo_carry = (lo < ll).astype(_U32)
-  hi = hh + (mid >> 16) + (mid_carry << 16) + lo_carry
-  c = jnp.asarray(c, _U32)
-  lo2 = lo + c
-  hi = hi + (lo2 < lo).astype(_U32)
-  return hi, lo2
+  a = lax.convert_element_type(a, _U32)
+  add, mul, lt = lax.add, lax.mul, lax.lt
+  shl, shr = lax.shift_left, lax.shift_right_logical
+
+  def u32(v):
+    return lax.convert_element_type(v, _U32)
+
+  a_lo, a_hi = lax.bitwise_and(a, np.uint32(0xFFFF)), shr(a, np.uint32(16))
+  b_lo, b_hi = np.uint32(b & 0xFFFF), np.uint32(b >> 16)
+  ll = mul(a_lo, b_lo)
+  lh = mul(a_lo, b_hi)
+  hl = mul(a_hi, b_lo)
+  hh = mul(a_hi, b_hi)
+  mid = add(lh, hl)
+  mid_carry = u32(lt(mid, lh))
+  lo = add(ll, shl(mid, np.uint32(16)))
+  lo_carry = u32(lt(lo, ll))
+  hi = add(add(add(hh, shr(mid, np.uint32(16))), shl(mid_carry, np.uint32(16))),
+           lo_carry)
+  if isinstance(c, int) and c == 0:
+    return hi, lo
+  hi, lo, c = _broadcast_u32(hi, lo, c)
+  lo2 = add(lo, c)
+  return add(hi, u32(lt(lo2, lo))), lo2
 
 
 def element_bits(k: tuple[Array, Array], rows: Array, cols: Array,
@@ -143,16 +181,18 @@ def element_bits(k: tuple[Array, Array], rows: Array, cols: Array,
 
 def bits_to_unit_float(bits: Array) -> Array:
   """Maps uint32 bits to float32 in [0, 1) as `jax.random.uniform` does."""
-  mantissa = (bits >> 9) | _U32(np.float32(1.0).view(np.uint32))
-  return lax.bitcast_convert_type(mantissa, jnp.float32) - jnp.float32(1.0)
+  mantissa = lax.bitwise_or(lax.shift_right_logical(bits, np.uint32(9)),
+                            np.float32(1.0).view(np.uint32))
+  return lax.sub(lax.bitcast_convert_type(mantissa, jnp.float32),
+                 np.float32(1.0))
 
 
 def bits_to_uniform(bits: Array, minval: float, maxval: float) -> Array:
   """`jax.random.uniform(key, ..., float32, minval, maxval)` from its bits."""
-  lo = jnp.float32(minval)
-  hi = jnp.float32(maxval)
+  lo = np.float32(minval)
+  width = np.float32(maxval) - lo  # float32, as the traced difference would be.
   floats = bits_to_unit_float(bits)
-  return lax.max(lo, floats * (hi - lo) + lo)
+  return lax.max(lo, lax.add(lax.mul(floats, width), lo))
 
 
 def bits_to_normal(bits: Array) -> Array:

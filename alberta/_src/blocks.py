@@ -48,14 +48,17 @@ def row_block(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
   """
   bits.check_partitionable()
   n_cols = spec.fan_in if n_cols is None else n_cols
-  rows = jnp.asarray(row_start, _U32) + jnp.arange(n_rows, dtype=_U32)
+  rows = lax.add(lax.convert_element_type(row_start, _U32),
+                 lax.iota(_U32, n_rows))
   method = METHODS[spec.method]
   keep, value_bits = method.tile_bits(keys.key_words(key), spec, rows,
                                       col_start, n_cols)
   values = method.values(spec, value_bits)
   # The seed multiplies by a 0/1 mask, so a masked negative weight is -0.0.
   # Under jit XLA rewrites that multiply into a select (+0.0); spell it out.
-  return jnp.where(keep, values, jnp.copysign(jnp.float32(0), values))
+  sign = lax.bitwise_and(lax.bitcast_convert_type(values, _U32),
+                         np.uint32(0x80000000))
+  return lax.select(keep, values, lax.bitcast_convert_type(sign, jnp.float32))
 
 
 def _block(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,

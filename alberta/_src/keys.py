@@ -66,18 +66,20 @@ def key_words(key: Array) -> tuple[Array, Array]:
   if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.key_data(key)
   key = lax.convert_element_type(key, _U32)
-  return key[0], key[1]
+  return (lax.index_in_dim(key, 0, keepdims=False),
+          lax.index_in_dim(key, 1, keepdims=False))
 
 
 def split2(k: tuple[Array, Array]):
   """`jax.random.split(key)` as key words: `(first, second)`."""
-  zero = jnp.zeros((2,), _U32)
   # Unrolled: a loop-lowered Threefry costs a few tenths of a second to compile.
   # Materialized: each of the two keys feeds its own fusions, and XLA would
-  # copy the hash into every one of them.
-  b1, b2 = bits.threefry_fused(k, zero, jnp.arange(2, dtype=_U32))
-  words = bits.materialized(jnp.stack([b1, b2], axis=1))
-  return (words[0, 0], words[0, 1]), (words[1, 0], words[1, 1])
+  # copy the hash into every one of them. `[2, 2]`: counter, then word.
+  b1, b2 = bits.threefry_fused(k, np.uint32(0), lax.iota(_U32, 2))
+  words = bits.materialized(lax.concatenate(
+      [b1.reshape(2, 1), b2.reshape(2, 1)], 1)).reshape(4)
+  w = [lax.index_in_dim(words, i, keepdims=False) for i in range(4)]
+  return (w[0], w[1]), (w[2], w[3])
 
 
 def split_key(key: Array):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from alberta._src import bits
 from alberta._src import counter
@@ -60,7 +61,8 @@ class Method:
 
 
 def _columns(col_start: Array | int, n_cols: int) -> Array:
-  return jnp.asarray(col_start, _U32) + jnp.arange(n_cols, dtype=_U32)
+  return lax.add(lax.convert_element_type(col_start, _U32),
+                 lax.iota(_U32, n_cols))
 
 
 def _permutation_tile_bits(words, spec, rows, col_start, n_cols):

@@ -97,8 +97,7 @@ def row_keys(mask_key: tuple[Array, Array], rows: Array) -> tuple[Array, Array]:
   Hashed by the unrolled `_threefry`: the `threefry2x32_p` primitive costs a
   few tenths of a second to compile on the CPU (a rolled loop).
   """
-  rows = jnp.asarray(rows, _U32)
-  return _threefry(mask_key[0], mask_key[1], jnp.zeros_like(rows), rows)
+  return _threefry(mask_key[0], mask_key[1], np.uint32(0), rows)
 
 
 def _hash32(k1: Array, k2: Array, counters: Array) -> Array:
@@ -107,8 +106,9 @@ def _hash32(k1: Array, k2: Array, counters: Array) -> Array:
   `k1`, `k2`: `[R]` key words; `counters`: `[R, c]` uint32 (all below 2**32).
   Partitionable threefry: the XOR of the two output words of counter `i`.
   """
-  b1, b2 = _threefry(k1[:, None], k2[:, None], jnp.zeros((), _U32), counters)
-  return b1 ^ b2
+  b1, b2 = _threefry(k1.reshape(-1, 1), k2.reshape(-1, 1), np.uint32(0),
+                     counters)
+  return lax.bitwise_xor(b1, b2)
 
 
 def _split_rows(k1: Array, k2: Array):
@@ -254,9 +254,10 @@ def _count_pairs(a: Array, b: Array) -> Array:
   def add(x, y):
     return x[0] + y[0], x[1] + y[1]
 
-  sa, sb = lax.reduce((a.astype(jnp.int32), b.astype(jnp.int32)),
+  sa, sb = lax.reduce((lax.convert_element_type(a, jnp.int32),
+                       lax.convert_element_type(b, jnp.int32)),
                       (zero, zero), add, (a.ndim - 1,))
-  return sa + sb
+  return lax.add(sa, sb)
 
 
 def _compared_mask(k1: Array, k2: Array, n: int, k: int,
@@ -280,42 +281,54 @@ def _compared_mask(k1: Array, k2: Array, n: int, k: int,
   zeros_followed = k <= n - k
   m = min(k, n - k)
   first = 0 if zeros_followed else k
-  cols = jnp.arange(n, dtype=jnp.int32)
-  elems = jnp.broadcast_to(jnp.arange(first, first + m, dtype=jnp.int32),
-                           (n_rows, m))
-  all_cols = jnp.broadcast_to(cols.astype(_U32), (n_rows, n))
+  elems = lax.add(lax.broadcasted_iota(jnp.int32, (n_rows, m), 1),
+                  np.int32(first))
+  all_cols = lax.broadcasted_iota(_U32, (n_rows, n), 1)
   # Each hash's code costs compile time (XLA:CPU compiles every fused loop on
   # its own, some tens of milliseconds each), so the key words of a round are
   # one `[R, 2, 2]` array (`key, sub = split(key)`, two words each) from one
   # fused loop that also hashes the row keys; it is materialized, or the row
   # bits' loop would recompute it for every column.
-  key = (k1[:, None, None], k2[:, None, None])
-  which = jnp.arange(2, dtype=_U32)[None, :, None]
-  word = jnp.arange(2, dtype=_U32)[None, None, :]
+  key = (k1.reshape(-1, 1, 1), k2.reshape(-1, 1, 1))
+  which = lax.broadcasted_iota(_U32, (n_rows, 2, 2), 1)
+  is_first_word = lax.eq(lax.broadcasted_iota(_U32, (n_rows, 2, 2), 2),
+                         np.uint32(0))
+  # `[R, m, n]` operands of the rank compares: a row's bits and columns along
+  # the last axis, the followed elements along the middle one.
+  cols_mn = lax.broadcasted_iota(jnp.int32, (n_rows, m, n), 2)
   for i in range(num_rounds(n)):
-    b1, b2 = _threefry(*key, jnp.zeros((), _U32),
-                       jnp.broadcast_to(which, (n_rows, 2, 2)))
-    split = bits.materialized(jnp.where(word == 0, b1, b2))
-    key, sub = (split[:, :1, :1], split[:, :1, 1:]), split[:, 1]
-    row_bits = bits.materialized(sort_bits(sub[:, 0], sub[:, 1], all_cols))
+    b1, b2 = _threefry(*key, np.uint32(0), which)
+    split = bits.materialized(lax.select(is_first_word, b1, b2))
+    key = (lax.slice(split, (0, 0, 0), (n_rows, 1, 1)),
+           lax.slice(split, (0, 0, 1), (n_rows, 1, 2)))
+    sub = lax.index_in_dim(split, 1, axis=1, keepdims=False)
+    row_bits = bits.materialized(sort_bits(
+        lax.index_in_dim(sub, 0, axis=1, keepdims=False),
+        lax.index_in_dim(sub, 1, axis=1, keepdims=False), all_cols))
     if i == 0:  # The followed elements are still `first, ..., first + m - 1`.
-      elem_bits = row_bits[:, first:first + m]
+      elem_bits = lax.slice_in_dim(row_bits, first, first + m, axis=1)
     else:
       elem_bits = jnp.take_along_axis(row_bits, elems, axis=1)
-    row_bits, elem_bits = row_bits[:, None, :], elem_bits[:, :, None]
+    row_bits = lax.broadcast_in_dim(row_bits, (n_rows, m, n), (0, 2))
+    elem_bits = lax.broadcast_in_dim(elem_bits, (n_rows, m, n), (0, 1))
+    elems_mn = lax.broadcast_in_dim(elems, (n_rows, m, n), (0, 1))
     elems = _count_pairs(
-        row_bits < elem_bits,
-        (row_bits == elem_bits) & (cols[None, None, :] < elems[:, :, None]))
+        lax.lt(row_bits, elem_bits),
+        lax.bitwise_and(lax.eq(row_bits, elem_bits), lax.lt(cols_mn, elems_mn)))
   # Column `c` is hit iff some rank equals `c`. Up to 32 ranks, a plain `any`
   # (fused with the caller's use of the mask); beyond, in two halves.
+  def rank_is_col(ranks):
+    shape = (n_rows, n, ranks.shape[1])
+    return lax.eq(lax.broadcast_in_dim(ranks, shape, (0, 2)),
+                  lax.broadcasted_iota(jnp.int32, shape, 1))
+
   if m <= _REDUCE_WINDOW:
-    hit = jnp.any(elems[:, None, :] == cols[None, :, None], axis=2)
+    hit = lax.reduce_or(rank_is_col(elems), (2,))
   else:
     half = -(-m // 2)
-    ranks_a, ranks_b = elems[:, :half], elems[:, m - half:]
-    hit = _count_pairs(ranks_a[:, None, :] == cols[None, :, None],
-                       ranks_b[:, None, :] == cols[None, :, None]) > 0
-  return hit != zeros_followed
+    hit = lax.gt(_count_pairs(rank_is_col(elems[:, :half]),
+                              rank_is_col(elems[:, m - half:])), np.int32(0))
+  return lax.ne(hit, np.bool_(zeros_followed))
 
 
 def uses_compare(n: int, k: int) -> bool:
@@ -384,8 +397,7 @@ def value_bits(init_key: tuple[Array, Array], spec: SparseSpec, rows: Array,
   `bits.element_bits`'s counters, hashed by the unrolled `_threefry` (one
   fused pass on the CPU).
   """
-  base_hi, base_lo = bits.mul_add_u64(rows[:, None], spec.fan_in)
-  lo = base_lo + cols[None, :].astype(_U32)
-  hi = base_hi + (lo < base_lo).astype(_U32)
+  hi, lo = bits.mul_add_u64(rows.reshape(-1, 1), spec.fan_in,
+                            cols.reshape(1, -1))
   b1, b2 = _threefry(init_key[0], init_key[1], hi, lo)
-  return b1 ^ b2
+  return lax.bitwise_xor(b1, b2)
