@@ -26,11 +26,12 @@ of `--device_counts` devices (1 and all) with `alberta.sharded_sparse_init`
 (`--num_cpu_devices` virtual CPU devices share the cores: on the CPU this
 shows sharding's overhead).
 
-The everyday path (`--cases=layer`, i.e. `import,mlp,chunk,cores`;
+The everyday path (`--cases=layer`, i.e. `import,mlp,cache,chunk,cores`;
 `scripts/benchlib/layer.py` says what each measures): import time, a small
-Haiku MLP's init, chunked against unchunked generation and one core against
-all at `--layer_shape`, each figure the minimum over `--fresh_processes`
-processes, each of which is this script run again with `--layer_child`.
+Haiku MLP's init (also with a cold and a warm persistent compilation cache),
+chunked against unchunked generation and one core against all at
+`--layer_shape`, each figure the minimum over `--fresh_processes` processes,
+each of which is this script run again with `--layer_child`.
 
 Agreement checks, which make the script exit non-zero when they fail: the seed
 against `permutation` (eager at small shapes, bit for bit; jitted at each timed

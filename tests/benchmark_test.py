@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -213,8 +214,9 @@ class BenchmarkScriptTest(parameterized.TestCase):
     self.assertIn(command, text)
     self.assertStartsWith(text.split("\n\n", 1)[1], "Command:")
     after = text[text.index(command) + len(command):]
-    # The tables, in order: all methods, sharded, ratios.
-    tables = [after.index(h) for h in ("| method | shape | devices |",
+    # The tables, in order: the headline, all methods, sharded, ratios.
+    tables = [after.index(h) for h in (report.HEADLINE_HEADER,
+                                       "| method | shape | devices |",
                                        "Sharded, from the same command",
                                        "| shape | ratio |")]
     self.assertEqual(tables, sorted(tables))
@@ -231,14 +233,14 @@ class BenchmarkScriptTest(parameterized.TestCase):
 
   def test_layer_cases_each_ran_once_and_chunking_kept_the_matrix(self):
     cases = [r["task"]["case"] for r in self.result["layer"]]
-    self.assertEqual(cases, ["import"] + ["mlp"] * 8 + ["chunk"] * 2
-                     + ["cores"] * 4)
+    self.assertEqual(cases, ["import"] + ["mlp"] * 8 + ["cache"] * 3
+                     + ["chunk"] * 2 + ["cores"] * 4)
     self.assertEqual(layer.chunks_agree(self.result["layer"]), [True, True])
-    # 2 import rows, 5 per MLP initializer, 2 per chunked method, 1 per method
-    # pinned: each from this run's records.
+    # 2 import rows, 5 per MLP initializer, 2 per cached one, 2 per chunked
+    # method, 1 per method pinned: each from this run's records.
     self.assertEqual(self.result["layer_rows"],
                      layer.rows(self.result["layer"]))
-    self.assertLen(self.result["layer_rows"], 2 + 5 * 4 + 2 * 2 + 2)
+    self.assertLen(self.result["layer_rows"], 2 + 5 * 4 + 2 * 3 + 2 * 2 + 2)
     pinned = [r for r in self.result["layer"] if r["task"].get("cores") == "1"]
     self.assertTrue(all(r["result"]["cores"] == 1 for r in pinned))
 
@@ -442,6 +444,30 @@ class HelperLayerTest(parameterized.TestCase):
     self.assertAlmostEqual(got[("ell", "counter", None)]["ratio_min"], 0.1)
     self.assertLen(report.ratio_table(list(got.values())).splitlines(), 6)
 
+  def test_headline_is_both_methods_against_the_seed_and_uniform_per_shape(
+      self):
+    big = (4096, 4096)
+    records = [_record("permutation", times_s=[0.00017]),
+               _record("seed", times_s=[0.00465]),
+               _record("counter", times_s=[0.00036]),
+               _record("dense_uniform", times_s=[0.00043]),
+               _record("permutation", big, times_s=[1.23]),
+               _record("seed", big, times_s=[7.24]),
+               _record("counter", big, times_s=[0.207]),
+               _record("dense_uniform", big, times_s=[0.198]),
+               # Neither a sharded run nor an `ell` baseline is the headline.
+               _record("counter", big, devices=2, times_s=[9.0]),
+               _record("counter", big, role="ell_baseline", times_s=[9.0]),
+               # A shape without the seed is left out.
+               _record("permutation", (8, 8)), _record("counter", (8, 8)),
+               _record("dense_uniform", (8, 8))]
+    self.assertEqual(report.headline_markdown(records), [
+        report.HEADLINE_HEADER, "|---|---:|---:|---:|---:|---:|---:|",
+        "| 4 x 8 | 0.17 ms | 4.65 ms | **27x** | 0.36 ms | 0.43 ms | 0.84x |",
+        "| 4096 x 4096 | 1.23 s | 7.24 s | **5.9x** | 0.207 s | 0.198 s | "
+        "1.05x |"])
+    self.assertEqual(report.headline_markdown(records[-3:]), [])
+
   @parameterized.parameters(("4096,4096", (4096, 4096)),
                             (" 65536 , 1024 ", (65536, 1024)))
   def test_parse_shape_reads_rows_comma_cols(self, text, shape):
@@ -487,6 +513,8 @@ def _layer_result(task):
     first = {"haiku_default": 2.0, "uniform": 1.0}.get(task["init"], 3.0)
     out = {"first": {"wall": first, "cpu": first / 2}}
     return {**out, "steady": first / 1e3} if task["jit"] else out
+  if case == "cache":
+    return {"cold": {"wall": 4.0, "cpu": 2.0}, "warm": {"wall": 1.0, "cpu": 1.0}}
   if case == "chunk":
     return {"whole": 0.4, "host_loop": 0.2, "in_graph": 0.8, "agree": True}
   return {"steady": 0.3 if task["cores"] == "1" else 0.1,
@@ -523,9 +551,9 @@ class LayerTest(parameterized.TestCase):
     self.assertTrue(all(t["shape"] == [64, 32] for t in seen))
 
   def test_cases_select_their_tasks_in_the_report_order(self):
-    tasks = layer.tasks(["chunk", "import", "mlp"], self._SETTINGS)
+    tasks = layer.tasks(["chunk", "import", "mlp", "cache"], self._SETTINGS)
     self.assertEqual([t["case"] for t in tasks],
-                     ["import"] + ["mlp"] * 8 + ["chunk"] * 2)
+                     ["import"] + ["mlp"] * 8 + ["cache"] * 3 + ["chunk"] * 2)
     self.assertEqual({t["chunk_rows"] for t in tasks if "chunk_rows" in t},
                      {16})
     self.assertEqual(layer.tasks([], self._SETTINGS), [])
@@ -538,7 +566,13 @@ class LayerTest(parameterized.TestCase):
   def test_every_ratio_comes_from_the_figures_of_the_run(self):
     records, _ = self._measure(list(layer.CASES))
     rows = {r["measurement"]: r for r in layer.rows(records)}
-    self.assertLen(rows, 2 + 5 * 4 + 2 * 2 + 2)
+    self.assertLen(rows, 2 + 5 * 4 + 2 * 3 + 2 * 2 + 2)
+    self.assertEqual(
+        rows["MLP sparse_permutation: first jit(net.init), persistent cache "
+             "cold / warm, wall s"],
+        {"measurement": "MLP sparse_permutation: first jit(net.init), "
+                        "persistent cache cold / warm, wall s",
+         "value": "4 / 1", "ratio": "0.25x cold"})
     self.assertEqual(rows["import alberta, extra (s)"]["ratio"], "0.25x jax")
     self.assertEqual(
         rows["MLP sparse_counter: first jit(net.init), cpu s"]["ratio"],
@@ -559,6 +593,42 @@ class LayerTest(parameterized.TestCase):
     self.assertLen(report.table(list(rows.values()),
                                 report.LAYER_COLUMNS).splitlines(),
                    2 + len(rows))
+
+  @parameterized.named_parameters(("cold_writes", True), ("cold_writes_not", False))
+  def test_the_cache_child_runs_cold_then_warm_in_one_new_directory(
+      self, cold_writes):
+    seen = []
+
+    def fake_spawn(script):
+      self.assertEqual(script, os.path.abspath(sys.argv[0]))
+
+      def run(task):
+        seen.append(dict(task))
+        directory = task["cache_dir"]
+        if cold_writes and len(seen) == 1:
+          with open(os.path.join(directory, "entry"), "w") as f:
+            f.write("compiled")
+        return {"first": {"wall": 3.0 / len(seen), "cpu": 1.0 / len(seen)},
+                "steady": 1e-3}
+
+      return run
+
+    task = {"case": "cache", "init": "haiku_default"}
+    with mock.patch.object(layer, "spawn", fake_spawn):
+      if not cold_writes:  # A cache that stays empty is not a warm run.
+        with self.assertRaisesRegex(RuntimeError, "wrote no cache entry"):
+          layer.run_task(task)
+        self.assertLen(seen, 1)
+        return
+      result = layer.run_task(task)
+    self.assertEqual(result, {"cold": {"wall": 3.0, "cpu": 1.0},
+                              "warm": {"wall": 1.5, "cpu": 0.5}})
+    self.assertLen(seen, 2)
+    self.assertEqual(seen[0], seen[1])
+    self.assertEqual(
+        {k: v for k, v in seen[0].items() if k != "cache_dir"},
+        {"case": "mlp", "init": "haiku_default", "jit": True})
+    self.assertFalse(os.path.exists(seen[0]["cache_dir"]))  # Removed after.
 
   def test_the_child_side_imports_no_jax_before_its_task(self):
     code = ("import sys; sys.path.insert(0, sys.argv[1]); "

@@ -9,6 +9,11 @@ CPU time both kept (on a busy machine CPU time is the steadier):
   `jax.jit(net.init)` (trace, compile, run), its steady state, and the first
   eager `net.init` (another process), with `w_init` = `SparseInit(0.9)`
   (permutation, counter), Haiku's default and a plain `jax.random.uniform`;
+- `cache`: that first `jax.jit(net.init)` with JAX's persistent compilation
+  cache on, in a new cache directory (cold: it compiles and writes the cache)
+  and then in another process reading the same directory (warm), for
+  `SparseInit(0.9)` (both methods) and Haiku's default; each such pair is one
+  child, which runs the two as processes of their own;
 - `chunk`: `alberta.sparse_init(key, shape, method=m, chunk_rows=c)` at top
   level (a host loop of one program per chunk) and inside `jax.jit` (a loop in
   the graph), against `chunk_rows=shape[0]` (one piece), both methods; the
@@ -35,8 +40,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-CASES = ("import", "mlp", "chunk", "cores")
+CASES = ("import", "mlp", "cache", "chunk", "cores")
 INITS = ("sparse_permutation", "sparse_counter", "haiku_default", "uniform")
+CACHE_INITS = ("sparse_permutation", "sparse_counter", "haiku_default")
 METHODS = ("permutation", "counter")
 CHILD_FLAG = "--layer_child="
 _MLP_STEADY_CALLS = 20
@@ -84,12 +90,27 @@ def _child_import(task: dict[str, Any]) -> dict[str, Any]:
           "jax_preloaded": preloaded}
 
 
+def enable_compilation_cache(jax_module: Any, directory: str) -> None:
+  """JAX's persistent compilation cache in `directory`, every program cached.
+
+  The settings docs/PERFORMANCE.md and the README give; before any compile.
+  """
+  jax_module.config.update("jax_compilation_cache_dir", directory)
+  jax_module.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax_module.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
 def _child_mlp(task: dict[str, Any]) -> dict[str, Any]:
-  """The MLP's first `jit(net.init)` and steady state, or first eager init."""
+  """The MLP's first `jit(net.init)` and steady state, or first eager init.
+
+  With `task["cache_dir"]`, JAX's persistent compilation cache is on there.
+  """
   import haiku as hk  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import alberta  # pylint: disable=g-import-not-at-top
+  if task.get("cache_dir"):
+    enable_compilation_cache(jax, task["cache_dir"])
   name = task["init"]
   if name.startswith("sparse_"):
     w_init = alberta.SparseInit(0.9, method=name[len("sparse_"):])
@@ -109,6 +130,24 @@ def _child_mlp(task: dict[str, Any]) -> dict[str, Any]:
   if task["jit"]:
     out["steady"] = _steady(lambda: init(key, x), _MLP_STEADY_CALLS)
   return out
+
+
+def _child_cache(task: dict[str, Any]) -> dict[str, Any]:
+  """The MLP's first `jit(net.init)`, cold then warm persistent cache.
+
+  Two processes of their own (this one has its in-memory caches), sharing a
+  new cache directory; the cold one must have written to it.
+  """
+  import tempfile  # pylint: disable=g-import-not-at-top
+  run = spawn(os.path.abspath(sys.argv[0]))
+  with tempfile.TemporaryDirectory(prefix="alberta_cache_") as directory:
+    mlp = {"case": "mlp", "init": task["init"], "jit": True,
+           "cache_dir": directory}
+    cold = run(mlp)["first"]
+    if not os.listdir(directory):
+      raise RuntimeError(f"{task}: the cold run wrote no cache entry")
+    warm = run(mlp)["first"]
+  return {"cold": cold, "warm": warm}
 
 
 def _child_chunk(task: dict[str, Any]) -> dict[str, Any]:
@@ -144,7 +183,8 @@ def _child_cores(task: dict[str, Any]) -> dict[str, Any]:
 
 
 _CHILDREN = {"import": _child_import, "mlp": _child_mlp,
-             "chunk": _child_chunk, "cores": _child_cores}
+             "cache": _child_cache, "chunk": _child_chunk,
+             "cores": _child_cores}
 
 
 def child_task(argv: Sequence[str]) -> dict[str, Any] | None:
@@ -204,6 +244,8 @@ def tasks(cases: Sequence[str], settings: Settings) -> list[dict[str, Any]]:
   if "mlp" in cases:
     out += [{"case": "mlp", "init": i, "jit": j} for j in (True, False)
             for i in INITS]
+  if "cache" in cases:
+    out += [{"case": "cache", "init": i} for i in CACHE_INITS]
   if "chunk" in cases:
     out += [{"case": "chunk", "method": m, "shape": shape, "repeats": repeats,
              "chunk_rows": settings.chunk_rows} for m in METHODS]
@@ -268,6 +310,16 @@ def rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
         out.append(_row(f"MLP {i}: {label}", f"{value(i):.3g}",
                         f"{value(i) / value('haiku_default'):.2f}x "
                         "haiku_default"))
+  for i in CACHE_INITS:
+    cache = get(case="cache", init=i)
+    if not cache:
+      continue
+    for clock in ("wall", "cpu"):
+      cold, warm = cache["cold"][clock], cache["warm"][clock]
+      out.append(_row(
+          f"MLP {i}: first jit(net.init), persistent cache cold / warm, "
+          f"{clock} s", f"{cold:.3g} / {warm:.3g}",
+          f"{warm / cold:.2f}x cold"))
   for r in records:
     task, res = r["task"], r["result"]
     if task["case"] != "chunk":

@@ -141,6 +141,40 @@ def _ratio_markdown(ratios: Sequence[dict[str, Any]]) -> list[str]:
   return lines
 
 
+# The headline (docs/PERFORMANCE.md and the README show it as generated).
+HEADLINE_HEADER = (
+    "| shape | `permutation` (seed-exact, default) | the seed, jitted | "
+    "seed / `permutation` | `counter` | `jax.random.uniform` | "
+    "`counter` / `jax.random.uniform` |")
+
+
+def _duration(seconds: float) -> str:
+  return (f"{seconds * 1e3:.3g} ms" if seconds < 0.1 else f"{seconds:.3g} s")
+
+
+def headline_markdown(records: Sequence[dict[str, Any]]) -> list[str]:
+  """Both methods against the seed and `jax.random.uniform`, per shape.
+
+  One device, minimum times; a shape lacking any of the four is left out.
+  """
+  by = {(r["method"], tuple(r["shape"])): r["min_s"] for r in records
+        if r["status"] == "ok" and r["devices"] == 1
+        and r["method"] != "ell" and "role" not in r}
+  lines = [HEADLINE_HEADER, "|---|---:|---:|---:|---:|---:|---:|"]
+  for shape in dict.fromkeys(tuple(r["shape"]) for r in records):
+    times = [by.get((m, shape)) for m in
+             ("permutation", "seed", "counter", "dense_uniform")]
+    if None in times:
+      continue
+    perm, seed, counter, uniform = times
+    lines.append(
+        f"| {shape[0]} x {shape[1]} | {_duration(perm)} | {_duration(seed)} | "
+        f"**{seed / perm:.{0 if seed / perm >= 10 else 1}f}x** | "
+        f"{_duration(counter)} | {_duration(uniform)} | "
+        f"{counter / uniform:.2f}x |")
+  return lines if len(lines) > 2 else []
+
+
 def run_markdown(env: dict[str, Any], records: Sequence[dict[str, Any]],
                  sharded: Sequence[dict[str, Any]],
                  ratios: Sequence[dict[str, Any]],
@@ -161,6 +195,10 @@ def run_markdown(env: dict[str, Any], records: Sequence[dict[str, Any]],
            f"load average {env['loadavg_start'][0]:.2f} at start, "
            f"{env['loadavg_end'][0]:.2f} at end; commit {env['git_commit']}.",
            "", *command_block(env["command"])]
+  headline = headline_markdown(records)
+  if headline:
+    lines += ["Headline: float32, one device, minimum times:", "", *headline,
+              "", "Every method and shape:", ""]
   if records:
     lines += markdown_table(records)
   if sharded:
@@ -229,7 +267,8 @@ def command_block(command: str) -> list[str]:
 # The everyday path (`layer.rows`): one figure a row, its ratio beside it.
 def layer_intro(processes: int) -> str:
   """What the everyday-path table shows (`processes` fresh ones per figure)."""
-  return ("The everyday path (import, a small Haiku MLP, chunking, cores), "
+  return ("The everyday path (import, a small Haiku MLP, its compilation "
+          "cache, chunking, cores), "
           f"each figure the minimum over {processes} fresh "
           f"process{'es' if processes != 1 else ''}")
 
