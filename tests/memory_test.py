@@ -119,12 +119,24 @@ class SparseInitMemoryTest(parameterized.TestCase):
   def test_single_device_within_output_plus_small_temp_permutation(self):
     self._check("permutation")
 
-  def _check(self, method):
-    spec, _ = make_spec((4096, 4096), 0.9, "uniform", method, "nearest")
+  # Rows short enough for the permutation method's compare path: its first
+  # round compares every column with the followed elements, which are then
+  # still a constant. XLA once computed that `[rows, m, fan_in]` comparison
+  # outside the chunk loop and kept it alive through it (0.57x the output).
+  @parameterized.named_parameters(("_fan_in_1024", (8192, 1024), 0.9),
+                                  ("_fan_in_256_half", (16384, 256), 0.5))
+  def test_compare_path_chunks_keep_no_constant_alive(self, shape, sparsity):
+    spec, _ = make_spec(shape, sparsity, "uniform", "permutation", "nearest")
+    self.assertLess(blocks.default_chunk_rows(spec, *shape, np.float32),
+                    shape[0])  # chunked, in a loop
+    self._check("permutation", shape, sparsity)
+
+  def _check(self, method, shape=(4096, 4096), sparsity=0.9):
+    spec, _ = make_spec(shape, sparsity, "uniform", method, "nearest")
     stats = core._sparse_init_2d.lower(
         jax.random.key(0), spec, np.dtype(np.float32), None).compile(
         ).memory_analysis()
-    out_bytes = 4096 * 4096 * 4
+    out_bytes = shape[0] * shape[1] * 4
     self.assertEqual(stats.output_size_in_bytes, out_bytes)
     self.assertLessEqual(stats.temp_size_in_bytes,
                          _MAX_TEMP_FRACTION * out_bytes,

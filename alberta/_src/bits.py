@@ -121,11 +121,21 @@ def materialized(x: Array) -> Array:
   constant is an operation XLA does not duplicate, so `x` is computed in a
   fusion of its own and its consumers read it.
   """
-  first = lax.slice(x.reshape(x.shape[0], -1), (0, 0), (x.shape[0], 1))
-  one = lax.bitwise_or(lax.shift_right_logical(first, np.uint32(31)),
-                       np.uint32(1))
-  one = lax.broadcast_in_dim(one.reshape(x.shape[0]), x.shape, (0,))
+  one = lax.broadcast_in_dim(opaque_ones(x), x.shape, (0,))
   return lax.div(x, one)
+
+
+def opaque_ones(x: Array) -> Array:
+  """`[R]` uint32 ones that XLA cannot tell are ones, from `x` (`[R, ...]`).
+
+  `(x[r, 0, ...] >> 31) | 1`: XLA does not fold it to a constant, so what is
+  divided or multiplied by it depends on `x`'s data. `materialized` divides by
+  it; `permutation` multiplies a constant by it so that XLA does not compute
+  the constant once, outside a loop, and keep it alive through the loop.
+  """
+  first = lax.slice(x.reshape(x.shape[0], -1), (0, 0), (x.shape[0], 1))
+  return lax.bitwise_or(lax.shift_right_logical(first, np.uint32(31)),
+                        np.uint32(1)).reshape(x.shape[0])
 
 
 def mul_add_u64(a: Array, b: int, c: Array | int = 0) -> tuple[Array, Array]:

@@ -307,6 +307,13 @@ def _compared_mask(k1: Array, k2: Array, n: int, k: int,
         lax.index_in_dim(sub, 1, axis=1, keepdims=False), all_cols))
     if i == 0:  # The followed elements are still `first, ..., first + m - 1`.
       elem_bits = lax.slice_in_dim(row_bits, first, first + m, axis=1)
+      # A constant, so the `[R, m, n]` comparison of the columns with them
+      # would be one too, which XLA computes once outside a loop over chunks
+      # and keeps alive through it (half the output's bytes at fan_in 1024).
+      # Times ones it cannot fold, it is computed in the fused sums below.
+      elems = lax.mul(elems, lax.broadcast_in_dim(
+          lax.convert_element_type(bits.opaque_ones(split), jnp.int32),
+          (n_rows, m), (0,)))
     else:
       elem_bits = jnp.take_along_axis(row_bits, elems, axis=1)
     row_bits = lax.broadcast_in_dim(row_bits, (n_rows, m, n), (0, 2))
