@@ -149,7 +149,8 @@ HEADLINE_HEADER = (
 
 
 def _duration(seconds: float) -> str:
-  return (f"{seconds * 1e3:.3g} ms" if seconds < 0.1 else f"{seconds:.3g} s")
+  """Three significant digits, trailing zeros kept: "0.170 ms", "1.00 s"."""
+  return (f"{seconds * 1e3:#.3g} ms" if seconds < 0.1 else f"{seconds:#.3g} s")
 
 
 def headline_markdown(records: Sequence[dict[str, Any]]) -> list[str]:
