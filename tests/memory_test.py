@@ -39,11 +39,12 @@ _N_DEVICES = 8
 _MAX_TEMP_FRACTION = 0.25
 
 
-def _sharded_memory(method: str, spec: P, chunk_rows, dtype=jnp.float32):
+def _sharded_memory(method: str, spec: P, chunk_rows, dtype=jnp.float32,
+                    shape=_SHAPE):
   """`memory_analysis()` of the per-device program of `sharded_sparse_init`."""
   mesh = (jax.make_mesh((_N_DEVICES,), ("x",)) if len(spec) < 2 else
           jax.make_mesh((4, 2), ("x", "y")))
-  sparse_spec, _ = make_spec(_SHAPE, 0.9, "uniform", method, "nearest")
+  sparse_spec, _ = make_spec(shape, 0.9, "uniform", method, "nearest")
   fn = driver.sharded_program(blocks.DENSE, sparse_spec, np.dtype(dtype),
                               NamedSharding(mesh, spec), chunk_rows)
   key_data = jax.random.key_data(jax.random.key(0))
@@ -51,6 +52,10 @@ def _sharded_memory(method: str, spec: P, chunk_rows, dtype=jnp.float32):
 
 
 _SHARDED_CASES = (
+    # Rows of 1024: the permutation method's compare path (see
+    # SparseInitMemoryTest.test_compare_path_chunks_keep_no_constant_alive).
+    ("_permutation_compare_rows_default", "permutation", P("x"), None,
+     (65536, 1024)),
     ("_counter_rows_default", "counter", P("x"), None),
     ("_counter_2d_default", "counter", P("x", "y"), None),
     ("_counter_chunk16", "counter", P("x"), 16),
@@ -67,9 +72,9 @@ _SHARDED_SLOW_CASES = (
 class ShardedMemoryTest(parameterized.TestCase):
 
   @parameterized.named_parameters(*_SHARDED_CASES)
-  def test_chunked_temporaries_at_most_quarter_of_output(self, method, spec,
-                                                         chunk_rows):
-    self._check(method, spec, chunk_rows)
+  def test_chunked_temporaries_at_most_quarter_of_output(
+      self, method, spec, chunk_rows, shape=_SHAPE):
+    self._check(method, spec, chunk_rows, shape)
 
   @parameterized.named_parameters(*_SHARDED_SLOW_CASES)
   @test_utils.slow
@@ -77,10 +82,11 @@ class ShardedMemoryTest(parameterized.TestCase):
       self, method, spec, chunk_rows):
     self._check(method, spec, chunk_rows)
 
-  def _check(self, method, spec, chunk_rows):
-    stats = _sharded_memory(method, spec, chunk_rows)
-    # Per device: a 2048 x 2048 float32 tile (16 MiB), whatever the mesh.
-    out_bytes = _SHAPE[0] * _SHAPE[1] * 4 // _N_DEVICES
+  def _check(self, method, spec, chunk_rows, shape=_SHAPE):
+    stats = _sharded_memory(method, spec, chunk_rows, shape=shape)
+    # Per device: 1/8 of the float32 matrix (16 MiB for `_SHAPE`), whatever
+    # the mesh.
+    out_bytes = shape[0] * shape[1] * 4 // _N_DEVICES
     self.assertEqual(stats.output_size_in_bytes, out_bytes)
     self.assertLessEqual(stats.temp_size_in_bytes,
                          _MAX_TEMP_FRACTION * out_bytes,
