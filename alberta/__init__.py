@@ -17,7 +17,7 @@ from alberta._src.sharding import pmap_sparse_init
 from alberta._src.sharding import sharded_sparse_init
 from alberta._src.verify import verify
 
-__version__ = "0.3.1"
+__version__ = "0.3.2"
 
 __all__ = (
     "SparseInit",

@@ -178,6 +178,28 @@ class ReadmeTest(test_utils.TempDirMixin, absltest.TestCase):
       jax.config.update("jax_compilation_cache_dir", None)
 
 
+def _headline_table(text: str) -> list[str]:
+  """The lines of the benchmark's headline table in a Markdown text."""
+  # Imported here: scripts/benchlib imports no JAX, but the path is the root's.
+  from scripts.benchlib import report  # pylint: disable=g-import-not-at-top
+  lines = text.splitlines()
+  start = lines.index(report.HEADLINE_HEADER)
+  end = start
+  while end < len(lines) and lines[end].startswith("|"):
+    end += 1
+  return lines[start:end]
+
+
+class PerformanceFiguresTest(absltest.TestCase):
+  """The README quotes the documented benchmark run, not figures of its own."""
+
+  def test_readme_headline_is_docs_performance_headline(self):
+    readme = _headline_table(_README.read_text())
+    docs = _headline_table((_ROOT / "docs" / "PERFORMANCE.md").read_text())
+    self.assertGreater(len(docs), 2)
+    self.assertEqual(readme, docs)
+
+
 class DocstringExampleTest(parameterized.TestCase):
 
   def test_public_objects_with_examples_exist(self):
