@@ -455,6 +455,12 @@ class HelperLayerTest(parameterized.TestCase):
                _record("seed", big, times_s=[7.24]),
                _record("counter", big, times_s=[0.207]),
                _record("dense_uniform", big, times_s=[0.198]),
+               # Long times keep three digits without an exponent; a ratio
+               # that rounds to 10.0 reads 10x.
+               _record("permutation", (8, 4), times_s=[12.39]),
+               _record("seed", (8, 4), times_s=[123.4]),
+               _record("counter", (8, 4), times_s=[0.09999]),
+               _record("dense_uniform", (8, 4), times_s=[1234.5]),
                # Neither a sharded run nor an `ell` baseline is the headline.
                _record("counter", big, devices=2, times_s=[9.0]),
                _record("counter", big, role="ell_baseline", times_s=[9.0]),
@@ -466,7 +472,8 @@ class HelperLayerTest(parameterized.TestCase):
         "| 4 x 8 | 0.170 ms | 4.65 ms | **27x** | 0.360 ms | 0.430 ms | "
         "0.84x |",
         "| 4096 x 4096 | 1.00 s | 7.24 s | **7.2x** | 0.207 s | 0.198 s | "
-        "1.05x |"])
+        "1.05x |",
+        "| 8 x 4 | 12.4 s | 123 s | **10x** | 100.0 ms | 1234 s | 0.00x |"])
     self.assertEqual(report.headline_markdown(records[-3:]), [])
 
   @parameterized.parameters(("4096,4096", (4096, 4096)),

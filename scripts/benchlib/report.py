@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shlex
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -148,9 +149,16 @@ HEADLINE_HEADER = (
     "`counter` / `jax.random.uniform` |")
 
 
+def _digits3(value: float) -> str:
+  """At least three significant digits, no exponent: 0.170, 1.00, 123, 1234."""
+  if value <= 0:
+    return f"{value:.2f}"
+  return f"{value:.{max(0, 2 - math.floor(math.log10(value)))}f}"
+
+
 def _duration(seconds: float) -> str:
-  """Three significant digits, trailing zeros kept: "0.170 ms", "1.00 s"."""
-  return (f"{seconds * 1e3:#.3g} ms" if seconds < 0.1 else f"{seconds:#.3g} s")
+  return (f"{_digits3(seconds * 1e3)} ms" if seconds < 0.1
+          else f"{_digits3(seconds)} s")
 
 
 def headline_markdown(records: Sequence[dict[str, Any]]) -> list[str]:
@@ -168,9 +176,10 @@ def headline_markdown(records: Sequence[dict[str, Any]]) -> list[str]:
     if None in times:
       continue
     perm, seed, counter, uniform = times
+    speed_up = seed / perm
     lines.append(
         f"| {shape[0]} x {shape[1]} | {_duration(perm)} | {_duration(seed)} | "
-        f"**{seed / perm:.{0 if seed / perm >= 10 else 1}f}x** | "
+        f"**{speed_up:.{0 if round(speed_up, 1) >= 10 else 1}f}x** | "
         f"{_duration(counter)} | {_duration(uniform)} | "
         f"{counter / uniform:.2f}x |")
   return lines if len(lines) > 2 else []
