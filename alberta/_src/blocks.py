@@ -115,35 +115,34 @@ def host_loop_chunk_rows(spec: SparseSpec, n_rows: int, n_cols: int,
 @functools.lru_cache(maxsize=64)
 def _chunk_program(spec: SparseSpec, n_cols: int, dtype: jnp.dtype,
                    chunk_rows: int):
-  """The jitted step of `generate_host_loop`, `(out, key, row, col, start)`.
+  """The jitted step of `generate_host_loop`.
 
-  Writes the chunk of global rows `[row, +chunk_rows)` at `start` of the
-  donated `out`: fused into the in-place update, or generated as a finished
-  tile by a program of its own and then copied (`Method.separate_tile`).
+  `(out, chunk, key, row, col, start) -> (out, chunk)`. Writes the chunk of global rows `[row, +chunk_rows)` at `start` of the
+  donated `out`. Without `Method.separate_tile` the generation is fused into
+  the in-place update and `chunk` is None. With it, the chunk is generated
+  into `chunk` (donated, `[chunk_rows, n_cols]`) by a fusion of its own, which
+  XLA:CPU spreads over the cores, and then copied into `out` by the same
+  program: one chunk is alive at a time, its buffer reused, and each step
+  waits for the previous one through its donated arguments, not on the host.
   """
   def tile(key, row, col):
     return generate(key, spec, row, chunk_rows, col, n_cols, dtype, chunk_rows)
 
   if not METHODS[spec.method].separate_tile:
-    return jax.jit(lambda out, key, row, col, start: _write(
-        out, tile(key, row, col), start), donate_argnums=0)
-  separate = jax.jit(tile)
+    return jax.jit(lambda out, chunk, key, row, col, start: (_write(
+        out, tile(key, row, col), start), chunk), donate_argnums=0)
 
-  def step(out, key, row, col, start):
-    out = _write_rows(out, separate(key, row, col), start)
-    # Wait for the copy, so that no second tile is ever alive.
-    return out.block_until_ready()
+  def step(out, chunk, key, row, col, start):
+    del chunk  # Its buffer holds the new chunk (donated, kept).
+    new = tile(key, row, col)
+    return _write(out, new, start), new
 
-  return step
+  return jax.jit(step, donate_argnums=(0, 1), keep_unused=True)
 
 
 def _write(out: Array, tile: Array, start: Array) -> Array:
   """`out` with `tile` written at row `start`."""
   return lax.dynamic_update_slice_in_dim(out, tile, start, axis=0)
-
-
-# In place: `out` is donated.
-_write_rows = jax.jit(_write, donate_argnums=0)
 
 
 def generate_host_loop(key: Array, spec: SparseSpec, row_start: int,
@@ -178,8 +177,13 @@ def generate_host_loop(key: Array, spec: SparseSpec, row_start: int,
   step = _chunk_program(spec, n_cols, jnp.dtype(dtype), chunk_rows)
   out = jnp.zeros((n_rows, n_cols), dtype)
   col = np.uint32(col_start)
+  # The chunk's own buffer, where it is generated apart: donated to each step,
+  # which generates the next chunk into it.
+  chunk = (jnp.zeros((chunk_rows, n_cols), dtype)
+           if METHODS[spec.method].separate_tile else None)
   for start in driver.chunk_starts(n_rows, chunk_rows):
-    out = step(out, key, np.uint32(row_start + start), col, np.uint32(start))
+    out, chunk = step(out, chunk, key, np.uint32(row_start + start), col,
+                      np.uint32(start))
   return out
 
 

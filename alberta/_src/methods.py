@@ -50,8 +50,8 @@ class Method:
     temp_fraction: the share of a tile's output bytes its chunk's temporaries
       may take.
     separate_tile: whether `blocks.generate_host_loop` generates each chunk
-      as a program of its own and then copies it in place (True), or fuses
-      the generation into the in-place write (False).
+      into a buffer of its own (a fusion apart) and then copies it in place
+      (True), or fuses the generation into the in-place write (False).
   """
   tile_bits: TileBits
   values: Callable[["SparseSpec", Array], Array]
@@ -131,11 +131,13 @@ def _counter_temp_bytes_per_row(spec: SparseSpec) -> int:
 # 8192 x 1024 on a 2-core CPU, one core against two): the counter method's
 # chunk is a plain elementwise program, which XLA:CPU spreads over the cores
 # only when it is not fused into the dynamic-update-slice that writes it (a
-# fused in-place update runs on one thread): as a separate program 1.5-2.2x
-# faster on two cores than on one, fused 1.0-1.3x. The permutation method's
-# chunk is dominated by its sorts; fused into the write it is 1.7x faster on
-# two cores than on one, and as a separate program it is 1.7x slower than
-# fused.
+# fused in-place update runs on one thread): generated apart 1.5-2.2x faster
+# on two cores than on one, fused 1.0-1.3x. Apart, it is also an output of the
+# step (into a donated buffer), so XLA cannot fuse it into the write and the
+# step is one program: 0.92x the throughput of one piece, against 0.80-0.87x
+# for a program per chunk and one per copy. The permutation method's chunk is
+# dominated by its sorts; fused into the write it is 1.7x faster on two cores
+# than on one, and as a separate program it is 1.7x slower than fused.
 METHODS = {
     "permutation": Method(_permutation_tile_bits, _permutation_values,
                           _permutation_temp_bytes_per_row,
