@@ -522,7 +522,8 @@ def _layer_result(task):
     out = {"first": {"wall": first, "cpu": first / 2}}
     return {**out, "steady": first / 1e3} if task["jit"] else out
   if case == "cache":
-    return {"cold": {"wall": 4.0, "cpu": 2.0}, "warm": {"wall": 1.0, "cpu": 1.0}}
+    return {"cold": {"wall": 4.0, "cpu": 2.0},
+            "warm": {"wall": 1.0, "cpu": 1.0}}
   if case == "chunk":
     return {"whole": 0.4, "host_loop": 0.2, "in_graph": 0.8, "agree": True}
   return {"steady": 0.3 if task["cores"] == "1" else 0.1,
@@ -602,7 +603,8 @@ class LayerTest(parameterized.TestCase):
                                 report.LAYER_COLUMNS).splitlines(),
                    2 + len(rows))
 
-  @parameterized.named_parameters(("cold_writes", True), ("cold_writes_not", False))
+  @parameterized.named_parameters(("cold_writes", True),
+                                  ("cold_writes_not", False))
   def test_the_cache_child_runs_cold_then_warm_in_one_new_directory(
       self, cold_writes):
     seen = []

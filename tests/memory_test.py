@@ -6,8 +6,8 @@ and outputs). Chunked generation must keep the temporaries a small fraction of
 the output: here at most a quarter of it, for a (16384, 2048) float32 matrix
 on 8 devices, for every method, and for rows short enough for the permutation
 method's compare path (a sharded 65536 x 1024 matrix, `sparse_init` at two
-shapes). Programs are only lowered and compiled, never
-run, so the test is cheap in memory whatever the matrix size; the permutation
+shapes). Programs are only lowered and compiled, never run, so the test is
+cheap in memory whatever the matrix size; the permutation
 method's programs take seconds to compile each (more for longer chunks), so
 the default run checks its sort path once, at its tightest (a bfloat16 tile
 of a 2-D mesh: half the output bytes per element, and column tiles that

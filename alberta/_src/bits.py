@@ -182,9 +182,7 @@ def element_bits(k: tuple[Array, Array], rows: Array, cols: Array,
   and the two output words are XOR-ed, as `jax.random` does for 32-bit draws.
   `rows` and `cols` broadcast against each other.
   """
-  base_hi, base_lo = mul_add_u64(rows, row_length)
-  lo = base_lo + cols.astype(_U32)
-  hi = base_hi + (lo < base_lo).astype(_U32)
+  hi, lo = mul_add_u64(rows, row_length, cols)
   b1, b2 = threefry(k, hi, lo)
   return b1 ^ b2
 

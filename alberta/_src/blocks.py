@@ -117,13 +117,14 @@ def _chunk_program(spec: SparseSpec, n_cols: int, dtype: jnp.dtype,
                    chunk_rows: int):
   """The jitted step of `generate_host_loop`.
 
-  `(out, chunk, key, row, col, start) -> (out, chunk)`. Writes the chunk of global rows `[row, +chunk_rows)` at `start` of the
-  donated `out`. Without `Method.separate_tile` the generation is fused into
-  the in-place update and `chunk` is None. With it, the chunk is generated
-  into `chunk` (donated, `[chunk_rows, n_cols]`) by a fusion of its own, which
-  XLA:CPU spreads over the cores, and then copied into `out` by the same
-  program: one chunk is alive at a time, its buffer reused, and each step
-  waits for the previous one through its donated arguments, not on the host.
+  `(out, chunk, key, row, col, start) -> (out, chunk)`. Writes the chunk of
+  global rows `[row, +chunk_rows)` at `start` of the donated `out`. Without
+  `Method.separate_tile` the generation is fused into the in-place update and
+  `chunk` is None. With it, the chunk is generated into `chunk` (donated,
+  `[chunk_rows, n_cols]`) by a fusion of its own, which XLA:CPU spreads over
+  the cores, and then copied into `out` by the same program: one chunk is
+  alive at a time, its buffer reused, and each step waits for the previous
+  one through its donated arguments, not on the host.
   """
   def tile(key, row, col):
     return generate(key, spec, row, chunk_rows, col, n_cols, dtype, chunk_rows)
