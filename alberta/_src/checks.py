@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alberta._src import methods
-
 INIT_TYPES = ("uniform", "normal")
 ROUNDINGS = ("nearest", "ceil")
+# The mask methods' names; `methods.METHODS` holds one implementation each.
+METHOD_NAMES = ("permutation", "counter")
 
 # Counters are 64-bit (two uint32 words) and row / column indices are uint32.
 MAX_DIM = 2**32 - 1
@@ -51,7 +51,7 @@ def check_init_type(init_type: Any) -> str:
 
 
 def check_method(method: Any) -> str:
-  return check_choice("method", method, tuple(methods.METHODS))
+  return check_choice("method", method, METHOD_NAMES)
 
 
 def check_rounding(rounding: Any) -> str:
