@@ -15,12 +15,14 @@ from alberta._src.checks import num_zeros
 from alberta._src.core import sparse_init
 from alberta._src.sharding import pmap_sparse_init
 from alberta._src.sharding import sharded_sparse_init
+from alberta._src.verify import VerificationError
 from alberta._src.verify import verify
 
 __version__ = "0.3.2"
 
 __all__ = (
     "SparseInit",
+    "VerificationError",
     "checkpoint",
     "initializers",
     "num_zeros",
