@@ -45,7 +45,6 @@ import sys
 import time
 from collections.abc import Sequence
 
-from absl import app
 from absl import flags
 from absl import logging
 
@@ -161,4 +160,4 @@ def _save(alberta, plan: run.Plan, arrays, interrupts: exits.Interrupts,
 
 
 if __name__ == "__main__":
-  app.run(main)
+  exits.run(main)

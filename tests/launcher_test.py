@@ -43,6 +43,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import alberta
+from scripts.launchlib import exits
 from scripts.launchlib import options
 from scripts.launchlib import report as report_lib
 from scripts.launchlib import run
@@ -212,6 +213,8 @@ class LauncherTest(test_utils.TempDirMixin, parameterized.TestCase):
     args += [f"--chunk_rows={chunk_rows}"] if chunk_rows else []
     proc = _run(args)
     self._assert_ok(proc)
+    # JAX's probe for a TPU (an INFO record on every CPU host) stays quiet.
+    self.assertNotIn("Unable to initialize backend", proc.stderr)
 
     restored = alberta.checkpoint.restore(self.output)
     _assert_equals_sparse_init(
@@ -336,6 +339,14 @@ class LauncherTest(test_utils.TempDirMixin, parameterized.TestCase):
     tile_bytes = (shape[0] // 4) * nnz * (4 + 4)
     for peak in report["memory"]["per_device_peak_bytes"].values():
       self.assertGreaterEqual(peak, tile_bytes)
+
+  def test_help_prints_the_usage_and_exits_0(self):
+    for flag in ("--help", "--helpfull"):
+      with self.subTest(flag):
+        proc = _run([flag])
+        self._assert_ok(proc)
+        self.assertIn("--shape", proc.stdout)
+        self.assertEqual(os.listdir(self.dir), [])
 
   @test_utils.slow
   def test_without_output_the_matrix_is_reported_not_saved(self):
@@ -579,6 +590,14 @@ class FlagsTest(test_utils.TempDirMixin, parameterized.TestCase):
     with self.assertRaisesRegex(flags.Error, r"--output=\S+ is not writable"):
       _parse(["--shape=16,16", f"--output={parent}/w"])
     self.assertEqual(os.listdir(parent), [])
+
+  def test_asks_for_help_reads_absl_help_flags_before_the_separator(self):
+    for argv in (["--help"], ["-?"], ["--helpshort"], ["-helpfull"],
+                 ["--shape=8,8", "--help=true"]):
+      self.assertTrue(exits.asks_for_help(["prog", *argv]), msg=argv)
+    for argv in ([], ["--shape=8,8"], ["--help=false"], ["--", "--help"],
+                 ["--output=help"]):
+      self.assertFalse(exits.asks_for_help(["prog", *argv]), msg=argv)
 
   def test_plan_of_valid_flags(self):
     plan = run.Plan.from_flags(jax, alberta, _parse(

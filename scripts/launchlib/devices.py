@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging as py_logging
 import math
 
 from absl import flags
 from absl import logging
 
+from scripts.launchlib import exits
 from scripts.launchlib import options
 
 
 def start_jax(flag_values: flags.FlagValues = flags.FLAGS):
   """Configures and starts JAX (and its multi-process runtime); returns jax."""
+  # Before jax is imported: its backend probe logs as it starts.
+  py_logging.getLogger("jax._src.xla_bridge").addFilter(
+      exits.QuietBackendProbe())
   import jax  # pylint: disable=g-import-not-at-top
 
   f = flag_values

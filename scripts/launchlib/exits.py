@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from absl import app
 from absl import logging
 
 # Exit status of a failed verification, save or flag.
@@ -91,6 +92,52 @@ class QuietOrbax:
   def filter(self, record: py_logging.LogRecord) -> bool:
     return (f"{os.sep}orbax{os.sep}" not in record.pathname or
             logging.get_verbosity() >= 1)
+
+
+class QuietBackendProbe:
+  """Drops JAX's INFO records about backends it could not start.
+
+  On a host without a TPU, JAX logs "Unable to initialize backend 'tpu'" at
+  INFO on every start, which the launcher's INFO verbosity would print on
+  every run. Warnings and errors still pass; at `--verbosity >= 1` everything
+  does. Install on JAX's logger before the first backend use (`devices.start_jax`).
+  """
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return (record.levelno >= py_logging.WARNING or
+            logging.get_verbosity() >= 1)
+
+
+# absl's flags that print usage and exit (`absl.app`'s help flags).
+_HELP_FLAGS = frozenset(("help", "?", "helpshort", "helpfull", "helpxml"))
+
+
+def asks_for_help(argv: Sequence[str]) -> bool:
+  """Whether `argv` (program name first) holds one of absl's help flags."""
+  for arg in argv[1:]:
+    if arg == "--":
+      break
+    name, _, value = arg.lstrip("-").partition("=")
+    if (arg.startswith("-") and name in _HELP_FLAGS and
+        value.lower() not in ("false", "0")):
+      return True
+  return False
+
+
+def run(main: Any, argv: Sequence[str] | None = None) -> NoReturn:
+  """`app.run(main)`, except that asking for help exits with status 0.
+
+  absl's help flags print the usage and exit with status 1, as for a usage
+  error; a launcher asked for its help has not failed.
+  """
+  argv = list(sys.argv if argv is None else argv)
+  try:
+    app.run(main, argv=argv)
+  except SystemExit as e:
+    if e.code == 1 and asks_for_help(argv):
+      raise SystemExit(0) from None
+    raise
+  raise SystemExit(0)  # app.run itself always exits.
 
 
 def quiet_unraisablehook(unraisable: Any) -> None:
