@@ -39,6 +39,7 @@ setup(
             "scipy>=1.17",
         ],
         "bench": ["matplotlib>=3.7", "torch==2.13.0"],
+        "docs": ["sphinx>=9.0"],
     },
     author="The alberta authors",
     license="Apache-2.0",

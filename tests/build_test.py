@@ -3,7 +3,7 @@
 BUILD declares its targets from globs (every `scripts/*.py` a `py_binary`,
 every `tests/*_test.py` a `py_test`), so a new module needs no entry there.
 What is left to check: BUILD still evaluates to those targets, every entry of
-its hand-written size and shard tables names an existing test module and a
+its hand-written size table names an existing test module and a
 valid value, and under Bazel the tests (and the subprocesses they start with
 `sys.executable`) import `alberta` from the runfiles tree, i.e. the targets'
 deps are complete rather than the source tree leaking in. BUILD files are
@@ -41,7 +41,20 @@ def _glob(include, exclude=(), allow_empty=True):
   return sorted(str(p.relative_to(_ROOT)) for p in found)
 
 
-def _evaluate_build() -> tuple[dict[str, dict], dict]:
+def _patterns_used() -> list[str]:
+  """Every pattern BUILD passes to glob(), include and exclude alike."""
+  patterns = []
+
+  def recording_glob(include, exclude=(), allow_empty=True):
+    patterns.extend(include)
+    patterns.extend(exclude)
+    return _glob(include, exclude, allow_empty)
+
+  _evaluate_build(recording_glob)
+  return patterns
+
+
+def _evaluate_build(glob=_glob) -> tuple[dict[str, dict], dict]:
   """Runs BUILD with stand-ins for the Bazel functions; targets and globals."""
   targets = {}
 
@@ -50,7 +63,7 @@ def _evaluate_build() -> tuple[dict[str, dict], dict]:
 
   names = {kind: rule for kind in ("filegroup", "py_binary", "py_library",
                                    "py_test")}
-  names.update(package=lambda **kwargs: None, glob=_glob,
+  names.update(package=lambda **kwargs: None, glob=glob,
                __builtins__={"len": len})
   code = compile((_ROOT / "BUILD").read_text(), "BUILD", "exec")
   # One namespace: BUILD's list comprehensions see the rules as globals.
@@ -72,17 +85,19 @@ class BuildFileTest(absltest.TestCase):
         self.assertIsNotNone(target, f"{path} has no target")
         self.assertEqual(target["srcs"], [path])
 
-  def test_size_and_shard_tables_name_existing_tests(self):
+  def test_size_table_names_existing_tests(self):
     tests = {pathlib.Path(p).stem for p in _glob(["tests/*_test.py"])}
-    for table in ("_TEST_SIZES", "_TEST_SHARDS"):
-      for name in self.names[table]:
-        with self.subTest(f"{table}[{name}]"):
-          self.assertIn(name, tests, f"BUILD's {table} names a test that "
-                        "no longer exists")
     for name, size in self.names["_TEST_SIZES"].items():
-      self.assertIn(size, _TEST_SIZES, name)
-    for name, shards in self.names["_TEST_SHARDS"].items():
-      self.assertGreater(shards, 0, name)
+      with self.subTest(name):
+        self.assertIn(name, tests, "BUILD's _TEST_SIZES names a test that "
+                      "no longer exists")
+        self.assertIn(size, _TEST_SIZES, name)
+
+  def test_every_glob_pattern_matches_a_file(self):
+    # A pattern left behind by a removed file is dead weight in BUILD.
+    for pattern in _patterns_used():
+      with self.subTest(pattern):
+        self.assertNotEmpty(_glob([pattern]))
 
   def test_helper_modules_are_in_libraries(self):
     libraries = [t for t in self.targets.values() if t["name"] in (

@@ -12,13 +12,13 @@ instead (`alberta.sparse_init` / `sparse_init_ell` with the commands' flags,
 saved with `alberta.checkpoint.save`: two JAX subprocesses cost more than all
 the snippets together); the slow step runs the commands themselves.
 
-Docstring examples (an `Example::` block in a public object's docstring, as in
-Haiku) run the same way, each in a namespace holding `alberta`, `jax`, `jnp`,
-`hk`, `nn` and a `key`.
+The public docstrings' `>>>` examples run as doctests, with the names the API
+reference's doctest build gives them (`alberta`, `jax`, `jnp`, `np`).
 """
 
 from tests import env  # noqa: F401
 
+import doctest
 import inspect
 import os
 import pathlib
@@ -26,7 +26,6 @@ import re
 import shlex
 import subprocess
 import sys
-import textwrap
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -111,10 +110,15 @@ def _save_in_process(command: str) -> None:
       format=flags.get("format", "dense")))
 
 
-def _examples(obj) -> list[str]:
-  doc = inspect.getdoc(obj) or ""
-  found = re.findall(r"Example::\n\n((?:(?: {2,}.*)?\n)+)", doc + "\n")
-  return [textwrap.dedent(block) for block in found]
+def _doctests(name: str, obj) -> list[doctest.DocTest]:
+  """The `>>>` examples of `obj`'s docstring (and its methods'), as doctests."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  # The names docs/api/conf.py's `doctest_global_setup` gives the reference.
+  globs = dict(alberta=alberta, jax=jax, jnp=jnp, np=np)
+  finder = doctest.DocTestFinder(exclude_empty=True)
+  return [t for t in finder.find(obj, name, globs=globs) if t.examples]
 
 
 def _public_objects():
@@ -201,21 +205,22 @@ class PerformanceFiguresTest(absltest.TestCase):
 
 
 class DocstringExampleTest(parameterized.TestCase):
+  """The `>>>` examples of the public docstrings, as the API reference shows.
+
+  The reference's doctest build (`sphinx -b doctest`, in CI's slow step) runs
+  the same examples; this runs them in the default suite.
+  """
 
   def test_public_objects_with_examples_exist(self):
-    self.assertNotEmpty([n for n, o in _public_objects() if _examples(o)])
+    self.assertNotEmpty([n for n, o in _public_objects() if _doctests(n, o)])
 
   @parameterized.named_parameters(
-      (name.replace(".", "_"), obj) for name, obj in _public_objects())
-  def test_examples_run(self, obj):
-    import haiku as hk  # pylint: disable=g-import-not-at-top
-    import flax.linen as nn  # pylint: disable=g-import-not-at-top
-    import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    for example in _examples(obj):
-      namespace = dict(alberta=alberta, jax=jax, jnp=jnp, hk=hk, nn=nn,
-                       key=jax.random.key(0))
-      exec(compile(example, f"example of {obj!r}", "exec"), namespace)  # pylint: disable=exec-used
+      (name.replace(".", "_"), name, obj) for name, obj in _public_objects())
+  def test_examples_run(self, name, obj):
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for test in _doctests(name, obj):
+      result = runner.run(test, out=lambda text: self.fail(text))
+      self.assertEqual(result.failed, 0, msg=test.name)
 
 
 if __name__ == "__main__":

@@ -135,6 +135,12 @@ def num_zeros(fan_in: int, sparsity: float, rounding: str = "nearest") -> int:
 
   Returns:
     The zero count `k`, an int in [0, fan_in].
+
+  Examples:
+    >>> alberta.num_zeros(128, 0.9)
+    115
+    >>> alberta.num_zeros(100, 0.55, "nearest"), alberta.num_zeros(100, 0.55, "ceil")
+    (55, 56)
   """
   if isinstance(fan_in, (bool, np.bool_)) or not isinstance(fan_in, numbers.Integral):
     raise TypeError(f"fan_in must be an integer, got {fan_in!r}.")

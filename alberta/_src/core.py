@@ -66,6 +66,15 @@ def sparse_init(
 
   Returns:
     An array of `shape` and `dtype`.
+
+  Examples:
+    >>> w = alberta.sparse_init(jax.random.key(0), (256, 128), sparsity=0.9)
+    >>> w.shape, w.dtype
+    ((256, 128), dtype('float32'))
+    >>> np.unique((w == 0).sum(axis=1)).tolist()   # k zeros in every row
+    [115]
+    >>> bool(jnp.abs(w).max() < 1 / jnp.sqrt(128))
+    True
   """
   spec, shape, dtype, chunk_rows = driver.prepare(
       "sparse_init", key, shape, sparsity, init_type, method, rounding, dtype,

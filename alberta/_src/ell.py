@@ -198,6 +198,16 @@ def sparse_init_ell(
   Raises:
     ValueError: `method="permutation"`, a fan-in of 2**31 or more, or an
       argument `sparse_init` would also reject.
+
+  Examples:
+    >>> key = jax.random.key(0)
+    >>> values, indices = alberta.sparse_init_ell(key, (64, 100), 0.9)
+    >>> values.shape, indices.dtype   # 100 - 90 nonzeros a row
+    ((64, 10), dtype('int32'))
+    >>> dense = alberta.to_dense(values, indices, (64, 100))
+    >>> bool((dense == alberta.sparse_init(key, (64, 100), 0.9,
+    ...                                    method="counter")).all())
+    True
   """
   spec, _, dtype, _ = driver.prepare(
       "sparse_init_ell", key, shape, sparsity, init_type, method, rounding,
@@ -391,8 +401,8 @@ def to_bcoo(values: Array, indices: Array, shape: Sequence[int]) -> jsparse.BCOO
   """The ELL arrays as a `jax.experimental.sparse.BCOO` matrix of `shape`.
 
   A plain (unbatched) BCOO with `fan_out * nnz` stored entries, sorted and
-  unique, so it transposes, multiplies (`bcoo @ x`, `x @ bcoo.T`) and
-  `sparsify`s like any BCOO.
+  unique, so it transposes, multiplies (`bcoo @ x`, `x @ bcoo.T`) and goes
+  through `jax.experimental.sparse.sparsify` like any BCOO.
 
   Args:
     values: `[fan_out, nnz]` weights.

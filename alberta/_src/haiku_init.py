@@ -25,12 +25,14 @@ class SparseInit(hk.initializers.Initializer):
   `sparse_init(hk.next_rng_key(), (out, fan_in)).T.reshape(shape)`, so with the
   default method it is the seed's matrix for that key.
 
-  Example::
-
-    def forward(x):
-      return hk.nets.MLP([256, 256, 4], w_init=alberta.SparseInit(0.9))(x)
-
-    params = hk.transform(forward).init(key, jnp.ones([1, 64]))
+  Examples:
+    >>> import haiku as hk
+    >>> def forward(x):
+    ...   return hk.nets.MLP([256, 256, 4], w_init=alberta.SparseInit(0.9))(x)
+    >>> params = hk.transform(forward).init(jax.random.key(0), jnp.ones([1, 64]))
+    >>> w = params["mlp/~/linear_0"]["w"]   # (in, out): 64 inputs, 256 units
+    >>> np.unique((w == 0).sum(axis=0)).tolist()
+    [58]
   """
 
   def __init__(self, sparsity: float = 0.9, init_type: str = "uniform", *,

@@ -61,6 +61,12 @@ def sparse(sparsity: float = 0.9, init_type: str = "uniform", *,
   Returns:
     The initializer, a `jax.nn.initializers.Initializer`. Arguments are
     checked here, before it is ever called.
+
+  Examples:
+    >>> init = alberta.initializers.sparse(0.9)
+    >>> kernel = init(jax.random.key(0), (64, 32))   # (in, out), as Flax's
+    >>> np.unique((kernel == 0).sum(axis=0)).tolist()   # per output unit
+    [58]
   """
   sparsity = kernels.check_options(sparsity, init_type, method, rounding)
   return _Sparse(sparsity, init_type, kernels.check_fan_in_axes(fan_in_axes),

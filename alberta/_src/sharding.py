@@ -56,6 +56,14 @@ def sharded_sparse_init(
 
   Returns:
     The matrix, a global array with exactly `sharding`.
+
+  Examples:
+    >>> from jax.sharding import NamedSharding, PartitionSpec as P
+    >>> mesh = jax.make_mesh((len(jax.devices()),), ("rows",))
+    >>> w = alberta.sharded_sparse_init(
+    ...     jax.random.key(0), (64, 32), sharding=NamedSharding(mesh, P("rows")))
+    >>> bool((w == alberta.sparse_init(jax.random.key(0), (64, 32))).all())
+    True
   """
   spec, shape, dtype, chunk_rows = driver.prepare(
       "sharded_sparse_init", key, shape, sparsity, init_type, method, rounding,

@@ -301,6 +301,11 @@ def verify(
     ValueError, TypeError: an argument `sparse_init` would reject, arrays that
       are not floating (values) and integer (indices), or shapes that do not
       fit together.
+
+  Examples:
+    >>> w = alberta.sparse_init(jax.random.key(0), (64, 32), 0.9)
+    >>> alberta.verify(w, 0.9, "uniform").passed
+    True
   """
   ell = _is_ell(matrix)
   if ell:
