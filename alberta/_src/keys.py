@@ -2,8 +2,9 @@
 
 Every entry point takes a threefry2x32 key, typed (`jax.random.key`) or raw
 (`jax.random.PRNGKey`, uint32[2]); both read as the same two words, so they
-give the same matrix. The permutation method splits the key as the seed does
-(`split_key`); the counter method hashes under the key's own words.
+give the same matrix. The permutation method splits the key's words as
+`jax.random.split` does, as the reference code splits the key (`split2`); the
+counter method hashes under the key's own words.
 """
 
 from __future__ import annotations
@@ -81,11 +82,3 @@ def split2(k: tuple[Array, Array]):
   w = [lax.index_in_dim(words, i, keepdims=False) for i in range(4)]
   return (w[0], w[1]), (w[2], w[3])
 
-
-def split_key(key: Array):
-  """Key words of `(init_key, mask_key) = jax.random.split(key)`.
-
-  The permutation method's (the seed's) keys; the counter method uses the
-  key's own words (`counter.row_words`).
-  """
-  return split2(key_words(key))
