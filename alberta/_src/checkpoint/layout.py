@@ -44,6 +44,10 @@ def checkpointer(ocp: Any) -> Any:
       temporary_path_class=ocp.path.atomicity.CommitFileTemporaryPath)
 
 
+# What orbax reads of a checkpoint (its data store: manifest.ocdbt and d/).
+ORBAX_FILES = "_METADATA, _sharding, array_metadatas/, manifest.ocdbt, d/"
+
+
 def orbax_mismatch(ocp: Any, path: str, specs: Mapping[str, Any]) -> None:
   """Raises unless orbax stores exactly `specs`' arrays (never a cast).
 
@@ -58,9 +62,9 @@ def orbax_mismatch(ocp: Any, path: str, specs: Mapping[str, Any]) -> None:
               for name, m in dict(tree).items()}
   except Exception as e:  # pylint: disable=broad-exception-caught
     raise ValueError(
-        f"{path}: orbax cannot read the checkpoint's array metadata (files "
-        f"_CHECKPOINT_METADATA, _METADATA, _sharding, array_metadatas/) "
-        f"({type(e).__name__}: {e}); the checkpoint is damaged.") from e
+        f"{path}: orbax cannot read the checkpoint's array metadata (from "
+        f"{ORBAX_FILES}) ({type(e).__name__}: {e}); the checkpoint is "
+        f"damaged.") from e
   if set(stored) != set(specs):
     raise ValueError(
         f"{file}: field 'arrays' lists {sorted(specs)}, but the checkpoint "

@@ -85,9 +85,9 @@ def _read(ocp: Any, path: str, specs: dict[str, Any], sharding: Any,
       arrays = dict(checkpointer.restore(path, target))
   except Exception as e:  # pylint: disable=broad-exception-caught
     raise ValueError(
-        f"{path}: orbax cannot read the checkpoint's arrays (files _METADATA, "
-        f"array_metadatas/, manifest.ocdbt, ocdbt.process_*/) "
-        f"({type(e).__name__}: {e}); the checkpoint is damaged.") from e
+        f"{path}: orbax cannot read the checkpoint's arrays (from "
+        f"{layout.ORBAX_FILES}) ({type(e).__name__}: {e}); the checkpoint is "
+        f"damaged.") from e
   if not verify:
     return arrays
   found = digest.summaries(arrays)
