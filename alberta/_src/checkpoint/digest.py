@@ -31,6 +31,8 @@ def unreadable(dtype: np.dtype) -> str | None:
   1, 2, 4 or 8 bytes (not int4, float4 and the like, packed in a byte), in
   the machine's byte order.
   """
+  if not dtype.isnative:
+    return f"byte order {dtype.byteorder!r}, not the machine's"
   if jnp.issubdtype(dtype, jnp.bool_):
     width = 8
   elif jnp.issubdtype(dtype, jnp.integer):
@@ -41,14 +43,12 @@ def unreadable(dtype: np.dtype) -> str | None:
     return "not a boolean, integer or floating dtype"
   if dtype.itemsize not in (1, 2, 4, 8) or width != 8 * dtype.itemsize:
     return f"{width}-bit elements stored in {dtype.itemsize} byte(s)"
-  if not dtype.isnative:
-    return f"byte order {dtype.byteorder!r}, not the machine's"
   return None
 
 
 def check_dtype(name: str, dtype: Any) -> np.dtype:
   """Raises unless `arrays[name]` of `dtype` can be saved and read exactly."""
-  dtype = jnp.dtype(dtype)
+  dtype = np.dtype(dtype)
   why = unreadable(dtype)
   if why:
     raise TypeError(
