@@ -6,10 +6,11 @@ sharding (with `return_metadata=True`, with the metadata of the same read);
 `restore_metadata` reads the metadata alone. `restore` verifies what it read
 against the checksums `save` recorded and raises `ChecksumError` on a
 mismatch, and `ReplacedError` when another save replaced the checkpoint
-while it was read. `check_output` checks a target before any work, `is_checkpoint`
-tells a complete checkpoint, `stale_staging` lists what killed saves left
-beside a target and `remove_staging` removes what a failed or abandoned save
-still writes there; `estimate_stored_bytes` predicts a save's size on disk.
+while it was read. `check_output` checks a target before any work,
+`is_checkpoint` tells a complete checkpoint, `stale_staging` lists what killed
+saves left beside a target and `remove_staging` removes what a failed or
+abandoned save still writes there; `estimate_stored_bytes` predicts a save's
+size on disk.
 `scripts/init_large.py` saves with `save`; docs/CHECKPOINT.md describes the
 format and the commit protocol.
 """

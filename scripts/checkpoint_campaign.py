@@ -50,7 +50,6 @@ from absl import flags
 from absl import logging
 
 import jax
-import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
@@ -166,14 +165,20 @@ def _child(role: str, target: str) -> subprocess.Popen[str]:
       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
 
+def _user_directory(work: str, name: str) -> str:
+  """A directory of user data (`data.txt`) that no save may touch."""
+  path = os.path.join(work, name)
+  os.mkdir(path)
+  with open(os.path.join(path, "data.txt"), "w") as f:
+    f.write("data")
+  return path
+
+
 def kills(tally: Tally, work: str, rng: random.Random) -> None:
   """A saver SIGKILLed at random instants never breaks the target."""
   target = os.path.join(work, "killed")
   alberta.checkpoint.save(target, matrix(0), {"seed": 0})
-  precious = os.path.join(work, "precious")
-  os.mkdir(precious)
-  with open(os.path.join(precious, "data.txt"), "w") as f:
-    f.write("data")
+  precious = _user_directory(work, "precious")
   for _ in range(_KILLS.value):
     proc = _child("saver", target)
     proc.stdout.readline()  # "ready": JAX started, one save done.
@@ -261,10 +266,7 @@ def links(tally: Tally, work: str) -> None:
   """Links at or inside the target are refused and never followed."""
   checkpoint = os.path.join(work, "linked-checkpoint")
   alberta.checkpoint.save(checkpoint, matrix(5), {"seed": 5})
-  user = os.path.join(work, "user")
-  os.mkdir(user)
-  with open(os.path.join(user, "data.txt"), "w") as f:
-    f.write("data")
+  user = _user_directory(work, "user")
   snapshot = lambda: {p: sorted(os.listdir(p)) for p in (checkpoint, user)}
   before = snapshot()
 

@@ -126,7 +126,7 @@ class SaveRefusesTest(_Dir, parameterized.TestCase):
 
 
 class OverwriteTest(_Dir, parameterized.TestCase):
-  """overwrite=True replaces a checkpoint or an empty directory, nothing else."""
+  """overwrite=True replaces a checkpoint or an empty directory, only."""
 
   def _project(self, metadata_text='{"my": "config"}'):
     os.makedirs(os.path.join(self.path, "src"))

@@ -172,7 +172,7 @@ def mul_add_u64(a: Array, b: int, c: Array | int = 0) -> tuple[Array, Array]:
 
 
 def add_u64(hi: Array, lo: Array, c: Array) -> tuple[Array, Array]:
-  """`(hi, lo) + c` as 64-bit `(hi, lo)` uint32 words (mod 2**64), uint32 `c`."""
+  """`(hi, lo) + c` as 64-bit `(hi, lo)` uint32 words (mod 2**64)."""
   total = lax.add(lo, c)
   return lax.add(hi, lax.convert_element_type(lax.lt(total, lo), _U32)), total
 

@@ -18,8 +18,9 @@ lacks, one concern per module:
 * `write` (`save`), `read` (`restore`, `restore_metadata`) and `estimate`
   (`estimate_stored_bytes`): the public calls.
 
-orbax-checkpoint is an optional dependency (`pip install "alberta[checkpoint]"`);
-it is imported only when a checkpoint is saved, judged or restored.
+orbax-checkpoint is an optional dependency (`pip install
+"alberta[checkpoint]"`); it is imported only when a checkpoint is saved,
+judged or restored.
 """
 
 from alberta._src.checkpoint.estimate import estimate_stored_bytes

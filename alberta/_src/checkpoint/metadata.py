@@ -20,6 +20,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from alberta._src.checkpoint import digest
+
 METADATA_FILE = "alberta.json"
 # Bumped whenever the directory layout or the metadata schema changes. Version
 # 2 added the per-array checksums and row-zero summaries and the metadata
@@ -135,7 +137,6 @@ def _is_int(v: Any) -> bool:
 
 def _dtype_name(name: Any) -> np.dtype | None:
   """The dtype `name` spells exactly, if the digest reads it."""
-  from alberta._src.checkpoint import digest  # pylint: disable=g-import-not-at-top
   try:
     dtype = jnp.dtype(name) if isinstance(name, str) else None
   except (TypeError, ValueError):

@@ -48,7 +48,7 @@ import os
 import signal
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from alberta._src.checkpoint import layout
@@ -184,16 +184,23 @@ def publish(staging: str, path: str, overwrite: bool) -> None:
     publish(staging, path, overwrite=False)
     return
   # What was at `path` is now under the staging name; ours is at `path`.
-  why = _retire(staging)
-  if why is not None:
-    try:
-      renameat2(staging, path, _RENAME_EXCHANGE)
-    except OSError as e:
-      raise OSError(
-          f"{path} could not be replaced ({why}), and putting it back failed "
-          f"({e.strerror}); it is now at {staging} and the new checkpoint at "
-          f"{path}.") from e
-    raise _refused(path, why)
+  _retire_or_put_back(staging, path,
+                      lambda: renameat2(staging, path, _RENAME_EXCHANGE))
+
+
+def _retire_or_put_back(aside: str, path: str,
+                        put_back: Callable[[], None]) -> None:
+  """Deletes what was moved from `path` to `aside`, or puts it back, raising."""
+  why = _retire(aside)
+  if why is None:
+    return
+  try:
+    put_back()
+  except OSError as e:
+    raise OSError(
+        f"{path} could not be replaced ({why}), and putting it back failed "
+        f"({e.strerror}); it is now at {aside}.") from e
+  raise _refused(path, why)
 
 
 def _publish_portable_overwrite(staging: str, path: str) -> None:
@@ -204,15 +211,8 @@ def _publish_portable_overwrite(staging: str, path: str) -> None:
   except FileNotFoundError:
     publish(staging, path, overwrite=False)
     return
-  why = _retire(aside)
-  if why is not None:
-    try:
-      _move_noreplace_portable(aside, path)
-    except OSError as e:
-      raise OSError(
-          f"{path} could not be replaced ({why}), and putting it back failed "
-          f"({e.strerror}); it is now at {aside}.") from e
-    raise _refused(path, why)
+  _retire_or_put_back(aside, path,
+                      lambda: _move_noreplace_portable(aside, path))
   try:
     _move_noreplace_portable(staging, path)
   except FileExistsError:

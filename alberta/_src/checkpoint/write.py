@@ -1,4 +1,4 @@
-"""`save`: orbax writes the arrays into a staging directory, alberta publishes it."""
+"""`save`: orbax writes the arrays into a staging directory; it is published."""
 
 from __future__ import annotations
 
