@@ -75,6 +75,8 @@ class SaveRefusesTest(_Dir, parameterized.TestCase):
       ("_float4", np.zeros((2, 2), ml_dtypes.float4_e2m1fn), "4-bit"),
       ("_complex", np.zeros((2, 2), np.complex64), "not a boolean"),
       ("_big_endian", np.zeros((2, 2), ">f4"), "byte order"),
+      ("_not_in_tensorstore", np.zeros((2, 2), ml_dtypes.float8_e4m3),
+       "TensorStore"),
   )
   def test_dtypes_the_checksum_cannot_read_are_refused(self, array, message):
     with self.assertRaisesRegex(TypeError, message):

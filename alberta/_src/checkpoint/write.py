@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import numpy as np
 
 from alberta._src.checkpoint import digest
 from alberta._src.checkpoint import layout
@@ -88,6 +89,17 @@ def _write_arrays(ocp: Any, staging: str, arrays: Mapping[str, Any],
     raise failure[0]
 
 
+def _check_storable(name: str, dtype: Any) -> None:
+  """Raises unless TensorStore, which writes orbax's arrays, has `dtype`."""
+  import tensorstore as ts  # pylint: disable=g-import-not-at-top
+  try:
+    ts.dtype(dtype.name)
+  except ValueError as e:
+    raise TypeError(
+        f"arrays[{name!r}] has dtype {dtype.name}, which TensorStore (what "
+        f"orbax writes arrays with) cannot store ({e}).") from e
+
+
 def _check_arrays(arrays: Any) -> dict[str, Any]:
   if not isinstance(arrays, Mapping):
     arrays = {"matrix": arrays}
@@ -100,7 +112,7 @@ def _check_arrays(arrays: Any) -> dict[str, Any]:
     if not hasattr(a, "dtype") or not hasattr(a, "shape"):
       raise TypeError(f"arrays[{name!r}] must be a jax.Array or a NumPy "
                       f"array, not {type(a).__name__}.")
-    digest.check_dtype(name, a.dtype)
+    _check_storable(name, digest.check_dtype(name, a.dtype))
     if not a.size:
       raise ValueError(
           f"arrays[{name!r}] has shape {tuple(a.shape)}, no elements: orbax "
@@ -109,11 +121,19 @@ def _check_arrays(arrays: Any) -> dict[str, Any]:
   return dict(arrays)
 
 
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
 def _broadcast(status: int) -> int:
+  """Process 0's `status` on every process."""
   if jax.process_count() == 1:
     return status
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return int(multihost_utils.broadcast_one_to_all(status))
+  return int(np.asarray(multihost_utils.broadcast_one_to_all(
+      np.int32(status))))
 
 
 def save(
@@ -185,9 +205,11 @@ def save(
 
   lead = jax.process_index() == 0
   parent = os.path.dirname(path)
-  staging = staging_lib.staging_path(path, staging_lib.shared_token())
+  token = staging_lib.shared_token()
+  staging = staging_lib.staging_path(path, token)
   if lead:
     os.makedirs(parent, exist_ok=True)
+  _barrier(f"alberta_checkpoint_parent_{token}")
 
   def fail(error: BaseException, ours: os.stat_result | None):
     full = lead and _disk_full(error, parent)
@@ -219,12 +241,22 @@ def save(
       publish.fsync_dir(parent)
     except BaseException as e:  # pylint: disable=broad-exception-caught
       error = e
-      status = 1 if isinstance(e, FileExistsError) else 2
+      status = (1 if isinstance(e, FileExistsError) else
+                2 if _disk_full(e, parent) else 3)
   status = _broadcast(status)
   if error is not None:
     fail(error, ours)
-  if status:
-    raise (FileExistsError if status == 1 else RuntimeError)(
-        f"{path}: process 0 could not publish the checkpoint (see its "
+  if status == 2:
+    raise OSError(errno.ENOSPC,
+                  f"cannot save the checkpoint at {path}: No space left on "
+                  f"device (on process 0; nothing was saved)")
+  if status == 1:
+    raise FileExistsError(
+        f"{path}: process 0 could not commit the checkpoint: something "
+        f"appeared at the path while it was being written (see process 0's "
         f"error); nothing was saved.")
+  if status:
+    raise RuntimeError(
+        f"{path}: process 0 failed to commit the checkpoint (see its error); "
+        f"nothing was saved.")
   return path
