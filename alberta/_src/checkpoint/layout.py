@@ -57,7 +57,8 @@ def orbax_mismatch(ocp: Any, path: str, specs: Mapping[str, Any]) -> None:
   """
   file = os.path.join(path, metadata.METADATA_FILE)
   try:
-    tree = checkpointer(ocp).metadata(path).item_metadata.tree
+    with checkpointer(ocp) as reader:
+      tree = reader.metadata(path).item_metadata.tree
     stored = {name: (tuple(m.shape), jnp.dtype(m.dtype).name)
               for name, m in dict(tree).items()}
   except Exception as e:  # pylint: disable=broad-exception-caught
