@@ -42,7 +42,7 @@ def _stored_fraction(sample: np.ndarray) -> float:
   with tempfile.TemporaryDirectory(prefix="alberta-estimate-") as scratch:
     for i, data in enumerate((sample, one)):
       directory = f"{scratch}/{i}"
-      with layout.checkpointer(ocp) as checkpointer:
+      with layout.checkpointer(ocp, local=True) as checkpointer:
         checkpointer.save(directory, {"sample": data})
         checkpointer.wait_until_finished()
       sizes.append(staging.tree_bytes(directory))

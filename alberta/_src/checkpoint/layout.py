@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from alberta._src.checkpoint import metadata
@@ -33,15 +34,26 @@ def orbax() -> Any:
   return ocp
 
 
-def checkpointer(ocp: Any) -> Any:
+def checkpointer(ocp: Any, local: bool = False) -> Any:
   """The orbax checkpointer every save, restore and estimate uses.
 
   It writes straight into the directory it is given and marks it finished
   with its commit file (no temporary directory of its own): alberta's staging
   directory is the one staging layer, published by `publish`.
+
+  Args:
+    ocp: orbax.checkpoint.
+    local: for what one process does alone (read metadata, measure a
+      sample): orbax then synchronizes with no other process.
   """
+  options = {}
+  if local:
+    me = jax.process_index()
+    options["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me})
   return ocp.StandardCheckpointer(
-      temporary_path_class=ocp.path.atomicity.CommitFileTemporaryPath)
+      temporary_path_class=ocp.path.atomicity.CommitFileTemporaryPath,
+      **options)
 
 
 # What orbax reads of a checkpoint (its data store: manifest.ocdbt and d/).
@@ -57,7 +69,7 @@ def orbax_mismatch(ocp: Any, path: str, specs: Mapping[str, Any]) -> None:
   """
   file = os.path.join(path, metadata.METADATA_FILE)
   try:
-    with checkpointer(ocp) as reader:
+    with checkpointer(ocp, local=True) as reader:
       tree = reader.metadata(path).item_metadata.tree
     stored = {name: (tuple(m.shape), jnp.dtype(m.dtype).name)
               for name, m in dict(tree).items()}
