@@ -44,7 +44,10 @@ from absl.testing import parameterized
 from jax.sharding import NamedSharding, PartitionSpec
 
 import alberta
-from alberta._src import checkpoint as checkpoint_lib
+from alberta._src import bits
+from alberta._src.checkpoint import digest as digest_lib
+from alberta._src.checkpoint import metadata as metadata_lib
+from alberta._src.checkpoint import publish as publish_lib
 from tests import test_utils
 
 _ROOT = test_utils.ROOT
@@ -104,7 +107,7 @@ class CheckpointTest(_CheckpointDirMixin, parameterized.TestCase):
     self.assertEqual(info["method"], "counter")
     self.assertEqual(info["alberta_version"], alberta.__version__)
     self.assertEqual(info["jax_version"], jax.__version__)
-    self.assertEqual(info["format_version"], checkpoint_lib.FORMAT_VERSION)
+    self.assertEqual(info["format_version"], metadata_lib.FORMAT_VERSION)
     spec = info["arrays"]["matrix"]
     self.assertEqual((spec["shape"], spec["dtype"]), ([32, 24], "bfloat16"))
     self.assertRegex(spec["checksum"], r"^[0-9a-f]{16}$")
@@ -148,7 +151,7 @@ class CheckpointTest(_CheckpointDirMixin, parameterized.TestCase):
   def test_overwrite_fills_an_empty_directory(self):
     os.mkdir(self.path)
     alberta.checkpoint.save(self.path, jnp.ones((2, 2)), overwrite=True)
-    self.assertTrue(checkpoint_lib.is_checkpoint(self.path))
+    self.assertTrue(alberta.checkpoint.is_checkpoint(self.path))
 
   def test_missing_parents_are_created(self):
     path = os.path.join(self.dir, "a", "b", "w")
@@ -183,16 +186,16 @@ class CheckpointTest(_CheckpointDirMixin, parameterized.TestCase):
     # What an interrupted save leaves in its staging directory: orbax's
     # shards, but no alberta.json.
     alberta.checkpoint.save(self.path, jnp.ones((2, 2)))
-    os.remove(os.path.join(self.path, checkpoint_lib.METADATA_FILE))
+    os.remove(os.path.join(self.path, metadata_lib.METADATA_FILE))
     with self.assertRaisesRegex(ValueError, "not a complete alberta checkpoint"):
       alberta.checkpoint.restore(self.path)
 
   def test_another_format_version_is_refused(self):
     alberta.checkpoint.save(self.path, jnp.ones((2, 2)))
-    meta = os.path.join(self.path, checkpoint_lib.METADATA_FILE)
+    meta = os.path.join(self.path, metadata_lib.METADATA_FILE)
     with open(meta) as f:
       info = json.load(f)
-    info["format_version"] = checkpoint_lib.FORMAT_VERSION + 1
+    info["format_version"] = metadata_lib.FORMAT_VERSION + 1
     with open(meta, "w") as f:
       json.dump(info, f)
     with self.assertRaisesRegex(ValueError, "format_version"):
@@ -208,7 +211,7 @@ class CheckpointTest(_CheckpointDirMixin, parameterized.TestCase):
                  ".ww.alberta-tmp-3", "w2"):
       os.mkdir(os.path.join(self.dir, name))
     self.assertEqual(
-        [os.path.basename(p) for p in checkpoint_lib.stale_staging(self.path)],
+        [os.path.basename(p) for p in alberta.checkpoint.stale_staging(self.path)],
         [".w.alberta-tmp-1", ".w.alberta-tmp-2.orbax-checkpoint-tmp"])
 
   def test_without_orbax_saving_names_the_missing_package(self):
@@ -230,13 +233,13 @@ class CheckpointTest(_CheckpointDirMixin, parameterized.TestCase):
 
 def _edit_metadata(path, edit, redigest=False):
   """Rewrites `path`'s alberta.json as `edit(info)` returns it (or changes it)."""
-  meta = os.path.join(path, checkpoint_lib.METADATA_FILE)
+  meta = os.path.join(path, metadata_lib.METADATA_FILE)
   with open(meta) as f:
     info = json.load(f)
   result = edit(info)
   info = info if result is None else result
   if redigest:
-    info["metadata_sha256"] = checkpoint_lib._metadata_sha256(info)
+    info["metadata_sha256"] = metadata_lib.metadata_sha256(info)
   if not isinstance(info, str):
     info = json.dumps(info)
   with open(meta, "wb") as f:  # A str result is raw text (\udcXX: a byte).
@@ -245,7 +248,7 @@ def _edit_metadata(path, edit, redigest=False):
 
 def _no_renameat2(*args):
   del args
-  raise checkpoint_lib._Unsupported("simulated: no renameat2 here")
+  raise publish_lib.Unsupported("simulated: no renameat2 here")
 
 
 # Runs of every race test: the renameat2 commit, then its portable fallback.
@@ -257,7 +260,7 @@ class CommitRaceTest(_CheckpointDirMixin, parameterized.TestCase):
 
   def _portable(self, portable):
     if portable:
-      patcher = mock.patch.object(checkpoint_lib, "_renameat2", _no_renameat2)
+      patcher = mock.patch.object(publish_lib, "renameat2", _no_renameat2)
       patcher.start()
       self.addCleanup(patcher.stop)
 
@@ -374,13 +377,13 @@ class CommitRaceTest(_CheckpointDirMixin, parameterized.TestCase):
   def test_a_directory_appearing_just_before_the_rename_is_kept(self, portable):
     # The narrowest window: after alberta.json is written, before the commit.
     self._portable(portable)
-    write_json = checkpoint_lib._write_json
+    write_json = metadata_lib.write
 
     def write_then_appear(path, obj):
       write_json(path, obj)
       self._user_directory()
 
-    with mock.patch.object(checkpoint_lib, "_write_json", write_then_appear):
+    with mock.patch.object(metadata_lib, "write", write_then_appear):
       for overwrite in (False, True):
         with self.assertRaises(FileExistsError):
           alberta.checkpoint.save(self.path, jnp.ones((2, 2)),
@@ -538,7 +541,7 @@ class FailureCleanupTest(_CheckpointDirMixin, parameterized.TestCase):
       del obj
       raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
-    with mock.patch.object(checkpoint_lib, "_write_json", full):
+    with mock.patch.object(metadata_lib, "write", full):
       with self.assertRaises(OSError) as caught:
         alberta.checkpoint.save(self.path, jnp.ones((4, 4)))
     self.assertEqual(caught.exception.errno, errno.ENOSPC)
@@ -574,15 +577,15 @@ class ChecksumTest(_CheckpointDirMixin, parameterized.TestCase):
 
   def test_the_checksum_does_not_depend_on_the_sharding(self):
     matrix = _matrix()
-    expected = checkpoint_lib._summaries({"m": matrix})
+    expected = digest_lib.summaries({"m": matrix})
     for mesh_shape, spec in (((8,), PartitionSpec("r")),
                              ((8,), PartitionSpec(None, "r")),
                              ((2, 4), PartitionSpec("r", "c"))):
       names = ("r", "c")[:len(mesh_shape)]
       sharded = jax.device_put(matrix, NamedSharding(_mesh(mesh_shape, names),
                                                      spec))
-      self.assertEqual(checkpoint_lib._summaries({"m": sharded}), expected)
-    self.assertEqual(checkpoint_lib._summaries({"m": np.asarray(matrix)}),
+      self.assertEqual(digest_lib.summaries({"m": sharded}), expected)
+    self.assertEqual(digest_lib.summaries({"m": np.asarray(matrix)}),
                      expected)
 
   @parameterized.named_parameters(
@@ -593,13 +596,13 @@ class ChecksumTest(_CheckpointDirMixin, parameterized.TestCase):
     x = np.asarray(values, dtype)
     width = x.dtype.itemsize * 8
     unsigned = np.dtype(f"uint{width}")
-    original = checkpoint_lib._summaries({"x": x})["x"]["checksum"]
+    original = digest_lib.summaries({"x": x})["x"]["checksum"]
     seen = {original}
     for index in np.ndindex(x.shape):
       for bit in range(width):
         flipped = x.copy()
         flipped.view(unsigned)[index] ^= unsigned.type(1 << bit)
-        seen.add(checkpoint_lib._summaries({"x": flipped})["x"]["checksum"])
+        seen.add(digest_lib.summaries({"x": flipped})["x"]["checksum"])
     # Every flip gives a checksum unlike the original and every other flip.
     self.assertLen(seen, 1 + x.size * width)
 
@@ -607,18 +610,18 @@ class ChecksumTest(_CheckpointDirMixin, parameterized.TestCase):
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     swapped = x.copy()
     swapped[0, 1], swapped[2, 3] = x[2, 3], x[0, 1]
-    self.assertNotEqual(checkpoint_lib._summaries({"x": x}),
-                        checkpoint_lib._summaries({"x": swapped}))
+    self.assertNotEqual(digest_lib.summaries({"x": x}),
+                        digest_lib.summaries({"x": swapped}))
 
   def test_float64_arrays_have_checksums_over_both_words(self):
     with jax.enable_x64(True):
       x = jnp.asarray(np.linspace(-1, 1, 12).reshape(3, 4), jnp.float64)
-      base = checkpoint_lib._summaries({"x": x})["x"]["checksum"]
+      base = digest_lib.summaries({"x": x})["x"]["checksum"]
       low = np.asarray(x).copy()
       low.view(np.uint64)[1, 1] ^= np.uint64(1)
       high = np.asarray(x).copy()
       high.view(np.uint64)[1, 1] ^= np.uint64(1 << 62)
-      others = {checkpoint_lib._summaries({"x": y})["x"]["checksum"]
+      others = {digest_lib.summaries({"x": y})["x"]["checksum"]
                 for y in (low, high)}
       self.assertLen(others | {base}, 3)
       alberta.checkpoint.save(self.path, x)
@@ -630,7 +633,7 @@ class ChecksumTest(_CheckpointDirMixin, parameterized.TestCase):
     counts = jax.device_put(
         np.full(16, 2**31 - 1, np.uint32),
         NamedSharding(_mesh((8,), ("r",)), PartitionSpec("r")))
-    lo, hi = jax.jit(checkpoint_lib._sum64)(counts)
+    hi, lo = jax.jit(bits.sum_u64)(counts)
     self.assertEqual((int(hi) << 32) | int(lo), 16 * (2**31 - 1))
 
   def test_restore_reads_sharded_and_verifies(self):
@@ -684,7 +687,7 @@ class ChecksumTest(_CheckpointDirMixin, parameterized.TestCase):
         # An array's checksum, or alberta.json's own digest.
         outcomes["checksum" if "array '" in str(e) else "alberta.json"] += 1
       except Exception as e:  # pylint: disable=broad-exception-caught
-        outcomes["alberta.json" if checkpoint_lib.METADATA_FILE in str(e)
+        outcomes["alberta.json" if metadata_lib.METADATA_FILE in str(e)
                  else "orbax"] += 1
       else:
         # Never other numbers: the flip was harmless (unread bytes).
@@ -800,9 +803,10 @@ class EstimateStoredBytesTest(_CheckpointDirMixin, absltest.TestCase):
     # few percent of the data (fixed seed: deterministic).
     self.assertBetween(estimate, 0.9 * on_disk, 1.1 * on_disk)
     self.assertLess(estimate, matrix.nbytes / 3)
-    # Named arrays add up (one rounding each).
+    # Named arrays add up (each measured on its own: orbax's file names and
+    # hence its index sizes vary by a few bytes between saves).
     both = alberta.checkpoint.estimate_stored_bytes({"a": matrix, "b": matrix})
-    self.assertAlmostEqual(both, 2 * estimate, delta=1)
+    self.assertAlmostEqual(both, 2 * estimate, delta=estimate / 1000)
 
   def test_the_estimate_follows_compressibility(self):
     estimate = alberta.checkpoint.estimate_stored_bytes
@@ -815,8 +819,8 @@ class EstimateStoredBytesTest(_CheckpointDirMixin, absltest.TestCase):
     # One row (at least) is sampled however small sample_bytes is.
     self.assertGreater(estimate(noise, sample_bytes=1), 0.99 * noise.nbytes)
 
-  def test_without_tensorstore_there_is_no_estimate(self):
-    with mock.patch.dict(sys.modules, {"tensorstore": None}):
+  def test_without_orbax_there_is_no_estimate(self):
+    with mock.patch.dict(sys.modules, {"orbax.checkpoint": None}):
       self.assertIsNone(alberta.checkpoint.estimate_stored_bytes(jnp.ones(4)))
 
   def test_bad_arguments_are_named(self):
@@ -834,7 +838,7 @@ class MetadataValidationTest(_CheckpointDirMixin, parameterized.TestCase):
   def setUp(self):
     super().setUp()
     alberta.checkpoint.save(self.path, _matrix(), {"seed": 7})
-    self.meta = os.path.join(self.path, checkpoint_lib.METADATA_FILE)
+    self.meta = os.path.join(self.path, metadata_lib.METADATA_FILE)
 
   def _spec(self, info):
     return info["arrays"]["matrix"]

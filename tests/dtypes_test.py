@@ -60,6 +60,9 @@ REFUSED = (
     ("_int32", jnp.int32, "int32"),
     ("_bool", jnp.bool_, "bool"),
     ("_complex64", jnp.complex64, "complex64"),
+    # A float type the contract names, in the other byte order.
+    ("_big_endian_float32", np.dtype(">f4"), "'>f4'"),
+    ("_big_endian_by_name", ">f2", "'>f2'"),
 )
 
 

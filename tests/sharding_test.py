@@ -171,6 +171,40 @@ class ShardedInvariantTest(parameterized.TestCase):
     np.testing.assert_array_equal(np.asarray(out), np.asarray(want))
 
 
+class ZeroSizeTest(parameterized.TestCase):
+  """A matrix without elements is a valid empty array on every mesh."""
+
+  def test_every_2d_mesh_gives_empty_tiles_of_the_right_shape(self):
+    # 8x1, 2x4, 4x2 and their transposes, rows or columns split first; a
+    # jitted program would give every device the global shape instead.
+    cases = 0
+    for mesh_shape in ((8, 1), (1, 8), (2, 4), (4, 2)):
+      mesh = jax.make_mesh(mesh_shape, ("a", "b"))
+      for spec in (P("a", "b"), P("b", "a")):
+        sharding = NamedSharding(mesh, spec)
+        for shape in ((8, 0), (0, 8), (0, 0)):
+          with self.subTest(mesh=mesh_shape, spec=str(spec), shape=shape):
+            x = alberta.sharded_sparse_init(jax.random.key(0), shape, 0.9,
+                                            sharding=sharding)
+            self.assertEqual(x.sharding, sharding)
+            for shard in x.addressable_shards:
+              self.assertEqual(shard.data.shape, sharding.shard_shape(shape))
+            self.assertEqual(np.asarray(x).shape, shape)
+            cases += 1
+    self.assertEqual(cases, 24)
+
+  def test_ell_without_rows_or_nonzeros_is_empty_on_a_2d_mesh(self):
+    sharding = NamedSharding(jax.make_mesh((4, 2), ("a", "b")), P("a"))
+    for shape, sparsity in (((0, 8), 0.5), ((8, 4), 1.0)):
+      values, indices = alberta.sharded_sparse_init_ell(
+          jax.random.key(0), shape, sparsity, sharding=sharding,
+          method="counter")
+      for x in (values, indices):
+        for shard in x.addressable_shards:
+          self.assertEqual(shard.data.shape, sharding.shard_shape(x.shape))
+        self.assertEqual(np.asarray(x).size, 0)
+
+
 class PmapTest(parameterized.TestCase):
 
   @parameterized.named_parameters(

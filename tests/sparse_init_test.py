@@ -139,6 +139,26 @@ class SeedEqualityTest(parameterized.TestCase):
       with self.subTest(sparsity=sparsity):
         self.check_against_seed(shape, sparsity, init_type, key_kind, seed=1234)
 
+  @parameterized.named_parameters(
+      ("_float32_fan_in_5", np.float32(0.9), (3, 5)),
+      ("_float32_fan_in_15", np.float32(0.9), (3, 15)),
+      ("_float32_fan_in_25", np.float32(0.9), (3, 25)),
+      ("_float16_fan_in_25", np.float16(0.9), (3, 25)),
+      ("_float16_fan_in_15", np.float16(0.7), (3, 15)),
+  )
+  def test_numpy_scalar_sparsity_gives_the_seeds_matrix(self, sparsity, shape):
+    # The seed evaluates int(sparsity * fan_in + 0.5) in the scalar's own
+    # type: np.float32(0.9) * 5 rounds to 4.5 in float32, so 5 zeros a row,
+    # where float(np.float32(0.9)) * 5 + 0.5 < 5 in binary64.
+    self.check_against_seed(shape, sparsity, "uniform", "typed", seed=0)
+    self.assertEqual(alberta.num_zeros(shape[1], sparsity),
+                     int(sparsity * shape[1] + 0.5))
+    self.assertEqual(alberta.num_zeros(5, np.float32(0.9)), 5)
+
+  def test_a_numpy_scalar_whose_arithmetic_overflows_is_refused(self):
+    with self.assertRaisesRegex(ValueError, r"float16 scalar.*fan_in=70000"):
+      alberta.num_zeros(70000, np.float16(0.9))
+
   def test_default_arguments_are_the_seeds(self):
     # The seed's docstring example with the seed's defaults (0.9, uniform) and
     # the seed's rounding ("nearest"): 9 zeros in every row.

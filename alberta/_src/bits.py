@@ -168,9 +168,47 @@ def mul_add_u64(a: Array, b: int, c: Array | int = 0) -> tuple[Array, Array]:
            lo_carry)
   if isinstance(c, int) and c == 0:
     return hi, lo
-  hi, lo, c = _broadcast_u32(hi, lo, c)
-  lo2 = add(lo, c)
-  return add(hi, u32(lt(lo2, lo))), lo2
+  return add_u64(*_broadcast_u32(hi, lo, c))
+
+
+def add_u64(hi: Array, lo: Array, c: Array) -> tuple[Array, Array]:
+  """`(hi, lo) + c` as 64-bit `(hi, lo)` uint32 words (mod 2**64)."""
+  total = lax.add(lo, c)
+  return lax.add(hi, lax.convert_element_type(lax.lt(total, lo), _U32)), total
+
+
+def sum_u64(values: Array) -> tuple[Array, Array]:
+  """The exact sum of a uint32 array's elements as 64-bit `(hi, lo)` words.
+
+  Exact integer arithmetic (below 2**64 terms' worth), so the result does not
+  depend on the order of the reduction, hence not on the sharding.
+  """
+  values = values.reshape(-1)
+  return lax.reduce((jnp.zeros_like(values), values), (_U32(0), _U32(0)),
+                    lambda a, b: add_u64(lax.add(a[0], b[0]), a[1], b[1]),
+                    (0,))
+
+
+def join_u64(hi: int | np.integer, lo: int | np.integer) -> int:
+  """The Python int of 64-bit `(hi, lo)` words read back to the host."""
+  return int(hi) << 32 | int(lo)
+
+
+# The shifts and odd multipliers of a 32-bit xorshift-multiply mixer:
+# C. Wellons' "lowbias32" (hash prospector, 2018) and A. Appleby's
+# MurmurHash3 fmix32 (2011). Each is a bijection of uint32.
+LOWBIAS32 = (16, 0x7FEB352D, 15, 0x846CA68B, 16)
+FMIX32 = (16, 0x85EBCA6B, 13, 0xC2B2AE35, 16)
+
+
+def avalanche(x: Array, mixer: tuple[int, ...] = LOWBIAS32) -> Array:
+  """`x ^= x >> s1; x *= m1; x ^= x >> s2; x *= m2; x ^= x >> s3` on uint32."""
+  s1, m1, s2, m2, s3 = mixer
+  x = x ^ (x >> s1)
+  x = x * _U32(m1)
+  x = x ^ (x >> s2)
+  x = x * _U32(m2)
+  return x ^ (x >> s3)
 
 
 def element_bits(k: tuple[Array, Array], rows: Array, cols: Array,

@@ -91,8 +91,9 @@ def check_dtype(dtype: Any) -> np.dtype:
   """Returns `dtype` as a canonical NumPy dtype, or raises.
 
   Accepts exactly float16, bfloat16, float32 and float64 (given as a type, a
-  NumPy dtype or a name); everything else (float8 and float4 types, integers,
-  bool, complex) is a TypeError naming the dtype. Without `jax_enable_x64`,
+  NumPy dtype or a name) in native byte order; everything else (float8 and
+  float4 types, integers, bool, complex, a non-native byte order such as
+  '>f4') is a TypeError naming the dtype. Without `jax_enable_x64`,
   float64 is truncated to float32 with a warning, as `jax.numpy` does.
   """
   accepted = ", ".join(DTYPES)
@@ -102,6 +103,11 @@ def check_dtype(dtype: Any) -> np.dtype:
     raise TypeError(
         f"dtype must be one of {accepted}, got {dtype!r}, which is not a "
         f"dtype.") from e
+  if not dt.isnative:
+    raise TypeError(
+        f"dtype must be one of {accepted} in the machine's byte order, got "
+        f"{dtype!r} (byte order {dt.byteorder!r}); pass {dt.name!r}, or use "
+        f"dtype.newbyteorder('=').")
   if dt.name not in DTYPES:
     shown = repr(dtype) if dt.name in repr(dtype) else f"{dtype!r} ({dt.name})"
     raise TypeError(
@@ -127,14 +133,24 @@ def num_zeros(fan_in: int, sparsity: float, rounding: str = "nearest") -> int:
     sparsity: fraction of the inputs to zero, in [0, 1].
     rounding: "nearest" is the seed's (and `alberta_framework`'s)
       `int(sparsity * fan_in + 0.5)`; "ceil" is the paper's and its PyTorch
-      code's `math.ceil(sparsity * fan_in)`. Both are evaluated in Python
-      float (binary64) arithmetic, exactly as those codes do, so for example
-      `num_zeros(100, 0.07, "ceil") == 8` because `0.07 * 100 ==
-      7.000000000000001` (while `0.7 * 10 == 7.0` exactly, so
-      `num_zeros(10, 0.7, "ceil") == 7`).
+      code's `math.ceil(sparsity * fan_in)`. Each is evaluated in the
+      arithmetic of `sparsity`'s own type, exactly as those codes evaluate
+      it when given the same argument: a Python float (or NumPy float64) in
+      binary64, so for example `num_zeros(100, 0.07, "ceil") == 8` because
+      `0.07 * 100 == 7.000000000000001` (while `0.7 * 10 == 7.0` exactly, so
+      `num_zeros(10, 0.7, "ceil") == 7`); a NumPy float32 or float16 scalar
+      in its own precision, so `num_zeros(5, np.float32(0.9)) == 5` (the
+      float32 product rounds to 4.5) while `num_zeros(5, 0.8999999761581421)
+      == 4`.
 
   Returns:
     The zero count `k`, an int in [0, fan_in].
+
+  Raises:
+    TypeError: `fan_in` is not an integer or `sparsity` not a real number.
+    ValueError: `fan_in` is negative, `sparsity` is outside [0, 1], or the
+      expression overflows `sparsity`'s type (a float16 scalar times a
+      fan_in above 65504).
 
   Examples:
     >>> alberta.num_zeros(128, 0.9)
@@ -146,13 +162,22 @@ def num_zeros(fan_in: int, sparsity: float, rounding: str = "nearest") -> int:
     raise TypeError(f"fan_in must be an integer, got {fan_in!r}.")
   if fan_in < 0:
     raise ValueError(f"fan_in must be non-negative, got {fan_in!r}.")
-  sparsity = check_sparsity(sparsity)
+  value = check_sparsity(sparsity)
   check_rounding(rounding)
-  if rounding == "nearest":
-    k = int(sparsity * fan_in + 0.5)
-  else:
-    k = math.ceil(sparsity * fan_in)
-  return min(int(k), int(fan_in))
+  fan_in = int(fan_in)
+  # A NumPy float scalar keeps its type through `sparsity * fan_in + 0.5`
+  # (NEP 50: the Python int is cast to it), as in the seed.
+  product = sparsity if isinstance(sparsity, np.floating) else value
+  with np.errstate(over="raise"):
+    try:
+      product = product * fan_in
+      k = int(product + 0.5) if rounding == "nearest" else math.ceil(product)
+    except (FloatingPointError, OverflowError) as e:
+      raise ValueError(
+          f"sparsity={sparsity!r} is a {type(sparsity).__name__} scalar, in "
+          f"whose arithmetic the zero count's sparsity * fan_in overflows at "
+          f"fan_in={fan_in}; pass sparsity as a Python float.") from e
+  return min(int(k), fan_in)
 
 
 def check_chunk_rows(chunk_rows: Any) -> int | None:

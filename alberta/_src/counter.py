@@ -260,15 +260,6 @@ def _keep(material, k: int, n: int, n_rows: int, cols: Array) -> Array:
   return permute(x, material, n) >= _U32(k)
 
 
-def _mix(x: Array) -> Array:
-  # A 32-bit avalanche finalizer ("lowbias32", C. Wellons' hash prospector).
-  x = x ^ (x >> 16)
-  x = x * _U32(0x7FEB352D)
-  x = x ^ (x >> 15)
-  x = x * _U32(0x846CA68B)
-  return x ^ (x >> 16)
-
-
 def hash_values(value_words: tuple[Array, Array], cols: Array) -> Array:
   """32 value bits of `(rows[i], cols[i, j])` from the rows' value words.
 
@@ -277,7 +268,7 @@ def hash_values(value_words: tuple[Array, Array], cols: Array) -> Array:
   """
   s1, s2 = value_words
   cols = cols if cols.ndim == 2 else cols[None, :]
-  return _mix(_mix(cols ^ s1[:, None]) + s2[:, None])
+  return bits.avalanche(bits.avalanche(cols ^ s1[:, None]) + s2[:, None])
 
 
 def value_bits(key: tuple[Array, Array], rows: Array, cols: Array) -> Array:

@@ -252,6 +252,21 @@ def tile_layout(shape: tuple[int, int], sharding: Any) -> tuple[
   return names, (tile[0], tile[1])
 
 
+def sharded(layout: Layout, key: Any, spec: SparseSpec, dtype: np.dtype,
+            sharding: NamedSharding, chunk_rows: int | None) -> Any:
+  """`layout`'s arrays of the whole matrix, laid out as `sharding`.
+
+  Arrays with no elements are placed, not generated: a jitted program lays
+  out zero-size outputs with the global shape on every device (JAX 0.10),
+  while `jax.device_put` gives each device its own, empty, tile.
+  """
+  empty = layout.empty(spec, spec.fan_out, spec.fan_in, dtype)
+  if any(leaf.size == 0 for leaf in jax.tree.leaves(empty)):
+    return jax.device_put(empty, sharding)
+  return sharded_program(layout, spec, dtype, sharding, chunk_rows)(
+      keys.key_array(key))
+
+
 @functools.lru_cache(maxsize=64)
 def sharded_program(layout: Layout, spec: SparseSpec, dtype: np.dtype,
                     sharding: NamedSharding, chunk_rows: int | None):

@@ -271,11 +271,7 @@ def sharded_sparse_init_ell(
         f"[fan_out, nnz] and the nonzeros of a row belong together. Split the "
         f"rows instead, e.g. {rows_only}.")
   driver.tile_layout(shape, sharding)
-  if spec.fan_out == 0 or nnz(spec) == 0:
-    return jax.device_put(_empty(spec, spec.fan_out, spec.fan_in, dtype),
-                          sharding)
-  return driver.sharded_program(ELL, spec, dtype, sharding, chunk_rows)(
-      keys.key_array(key))
+  return driver.sharded(ELL, key, spec, dtype, sharding, chunk_rows)
 
 
 @functools.partial(jax.jit, static_argnames=("fan_in", "ascending"))

@@ -45,9 +45,13 @@ def check_fan_in_axes(fan_in_axes: Any) -> tuple[int, ...] | None:
 
 
 def check_options(sparsity: Any, init_type: Any, method: Any,
-                  rounding: Any) -> float:
-  """Construction-time checks shared by `SparseInit` and `initializers.sparse`."""
-  sparsity = checks.check_sparsity(sparsity)
+                  rounding: Any) -> Any:
+  """Construction-time checks shared by `SparseInit` and `initializers.sparse`.
+
+  Returns `sparsity` as given (a NumPy scalar keeps its type: the zero count
+  is evaluated in it, see `num_zeros`).
+  """
+  checks.check_sparsity(sparsity)
   checks.check_init_type(init_type)
   checks.check_method(method)
   checks.check_rounding(rounding)

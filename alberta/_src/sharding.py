@@ -69,8 +69,7 @@ def sharded_sparse_init(
       "sharded_sparse_init", key, shape, sparsity, init_type, method, rounding,
       dtype, chunk_rows, two_d=True)
   driver.tile_layout(shape, sharding)
-  return driver.sharded_program(blocks.DENSE, spec, dtype, sharding,
-                                chunk_rows)(keys.key_array(key))
+  return driver.sharded(blocks.DENSE, key, spec, dtype, sharding, chunk_rows)
 
 
 @functools.lru_cache(maxsize=64)
@@ -130,3 +129,12 @@ def pmap_sparse_init(
         f"number of devices, {len(devices)}.")
   index = np.arange(len(devices), dtype=np.int32)
   return _pmap_fn(spec, dtype, devices, chunk_rows)(index, keys.key_array(key))
+
+
+def replicated_to_host(tree: Any) -> Any:
+  """NumPy copies of a pytree of replicated arrays (e.g. a jit's reductions).
+
+  Every process reads its own local copy, so this works on each process of
+  a multi-host run and gathers nothing.
+  """
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)

@@ -51,7 +51,7 @@ def make_spec(shape: Any, sparsity: Any, init_type: Any, method: Any,
     The spec of the 2-D `(fan_out, fan_in)` matrix and the validated shape.
   """
   shape = checks.check_shape(shape)
-  sparsity = checks.check_sparsity(sparsity)
+  checks.check_sparsity(sparsity)
   checks.check_init_type(init_type)
   checks.check_method(method)
   checks.check_rounding(rounding)

@@ -38,6 +38,7 @@ from jax import lax
 
 from alberta._src import bits
 from alberta._src import checks
+from alberta._src import sharding
 from alberta._src.spec import SparseSpec, make_spec
 
 Array = jax.Array
@@ -165,12 +166,6 @@ def excess_zero_allowance(spec: SparseSpec, dtype: Any) -> int:
   return int(lam + c / 3 + math.sqrt(c * c / 9 + 2 * c * lam))
 
 
-def _total(per_row: Array) -> tuple[Array, Array]:
-  """A uint32 sum and a float32 sum (for totals that overflow uint32)."""
-  return (jnp.sum(per_row, dtype=jnp.uint32),
-          jnp.sum(per_row.astype(jnp.float32), dtype=jnp.float32))
-
-
 def _first(row_flags: Array) -> Array:
   """The first row where `row_flags` holds, or -1."""
   return jnp.where(jnp.any(row_flags), jnp.argmax(row_flags), -1).astype(
@@ -209,9 +204,10 @@ def _stats(values: Array, indices: Array | None, bound: Array, k: Array, *,
       first_below_k=_first(zeros < k),
       rows_above_k=jnp.sum(zeros > k, dtype=u32),
       first_above_k=_first(zeros > k),
-      excess_zeros=_total(excess),
-      nonfinite=_total(nonfinite), first_nonfinite=_first(nonfinite > 0),
-      out_of_bound=_total(over), first_out_of_bound=_first(over > 0),
+      excess_zeros=bits.sum_u64(excess),
+      nonfinite=bits.sum_u64(nonfinite),
+      first_nonfinite=_first(nonfinite > 0),
+      out_of_bound=bits.sum_u64(over), first_out_of_bound=_first(over > 0),
       max_abs=jnp.max(largest))
   if check_indices:
     out_of_range = indices < 0
@@ -221,7 +217,8 @@ def _stats(values: Array, indices: Array | None, bound: Array, k: Array, *,
     unsorted = jnp.any(indices[:, 1:] < indices[:, :-1], axis=1)
     repeats = jnp.any(indices[:, 1:] == indices[:, :-1], axis=1)
     stats.update(
-        indices_out_of_range=_total(bad), first_out_of_range=_first(bad > 0),
+        indices_out_of_range=bits.sum_u64(bad),
+        first_out_of_range=_first(bad > 0),
         rows_unsorted=jnp.sum(unsorted, dtype=u32),
         first_unsorted=_first(unsorted),
         rows_with_repeats=jnp.sum(repeats, dtype=u32),
@@ -230,17 +227,10 @@ def _stats(values: Array, indices: Array | None, bound: Array, k: Array, *,
 
 
 def _host(stats: dict[str, Any]) -> dict[str, Any]:
-  """The scalars on the host; a `_total` pair becomes one exact-enough int."""
-  # Replicated scalars: every process reads its own copy, no gather.
-  local = jax.tree.map(lambda v: np.asarray(v.addressable_data(0)).item(),
-                       stats)
-  found = {}
-  for name, value in local.items():
-    if isinstance(value, tuple):
-      exact, approx = value
-      value = exact if approx < 2**31 else int(round(approx))
-    found[name] = value
-  return found
+  """The scalars on the host; a `bits.sum_u64` pair becomes one exact int."""
+  local = sharding.replicated_to_host(stats)
+  return {name: bits.join_u64(*value) if isinstance(value, tuple)
+          else value.item() for name, value in local.items()}
 
 
 def _n(count: int, noun: str, plural: str | None = None) -> str:
