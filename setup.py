@@ -30,12 +30,16 @@ setup(
         "test": [
             "equinox>=0.11",
             "flax>=0.10",
+            "gymnax==1.0.1",
             "matplotlib>=3.7",
             "orbax-checkpoint>=0.11",
             "pytest>=7",
             "pytest-xdist>=3",
             "scipy>=1.10",
         ],
+        # scripts/stream_q.py: the streaming agent on MinAtar. gymnax is pinned
+        # to the version whose step API tests/stream_q_test.py checks.
+        "examples": ["gymnax==1.0.1", "matplotlib>=3.7"],
         "bench": ["matplotlib>=3.7", "torch==2.13.0"],
     },
     license="Apache-2.0",
