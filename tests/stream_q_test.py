@@ -30,6 +30,7 @@ import numpy as np
 
 import alberta
 from scripts import stream_q
+from scripts import stream_q_report
 from scripts.streamlib import agent
 from scripts.streamlib import normalizers
 from scripts.streamlib import obgd
@@ -224,6 +225,28 @@ class ShortRunTest(test_utils.TempDirMixin, parameterized.TestCase):
     self.assertLen(results["learning_curves"]["mean_return"], 2)
     with open(png, "rb") as f:
       self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+
+  def test_report_table_has_both_arms_and_refuses_mixed_budgets(self):
+    paths = []
+    for s, results in self.results.items():
+      paths.append(os.path.join(self.dir, f"{s}.json"))
+      with open(paths[-1], "w") as f:
+        json.dump({k: v for k, v in results.items() if k != "initial_params"},
+                  f)
+    text = stream_q_report.table(stream_q_report.load(paths))
+    row = text.splitlines()[-1]
+    sparse = self.results[0.9]["summary"]["final_return_mean"]
+    self.assertIn("| Breakout-MinAtar | 300 x 2 |", row)
+    if sparse is not None:
+      self.assertIn(f"{sparse:.2f} ± ", row)
+    self.assertIn("sparse 0.9 | dense", text)
+    with open(paths[1]) as f:
+      other = json.load(f)
+    other["args"]["steps"] = 400
+    with open(paths[1], "w") as f:
+      json.dump(other, f)
+    with self.assertRaisesRegex(Exception, "different steps x seeds"):
+      stream_q_report.load(paths)
 
   def test_bad_flag_is_refused_before_any_work(self):
     out = os.path.join(self.dir, "missing", "run.json")
