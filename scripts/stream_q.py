@@ -151,8 +151,8 @@ def run_agent(env_name: str, steps: int, seeds: int, seed: int,
   segment = jax.jit(segment, static_argnums=1)
   lengths = _segment_lengths(steps, segments)
   compile_start = time.perf_counter()
-  for length in sorted(set(lengths)):
-    segment.lower(state, length).compile()
+  compiled = {length: segment.lower(state, length).compile()
+              for length in set(lengths)}
   compile_seconds = time.perf_counter() - compile_start
 
   bar = _Progress(steps, f"{env_name} sparsity={sparsity:g}", progress)
@@ -160,7 +160,7 @@ def run_agent(env_name: str, steps: int, seeds: int, seed: int,
   done_steps = 0
   start = time.perf_counter()
   for length in lengths:
-    state, returns = segment(state, length)
+    state, returns = compiled[length](state)
     returns = np.asarray(returns)  # (seeds, length); waits for the segment.
     ended.append(returns)
     done_steps += length

@@ -21,7 +21,12 @@ from absl import flags
 import numpy as np
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("plot", None, "Write the learning curves here (PNG).")
+
+
+def define_flags() -> None:
+  # Defined when run, not on import: the tests import this module beside
+  # stream_q.py, which has its own `--plot`.
+  flags.DEFINE_string("plot", None, "Write the learning curves here (PNG).")
 
 
 def load(paths: list[str]) -> dict:
@@ -130,4 +135,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
