@@ -135,11 +135,11 @@ class AgentTest(absltest.TestCase):
     # gymnax 1.0 (pinned in setup.py's `examples` and `test` extras) steps to
     # six values, 0.0.x to five; the agent unpacks `step_env` (five) and the
     # random policy `step` (six).
-    env, params = gymnax.make("Breakout-MinAtar")
-    _, state = env.reset(jax.random.key(0), params)
-    out = env.step(jax.random.key(1), state, 0, params)
+    breakout, params = gymnax.make("Breakout-MinAtar")
+    _, state = breakout.reset(jax.random.key(0), params)
+    out = breakout.step(jax.random.key(1), state, 0, params)
     self.assertLen(out, 6)
-    self.assertLen(env.step_env(jax.random.key(1), state, 0, params), 5)
+    self.assertLen(breakout.step_env(jax.random.key(1), state, 0, params), 5)
     self.assertEqual(out[0].shape, (10, 10, 4))
 
   def test_epsilon_falls_linearly_then_stays(self):
