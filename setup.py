@@ -32,12 +32,16 @@ setup(
         "test": [
             "equinox>=0.13.8",
             "flax>=0.12.8",
+            "gymnax==1.0.1",
             "matplotlib>=3.11",
             "orbax-checkpoint>=0.12.8",
             "pytest>=9",
             "pytest-xdist>=3.8",
             "scipy>=1.17",
         ],
+        # scripts/stream_q.py: the streaming agent on MinAtar. gymnax is pinned
+        # to the version whose step API tests/stream_q_test.py checks.
+        "examples": ["gymnax==1.0.1", "matplotlib>=3.11"],
         # The PyTorch baseline of the benchmark, pinned: the CPU build of
         # 2.13.0 is the one it was measured with (a range lets pip pick a
         # newer CUDA build of several GB).

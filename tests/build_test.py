@@ -101,10 +101,11 @@ class BuildFileTest(absltest.TestCase):
 
   def test_helper_modules_are_in_libraries(self):
     libraries = [t for t in self.targets.values() if t["name"] in (
-        "alberta", "alberta_framework", "benchlib", "launchlib", "test_utils")]
+        "alberta", "alberta_framework", "benchlib", "launchlib", "streamlib",
+        "test_utils")]
     in_libraries = {s for t in libraries for s in t["srcs"]}
     helpers = (_glob(["alberta/**/*.py", "scripts/benchlib/*.py",
-                      "scripts/launchlib/*.py",
+                      "scripts/launchlib/*.py", "scripts/streamlib/*.py",
                       "third_party/alberta_framework/*.py"])
                + _glob(["tests/*.py"], exclude=["tests/*_test.py",
                                                 "tests/conftest.py"]))
