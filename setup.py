@@ -27,10 +27,13 @@ setup(
     ],
     extras_require={
         "checkpoint": ["orbax-checkpoint>=0.11"],
+        # alberta.keep_zeros, an optax GradientTransformation.
+        "optax": ["optax>=0.2"],
         "test": [
             "equinox>=0.11",
             "flax>=0.10",
             "matplotlib>=3.7",
+            "optax>=0.2",
             "orbax-checkpoint>=0.11",
             "pytest>=7",
             "pytest-xdist>=3",
