@@ -180,22 +180,22 @@ def user_stacklevel() -> int:
   return level
 
 
-def warn_if_all_zero(what: str, fan_in: int, k: int, sparsity: float,
-                     rounding: str) -> None:
+def warn_if_all_zero(what: str, fan_out: int, fan_in: int, k: int,
+                     sparsity: float, rounding: str) -> None:
   """Warns (a `UserWarning`) when every input of every output unit is zeroed.
 
-  `k == fan_in` (with `fan_in > 0`) makes the whole matrix zero: with
+  `k == fan_in` makes a (non-empty) matrix all zeros: with
   sparsity 0.9 and the default rounding that is already fan_in 5
-  (`int(4.5 + 0.5) == 5`), and with `"ceil"` every fan_in up to 10. The
+  (`int(4.5 + 0.5) == 5`), and with `"ceil"` every fan_in up to 9. The
   matrix is still the one asked for (the rule is the seed's and the paper's);
   the warning says so once per call.
 
   Args:
     what: the array, e.g. "shape (4, 5)" or "kernel 'mlp/w' of shape (5, 4)".
-    fan_in, k, sparsity, rounding: the matrix's fan-in, zero count and the
-      arguments that gave it.
+    fan_out, fan_in, k, sparsity, rounding: the matrix's shape, its zero
+      count per output unit and the arguments that gave it.
   """
-  if fan_in == 0 or k != fan_in:
+  if fan_out == 0 or fan_in == 0 or k != fan_in:
     return
   warnings.warn(
       f"sparse init of {what} zeroes all {fan_in} inputs of every output "

@@ -70,7 +70,7 @@ def sparse_init(
   Warns:
     UserWarning: once per call when `k == fan_in`: every output unit's inputs
       are all zeroed (sparsity 0.9 does that at fan_in 5 with "nearest", at
-      every fan_in up to 10 with "ceil"). The result is still that all-zero
+      every fan_in up to 9 with "ceil"). The result is still that all-zero
       matrix, as the seed's rule gives it.
   """
   return sparse_matrix(key, shape, sparsity, init_type, dtype=dtype,

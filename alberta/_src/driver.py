@@ -78,8 +78,8 @@ def prepare(name: str, key: Any, shape: Any, sparsity: Any, init_type: Any,
         f"(fan_out, prod(shape[1:])) and reshape the result for other layouts.")
   call = Call(spec, shape, checks.check_dtype(dtype),
               checks.check_chunk_rows(chunk_rows))
-  checks.warn_if_all_zero(what or f"shape {shape}", spec.fan_in, spec.k,
-                          sparsity, rounding)
+  checks.warn_if_all_zero(what or f"shape {shape}", spec.fan_out,
+                          spec.fan_in, spec.k, sparsity, rounding)
   return call
 
 

@@ -31,6 +31,11 @@ class SparseInit(hk.initializers.Initializer):
       return hk.nets.MLP([256, 256, 4], w_init=alberta.SparseInit(0.9))(x)
 
     params = hk.transform(forward).init(key, jnp.ones([1, 64]))
+
+  When `num_zeros(fan_in, sparsity, rounding) == fan_in` (sparsity 0.9 at
+  fan_in 5 with "nearest", at any fan_in up to 9 with "ceil"), the kernel is
+  all zeros, as the seed's rule makes it, and each such kernel raises one
+  `UserWarning` naming its shape, the sparsity and the rounding.
   """
 
   def __init__(self, sparsity: float = 0.9, init_type: str = "uniform", *,
