@@ -84,6 +84,8 @@ class AllZeroWarningTest(parameterized.TestCase):
     net = hk.transform(forward)
     params, caught = _caught(lambda: net.init(_KEY, jnp.ones([1, 5])))
     self.assertLen(caught, 2)
+    # Through Haiku's layers, at the line that called init.
+    self.assertEqual(caught[0].filename, __file__)
     self.assertIn("kernel of shape (5, 5)", str(caught[0].message))
     self.assertIn("kernel of shape (5, 6)", str(caught[1].message))
     np.testing.assert_array_equal(params["linear"]["w"], 0)

@@ -240,6 +240,16 @@ class IncludeTest(parameterized.TestCase):
         _zeros_per_unit(out["linear_1"]["w"], "in_out"),
         alberta.num_zeros(params["linear_1"]["w"].shape[0], 0.8))
 
+  def test_a_sparsity_for_a_layer_leaves_its_bias_alone(self):
+    params = _haiku_params()
+    out = alberta.sparsify(
+        _KEY, params, 0.8,
+        include=lambda path, leaf: 0.5 if path.startswith("linear/") else None)
+    self.assertIs(out["linear"]["b"], params["linear"]["b"])
+    np.testing.assert_array_equal(
+        _zeros_per_unit(out["linear"]["w"], "in_out"),
+        alberta.num_zeros(params["linear"]["w"].shape[0], 0.5))
+
   def test_false_leaves_a_kernel_alone(self):
     params = _haiku_params()
     out = alberta.sparsify(_KEY, params,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -163,19 +162,22 @@ def check_chunk_rows(chunk_rows: Any) -> int | None:
   return int(chunk_rows)
 
 
-# The `alberta` package's directory: frames below it are the library's own.
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Frames of these packages are the library's or the framework's that called
+# it (a Haiku module calling `SparseInit`, a jitted function being traced).
+_LIBRARY_PACKAGES = ("alberta", "haiku", "flax", "equinox", "jax", "optax")
 
 
 def user_stacklevel() -> int:
-  """`warnings.warn`'s stacklevel of the innermost frame outside `alberta`.
+  """`warnings.warn`'s stacklevel of the innermost frame of the user's code.
 
-  A warning then points at the user's line whichever public function, and
-  through however many of the library's layers, raised it.
+  The first frame, from the caller of this function outwards, whose module is
+  in none of `_LIBRARY_PACKAGES`: a warning then points at the user's line
+  whichever public function, and through however many of the library's or
+  the framework's layers, raised it.
   """
   frame, level = sys._getframe(1), 1  # pylint: disable=protected-access
-  while frame is not None and frame.f_code.co_filename.startswith(
-      _PACKAGE_DIR + os.sep):
+  while frame.f_back is not None and frame.f_globals.get(
+      "__name__", "").split(".")[0] in _LIBRARY_PACKAGES:
     frame, level = frame.f_back, level + 1
   return level
 

@@ -152,11 +152,15 @@ def _is_array_like(leaf: Any) -> bool:
       leaf, (str, bytes))
 
 
+def _may_be_kernel(leaf: Any) -> bool:
+  """A floating array of rank >= 2."""
+  return (_is_array_like(leaf) and len(leaf.shape) >= 2
+          and jnp.issubdtype(leaf.dtype, jnp.floating))
+
+
 def _default_layout(path: str, leaf: Any, table: bool) -> str | None:
   """The layout of a kernel named as its framework names kernels, else None."""
-  if table or not _is_array_like(leaf) or len(leaf.shape) < 2:
-    return None
-  if not jnp.issubdtype(leaf.dtype, jnp.floating):
+  if table or not _may_be_kernel(leaf):
     return None
   return _LAYOUT_OF_NAME.get(path.rsplit("/", 1)[-1])
 
@@ -245,6 +249,10 @@ def select(tree: Any, include: Include | None, name: str
     chosen, sparsity = layout is not None, None
     if include is not None:
       answer, sparsity, given = _interpret(include(path, leaf), path, name)
+      if sparsity is not None and given is None and not _may_be_kernel(leaf):
+        # A sparsity alone is for kernels: `0.99 if "Dense" in path` leaves
+        # the layer's bias alone.
+        answer, sparsity = False, None
       if answer is not None:
         chosen = answer
       if given is not None:
@@ -377,7 +385,9 @@ def sparsify(key: Array, params: Any, sparsity: float = 0.9, *,
   - None: the default choice;
   - False or True: leave the leaf alone, or select it (its name must then
     say its layout);
-  - a number in [0, 1]: select it at that sparsity;
+  - a number in [0, 1]: select it at that sparsity, if it is a floating
+    array of rank >= 2 (a bias is left alone, so `0.99 if "Dense" in path`
+    means the layer's kernel);
   - a layout: "in_out" (`(..., in, out)`), "out_in" (`(out, in, ...)`) or a
     tuple of the axes holding an output unit's inputs (as `SparseInit`'s
     `fan_in_axes`);
