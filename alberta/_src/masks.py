@@ -10,6 +10,7 @@ sharded), and equal to the matrix's zero set.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +22,7 @@ from jax import lax
 from jax.sharding import NamedSharding
 
 from alberta._src import bits
+from alberta._src import blocks
 from alberta._src import driver
 from alberta._src import keys
 from alberta._src.methods import METHODS
@@ -52,21 +54,11 @@ def _out_bytes_per_row(spec: SparseSpec, n_cols: int, dtype: Any) -> int:
   return n_cols
 
 
-def _temp_bytes_per_row(spec: SparseSpec) -> int:
-  # The method's, which count the value bits too: an upper bound.
-  return METHODS[spec.method].temp_bytes_per_row(spec)
-
-
-def _temp_fraction(spec: SparseSpec) -> float:
-  return METHODS[spec.method].temp_fraction
-
-
 # The keep-mask, `[n_rows, n_cols]` bool: `True` where the matrix keeps a
-# weight.
-MASK = driver.Layout(block=_block, empty=_empty,
-                     out_bytes_per_row=_out_bytes_per_row,
-                     temp_bytes_per_row=_temp_bytes_per_row,
-                     temp_fraction=_temp_fraction)
+# weight. Chunked as the dense matrix is: the method's temporaries, which
+# count the value bits too, are an upper bound on the mask's.
+MASK = dataclasses.replace(blocks.DENSE, block=_block, empty=_empty,
+                           out_bytes_per_row=_out_bytes_per_row)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))

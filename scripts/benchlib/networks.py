@@ -138,18 +138,8 @@ def measure(cases: Sequence[str], settings: Settings,
   "sparsify" in `cases`."""
   if "sparsify" not in cases:
     return []
-  run = run or spawn()
-  records = []
-  for task in tasks(settings):
-    log(f"  sparsify {json.dumps(task)} ...")
-    best = None
-    for _ in range(settings.processes):
-      result = run(task)
-      if result.pop("jax_preloaded", False):
-        raise RuntimeError(f"{task}: JAX was imported before the child began")
-      best = result if best is None else layer._min(best, result)  # pylint: disable=protected-access
-    records.append({"task": task, "result": best})
-  return records
+  return layer.measure_tasks(tasks(settings), settings.processes,
+                            run or spawn(), log, what="sparsify")
 
 
 def rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
