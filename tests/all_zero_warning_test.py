@@ -1,4 +1,4 @@
-"""`k == fan_in` (every input of every unit zeroed) warns, once per call or layer.
+"""`k == fan_in` (all of every unit's inputs zeroed) warns once a call or layer.
 
 Sparsity 0.9 zeroes all of fan_in 5 with the default rounding
 (`int(4.5 + 0.5) == 5`) and all of fan_in 9 with "ceil": the matrix is all
@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 import alberta
 from tests import test_utils
-from third_party.alberta_framework.initializers import sparse_init as seed_sparse_init
+from third_party.alberta_framework import initializers as seed
 
 _KEY = jax.random.key(3)
 
@@ -55,7 +55,7 @@ class AllZeroWarningTest(parameterized.TestCase):
   def test_the_matrix_is_still_the_seeds(self):
     out, caught = _caught(lambda: alberta.sparse_init(_KEY, (6, 5), 0.9))
     self.assertLen(caught, 1)
-    test_utils.assert_same_bits(out, seed_sparse_init(_KEY, (6, 5), 0.9))
+    test_utils.assert_same_bits(out, seed.sparse_init(_KEY, (6, 5), 0.9))
 
   @parameterized.parameters(((7, 6), 0.9, "nearest"), ((7, 10), 0.9, "ceil"),
                             ((0, 5), 0.9, "nearest"), ((7, 0), 0.9, "nearest"))

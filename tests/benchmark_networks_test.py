@@ -1,4 +1,4 @@
-"""The benchmark's whole-network case (`--cases=sparsify`, benchlib/networks.py).
+"""The benchmark's whole-network case, `--cases=sparsify` (benchlib/networks).
 
 The parent's bookkeeping runs with a fake child: each measurement's minimum
 over its processes, every ratio from the run's own figures, the Markdown

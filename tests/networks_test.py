@@ -222,7 +222,8 @@ class KeysTest(parameterized.TestCase):
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
         None, "x"))
     placed = {"w": jax.device_put(jnp.ones((4, 16)), sharding)}
-    self.assertEqual(alberta.sparsify(_KEY, placed, 0.5)["w"].sharding, sharding)
+    self.assertEqual(alberta.sparsify(_KEY, placed, 0.5)["w"].sharding,
+                     sharding)
 
 
 class IncludeTest(parameterized.TestCase):
@@ -252,8 +253,8 @@ class IncludeTest(parameterized.TestCase):
 
   def test_false_leaves_a_kernel_alone(self):
     params = _haiku_params()
-    out = alberta.sparsify(_KEY, params,
-                           include=lambda path, leaf: "conv" not in path and None)
+    out = alberta.sparsify(
+        _KEY, params, include=lambda path, leaf: "conv" not in path and None)
     self.assertIs(out["conv2_d"]["w"], params["conv2_d"]["w"])
     self.assertIsNot(out["linear"]["w"], params["linear"]["w"])
 
@@ -282,15 +283,15 @@ class IncludeTest(parameterized.TestCase):
     np.testing.assert_array_equal(zero.sum(axis=0), alberta.num_zeros(12, 0.5))
 
   @parameterized.named_parameters(
-      ("_true_without_a_layout", lambda p, l: p == "proj" or None,
+      ("_true_without_a_layout", lambda p, _: p == "proj" or None,
        ValueError, "'proj'.*layout"),
-      ("_unknown_layout", lambda p, l: "sideways", ValueError, "sideways"),
-      ("_bad_sparsity", lambda p, l: 1.5, ValueError, r"1\.5"),
-      ("_list", lambda p, l: [1], TypeError, r"\[1\]"),
-      ("_rank_one", lambda p, l: p == "b" or None, ValueError, "'b'.*rank"),
-      ("_axes_out_of_range", lambda p, l: (5,) if p == "proj" else None,
+      ("_unknown_layout", lambda p, _: "sideways", ValueError, "sideways"),
+      ("_bad_sparsity", lambda p, _: 1.5, ValueError, r"1\.5"),
+      ("_list", lambda p, _: [1], TypeError, r"\[1\]"),
+      ("_rank_one", lambda p, _: p == "b" or None, ValueError, "'b'.*rank"),
+      ("_axes_out_of_range", lambda p, _: (5,) if p == "proj" else None,
        ValueError, "'proj'"),
-      ("_integer_leaf", lambda p, l: "in_out" if p == "steps" else None,
+      ("_integer_leaf", lambda p, _: "in_out" if p == "steps" else None,
        TypeError, "'steps'"))
   def test_bad_choices_are_named_before_any_work(self, include, error, regex):
     tree = {"proj": jnp.ones((6, 10)), "b": jnp.ones(6),
@@ -337,7 +338,8 @@ class ErkTest(parameterized.TestCase):
     # dense (72 weights), and the others keep 1892 - 72 = 1820 with
     # eps = 1820 / (30 + 266) = 455 / 74 (densities 0.160 and 0.639).
     eps = Fraction(455, 74)
-    expected = [0.0, 1 - eps * Fraction(30, 1152), 1 - eps * Fraction(266, 2560)]
+    expected = [0.0, 1 - eps * Fraction(30, 1152),
+                1 - eps * Fraction(266, 2560)]
     got = networks.erk_sparsities(_CNN_SHAPES, 0.5)
     np.testing.assert_allclose(got, [float(e) for e in expected], rtol=1e-12)
 

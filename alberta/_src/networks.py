@@ -16,8 +16,8 @@ Selection by name:
   embedding tables (Haiku `embeddings`, Flax `embedding`) are not.
 
 Per-layer sparsity: uniform (every kernel at `sparsity`), or the
-Erdős–Rényi-kernel allocation (`erk_sparsities`) of Evci et al., "Rigging the
-Lottery" (ICML 2020), as RigL and jaxpruner compute it.
+Erdős–Rényi-kernel allocation (`erk_sparsities`) of Evci et al., "Rigging
+the Lottery" (ICML 2020), as RigL and jaxpruner compute it.
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def _fan_in_axes(layout: Any, path: str, shape: tuple[int, ...],
 
 def _interpret(answer: Any, path: str, name: str
                ) -> tuple[bool | None, float | None, Any]:
-  """`include`'s answer as (selected or None for the default, sparsity, layout)."""
+  """`include`'s answer: (selected, or None: the default; sparsity; layout)."""
   if answer is None:
     return None, None, None
   if isinstance(answer, (bool, np.bool_)):
@@ -416,7 +416,8 @@ def sparsify(key: Array, params: Any, sparsity: float = 0.9, *,
     net = hk.transform(forward)
     params = net.init(key, jnp.ones([1, 16]))
     params = alberta.sparsify(key, params, 0.9)
-    assert (params["mlp/~/linear_0"]["w"] == 0).sum(axis=0).tolist() == [14] * 64
+    w = params["mlp/~/linear_0"]["w"]                  # (16, 64)
+    assert (w == 0).sum(axis=0).tolist() == [14] * 64   # num_zeros(16, 0.9)
 
   Args:
     key: a threefry PRNG key, `jax.random.key(...)` or `jax.random.PRNGKey(...)`.

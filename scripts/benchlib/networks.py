@@ -69,8 +69,8 @@ def _first_and_steady(fn: Callable[[], Any], repeats: int) -> dict[str, Any]:
   start = layer._clock()  # pylint: disable=protected-access
   jax.block_until_ready(fn())
   first = layer._since(start)  # pylint: disable=protected-access
-  return {"first": first,
-          "steady": layer._steady(fn, repeats)}  # pylint: disable=protected-access
+  steady = layer._steady(fn, repeats)  # pylint: disable=protected-access
+  return {"first": first, "steady": steady}
 
 
 def run_task(task: dict[str, Any]) -> dict[str, Any]:
@@ -178,9 +178,10 @@ def intro(records: Sequence[dict[str, Any]], processes: int) -> str:
                 if r["task"]["case"] == "sparsify"), None)
   what = ""
   if sizes:
+    zero = 100 * sizes["kernel_zero_fraction"]
     what = (f" ({sizes['parameters'] / 1e6:.1f}M parameters, "
-            f"{sizes['kernels']} kernels, {100 * sizes['kernel_zero_fraction']:.1f}% "
-            "of their weights zero after sparsify)")
+            f"{sizes['kernels']} kernels, {zero:.1f}% of their weights zero "
+            "after sparsify)")
   return (f"`alberta.sparsify(key, params, {SPARSITY})` on Haiku's ResNet-50"
           f"{what}, against the model's own `jax.jit(net.init)` on a "
           f"{'x'.join(map(str, _IMAGE))} image; each figure the minimum over "
