@@ -29,11 +29,14 @@ setup(
     ],
     extras_require={
         "checkpoint": ["orbax-checkpoint>=0.12.8"],
+        # alberta.keep_zeros, an optax GradientTransformation.
+        "optax": ["optax>=0.2.8"],
         "test": [
             "equinox>=0.13.8",
             "flax>=0.12.8",
             "gymnax==1.0.1",
             "matplotlib>=3.11",
+            "optax>=0.2.8",
             "orbax-checkpoint>=0.12.8",
             "pytest>=9",
             "pytest-xdist>=3.8",

@@ -67,6 +67,7 @@ from collections.abc import Sequence
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from scripts.benchlib import layer  # noqa: E402  (imports no JAX)
+from scripts.benchlib import networks  # noqa: E402  (imports no JAX)
 
 if __name__ == "__main__" and (_TASK := layer.child_task(sys.argv)):
   # A fresh-process measurement: before anything here imports JAX.
@@ -87,7 +88,7 @@ from scripts.benchlib import report  # noqa: E402
 from scripts.benchlib import suite  # noqa: E402
 
 ALL_METHODS = suite.ALL_METHODS
-ALL_CASES = ("matrix", "sharded", *layer.CASES)
+ALL_CASES = ("matrix", "sharded", *layer.CASES, *networks.CASES)
 _GROUPS = {"layer": layer.CASES, "all": ALL_CASES}
 
 _CASES = flags.DEFINE_list(
@@ -250,12 +251,17 @@ def main(argv: Sequence[str]) -> None:
   layer_records = layer.measure(cases, layer_settings,
                                 layer.spawn(os.path.abspath(__file__)))
   layer_rows = layer.rows(layer_records)
+  # `--cases=sparsify`: a whole ResNet-50 (scripts/benchlib/networks.py).
+  network_records = networks.measure(cases, networks.Settings(
+      _FRESH_PROCESSES.value, _REPEATS.value))
   env["loadavg_end"] = os.getloadavg()
 
   ratios = ratios_lib.ratios(records)
   seed_passed = all(c["passed"] for c in checks) if checks else None
   tables = (records, sharded, ratios)
   print(report.summary(*tables, checks, layer_rows, _FRESH_PROCESSES.value))
+  if network_records:
+    print(networks.summary(network_records, _FRESH_PROCESSES.value))
   print(f"\nload average: start {env['loadavg_start']}, end "
         f"{env['loadavg_end']}; RSS peaks by {probe.mode}")
 
@@ -276,6 +282,7 @@ def main(argv: Sequence[str]) -> None:
                        "rss_mode": probe.mode},
           "results": records, "sharded": sharded, "ratios": ratios,
           "layer": layer_records, "layer_rows": layer_rows,
+          "sparsify": network_records,
           "seed_check": {"passed": seed_passed, "checks": checks}},
                 f, indent=1)
     print(f"wrote {_JSON.value}")
@@ -283,6 +290,8 @@ def main(argv: Sequence[str]) -> None:
     with open(_MARKDOWN.value, "w") as f:
       f.write(report.run_markdown(env, *tables, seed_passed, layer_rows,
                                   _FRESH_PROCESSES.value))
+      f.write(networks.markdown(network_records, env,
+                                _FRESH_PROCESSES.value))
     print(f"wrote {_MARKDOWN.value}")
   if _PLOT.value:
     plot.plot(_PLOT.value, records, sharded, backend=env["backend"])

@@ -182,6 +182,46 @@ class ReadmeTest(test_utils.TempDirMixin, absltest.TestCase):
       jax.config.update("jax_compilation_cache_dir", None)
 
 
+_NETWORKS_SECTION = "## Whole networks and training"
+_FRAMEWORKS = ("haiku", "flax", "equinox")
+
+
+def _section(text: str, heading: str) -> str:
+  """The text of `heading`'s section, up to the next heading of its level."""
+  start = text.index(heading + "\n")
+  end = text.find("\n## ", start + len(heading))
+  return text[start:end if end >= 0 else len(text)]
+
+
+class NetworksSectionTest(absltest.TestCase):
+  """The README's whole-network examples, one per framework, each on its own.
+
+  The examples are read from the README (its "Whole networks and training"
+  section), never copied here; each must run alone, in a fresh namespace, as
+  a reader who copies just that one would run it (the in-order run above
+  runs them with everything before them).
+  """
+
+  def test_one_example_per_framework_each_runs_alone(self):
+    blocks = _blocks(_section(_README.read_text(), _NETWORKS_SECTION),
+                     "python")
+    self.assertLen(blocks, len(_FRAMEWORKS))
+    for framework, block in zip(_FRAMEWORKS, blocks):
+      with self.subTest(framework):
+        self.assertIn(f"import {framework}", block)
+        self.assertIn("alberta.sparsify(", block)
+        namespace = {"__name__": "__readme__"}
+        exec(compile(block, f"README.md {framework} example", "exec"),  # pylint: disable=exec-used
+             namespace)
+
+  def test_no_jax_initializer_is_offered_for_equinox_weights(self):
+    # `initializers.sparse` zeroes along the wrong axis of an Equinox (out,
+    # in) weight unless given fan_in_axes: the README must not pair them.
+    for block in _blocks(_README.read_text(), "python"):
+      if "eqx" in block:
+        self.assertNotIn("initializers.sparse", block)
+
+
 def _headline_table(text: str) -> list[str]:
   """The lines of the benchmark's headline table in a Markdown text."""
   # Imported here: scripts/benchlib imports no JAX, but the path is the root's.

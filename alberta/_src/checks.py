@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -190,3 +191,48 @@ def check_chunk_rows(chunk_rows: Any) -> int | None:
   if chunk_rows <= 0:
     raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}.")
   return int(chunk_rows)
+
+
+# Frames of these packages are the library's or the framework's that called
+# it (a Haiku module calling `SparseInit`, a jitted function being traced).
+_LIBRARY_PACKAGES = ("alberta", "haiku", "flax", "equinox", "jax", "optax")
+
+
+def user_stacklevel() -> int:
+  """`warnings.warn`'s stacklevel of the innermost frame of the user's code.
+
+  The first frame, from the caller of this function outwards, whose module is
+  in none of `_LIBRARY_PACKAGES`: a warning then points at the user's line
+  whichever public function, and through however many of the library's or
+  the framework's layers, raised it.
+  """
+  frame, level = sys._getframe(1), 1  # pylint: disable=protected-access
+  while frame.f_back is not None and frame.f_globals.get(
+      "__name__", "").split(".")[0] in _LIBRARY_PACKAGES:
+    frame, level = frame.f_back, level + 1
+  return level
+
+
+def warn_if_all_zero(what: str, fan_out: int, fan_in: int, k: int,
+                     sparsity: float, rounding: str) -> None:
+  """Warns (a `UserWarning`) when every input of every output unit is zeroed.
+
+  `k == fan_in` makes a (non-empty) matrix all zeros: with
+  sparsity 0.9 and the default rounding that is already fan_in 5
+  (`int(4.5 + 0.5) == 5`), and with `"ceil"` every fan_in up to 9. The
+  matrix is still the one asked for (the rule is the seed's and the paper's);
+  the warning says so once per call.
+
+  Args:
+    what: the array, e.g. "shape (4, 5)" or "kernel 'mlp/w' of shape (5, 4)".
+    fan_out, fan_in, k, sparsity, rounding: the matrix's shape, its zero
+      count per output unit and the arguments that gave it.
+  """
+  if fan_out == 0 or fan_in == 0 or k != fan_in:
+    return
+  warnings.warn(
+      f"sparse init of {what} zeroes all {fan_in} inputs of every output "
+      f"unit: num_zeros({fan_in}, sparsity={sparsity!r}, "
+      f"rounding={rounding!r}) == fan_in, so the result is all zeros. Lower "
+      f"the sparsity to keep some inputs.", UserWarning,
+      stacklevel=user_stacklevel())

@@ -69,6 +69,12 @@ def sparse_init(
   Returns:
     An array of `shape` and `dtype`.
 
+  Warns:
+    UserWarning: once per call when `k == fan_in`: every output unit's inputs
+      are all zeroed (sparsity 0.9 does that at fan_in 5 with "nearest", at
+      every fan_in up to 9 with "ceil"). The result is still that all-zero
+      matrix, as the seed's rule gives it.
+
   Examples:
     >>> w = alberta.sparse_init(jax.random.key(0), (256, 128), sparsity=0.9)
     >>> w.shape, w.dtype
@@ -78,9 +84,17 @@ def sparse_init(
     >>> bool(jnp.abs(w).max() < 1 / jnp.sqrt(128))
     True
   """
+  return sparse_matrix(key, shape, sparsity, init_type, dtype=dtype,
+                       method=method, rounding=rounding, chunk_rows=chunk_rows)
+
+
+def sparse_matrix(key: Array, shape: Any, sparsity: Any, init_type: Any, *,
+                  dtype: Any, method: Any, rounding: Any, chunk_rows: Any,
+                  what: str | None = None) -> Array:
+  """`sparse_init`, whose `k == fan_in` warning names `what` (a kernel)."""
   spec, shape, dtype, chunk_rows = driver.prepare(
       "sparse_init", key, shape, sparsity, init_type, method, rounding, dtype,
-      chunk_rows)
+      chunk_rows, what=what)
   if spec.fan_out == 0 or spec.fan_in == 0:
     return jnp.zeros(shape, dtype)
   if _use_host_loop(key, spec, dtype, chunk_rows):

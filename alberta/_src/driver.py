@@ -46,14 +46,15 @@ class Call(NamedTuple):
 def prepare(name: str, key: Any, shape: Any, sparsity: Any, init_type: Any,
             method: Any, rounding: Any, dtype: Any, chunk_rows: Any = None, *,
             two_d: bool = False,
-            check_spec: Callable[[SparseSpec, str], None] | None = None
-            ) -> Call:
+            check_spec: Callable[[SparseSpec, str], None] | None = None,
+            what: str | None = None) -> Call:
   """Validates a public call's arguments, in plain Python, before any work.
 
   In this order: the key, the matrix arguments (`make_spec`), `check_spec`
   (a layout's own condition on the spec), the rank when `two_d`, the dtype
   and `chunk_rows`, so a call with several bad arguments always names the
-  same one.
+  same one. Then, for valid arguments that zero every input of every output
+  unit (`k == fan_in`), one `UserWarning` (`checks.warn_if_all_zero`).
 
   Args:
     name: the public function, named in the errors raised here.
@@ -61,6 +62,7 @@ def prepare(name: str, key: Any, shape: Any, sparsity: Any, init_type: Any,
       arguments.
     two_d: whether `shape` must be `(fan_out, fan_in)`.
     check_spec: `(spec, name)`, raises if the layout cannot hold `spec`.
+    what: the array as the warning names it; default "shape {shape}".
 
   Returns:
     `Call(spec, shape, dtype, chunk_rows)`: the spec, the validated shape, the
@@ -74,8 +76,11 @@ def prepare(name: str, key: Any, shape: Any, sparsity: Any, init_type: Any,
     raise ValueError(
         f"{name} takes a 2-D shape (fan_out, fan_in), got {shape!r}; pass "
         f"(fan_out, prod(shape[1:])) and reshape the result for other layouts.")
-  return Call(spec, shape, checks.check_dtype(dtype),
+  call = Call(spec, shape, checks.check_dtype(dtype),
               checks.check_chunk_rows(chunk_rows))
+  checks.warn_if_all_zero(what or f"shape {shape}", spec.fan_out,
+                          spec.fan_in, spec.k, sparsity, rounding)
+  return call
 
 
 @dataclasses.dataclass(frozen=True)

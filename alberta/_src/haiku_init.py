@@ -25,6 +25,11 @@ class SparseInit(hk.initializers.Initializer):
   `sparse_init(hk.next_rng_key(), (out, fan_in)).T.reshape(shape)`, so with the
   default method it is the seed's matrix for that key.
 
+  When `num_zeros(fan_in, sparsity, rounding) == fan_in` (sparsity 0.9 at
+  fan_in 5 with "nearest", at any fan_in up to 9 with "ceil"), the kernel is
+  all zeros, as the seed's rule makes it, and each such kernel raises one
+  `UserWarning` naming its shape, the sparsity and the rounding.
+
   Examples:
     >>> import haiku as hk
     >>> def forward(x):

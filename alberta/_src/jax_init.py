@@ -42,8 +42,13 @@ def sparse(sparsity: float = 0.9, init_type: str = "uniform", *,
 
   Same distribution and layout rule as `SparseInit`: for a Flax kernel
   `(..., in, out)` every output unit (last axis) has exactly
-  `num_zeros(prod(shape[:-1]), sparsity, rounding)` zeros. For Equinox's
-  `(out, in)` weights pass `fan_in_axes=(1,)`, or call `sparse_init` directly.
+  `num_zeros(prod(shape[:-1]), sparsity, rounding)` zeros. Equinox's weights
+  are `(out, in, ...)`, the other way round: with the default `fan_in_axes`
+  this would zero along the wrong axis. For a whole Equinox model use
+  `alberta.sparsify`, which knows that layout; for one weight pass
+  `fan_in_axes=tuple(range(1, weight.ndim))`, or call `sparse_init` directly.
+  A kernel whose zero count is its whole fan-in is all zeros and raises one
+  `UserWarning` naming its shape, the sparsity and the rounding.
 
   Example::
 

@@ -73,7 +73,7 @@ def options_repr(init: Any) -> str:
   return ", ".join(parts)
 
 
-def _axes_for(shape: tuple[int, ...],
+def fan_in_and_out_axes(shape: tuple[int, ...],
               fan_in_axes: tuple[int, ...] | None) -> tuple[list[int], list[int]]:
   ndim = len(shape)
   if fan_in_axes is None:
@@ -96,7 +96,8 @@ def _axes_for(shape: tuple[int, ...],
 
 def sparse_kernel(key: Array, shape: Any, dtype: Any, *, sparsity: float,
                   init_type: str, method: str, rounding: str,
-                  fan_in_axes: tuple[int, ...] | None) -> Array:
+                  fan_in_axes: tuple[int, ...] | None,
+                  name: str | None = None) -> Array:
   """A sparse kernel of `shape` whose fan-in axes are `fan_in_axes`.
 
   Args:
@@ -106,17 +107,26 @@ def sparse_kernel(key: Array, shape: Any, dtype: Any, *, sparsity: float,
     sparsity, init_type, method, rounding: as in `sparse_init`.
     fan_in_axes: the axes holding an output unit's inputs; default all but the
       last (Haiku and Flax kernels, `(..., in, out)`).
+    name: the kernel's name in its model (its path), for the warning.
 
   Returns:
     The kernel; every output unit has exactly `num_zeros(fan_in)` zeros.
+
+  Warns:
+    UserWarning: once per kernel when `k == fan_in` (all zeros), naming the
+      kernel's shape, the sparsity and the rounding.
   """
   shape = checks.check_shape(shape, min_rank=2)
   dtype = checks.check_dtype(dtype)
-  axes, out_axes = _axes_for(shape, fan_in_axes)
+  axes, out_axes = fan_in_and_out_axes(shape, fan_in_axes)
   fan_in = math.prod(shape[a] for a in axes)
   n_out = math.prod(shape[a] for a in out_axes)
-  matrix = core.sparse_init(key, (n_out, fan_in), sparsity, init_type,
-                            dtype=dtype, method=method, rounding=rounding)
+  what = f"kernel of shape {shape}"
+  if name is not None:
+    what = f"kernel {name!r} of shape {shape}"
+  matrix = core.sparse_matrix(key, (n_out, fan_in), sparsity, init_type,
+                              dtype=dtype, method=method, rounding=rounding,
+                              chunk_rows=None, what=what)
   order = out_axes + axes
   kernel = matrix.reshape([shape[a] for a in order])
   return jnp.transpose(kernel, np.argsort(order))

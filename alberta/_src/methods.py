@@ -1,7 +1,8 @@
 """The two mask methods behind one interface, selected by name from `METHODS`.
 
 A method turns a tile's coordinates into its keep-mask and its weights' 32
-random bits (`Method.tile_bits`), maps the bits to float32 weights
+random bits (`Method.tile_bits`), or into the keep-mask alone, without the
+weights' bits (`Method.tile_mask`), maps the bits to float32 weights
 (`Method.values`), and tells the chunk policy what its temporaries cost
 (`Method.temp_bytes_per_row`, `Method.temp_fraction`) and how the host loop
 writes a chunk (`Method.separate_tile`). "permutation" is the seed's
@@ -33,6 +34,9 @@ _U32 = jnp.uint32
 TileBits = Callable[
     [tuple[Array, Array], "SparseSpec", Array, "Array | int", int],
     tuple[Array, Array]]
+# `(key words, spec, rows, col_start, n_cols) -> keep`.
+TileMask = Callable[
+    [tuple[Array, Array], "SparseSpec", Array, "Array | int", int], Array]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,12 +56,16 @@ class Method:
     separate_tile: whether `blocks.generate_host_loop` generates each chunk
       into a buffer of its own (a fusion apart) and then copies it in place
       (True), or fuses the generation into the in-place write (False).
+    tile_mask: `(words, spec, rows, col_start, n_cols) -> keep`, the keep-mask
+      of `tile_bits` for the same arguments, bit for bit, at the cost of the
+      mask alone: no value bits are drawn.
   """
   tile_bits: TileBits
   values: Callable[["SparseSpec", Array], Array]
   temp_bytes_per_row: Callable[["SparseSpec"], int]
   temp_fraction: float
   separate_tile: bool
+  tile_mask: TileMask
 
 
 def _columns(col_start: Array | int, n_cols: int) -> Array:
@@ -72,6 +80,12 @@ def _permutation_tile_bits(words, spec, rows, col_start, n_cols):
                                       _columns(col_start, n_cols))
   return permutation.mask_block(mask_key, spec, rows, col_start,
                                 n_cols), value_bits
+
+
+def _permutation_tile_mask(words, spec, rows, col_start, n_cols):
+  """`_permutation_tile_bits`' mask: the same `mask_key`, no weight bits."""
+  _, mask_key = keys.split2(words)
+  return permutation.mask_block(mask_key, spec, rows, col_start, n_cols)
 
 
 def _permutation_values(spec: SparseSpec, value_bits: Array) -> Array:
@@ -100,6 +114,12 @@ def _counter_tile_bits(words, spec, rows, col_start, n_cols):
   """No key split: all of a row's words come from one Threefry call."""
   return counter.block_bits(words, spec.k, spec.fan_in, rows,
                             _columns(col_start, n_cols))
+
+
+def _counter_tile_mask(words, spec, rows, col_start, n_cols):
+  """`counter.keep_mask`: the round words alone, not the value words."""
+  return counter.keep_mask(words, spec.k, spec.fan_in, rows,
+                           _columns(col_start, n_cols))
 
 
 def _counter_values(spec: SparseSpec, value_bits: Array) -> Array:
@@ -141,10 +161,12 @@ def _counter_temp_bytes_per_row(spec: SparseSpec) -> int:
 METHODS = {
     "permutation": Method(_permutation_tile_bits, _permutation_values,
                           _permutation_temp_bytes_per_row,
-                          temp_fraction=1 / 8, separate_tile=False),
+                          temp_fraction=1 / 8, separate_tile=False,
+                          tile_mask=_permutation_tile_mask),
     "counter": Method(_counter_tile_bits, _counter_values,
                       _counter_temp_bytes_per_row,
-                      temp_fraction=1 / 4, separate_tile=True),
+                      temp_fraction=1 / 4, separate_tile=True,
+                      tile_mask=_counter_tile_mask),
 }
 
 

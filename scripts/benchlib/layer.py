@@ -263,11 +263,22 @@ def measure(cases: Sequence[str], settings: Settings,
   Returns `{"task": ..., "result": ...}` records; `run` runs one task (in a
   fresh process: `spawn`). The minimum of booleans is their `and`.
   """
+  return measure_tasks(tasks(cases, settings), settings.processes, run, log)
+
+
+def measure_tasks(task_list: Sequence[dict[str, Any]], processes: int,
+                  run: Callable[[dict[str, Any]], dict[str, Any]],
+                  log: Callable[[str], None] = print,
+                  what: str = "layer") -> list[dict[str, Any]]:
+  """Each task run `processes` times by `run`: its minimum figures (`measure`).
+
+  Refuses a result whose child found JAX already imported.
+  """
   records = []
-  for task in tasks(cases, settings):
-    log(f"  layer {json.dumps(task)} ...")
+  for task in task_list:
+    log(f"  {what} {json.dumps(task)} ...")
     best = None
-    for _ in range(settings.processes):
+    for _ in range(processes):
       result = run(task)
       if result.pop("jax_preloaded", False):
         raise RuntimeError(f"{task}: JAX was imported before the child began")
