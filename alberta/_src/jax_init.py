@@ -50,11 +50,6 @@ def sparse(sparsity: float = 0.9, init_type: str = "uniform", *,
   A kernel whose zero count is its whole fan-in is all zeros and raises one
   `UserWarning` naming its shape, the sparsity and the rounding.
 
-  Example::
-
-    dense = nn.Dense(256, kernel_init=alberta.initializers.sparse(0.9))
-    params = dense.init(key, jnp.ones([1, 64]))
-
   Args:
     sparsity: fraction of each output unit's inputs set to zero, in [0, 1].
     init_type: "uniform" (LeCun uniform) or "normal" (LeCun normal).
@@ -72,6 +67,11 @@ def sparse(sparsity: float = 0.9, init_type: str = "uniform", *,
     >>> kernel = init(jax.random.key(0), (64, 32))   # (in, out), as Flax's
     >>> np.unique((kernel == 0).sum(axis=0)).tolist()   # per output unit
     [58]
+    >>> import flax.linen as nn
+    >>> dense = nn.Dense(256, kernel_init=alberta.initializers.sparse(0.9))
+    >>> params = dense.init(jax.random.key(0), jnp.ones([1, 64]))
+    >>> params["params"]["kernel"].shape
+    (64, 256)
   """
   sparsity = kernels.check_options(sparsity, init_type, method, rounding)
   return _Sparse(sparsity, init_type, kernels.check_fan_in_axes(fan_in_axes),

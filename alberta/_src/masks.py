@@ -89,12 +89,14 @@ def sparse_mask(
   random bits are drawn, not the weights': it costs the mask alone, and needs
   one byte per entry.
 
-  Example::
-
-    mask = alberta.sparse_mask(key, (256, 128), 0.9)
-    w = alberta.sparse_init(key, (256, 128), 0.9)
-    assert ((w != 0) == mask).all()
-    assert (mask.sum(axis=1) == 128 - alberta.num_zeros(128, 0.9)).all()
+  Examples:
+    >>> key = jax.random.key(0)
+    >>> mask = alberta.sparse_mask(key, (256, 128), 0.9)
+    >>> w = alberta.sparse_init(key, (256, 128), 0.9)
+    >>> bool(((w != 0) == mask).all())
+    True
+    >>> np.unique(mask.sum(axis=1)).tolist()   # 128 - num_zeros(128, 0.9) kept
+    [13]
 
   Args:
     key: a threefry PRNG key, `jax.random.key(...)` or `jax.random.PRNGKey(...)`.

@@ -382,6 +382,7 @@ def sparsify(key: Array, params: Any, sparsity: float = 0.9, *,
   leaf's "/"-joined path (dict keys, attribute names, indices; an NNX
   variable's trailing `.value` left out), e.g. "mlp/~/linear_0/w" (Haiku),
   "params/Conv_0/kernel" (Flax), "layers/0/weight" (Equinox). It returns:
+
   - None: the default choice;
   - False or True: leave the leaf alone, or select it (its name must then
     say its layout);
@@ -408,16 +409,16 @@ def sparsify(key: Array, params: Any, sparsity: float = 0.9, *,
   is then `num_zeros(fan_in, s_l, rounding)`, so the overall sparsity is met
   up to that rounding (under one weight per output unit).
 
-  Example::
-
-    def forward(x):
-      return hk.nets.MLP([64, 64, 4])(x)
-
-    net = hk.transform(forward)
-    params = net.init(key, jnp.ones([1, 16]))
-    params = alberta.sparsify(key, params, 0.9)
-    w = params["mlp/~/linear_0"]["w"]                  # (16, 64)
-    assert (w == 0).sum(axis=0).tolist() == [14] * 64   # num_zeros(16, 0.9)
+  Examples:
+    >>> import haiku as hk
+    >>> key = jax.random.key(0)
+    >>> net = hk.transform(lambda x: hk.nets.MLP([64, 64, 4])(x))
+    >>> params = alberta.sparsify(key, net.init(key, jnp.ones([1, 16])), 0.9)
+    >>> w = params["mlp/~/linear_0"]["w"]   # (16, 64): (in, out)
+    >>> np.unique((w == 0).sum(axis=0)).tolist()   # num_zeros(16, 0.9)
+    [14]
+    >>> bool((params["mlp/~/linear_0"]["b"] == 0).all())   # biases untouched
+    True
 
   Args:
     key: a threefry PRNG key, `jax.random.key(...)` or `jax.random.PRNGKey(...)`.

@@ -64,20 +64,22 @@ def keep_zeros(include: networks.Include | None = None
   The masks are kept in the state as packed bits (`KeepZerosState`), 1/32 of
   a float32 kernel's bytes.
 
-  Example::
-
-    import optax
-    def forward(x):
-      return hk.nets.MLP([32, 4])(x)
-    net = hk.transform(forward)
-    params = alberta.sparsify(key, net.init(key, jnp.ones([1, 8])), 0.5)
-    tx = optax.chain(alberta.keep_zeros(), optax.adam(1e-2))
-    state = tx.init(params)
-    grads = jax.tree.map(jnp.ones_like, params)
-    updates, state = tx.update(grads, state, params)
-    new = optax.apply_updates(params, updates)
-    w, new_w = params["mlp/~/linear_0"]["w"], new["mlp/~/linear_0"]["w"]
-    assert ((new_w == 0) == (w == 0)).all()
+  Examples:
+    >>> import haiku as hk
+    >>> import optax
+    >>> key = jax.random.key(0)
+    >>> net = hk.transform(lambda x: hk.nets.MLP([32, 4])(x))
+    >>> params = alberta.sparsify(key, net.init(key, jnp.ones([1, 8])), 0.5)
+    >>> tx = optax.chain(alberta.keep_zeros(), optax.adam(1e-2))
+    >>> state = tx.init(params)
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> new = optax.apply_updates(params, updates)
+    >>> w, new_w = params["mlp/~/linear_0"]["w"], new["mlp/~/linear_0"]["w"]
+    >>> bool(((new_w == 0) == (w == 0)).all())   # zeros stay zero
+    True
+    >>> bool((new_w != w).any())   # the other weights train
+    True
 
   Args:
     include: `sparsify`'s `(path, leaf) -> choice`, or None for the default
