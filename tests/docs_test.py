@@ -1,16 +1,11 @@
-"""The README's code and the docstring examples run as written.
+"""The documentation's code runs as written.
 
-A newcomer copies the README's snippets in order, so its ```python blocks run
-here in order in one namespace (a block may use what an earlier one defined),
-in a fresh working directory, after the launcher commands the snippets depend
-on have made their checkpoints. The sizes meant for a pod are the only thing
-changed: `_SMALLER` shrinks them to fit the test machine, and a test checks
-that every replacement still matches the README, so the table cannot go stale.
-
-The default run makes the launcher commands' checkpoints in this process
-instead (`alberta.sparse_init` / `sparse_init_ell` with the commands' flags,
-saved with `alberta.checkpoint.save`: two JAX subprocesses cost more than all
-the snippets together); the slow step runs the commands themselves.
+Every ```python block of README.md and docs/*.md runs on its own, in a fresh
+Python process with the CPU's one device (a block that wants more devices says
+so itself, as a reader's script would) and an empty working directory, at the
+size it shows: a newcomer can copy any one of them. Blocks that are
+measurements rather than examples (they say `# slow snippet:` and why) run in
+the slow step. The README's launcher commands run as written in the slow step.
 
 The public docstrings' `>>>` examples run as doctests, with the names the API
 reference's doctest build gives them (`alberta`, `jax`, `jnp`, `np`).
@@ -18,6 +13,7 @@ reference's doctest build gives them (`alberta`, `jax`, `jnp`, `np`).
 
 from tests import env  # noqa: F401
 
+import concurrent.futures
 import doctest
 import inspect
 import os
@@ -26,6 +22,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -35,31 +32,39 @@ from tests import test_utils
 
 _ROOT = pathlib.Path(__file__).absolute().parent.parent
 _README = _ROOT / "README.md"
-
-# Sizes written for big machines, shrunk for a 2-core test machine: every key
-# must occur in the README (checked), so a rewrite cannot leave this behind.
-_SMALLER = {
-    "(65536, 65536)": "(512, 512)",
-    "--shape=16384,16384": "--shape=256,256",
-    "(4096, 4096)": "(256, 256)",
-    "[batch, 4096]": "[batch, 256]",
-    "jnp.ones((8, 4096))": "jnp.ones((8, 256))",
-}
-# Paths the README's launcher commands write and its snippets read.
-_PATHS = ("/tmp/w16k", "/tmp/w_ell")
+_DOCS = (_README, *sorted((_ROOT / "docs").glob("*.md")))
+_SLOW_MARK = "# slow snippet:"
+_SNIPPET_TIMEOUT_S = 600
 
 
 def _blocks(text: str, language: str) -> list[str]:
   return re.findall(rf"^```{language}\n(.*?)^```", text, re.S | re.M)
 
 
-def _readme(tmp: str) -> str:
-  text = _README.read_text()
-  for big, small in _SMALLER.items():
-    text = text.replace(big, small)
-  for path in _PATHS:
-    text = text.replace(path, os.path.join(tmp, os.path.basename(path)))
-  return text
+def _snippets(slow: bool) -> list[tuple[str, str]]:
+  """`(name, code)` of every ```python block of the docs, fast or slow."""
+  found = []
+  for path in _DOCS:
+    for i, code in enumerate(_blocks(path.read_text(), "python")):
+      if (_SLOW_MARK in code) == slow:
+        found.append((f"{path.relative_to(_ROOT)} python block {i}", code))
+  return found
+
+
+def _snippet_env() -> dict[str, str]:
+  env_vars = test_utils.subprocess_env()
+  env_vars["JAX_PLATFORMS"] = "cpu"
+  # The suite's 8 virtual devices are not the reader's.
+  env_vars["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+",
+                                 "", env_vars.get("XLA_FLAGS", "")).strip()
+  return env_vars
+
+
+def _run_snippet(code: str) -> subprocess.CompletedProcess:
+  with tempfile.TemporaryDirectory() as cwd:
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd,
+                          env=_snippet_env(), capture_output=True, text=True,
+                          timeout=_SNIPPET_TIMEOUT_S, check=False)
 
 
 def _commands(text: str) -> list[str]:
@@ -69,45 +74,10 @@ def _commands(text: str) -> list[str]:
     joined = re.sub(r"\\\n\s*", " ", block)
     for line in joined.splitlines():
       line = line.split("#", 1)[0].strip()
-      if line.startswith("python scripts/init_large.py") and "--output=" in line:
+      if line.startswith("python scripts/init_large.py"):
         if "--coordinator_address" not in line:  # several hosts: not here
           commands.append(line)
   return commands
-
-
-# The launcher flags `_save_in_process` reproduces (others fail the test, so
-# that a new README command cannot be silently misread); `--num_cpu_devices`
-# and `--report` change nothing the snippets read.
-_IN_PROCESS_FLAGS = ("shape", "sparsity", "format", "output", "report",
-                     "num_cpu_devices")
-
-
-def _save_in_process(command: str) -> None:
-  """Saves what a README launcher command saves, without starting it.
-
-  The launcher's matrix is `alberta.sparse_init(jax.random.key(seed), shape,
-  sparsity, method="counter")` (its default method and seed), or with
-  `--format=ell` that of `sparse_init_ell`, saved as `"matrix"` or as
-  `"values"` and `"indices"`; the metadata holds the fields the snippets read.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  flags = dict(re.findall(r"--(\w+)=(\S+)", command))
-  unknown = sorted(set(flags) - set(_IN_PROCESS_FLAGS))
-  if unknown:
-    raise ValueError(f"README command with flags {unknown} the default test "
-                     f"cannot reproduce in process: {command}")
-  shape = tuple(int(d) for d in flags.get("shape", "8192,8192").split(","))
-  sparsity = float(flags.get("sparsity", 0.9))
-  key = jax.random.key(0)
-  if flags.get("format", "dense") == "ell":
-    values, indices = alberta.sparse_init_ell(key, shape, sparsity)
-    arrays = {"values": values, "indices": indices}
-  else:
-    arrays = {"matrix": alberta.sparse_init(key, shape, sparsity,
-                                            method="counter")}
-  alberta.checkpoint.save(flags["output"], arrays, metadata=dict(
-      shape=list(shape), sparsity=sparsity, method="counter", seed=0,
-      format=flags.get("format", "dense")))
 
 
 def _doctests(name: str, obj) -> list[doctest.DocTest]:
@@ -131,95 +101,43 @@ def _public_objects():
       yield f"{module.__name__}.{name}", obj
 
 
-class ReadmeTest(test_utils.TempDirMixin, absltest.TestCase):
+class SnippetTest(absltest.TestCase):
 
-  def test_every_size_replacement_still_matches_the_readme(self):
-    text = _README.read_text()
-    for big in list(_SMALLER) + list(_PATHS):
-      with self.subTest(big):
-        self.assertIn(big, text)
+  def check_snippets_run_alone(self, snippets):
+    self.assertNotEmpty(snippets)
+    # Two at a time: each is a process of its own, mostly JAX's startup.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+      results = list(pool.map(lambda s: _run_snippet(s[1]), snippets))
+    for (name, code), result in zip(snippets, results):
+      with self.subTest(name):
+        self.assertEqual(
+            result.returncode, 0,
+            f"{name} failed on its own:\n{code}\n{result.stderr[-3000:]}")
 
-  def test_python_blocks_run_in_order(self):
-    text = _readme(self.dir)
-    commands = _commands(text)
-    self.assertNotEmpty(commands)
-    for command in commands:
-      _save_in_process(command)
-    self.run_python_blocks(text)
+  def test_every_python_block_runs_alone(self):
+    self.check_snippets_run_alone(_snippets(slow=False))
 
   @test_utils.slow
-  def test_python_blocks_run_in_order_after_the_launcher(self):
-    text = _readme(self.dir)
-    for command in _commands(text):
-      argv = shlex.split(command)
-      argv[0] = sys.executable
-      result = subprocess.run(argv, cwd=_ROOT, capture_output=True, text=True,
-                              check=False, timeout=600)
-      self.assertEqual(result.returncode, 0,
-                       f"{command}\n{result.stdout}\n{result.stderr}")
-    self.run_python_blocks(text)
+  def test_every_slow_python_block_runs_alone(self):
+    self.check_snippets_run_alone(_snippets(slow=True))
 
-  def run_python_blocks(self, text: str) -> None:
-    """Runs the ```python blocks of `text` in order, in one namespace."""
-    blocks = _blocks(text, "python")
-    self.assertNotEmpty(blocks)
-    namespace = {"__name__": "__readme__"}
-    cwd = os.getcwd()
-    os.chdir(self.dir)
-    try:
-      for i, block in enumerate(blocks):
-        with self.subTest(block=i):
-          try:
-            exec(compile(block, f"README.md python block {i}", "exec"),  # pylint: disable=exec-used
-                 namespace)
-          except Exception as e:  # pylint: disable=broad-except
-            self.fail(f"README python block {i} failed: {e!r}\n{block}")
-    finally:
-      os.chdir(cwd)
-      # The README turns on the persistent compilation cache: not for the
-      # tests that follow in this process.
-      import jax  # pylint: disable=g-import-not-at-top
-      jax.config.update("jax_compilation_cache_dir", None)
+  def test_snippet_runner_reports_a_failing_block(self):
+    result = _run_snippet("import alberta\nalberta.sparse_init(key, (4, 4))")
+    self.assertNotEqual(result.returncode, 0)
+    self.assertIn("NameError", result.stderr)
 
-
-_NETWORKS_SECTION = "## Whole networks and training"
-_FRAMEWORKS = ("haiku", "flax", "equinox")
-
-
-def _section(text: str, heading: str) -> str:
-  """The text of `heading`'s section, up to the next heading of its level."""
-  start = text.index(heading + "\n")
-  end = text.find("\n## ", start + len(heading))
-  return text[start:end if end >= 0 else len(text)]
-
-
-class NetworksSectionTest(absltest.TestCase):
-  """The README's whole-network examples, one per framework, each on its own.
-
-  The examples are read from the README (its "Whole networks and training"
-  section), never copied here; each must run alone, in a fresh namespace, as
-  a reader who copies just that one would run it (the in-order run above
-  runs them with everything before them).
-  """
-
-  def test_one_example_per_framework_each_runs_alone(self):
-    blocks = _blocks(_section(_README.read_text(), _NETWORKS_SECTION),
-                     "python")
-    self.assertLen(blocks, len(_FRAMEWORKS))
-    for framework, block in zip(_FRAMEWORKS, blocks):
-      with self.subTest(framework):
-        self.assertIn(f"import {framework}", block)
-        self.assertIn("alberta.sparsify(", block)
-        namespace = {"__name__": "__readme__"}
-        exec(compile(block, f"README.md {framework} example", "exec"),  # pylint: disable=exec-used
-             namespace)
-
-  def test_no_jax_initializer_is_offered_for_equinox_weights(self):
-    # `initializers.sparse` zeroes along the wrong axis of an Equinox (out,
-    # in) weight unless given fan_in_axes: the README must not pair them.
-    for block in _blocks(_README.read_text(), "python"):
-      if "eqx" in block:
-        self.assertNotIn("initializers.sparse", block)
+  @test_utils.slow
+  def test_readme_launcher_commands_run(self):
+    commands = _commands(_README.read_text())
+    self.assertNotEmpty(commands)
+    with tempfile.TemporaryDirectory() as tmp:
+      for command in commands:
+        argv = shlex.split(command.replace("/tmp/", tmp + "/"))
+        argv[0] = sys.executable
+        result = subprocess.run(argv, cwd=_ROOT, capture_output=True,
+                                text=True, check=False, timeout=600)
+        self.assertEqual(result.returncode, 0,
+                         f"{command}\n{result.stdout}\n{result.stderr}")
 
 
 def _headline_table(text: str) -> list[str]:

@@ -15,8 +15,8 @@ try:
   import optax
 except ImportError as e:  # pragma: no cover (optax is in the test extra)
   raise ImportError(
-      "alberta.keep_zeros needs optax: pip install 'alberta[optax]' (or "
-      "pip install optax).") from e
+      "alberta.keep_zeros needs optax: pip install optax (or, from "
+      "alberta's clone, pip install -e '.[optax]').") from e
 
 from alberta._src import networks
 
