@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from alberta._src import blocks
+from alberta._src import contracts
 from alberta._src import driver
 from alberta._src.spec import SparseSpec
 
@@ -96,18 +97,13 @@ def sparse_matrix(key: Array, shape: Any, sparsity: Any, init_type: Any, *,
       "sparse_init", key, shape, sparsity, init_type, method, rounding, dtype,
       chunk_rows, what=what)
   if spec.fan_out == 0 or spec.fan_in == 0:
-    return jnp.zeros(shape, dtype)
+    return contracts.returns(jnp.zeros(shape, dtype), shape, dtype)
   if _use_host_loop(key, spec, dtype, chunk_rows):
     out = blocks.generate_host_loop(key, spec, 0, spec.fan_out, 0, spec.fan_in,
                                     dtype, chunk_rows)
   else:
     out = _sparse_init_2d(key, spec, dtype, chunk_rows)
-  if out.shape != spec.shape or out.dtype != dtype:
-    # chex (imported only here: it is slow to import) names what is wrong.
-    import chex  # pylint: disable=g-import-not-at-top
-    chex.assert_shape(out, spec.shape)
-    chex.assert_type(out, dtype)
-  return out.reshape(shape)
+  return contracts.returns(out, spec.shape, dtype).reshape(shape)
 
 
 def _use_host_loop(key: Array, spec: SparseSpec, dtype: jnp.dtype,

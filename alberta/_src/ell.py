@@ -23,7 +23,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import chex
 import jax
 import jax.numpy as jnp
 from jax.experimental import sparse as jsparse
@@ -31,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from alberta._src import bits
 from alberta._src import checks
+from alberta._src import contracts
 from alberta._src import counter
 from alberta._src import driver
 from alberta._src import keys
@@ -214,9 +214,8 @@ def sparse_init_ell(
       dtype, check_spec=_check_method)
   if spec.fan_out == 0 or nnz(spec) == 0:
     return _empty(spec, spec.fan_out, spec.fan_in, dtype)
-  values, indices = _sparse_init_ell_2d(key, spec, dtype, None)
-  chex.assert_shape((values, indices), (spec.fan_out, nnz(spec)))
-  return values, indices
+  return contracts.returns_pair(_sparse_init_ell_2d(key, spec, dtype, None),
+                               (spec.fan_out, nnz(spec)), (dtype, jnp.int32))
 
 
 def sharded_sparse_init_ell(
@@ -271,7 +270,9 @@ def sharded_sparse_init_ell(
         f"[fan_out, nnz] and the nonzeros of a row belong together. Split the "
         f"rows instead, e.g. {rows_only}.")
   driver.tile_layout(shape, sharding)
-  return driver.sharded(ELL, key, spec, dtype, sharding, chunk_rows)
+  return contracts.returns_pair(
+      driver.sharded(ELL, key, spec, dtype, sharding, chunk_rows),
+      (spec.fan_out, nnz(spec)), (dtype, jnp.int32))
 
 
 @functools.partial(jax.jit, static_argnames=("fan_in", "ascending"))
@@ -379,7 +380,8 @@ def to_dense(values: Array, indices: Array, shape: Sequence[int]) -> Array:
     TypeError: `indices` are not integers.
   """
   shape = _check_ell(values, indices, shape, "to_dense", ascending=False)
-  return _scatter(values, indices, shape)
+  return contracts.returns(_scatter(values, indices, shape), shape,
+                           values.dtype)
 
 
 # `to_dense` and `to_bcoo` build their arrays in one compiled program each:

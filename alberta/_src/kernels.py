@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alberta._src import checks
+from alberta._src import contracts
 from alberta._src import core
 
 Array = jax.Array
@@ -129,4 +130,5 @@ def sparse_kernel(key: Array, shape: Any, dtype: Any, *, sparsity: float,
                               chunk_rows=None, what=what)
   order = out_axes + axes
   kernel = matrix.reshape([shape[a] for a in order])
-  return jnp.transpose(kernel, np.argsort(order))
+  return contracts.returns(jnp.transpose(kernel, np.argsort(order)), shape,
+                           dtype)

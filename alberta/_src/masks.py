@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding
 
 from alberta._src import bits
 from alberta._src import blocks
+from alberta._src import contracts
 from alberta._src import driver
 from alberta._src import keys
 from alberta._src.methods import METHODS
@@ -124,8 +125,10 @@ def sparse_mask(
       chunk_rows, two_d=sharding is not None)
   if sharding is not None:
     driver.tile_layout(shape, sharding)
-    return driver.sharded_program(MASK, spec, np.dtype(bool), sharding,
+    mask = driver.sharded_program(MASK, spec, np.dtype(bool), sharding,
                                   chunk_rows)(keys.key_array(key))
-  if spec.fan_out == 0 or spec.fan_in == 0:
-    return jnp.zeros(shape, bool)
-  return _mask_2d(key, spec, chunk_rows).reshape(shape)
+  elif spec.fan_out == 0 or spec.fan_in == 0:
+    mask = jnp.zeros(shape, bool)
+  else:
+    mask = _mask_2d(key, spec, chunk_rows).reshape(shape)
+  return contracts.returns(mask, shape, bool)

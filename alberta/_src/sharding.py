@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from alberta._src import blocks
+from alberta._src import contracts
 from alberta._src import driver
 from alberta._src import keys
 from alberta._src.spec import SparseSpec
@@ -69,7 +70,9 @@ def sharded_sparse_init(
       "sharded_sparse_init", key, shape, sparsity, init_type, method, rounding,
       dtype, chunk_rows, two_d=True)
   driver.tile_layout(shape, sharding)
-  return driver.sharded(blocks.DENSE, key, spec, dtype, sharding, chunk_rows)
+  return contracts.returns(
+      driver.sharded(blocks.DENSE, key, spec, dtype, sharding, chunk_rows),
+      shape, dtype)
 
 
 @functools.lru_cache(maxsize=64)
@@ -128,7 +131,9 @@ def pmap_sparse_init(
         f"fan_out={spec.fan_out} of shape {shape!r} is not divisible by the "
         f"number of devices, {len(devices)}.")
   index = np.arange(len(devices), dtype=np.int32)
-  return _pmap_fn(spec, dtype, devices, chunk_rows)(index, keys.key_array(key))
+  return contracts.returns(
+      _pmap_fn(spec, dtype, devices, chunk_rows)(index, keys.key_array(key)),
+      (len(devices), spec.fan_out // len(devices), spec.fan_in), dtype)
 
 
 def replicated_to_host(tree: Any) -> Any:
