@@ -105,7 +105,7 @@ class ElementBitsTest(parameterized.TestCase):
     full = np.asarray(jax.random.bits(key, (13, 37), jnp.uint32))
     rows = np.array([0, 1, 5, 12], np.uint32)
     cols = np.array([0, 3, 36], np.uint32)
-    element_bits = jax.jit(bits.element_bits, static_argnums=3)
+    element_bits = jax.jit(test_utils.element_bits, static_argnums=3)
     got = element_bits(keys.key_words(key), jnp.asarray(rows)[:, None],
                        jnp.asarray(cols)[None, :], 37)
     np.testing.assert_array_equal(np.asarray(got), full[np.ix_(rows, cols)])
@@ -144,7 +144,7 @@ class ElementBitsTest(parameterized.TestCase):
     rows = np.array(rows, np.uint32)[:, None]
     cols = np.array(cols, np.uint32)[None, :]
     self.assertGreater(int(rows.max()) * row_length + int(cols.max()), 2**32)
-    got = jax.jit(bits.element_bits, static_argnums=3)(
+    got = jax.jit(test_utils.element_bits, static_argnums=3)(
         keys.key_words(key), jnp.asarray(rows), jnp.asarray(cols), row_length)
     np.testing.assert_array_equal(np.asarray(got),
                                   reference_bits(key, rows, cols, row_length))

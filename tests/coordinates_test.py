@@ -23,6 +23,7 @@ from alberta._src import bits
 from alberta._src import blocks
 from alberta._src import counter
 from alberta._src import keys
+from alberta._src import methods
 from alberta._src.spec import make_spec
 from tests import test_utils
 
@@ -43,7 +44,7 @@ def _columns(n: int, count: int = 3000) -> np.ndarray:
 @functools.partial(jax.jit, static_argnames=("n",))
 def _round_trip(key, rows, cols, n: int):
   mask_key = keys.key_words(key)
-  material = counter.round_keys(mask_key, rows, n)
+  material = test_utils.round_keys(mask_key, rows, n)
   x = jnp.broadcast_to(cols[None, :], (rows.shape[0], cols.shape[0]))
   image = counter.permute(x, material, n)
   return image, counter.permute(image, material, n, inverse=True), material
@@ -79,11 +80,11 @@ def _model_value_bits(init_key, rows: np.ndarray, cols: np.ndarray) -> np.ndarra
 
 # Jitted as in the generators: op by op, the uniform map's multiply-add would
 # be rounded twice instead of fused.
-_values_from_bits = jax.jit(blocks.values_from_bits, static_argnums=0)
+_values_from_bits = jax.jit(methods.values_from_bits, static_argnums=0)
 # The library's pieces the models below start from, each one program (op by
 # op, every op would compile on its own).
-_round_keys = jax.jit(counter.round_keys, static_argnums=2)
-_threefry = jax.jit(bits.threefry)
+_round_keys = jax.jit(test_utils.round_keys, static_argnums=2)
+_threefry = jax.jit(test_utils.threefry)
 _mul_add_u64 = jax.jit(bits.mul_add_u64, static_argnums=1)
 
 
@@ -91,7 +92,7 @@ _mul_add_u64 = jax.jit(bits.mul_add_u64, static_argnums=1)
 def _permutation_values(key, spec, rows):
   """The permutation method's values at `rows` x all columns (the seed's bits)."""
   init_key, _ = keys.split2(keys.key_words(key))
-  return blocks.values_from_bits(spec, bits.element_bits(
+  return methods.values_from_bits(spec, test_utils.element_bits(
       init_key, rows[:, None], jnp.arange(spec.fan_in, dtype=jnp.uint32)[None, :],
       spec.fan_in))
 

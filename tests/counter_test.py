@@ -36,10 +36,10 @@ from jax.sharding import PartitionSpec as P
 from scipy import stats
 
 import alberta
-from alberta._src import bits
 from alberta._src import blocks
 from alberta._src import counter
 from alberta._src import keys
+from alberta._src import methods
 from alberta._src.spec import make_spec
 from tests import test_utils
 
@@ -61,7 +61,7 @@ def _permuted_columns(key, n_rows: int, fan_in: int, row_start=0):
   """`pi_r(c)` for rows `[row_start, +n_rows)` and all columns `c`."""
   mask_key = keys.key_words(key)
   rows = _rows(row_start, n_rows)
-  material = counter.round_keys(mask_key, rows, fan_in)
+  material = test_utils.round_keys(mask_key, rows, fan_in)
   cols = jnp.broadcast_to(jnp.arange(fan_in, dtype=jnp.uint32), (n_rows, fan_in))
   return counter.permute(cols, material, fan_in)
 
@@ -107,7 +107,7 @@ def _raw_values_jit(key, spec):
   init_key = keys.key_words(key)
   rows = _rows(0, spec.fan_out)
   cols = jnp.arange(spec.fan_in, dtype=jnp.uint32)
-  return blocks.values_from_bits(spec, counter.value_bits(init_key, rows, cols))
+  return methods.values_from_bits(spec, test_utils.counter_value_bits(init_key, rows, cols))
 
 
 def raw_values(key, spec) -> np.ndarray:
@@ -373,8 +373,8 @@ class ExactZeroSetLawTest(parameterized.TestCase):
     def ks_and_words(key):  # One program, not op by op.
       mask_key = keys.key_words(key)
       j = jnp.arange(1, counter.num_rounds(n) + 1, dtype=jnp.uint32)
-      return (counter.round_keys(mask_key, rows, n)[0],
-              bits.threefry(mask_key, rows[:, None], j[None, :]))
+      return (test_utils.round_keys(mask_key, rows, n)[0],
+              test_utils.threefry(mask_key, rows[:, None], j[None, :]))
 
     ks, (w1, w2) = ks_and_words(jax.random.key(4))
     ks, w1, w2 = np.asarray(ks), np.asarray(w1), np.asarray(w2)

@@ -16,7 +16,6 @@ from tests import env  # noqa: F401
 import concurrent.futures
 import doctest
 import inspect
-import os
 import pathlib
 import re
 import shlex

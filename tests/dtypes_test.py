@@ -33,6 +33,7 @@ from alberta._src import bits
 from alberta._src import blocks
 from alberta._src import checks
 from alberta._src import ell
+from alberta._src import methods
 from alberta._src.spec import make_spec
 from tests import test_utils
 from third_party.alberta_framework.initializers import sparse_init as seed_sparse_init
@@ -188,7 +189,7 @@ class OpenIntervalTest(parameterized.TestCase):
   @parameterized.parameters(1, 10, 1023, 4096, 2**32 - 1)
   def test_uniform_is_never_zero_and_inside_the_bound(self, fan_in):
     spec, _ = make_spec((1, fan_in), 0.0, "uniform", "counter", "nearest")
-    w = np.asarray(jax.jit(blocks.values_from_bits, static_argnums=0)(
+    w = np.asarray(jax.jit(methods.values_from_bits, static_argnums=0)(
         spec, self.bits))
     bound = np.float32(1 / math.sqrt(fan_in))
     self.assertEqual(int((w == 0).sum()), 0)
@@ -198,7 +199,7 @@ class OpenIntervalTest(parameterized.TestCase):
 
   def test_normal_is_never_zero_finite_and_symmetric(self):
     spec, _ = make_spec((1, 4096), 0.0, "normal", "counter", "nearest")
-    w = np.asarray(jax.jit(blocks.values_from_bits, static_argnums=0)(
+    w = np.asarray(jax.jit(methods.values_from_bits, static_argnums=0)(
         spec, self.bits))
     self.assertEqual(int((w == 0).sum()), 0)
     self.assertTrue(np.isfinite(w).all())
@@ -216,7 +217,7 @@ class OpenIntervalTest(parameterized.TestCase):
     np.testing.assert_array_equal(seed_u, 0.0)
     for init_type in ("uniform", "normal"):
       spec, _ = make_spec((1, 64), 0.0, init_type, "counter", "nearest")
-      w = np.asarray(jax.jit(blocks.values_from_bits, static_argnums=0)(spec, b))
+      w = np.asarray(jax.jit(methods.values_from_bits, static_argnums=0)(spec, b))
       self.assertTrue((w != 0).all(), w)
 
 

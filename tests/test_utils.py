@@ -20,7 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
+from jax.extend.random import threefry2x32_p
+
 from alberta._src import bits
+from alberta._src import counter
 
 try:  # pytest marks slow tests so `-m slow` selects them; Bazel has no pytest.
   import pytest
@@ -178,3 +181,43 @@ class TempDirMixin:
     tmp = tempfile.TemporaryDirectory()
     self.addCleanup(tmp.cleanup)
     self.dir = tmp.name
+
+
+# Reference hashes: what the library computes in fused form, from JAX's own
+# Threefry primitive, for the tests that check the fused forms against them.
+
+
+def threefry(k, hi, lo):
+  """Threefry-2x32 of the 64-bit counters `(hi, lo)` under key words `k`.
+
+  JAX's primitive (`threefry2x32_p`), which `bits.threefry_fused` writes out.
+  """
+  hi, lo = jnp.broadcast_arrays(jnp.asarray(hi, jnp.uint32),
+                                jnp.asarray(lo, jnp.uint32))
+  k1 = jnp.broadcast_to(k[0], ())
+  k2 = jnp.broadcast_to(k[1], ())
+  return tuple(threefry2x32_p.bind(k1, k2, hi, lo))
+
+
+def element_bits(k, rows, cols, row_length: int):
+  """32 random bits of elements `(rows, cols)` of a `(*, row_length)` array.
+
+  `jax.random.bits(key, (n_rows, row_length))[rows, cols]` under the
+  partitionable threefry: the flat counter `row * row_length + col` hashed,
+  the two output words XOR-ed, as `jax.random` does for 32-bit draws.
+  """
+  hi, lo = bits.mul_add_u64(rows, row_length, cols)
+  b1, b2 = threefry(k, hi, lo)
+  return b1 ^ b2
+
+
+def round_keys(key, rows, n: int):
+  """The counter method's per-row round material `(K, a, b)`, `[rows, R]`."""
+  return counter.row_words(key, rows, n).rounds
+
+
+def counter_value_bits(key, rows, cols):
+  """The counter method's 32 value bits of elements `(rows[i], cols[...])`."""
+  return counter.hash_values(counter.row_words(key, rows, 1, rounds=False).value,
+                             cols)
+

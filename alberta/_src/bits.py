@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.extend.random import threefry2x32_p
 
 Array = jax.Array
 
@@ -42,14 +41,6 @@ def check_partitionable() -> None:
         "jax.config.jax_threefry_partitionable=True (the JAX default); it is "
         "False in this process. Re-enable it with "
         "jax.config.update('jax_threefry_partitionable', True).")
-
-
-def threefry(k: tuple[Array, Array], hi: Array, lo: Array) -> tuple[Array, Array]:
-  """Threefry-2x32 of the 64-bit counters `(hi, lo)` under key words `k`."""
-  hi, lo = jnp.broadcast_arrays(jnp.asarray(hi, _U32), jnp.asarray(lo, _U32))
-  k1 = jnp.broadcast_to(k[0], ())
-  k2 = jnp.broadcast_to(k[1], ())
-  return tuple(threefry2x32_p.bind(k1, k2, hi, lo))
 
 
 def _broadcast_u32(*xs) -> list[Array]:
@@ -209,20 +200,6 @@ def avalanche(x: Array, mixer: tuple[int, ...] = LOWBIAS32) -> Array:
   x = x ^ (x >> s2)
   x = x * _U32(m2)
   return x ^ (x >> s3)
-
-
-def element_bits(k: tuple[Array, Array], rows: Array, cols: Array,
-                 row_length: int) -> Array:
-  """32 random bits of elements `(rows, cols)` of a `(*, row_length)` array.
-
-  Equal to `jax.random.bits(key, (n_rows, row_length))[rows, cols]` under the
-  partitionable threefry: the flat counter `row * row_length + col` is hashed
-  and the two output words are XOR-ed, as `jax.random` does for 32-bit draws.
-  `rows` and `cols` broadcast against each other.
-  """
-  hi, lo = mul_add_u64(rows, row_length, cols)
-  b1, b2 = threefry(k, hi, lo)
-  return b1 ^ b2
 
 
 def bits_to_unit_float(bits: Array) -> Array:

@@ -19,8 +19,6 @@ from alberta._src import bits
 from alberta._src import driver
 from alberta._src import keys
 from alberta._src.methods import METHODS
-# The weights of a tile's bits, by method; the ELL path's too.
-from alberta._src.methods import values_from_bits  # noqa: F401
 from alberta._src.spec import SparseSpec
 
 Array = jax.Array

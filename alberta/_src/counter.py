@@ -194,11 +194,6 @@ def row_words(key: tuple[Array, Array], rows: Array, n: int,
   return RowWords((w1[:, 0], w2[:, 0]), (ks, w1[:, r + 1:], w2[:, r + 1:]))
 
 
-def round_keys(key: tuple[Array, Array], rows: Array, n: int):
-  """Per-row round material `(K, a, b)`, each `[rows, R]` (`row_words`')."""
-  return row_words(key, rows, n).rounds
-
-
 def _round(x: Array, k: Array, kn: Array | None, a: Array, b: Array,
            n: int) -> Array:
   """One swap-or-not round; `kn` is `k + n`, used (and valid) when `n <= 2**31`."""
@@ -217,7 +212,7 @@ def permute(x: Array, material, n: int, *, inverse: bool = False,
             rolled: bool | None = None) -> Array:
   """Applies the rows' permutations `pi_r` (or their inverses) to `x[r, :]`.
 
-  `x` holds values in `[0, n)`, `n <= 2**32 - 1`; `material` is `round_keys`'s.
+  `x` holds values in `[0, n)`, `n <= 2**32 - 1`; `material` is `row_words(...).rounds`.
   The rounds are unrolled into one elementwise pass (spread over the cores on
   large tiles) or, with `rolled` (default: tiles of at most
   `_ROLLED_ELEMENTS`), a `fori_loop` over rounds, which compiles faster. Both
@@ -271,17 +266,9 @@ def hash_values(value_words: tuple[Array, Array], cols: Array) -> Array:
   return bits.avalanche(bits.avalanche(cols ^ s1[:, None]) + s2[:, None])
 
 
-def value_bits(key: tuple[Array, Array], rows: Array, cols: Array) -> Array:
-  """32 value bits of element `(rows[i], cols[i, j])`: a hash keyed by row words.
-
-  `cols` is `[n_cols]` (the same columns for every row) or `[rows, n_cols]`.
-  """
-  return hash_values(row_words(key, rows, 1, rounds=False).value, cols)
-
-
 def block_bits(key: tuple[Array, Array], k: int, n: int, rows: Array,
                cols: Array) -> tuple[Array, Array]:
-  """`(keep_mask(...), value_bits(...))` of a block from one Threefry call."""
+  """`keep_mask(...)` and the value bits of a block from one Threefry call."""
   words = row_words(key, rows, n, 0 < k < n)
   return (_keep(words.rounds, k, n, rows.shape[0], cols),
           hash_values(words.value, cols))

@@ -7,7 +7,7 @@ columns are therefore exactly the preimages `pi_r^{-1}(j)` of the ranks
 `nnz = fan_in - k` ranks lists them directly, at the cost of the dense method
 per *kept* element. A sort over the `nnz` columns of each row puts them in
 ascending order, and each value is the dense method's pure function of
-`(key, r, c)` (`counter.value_bits`, `methods.values_from_bits`), so scattering
+`(key, r, c)` (`counter.hash_values`, `methods.values_from_bits`), so scattering
 the ELL arrays gives `sparse_init(..., method="counter")` bit for bit, zeros
 aside (a scatter writes +0.0 where the dense matrix keeps the sign of the
 masked weight). Time and memory are O(fan_out * nnz), not O(fan_out * fan_in).
