@@ -12,7 +12,7 @@ from typing import Any
 from alberta import checkpoint
 from alberta import initializers
 from alberta._src.checks import num_zeros
-from alberta._src.core import sparse_init
+from alberta._src.one_device import sparse_init
 from alberta._src.masks import sparse_mask
 from alberta._src.networks import sparsify
 from alberta._src.sharding import pmap_sparse_init

@@ -30,7 +30,6 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from alberta._src import blocks
-from alberta._src import core
 from alberta._src import driver
 from alberta._src.methods import METHODS
 from alberta._src.spec import make_spec
@@ -141,7 +140,7 @@ class SparseInitMemoryTest(parameterized.TestCase):
 
   def _check(self, method, shape=(4096, 4096), sparsity=0.9):
     spec, _ = make_spec(shape, sparsity, "uniform", method, "nearest")
-    stats = core._sparse_init_2d.lower(
+    stats = blocks._matrix_in_one_program.lower(
         jax.random.key(0), spec, np.dtype(np.float32), None).compile(
         ).memory_analysis()
     out_bytes = shape[0] * shape[1] * 4

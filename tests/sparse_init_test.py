@@ -27,7 +27,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import alberta
-from alberta._src import core
+from alberta._src import blocks
 from tests import test_utils
 from third_party.alberta_framework.initializers import sparse_init as seed_sparse_init
 
@@ -384,13 +384,13 @@ class ChexBoundaryTest(absltest.TestCase):
   """The core checks its generator's output with chex, at trace time only."""
 
   def test_wrong_shape_from_the_generator_is_caught(self):
-    with mock.patch.object(core, "_sparse_init_2d",
+    with mock.patch.object(blocks, "generate_matrix",
                            return_value=jnp.zeros((SHAPE[0], SHAPE[1] + 1))):
       with self.assertRaisesRegex(AssertionError, "assert_shape"):
         alberta.sparse_init(jax.random.key(0), SHAPE, SPARSITY)
 
   def test_wrong_dtype_from_the_generator_is_caught(self):
-    with mock.patch.object(core, "_sparse_init_2d",
+    with mock.patch.object(blocks, "generate_matrix",
                            return_value=jnp.zeros(SHAPE, jnp.float16)):
       with self.assertRaisesRegex(AssertionError, "assert_type"):
         alberta.sparse_init(jax.random.key(0), SHAPE, SPARSITY)
@@ -406,8 +406,8 @@ class ChexBoundaryTest(absltest.TestCase):
 
 
 def _no_work():
-  """Makes any call of the core's compiled generator fail the test."""
-  return mock.patch.object(core, "_sparse_init_2d",
+  """Makes any call of the one-device generator fail the test."""
+  return mock.patch.object(blocks, "generate_matrix",
                            side_effect=AssertionError("work started before the check"))
 
 

@@ -186,6 +186,41 @@ def generate_host_loop(key: Array, spec: SparseSpec, row_start: int,
   return out
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _matrix_in_one_program(key: Array, spec: SparseSpec, dtype: jnp.dtype,
+                           chunk_rows: int | None) -> Array:
+  return generate(key, spec, 0, spec.fan_out, 0, spec.fan_in, dtype,
+                  chunk_rows)
+
+
+def generate_matrix(key: Array, spec: SparseSpec, dtype: jnp.dtype,
+                    chunk_rows: int | None) -> Array:
+  """The whole `spec.shape` matrix on one device: the chunk policy.
+
+  One program whose chunks (if any) are a loop in the graph, unless the
+  matrix is chunked and the key is concrete (outside any trace): then a host
+  loop of programs (`generate_host_loop`), each of which XLA:CPU spreads over
+  every core, where an in-graph loop runs its body on one thread. Under a
+  trace (`jit`, `vmap`) the chunks stay in the caller's graph.
+
+  Args:
+    key: the matrix's PRNG key, concrete or traced.
+    spec: the matrix.
+    dtype: the output dtype.
+    chunk_rows: rows per chunk; None: `default_chunk_rows` (in the graph) or
+      `host_loop_chunk_rows` (a host loop).
+
+  Returns:
+    The `spec.shape` matrix in `dtype`.
+  """
+  decided = (chunk_rows if chunk_rows is not None else
+             default_chunk_rows(spec, spec.fan_out, spec.fan_in, dtype))
+  if decided < spec.fan_out and driver.at_top_level(key):
+    return generate_host_loop(key, spec, 0, spec.fan_out, 0, spec.fan_in,
+                              dtype, chunk_rows)
+  return _matrix_in_one_program(key, spec, dtype, chunk_rows)
+
+
 def generate(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
              col_start: Array | int, n_cols: int, dtype: jnp.dtype,
              chunk_rows: int | None = None) -> Array:

@@ -9,7 +9,7 @@ import haiku as hk
 import jax
 import jax.numpy as jnp
 
-from alberta._src import kernels
+from alberta._src import layouts
 
 
 class SparseInit(hk.initializers.Initializer):
@@ -53,17 +53,17 @@ class SparseInit(hk.initializers.Initializer):
       method: "permutation" (the seed's numbers) or "counter" (sort-free).
       rounding: zero-count rule, "nearest" (the seed) or "ceil" (the paper).
     """
-    self.sparsity = kernels.check_options(sparsity, init_type, method, rounding)
+    self.sparsity = layouts.check_options(sparsity, init_type, method, rounding)
     self.init_type = init_type
-    self.fan_in_axes = kernels.check_fan_in_axes(fan_in_axes)
+    self.fan_in_axes = layouts.check_fan_in_axes(fan_in_axes)
     self.method = method
     self.rounding = rounding
 
   def __repr__(self) -> str:
-    return f"alberta.SparseInit({kernels.options_repr(self)})"
+    return f"alberta.SparseInit({layouts.options_repr(self)})"
 
   def __call__(self, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
-    return kernels.sparse_kernel(
+    return layouts.sparse_kernel(
         hk.next_rng_key(), shape, dtype, sparsity=self.sparsity,
         init_type=self.init_type, method=self.method, rounding=self.rounding,
         fan_in_axes=self.fan_in_axes)

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax.nn.initializers import Initializer
 
-from alberta._src import kernels
+from alberta._src import layouts
 
 
 class _Sparse:
@@ -26,13 +26,13 @@ class _Sparse:
 
   def __call__(self, key: jax.Array, shape: Sequence[int],
                dtype: Any = jnp.float32) -> jax.Array:
-    return kernels.sparse_kernel(
+    return layouts.sparse_kernel(
         key, shape, dtype, sparsity=self.sparsity, init_type=self.init_type,
         method=self.method, rounding=self.rounding,
         fan_in_axes=self.fan_in_axes)
 
   def __repr__(self) -> str:
-    return f"alberta.initializers.sparse({kernels.options_repr(self)})"
+    return f"alberta.initializers.sparse({layouts.options_repr(self)})"
 
 
 def sparse(sparsity: float = 0.9, init_type: str = "uniform", *,
@@ -73,6 +73,6 @@ def sparse(sparsity: float = 0.9, init_type: str = "uniform", *,
     >>> params["params"]["kernel"].shape
     (64, 256)
   """
-  sparsity = kernels.check_options(sparsity, init_type, method, rounding)
-  return _Sparse(sparsity, init_type, kernels.check_fan_in_axes(fan_in_axes),
+  sparsity = layouts.check_options(sparsity, init_type, method, rounding)
+  return _Sparse(sparsity, init_type, layouts.check_fan_in_axes(fan_in_axes),
                  method, rounding)

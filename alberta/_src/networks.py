@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alberta._src import checks
-from alberta._src import kernels
+from alberta._src import layouts
 from alberta._src import keys
 
 Array = jax.Array
@@ -172,9 +172,9 @@ def _fan_in_axes(layout: Any, path: str, shape: tuple[int, ...],
     return None
   if layout == "out_in":
     return tuple(range(1, len(shape)))
-  axes = kernels.check_fan_in_axes(layout)
+  axes = layouts.check_fan_in_axes(layout)
   try:
-    kernels.fan_in_and_out_axes(shape, axes)
+    layouts.fan_in_and_out_axes(shape, axes)
   except ValueError as e:
     raise ValueError(f"{name}: include's layout for leaf {path!r}: {e}") from e
   return axes
@@ -347,7 +347,7 @@ def _check_options(options: dict[str, Any], sparsity: float) -> dict[str, Any]:
         f"sparse_init's {list(_OPTIONS)} (each leaf keeps its own dtype).")
   full = dict(init_type="uniform", method="permutation", rounding="nearest")
   full.update(options)
-  kernels.check_options(sparsity, full["init_type"], full["method"],
+  layouts.check_options(sparsity, full["init_type"], full["method"],
                         full["rounding"])
   return full
 
@@ -454,7 +454,7 @@ def sparsify(key: Array, params: Any, sparsity: float = 0.9, *,
   for kernel in selected:
     s = kernel.sparsity if kernel.sparsity is not None else share_of[
         kernel.index]
-    new = kernels.sparse_kernel(
+    new = layouts.sparse_kernel(
         leaf_key(key, kernel.path), kernel.shape, kernel.dtype, sparsity=s,
         fan_in_axes=kernel.fan_in_axes, name=kernel.path, **options)
     leaves[kernel.index] = _placed_like(new, leaves[kernel.index])

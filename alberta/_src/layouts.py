@@ -21,7 +21,7 @@ import numpy as np
 
 from alberta._src import checks
 from alberta._src import contracts
-from alberta._src import core
+from alberta._src import one_device
 
 Array = jax.Array
 
@@ -125,7 +125,7 @@ def sparse_kernel(key: Array, shape: Any, dtype: Any, *, sparsity: float,
   what = f"kernel of shape {shape}"
   if name is not None:
     what = f"kernel {name!r} of shape {shape}"
-  matrix = core.sparse_matrix(key, (n_out, fan_in), sparsity, init_type,
+  matrix = one_device.sparse_matrix(key, (n_out, fan_in), sparsity, init_type,
                               dtype=dtype, method=method, rounding=rounding,
                               chunk_rows=None, what=what)
   order = out_axes + axes

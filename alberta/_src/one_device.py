@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -11,16 +10,8 @@ import jax.numpy as jnp
 from alberta._src import blocks
 from alberta._src import contracts
 from alberta._src import driver
-from alberta._src.spec import SparseSpec
 
 Array = jax.Array
-
-
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _sparse_init_2d(key: Array, spec: SparseSpec, dtype: jnp.dtype,
-                    chunk_rows: int | None) -> Array:
-  return blocks.generate(key, spec, 0, spec.fan_out, 0, spec.fan_in, dtype,
-                         chunk_rows)
 
 
 def sparse_init(
@@ -98,22 +89,6 @@ def sparse_matrix(key: Array, shape: Any, sparsity: Any, init_type: Any, *,
       chunk_rows, what=what)
   if spec.fan_out == 0 or spec.fan_in == 0:
     return contracts.returns(jnp.zeros(shape, dtype), shape, dtype)
-  if _use_host_loop(key, spec, dtype, chunk_rows):
-    out = blocks.generate_host_loop(key, spec, 0, spec.fan_out, 0, spec.fan_in,
-                                    dtype, chunk_rows)
-  else:
-    out = _sparse_init_2d(key, spec, dtype, chunk_rows)
+  out = blocks.generate_matrix(key, spec, dtype, chunk_rows)
   return contracts.returns(out, spec.shape, dtype).reshape(shape)
 
-
-def _use_host_loop(key: Array, spec: SparseSpec, dtype: jnp.dtype,
-                   chunk_rows: int | None) -> bool:
-  """A chunked matrix outside any trace runs as a host loop of programs.
-
-  Each chunk is then a whole XLA program, which uses every core (see
-  `blocks.generate_host_loop`); under a trace the chunks stay in the graph.
-  """
-  if chunk_rows is None:
-    chunk_rows = blocks.default_chunk_rows(spec, spec.fan_out, spec.fan_in,
-                                           dtype)
-  return chunk_rows < spec.fan_out and driver.at_top_level(key)
