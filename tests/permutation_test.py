@@ -449,6 +449,17 @@ class SearchPathTest(parameterized.TestCase):
     np.testing.assert_array_equal(
         new, np.broadcast_to(np.arange(10) >= 2, (3, 10)))
 
+  @parameterized.parameters(
+      # A product with a triangular matrix (c**2 <= 64 total), a cumsum (c**2
+      # too large, or sums past float32's exact integers).
+      (5, 40, 40), (3, 9, 1), (2, 3, 2**24))
+  def test_prefix_sums_are_cumulative_sums(self, n_rows, c, total):
+    rng = np.random.default_rng(c)
+    counts = rng.integers(0, max(1, total // c), (n_rows, c)).astype(np.int32)
+    counts[:, -1] = total - counts[:, :-1].sum(axis=1)  # Sums up to `total`.
+    got = jax.jit(permutation._prefix_sums, static_argnums=1)(counts, total)
+    np.testing.assert_array_equal(np.asarray(got), np.cumsum(counts, axis=1))
+
   @parameterized.parameters((None, 1), (16, 8))
   def test_chunked_sharded_and_pmap_equal_the_seed(self, chunk_rows, devices):
     # 64 x 2048 at sparsity 0.9 takes the search path; the matrix is the

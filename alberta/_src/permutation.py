@@ -376,16 +376,19 @@ def _compared_mask(k1: Array, k2: Array, n: int, k: int,
   return lax.ne(hit, np.bool_(zeros_followed))
 
 
-def _prefix_sums(counts: Array, inclusive: bool) -> Array:
-  """Prefix sums of int32 `counts` (`[R, c]`, sums below 2**24) along rows.
+def _prefix_sums(counts: Array, total: int) -> Array:
+  """Inclusive prefix sums of int32 `counts` (`[R, c]`, row sums <= `total`).
 
-  A float32 product with a constant triangular matrix: exact for integer sums
-  below 2**24, and one library call to compile, where `lax.cumsum` is a tree of
-  reduce-windows (several loops, a tenth of a second of XLA:CPU compile time).
-  `c**2` multiply-adds a row; the callers' `c` is at most `2 m + 1`.
+  For short rows of small sums (`c**2 <= 64 total`, `total < 2**24`), a
+  float32 product with a constant triangular matrix: exact for integer sums
+  below 2**24, `c**2` multiply-adds a row, and one library call to compile,
+  where `lax.cumsum` is a tree of reduce-windows (several loops, a tenth of a
+  second of XLA:CPU compile time). Otherwise `lax.cumsum`.
   """
   c = counts.shape[1]
-  tri = np.triu(np.ones((c, c), np.float32), k=0 if inclusive else 1)
+  if c * c > 64 * total or total >= 2**24:
+    return lax.cumsum(counts, axis=1)
+  tri = np.triu(np.ones((c, c), np.float32))
   sums = lax.dot(lax.convert_element_type(counts, jnp.float32), tri,
                  precision=lax.Precision.HIGHEST)
   return lax.convert_element_type(sums, jnp.int32)
@@ -503,7 +506,7 @@ def _searched_mask(k1: Array, k2: Array, n: int, k: int,
         lax.add(ins, offsets).reshape(-1)].add(
             np.int32(1), mode="promise_in_bounds").reshape(n_rows, m + 1)
     return key, lax.sub(_prefix_sums(lax.slice_in_dim(counts, 0, m, axis=1),
-                                     inclusive=True), np.int32(1))
+                                     total=n), np.int32(1))
 
   key = (k1.reshape(-1, 1, 1), k2.reshape(-1, 1, 1))
   for _ in range(num_rounds(n)):
