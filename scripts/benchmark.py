@@ -31,7 +31,10 @@ The everyday path (`--cases=layer`, i.e. `import,mlp,cache,chunk,cores`;
 Haiku MLP's init (also with a cold and a warm persistent compilation cache),
 chunked against unchunked generation and one core against all at
 `--layer_shape`, each figure the minimum over `--fresh_processes` processes,
-each of which is this script run again with `--layer_child`.
+each of which is this script run again with `--layer_child`. The `wide` case
+(`scripts/benchlib/wide.py`): a 3-layer Haiku MLP of each `--wide_widths`
+width, Haiku's default, both methods and the seed as `w_init`, first call (by
+stage) and steady state, beside the floor of the seed's construction.
 
 Agreement checks, which make the script exit non-zero when they fail: the seed
 against `permutation` (eager at small shapes, bit for bit; jitted at each timed
@@ -68,10 +71,12 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from scripts.benchlib import layer  # noqa: E402  (imports no JAX)
 from scripts.benchlib import networks  # noqa: E402  (imports no JAX)
+from scripts.benchlib import wide  # noqa: E402  (imports no JAX)
 
 if __name__ == "__main__" and (_TASK := layer.child_task(sys.argv)):
   # A fresh-process measurement: before anything here imports JAX.
-  print(json.dumps(layer.run_task(_TASK)))
+  print(json.dumps((wide.run_task if _TASK.get("case") in wide.CASES
+                    else layer.run_task)(_TASK)))
   sys.exit(0)
 
 from absl import app  # noqa: E402
@@ -88,7 +93,7 @@ from scripts.benchlib import report  # noqa: E402
 from scripts.benchlib import suite  # noqa: E402
 
 ALL_METHODS = suite.ALL_METHODS
-ALL_CASES = ("matrix", "sharded", *layer.CASES, *networks.CASES)
+ALL_CASES = ("matrix", "sharded", *layer.CASES, *wide.CASES, *networks.CASES)
 _GROUPS = {"layer": layer.CASES, "all": ALL_CASES}
 
 _CASES = flags.DEFINE_list(
@@ -132,6 +137,9 @@ _LAYER_SHAPE = flags.DEFINE_string(
     "layer_shape", "8192,1024", "ROWS,COLS of the chunk and cores cases.")
 _LAYER_CHUNK_ROWS = flags.DEFINE_integer(
     "layer_chunk_rows", 1024, "chunk_rows of the chunk case.", lower_bound=1)
+_WIDE_WIDTHS = flags.DEFINE_list(
+    "wide_widths", ["1024", "2048", "4096"],
+    "Widths of the wide case's 3-layer MLP (input and every layer).")
 _FRESH_PROCESSES = flags.DEFINE_integer(
     "fresh_processes", 3, "Processes per layer measurement (min kept).",
     lower_bound=1)
@@ -161,6 +169,10 @@ flags.register_validator(
 flags.register_validator(
     "layer_shape", lambda v: harness.all_valid(harness.parse_shape, [v]),
     "--layer_shape must be ROWS,COLS, positive ints.")
+flags.register_validator(
+    "wide_widths", lambda ws: bool(ws) and all(
+        w.isdigit() and int(w) > 0 for w in ws),
+    "--wide_widths must be positive integers.")
 flags.register_validator(
     "methods", lambda ms: bool(ms) and all(m in ALL_METHODS for m in ms),
     f"--methods must be a non-empty list among {ALL_METHODS}.")
@@ -251,6 +263,13 @@ def main(argv: Sequence[str]) -> None:
   layer_records = layer.measure(cases, layer_settings,
                                 layer.spawn(os.path.abspath(__file__)))
   layer_rows = layer.rows(layer_records)
+  wide_records = wide.measure(
+      wide.Settings(tuple(int(w) for w in _WIDE_WIDTHS.value),
+                    _FRESH_PROCESSES.value),
+      layer.spawn(os.path.abspath(__file__))) if "wide" in cases else []
+  wide_rows = wide.rows(wide_records)
+  sections = [(report.wide_intro(_FRESH_PROCESSES.value), wide_rows)
+              ] if wide_rows else []
   # `--cases=sparsify`: a whole ResNet-50 (scripts/benchlib/networks.py).
   network_records = networks.measure(cases, networks.Settings(
       _FRESH_PROCESSES.value, _REPEATS.value))
@@ -259,7 +278,8 @@ def main(argv: Sequence[str]) -> None:
   ratios = ratios_lib.ratios(records)
   seed_passed = all(c["passed"] for c in checks) if checks else None
   tables = (records, sharded, ratios)
-  print(report.summary(*tables, checks, layer_rows, _FRESH_PROCESSES.value))
+  print(report.summary(*tables, checks, layer_rows, _FRESH_PROCESSES.value,
+                       sections))
   if network_records:
     print(networks.summary(network_records, _FRESH_PROCESSES.value))
   print(f"\nload average: start {env['loadavg_start']}, end "
@@ -279,9 +299,11 @@ def main(argv: Sequence[str]) -> None:
                        "layer": {"shape": list(layer_settings.shape),
                                  "chunk_rows": layer_settings.chunk_rows,
                                  "fresh_processes": layer_settings.processes},
+                       "wide_widths": [int(w) for w in _WIDE_WIDTHS.value],
                        "rss_mode": probe.mode},
           "results": records, "sharded": sharded, "ratios": ratios,
           "layer": layer_records, "layer_rows": layer_rows,
+          "wide": wide_records, "wide_rows": wide_rows,
           "sparsify": network_records,
           "seed_check": {"passed": seed_passed, "checks": checks}},
                 f, indent=1)
@@ -289,7 +311,7 @@ def main(argv: Sequence[str]) -> None:
   if _MARKDOWN.value:
     with open(_MARKDOWN.value, "w") as f:
       f.write(report.run_markdown(env, *tables, seed_passed, layer_rows,
-                                  _FRESH_PROCESSES.value))
+                                  _FRESH_PROCESSES.value, sections))
       f.write(networks.markdown(network_records, env,
                                 _FRESH_PROCESSES.value))
     print(f"wrote {_MARKDOWN.value}")
@@ -302,7 +324,8 @@ def main(argv: Sequence[str]) -> None:
                                    if "matches_dense_counter" in r)),
       ("sharded vs one device", all(r["matches_single_device"] for r in sharded
                                     if "matches_single_device" in r)),
-      ("chunked vs one piece", all(layer.chunks_agree(layer_records))))
+      ("chunked vs one piece", all(layer.chunks_agree(layer_records))),
+      ("wide MLP seed vs permutation", all(wide.seed_agrees(wide_records))))
             if not ok]
   if failed:
     raise SystemExit(f"agreement checks failed: {', '.join(failed)}")

@@ -30,6 +30,7 @@ from scripts.benchlib import layer
 from scripts.benchlib import plot
 from scripts.benchlib import ratios as ratios_lib
 from scripts.benchlib import report
+from scripts.benchlib import wide
 from tests import test_utils
 from third_party import alberta_framework
 
@@ -72,7 +73,7 @@ class BenchmarkScriptTest(parameterized.TestCase):
         "--ell_sparsities=0.9,0.99",
         f"--methods={','.join(_METHODS + ('ell',))}",
         "--layer_shape=64,32", "--layer_chunk_rows=16", "--fresh_processes=1",
-        f"--json={cls.json_path}", f"--plot={cls.plot_path}",
+        "--wide_widths=32", f"--json={cls.json_path}", f"--plot={cls.plot_path}",
         f"--markdown={cls.markdown_path}"]
     cls.proc = _run(_BENCHMARK, cls.args)
     cls.result = None
@@ -228,8 +229,20 @@ class BenchmarkScriptTest(parameterized.TestCase):
     self.assertIn(report.layer_intro(1), last)
     table = last[last.index(command) + len(command):].lstrip("\n")
     self.assertStartsWith(table, "| measurement | value | ratio |")
+    # Then the wide MLP's section, after the same command again.
+    table, wide_part = table.split(f"\n\n{report.wide_intro(1)}")
     self.assertLen(table.strip().splitlines(), 2 + len(
         self.result["layer_rows"]))
+    wide_table = wide_part[wide_part.index(command) + len(command):]
+    self.assertLen(wide_table.strip().splitlines(),
+                   2 + len(self.result["wide_rows"]))
+
+  def test_wide_mlp_ran_each_initializer_and_matches_the_seed(self):
+    self.assertEqual([r["task"]["init"] for r in self.result["wide"]],
+                     list(wide.INITS))
+    self.assertEqual(wide.seed_agrees(self.result["wide"]), [True])
+    self.assertEqual(self.result["wide_rows"],
+                     wide.rows(self.result["wide"]))
 
   def test_layer_cases_each_ran_once_and_chunking_kept_the_matrix(self):
     cases = [r["task"]["case"] for r in self.result["layer"]]
@@ -293,6 +306,7 @@ class BenchmarkEdgeCasesTest(parameterized.TestCase):
              (["--cases=layer,io"], "--cases"),
              (["--layer_shape=8"], "--layer_shape"),
              (["--layer_chunk_rows=0"], "--layer_chunk_rows"),
+             (["--wide_widths=0"], "--wide_widths"),
              (["--fresh_processes=0"], "--fresh_processes"),
              (["--shape=8,8", "--sizes=8x8"], "not both"),
              (["--cases=layer", "--plot=x.png"], "--plot")]
@@ -339,6 +353,55 @@ for argv in json.loads(sys.argv[2]):
   flags.FLAGS.unparse_flags()
 print(json.dumps(errors))
 """
+
+
+def _wide_record(init, width, first, steady, digest="d"):
+  result = {"first": {"wall": first, "cpu": first},
+            "stages": {"trace": 0.1, "lower": 0.1, "compile": first - 0.3,
+                       "run": 0.1},
+            "steady": steady}
+  if init in ("sparse_permutation", "seed"):
+    result["digest"] = digest
+  return {"task": {"case": "wide", "init": init, "width": width},
+          "result": result}
+
+
+class WideTest(absltest.TestCase):
+
+  def test_rows_judge_the_default_method_against_haiku_and_its_targets(self):
+    records = [
+        _wide_record("haiku_default", 2048, 1.0, 0.1),
+        _wide_record("sparse_permutation", 2048, 1.4, 0.4),
+        _wide_record("seed", 2048, 5.0, 4.0),
+        _wide_record("floor", 2048, 0.5, 0.3),
+    ]
+    rows = {r["measurement"]: r for r in wide.rows(records)}
+    self.assertEqual(rows["MLP 3x2048: seed vs sparse_permutation parameters"]
+                     ["value"], "same")
+    first = rows["MLP 3x2048 sparse_permutation: first jit(net.init), wall s"]
+    self.assertEqual(first["ratio"],
+                     "1.40x haiku_default (target <= 1.5: met)")
+    steady = rows["MLP 3x2048 sparse_permutation: steady jit(net.init), ms"]
+    self.assertEqual(steady["value"], "400")
+    self.assertEqual(steady["ratio"],
+                     "4.00x haiku_default (target <= 3.5: **missed**)")
+    self.assertEqual(rows["MLP 3x2048 seed: steady jit(net.init), ms"]["ratio"],
+                     "40.00x haiku_default")
+    self.assertEqual(rows["MLP 3x2048 floor: steady, ms"]["ratio"],
+                     "3.00x haiku_default")
+    self.assertEqual(
+        rows["MLP 3x2048 seed: trace / lower / compile / run, s"]["value"],
+        "0.10 / 0.10 / 4.70 / 0.10")
+
+  def test_seed_check_fails_on_different_parameters(self):
+    records = [_wide_record("sparse_permutation", 64, 1, 1, digest="a"),
+               _wide_record("seed", 64, 1, 1, digest="b")]
+    self.assertEqual(wide.seed_agrees(records), [False])
+
+  def test_tasks_are_every_initializer_at_every_width(self):
+    tasks = wide.tasks(wide.Settings(widths=(8, 16), processes=1))
+    self.assertEqual([(t["width"], t["init"]) for t in tasks],
+                     [(w, i) for w in (8, 16) for i in wide.INITS])
 
 
 class MemoryReportTest(absltest.TestCase):

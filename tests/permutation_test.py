@@ -13,9 +13,14 @@ shuffle instead of sorting (key, index) pairs. Proves, bit for bit:
   correction pass handles, against a key-value-sort shuffle with the same
   bits (itself checked against the seed's permutation with the real bits);
 - `ranks` on crafted arrays equals the stable argsort ranks of numpy;
-- all of the above for both of `mask_block`'s paths, the sort path
-  (`_followed_mask`) and the compare path (`_compared_mask`, short rows), and
-  either side of the static bound that picks between them.
+- all of the above for each of `mask_block`'s paths, the sort path
+  (`_followed_mask`), the compare path (`_compared_mask`, short rows) and the
+  search path (`_searched_mask`, the default for longer rows), and either side
+  of the static bounds that pick between them;
+- the search path's fast pass (bits alone) runs, and its result stands, when
+  no bits tie (rows of 2048 and 4096 against the seed's permutations, a
+  chunked, a sharded and a pmap matrix against the seed's), and its exact
+  pass on (bits, position) pairs runs and agrees whenever they do.
 
 Each distinct (rows, n, k, path) compiles its own program (the sort path
 several seconds of CPU), so the default run keeps one case per property and
@@ -36,11 +41,15 @@ import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized
 from jax import lax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
+import alberta
 from alberta._src import keys
 from alberta._src import permutation
 from alberta._src.spec import SparseSpec
 from tests import test_utils
+from third_party.alberta_framework.initializers import sparse_init as seed_sparse_init
 
 _U32 = jnp.uint32
 
@@ -101,6 +110,7 @@ _PATHS = {
     "default": permutation.mask_block,
     "sort": functools.partial(permutation.mask_block, path="sort"),
     "compare": functools.partial(permutation.mask_block, path="compare"),
+    "search": functools.partial(permutation.mask_block, path="search"),
 }
 
 
@@ -144,7 +154,8 @@ _ROW_START = 5
 
 
 def _with_paths(cases):
-  return tuple(case + (path,) for case in cases for path in ("sort", "compare"))
+  return tuple(case + (path,) for case in cases
+               for path in ("sort", "compare", "search"))
 
 
 class SeedMaskTest(parameterized.TestCase):
@@ -187,6 +198,15 @@ class SeedMaskTest(parameterized.TestCase):
     new, old = _both(_spec(6, n, k), seed=n, row_start=77)
     np.testing.assert_array_equal(new, old)
 
+  def test_default_path_by_row_length(self):
+    # Sparsity 0.9: compare up to m n rounds = 2**17, search up to m n =
+    # 2**26 (rows of 16384), sort beyond.
+    for n, k, path in ((256, 230, "compare"), (1024, 922, "compare"),
+                       (1626, 1463, "search"), (2048, 1843, "search"),
+                       (4096, 3686, "search"), (16384, 14746, "search"),
+                       (32768, 29491, "sort"), (65536, 58982, "sort")):
+      self.assertEqual(permutation.default_path(n, k), path, (n, k))
+
   def test_small_layers_take_the_compare_path(self):
     # Haiku-sized layers at sparsity 0.9 and 0.5 compile without a sort.
     for n, k in ((64, 58), (256, 230), (1024, 922), (256, 128)):
@@ -208,12 +228,19 @@ class SeedMaskTest(parameterized.TestCase):
   def test_row_groups_equal_sorted_mask(self):
     self.check_row_groups_equal_sorted_mask("compare")
 
+  def test_column_tile_on_the_search_path(self):
+    self.check_column_tile_equals_sorted_mask("search")
+
   @test_utils.slow
   def test_column_tile_and_row_groups_on_the_sort_path(self):
     self.check_column_tile_equals_sorted_mask("sort")
     self.check_row_groups_equal_sorted_mask("sort")
 
-  @parameterized.parameters("sort", "compare")
+  @test_utils.slow
+  def test_row_groups_on_the_search_path(self):
+    self.check_row_groups_equal_sorted_mask("search")
+
+  @parameterized.parameters("sort", "compare", "search")
   @test_utils.slow
   def test_more_row_groups_equal_sorted_mask(self, path):
     # 600 x 1024 = 9.4 * 2**16 elements: as many groups as the cores allow
@@ -262,6 +289,7 @@ def _zero_bits(k1, k2, counters):
 _followed_mask = jax.jit(permutation._followed_mask,
                          static_argnums=(2, 3, 4, 5))
 _compared_mask = jax.jit(permutation._compared_mask, static_argnums=(2, 3, 4))
+_searched_mask = jax.jit(permutation._searched_mask, static_argnums=(2, 3, 4))
 
 
 def _row_keys(n_rows, seed, row_start=0):
@@ -300,8 +328,10 @@ class TiedBitsTest(parameterized.TestCase):
     ref = tied_shuffle(n_rows, n, shift) >= k
     new = _followed_mask(k1, k2, n, k, sort_bits, tie_rows)
     compared = _compared_mask(k1, k2, n, k, sort_bits)
+    searched = _searched_mask(k1, k2, n, k, sort_bits)
     np.testing.assert_array_equal(np.asarray(new), ref)
     np.testing.assert_array_equal(np.asarray(compared), ref)
+    np.testing.assert_array_equal(np.asarray(searched), ref)
     np.testing.assert_array_equal((~ref).sum(axis=1), k)
 
   @parameterized.named_parameters(
@@ -342,17 +372,112 @@ class TiedBitsTest(parameterized.TestCase):
   def test_compare_path_with_ties_at_middle_k(self, n, k):
     self.check_compare_path_with_ties(n, k)
 
-  @parameterized.parameters("sort", "compare")
+  @parameterized.parameters("sort", "compare", "search")
   def test_all_bits_equal_is_the_identity(self, path):
     # Every key equal: a stable sort keeps the order, so the zeros are the
     # first k positions.
     k1, k2 = _row_keys(5, seed=0)
     if path == "sort":
       new = _followed_mask(k1, k2, 64, 20, _zero_bits, 2)
-    else:
+    elif path == "compare":
       new = _compared_mask(k1, k2, 64, 20, _zero_bits)
+    else:
+      new = _searched_mask(k1, k2, 64, 20, _zero_bits)
     np.testing.assert_array_equal(np.asarray(new),
                                   np.broadcast_to(np.arange(64) >= 20, (5, 64)))
+
+
+def _exact_passes(fn, *args):
+  """`fn(*args)` and how many times it ran the search path's exact pass."""
+  calls = []
+  exact = permutation._count_queries_below
+
+  def counted(*a):
+    jax.debug.callback(lambda: calls.append(1))
+    return exact(*a)
+
+  with mock.patch.object(permutation, "_count_queries_below", counted):
+    out = np.asarray(jax.block_until_ready(fn(*args)))
+  return out, len(calls)
+
+
+class SearchPathTest(parameterized.TestCase):
+  """The search path's two passes: bits alone, and (bits, position) pairs."""
+
+  @parameterized.parameters((24, 2048, 1843), (12, 4096, 410))
+  def test_fast_pass_equals_the_seed_without_ties(self, rows, n, k):
+    # Real bits, two rounds, zeros or kept inputs followed: m n / 2**32 < 4e-4
+    # ties a row and round, and none in these rows (the count below says
+    # so), so the bits-alone pass decides every round.
+    k1, k2 = _row_keys(rows, seed=n, row_start=_ROW_START)
+    fn = jax.jit(permutation._searched_mask, static_argnums=(2, 3))
+    new, exact_passes = _exact_passes(fn, k1, k2, n, k)
+    self.assertEqual(exact_passes, 0)
+    np.testing.assert_array_equal(
+        new, seed_permutations(n, _ROW_START, rows, n) >= k)
+
+  @parameterized.named_parameters(
+      # 4096 values in rows of 2048: ties between the row and the followed
+      # elements in most rows; 2 values: every bit ties.
+      ("_some_ties", 8, 2048, 1843, 20),
+      ("_two_values", 4, 300, 40, 31),
+  )
+  def test_exact_pass_runs_and_agrees_with_ties(self, rows, n, k, shift):
+    k1, k2 = _row_keys(rows, seed=n)
+    fn = jax.jit(functools.partial(permutation._searched_mask,
+                                   sort_bits=_coarse_bits(shift)),
+                 static_argnums=(2, 3))
+    new, exact_passes = _exact_passes(fn, k1, k2, n, k)
+    self.assertEqual(exact_passes, permutation.num_rounds(n))
+    np.testing.assert_array_equal(new, tied_shuffle(rows, n, shift) >= k)
+
+  def test_followed_elements_tied_with_each_other(self):
+    # Two followed elements with the same bits and no other tie: the bits
+    # alone would give both the same place; the pass sees it.
+    def sort_bits(k1, k2, counters):
+      del k1, k2
+      # Elements 0 and 1 (the followed ones, k = 2) share bits 7; the rest
+      # are distinct and larger.
+      return jnp.where(counters < 2, _U32(7), counters + _U32(100))
+
+    k1, k2 = _row_keys(3, seed=0)
+    fn = jax.jit(functools.partial(permutation._searched_mask,
+                                   sort_bits=sort_bits), static_argnums=(2, 3))
+    new, exact_passes = _exact_passes(fn, k1, k2, 10, 2)
+    self.assertEqual(exact_passes, 1)
+    # Every round's sort keeps elements 0 and 1 first: they stay the zeros.
+    np.testing.assert_array_equal(
+        new, np.broadcast_to(np.arange(10) >= 2, (3, 10)))
+
+  @parameterized.parameters(
+      # A product with a triangular matrix (c**2 <= 64 total), a cumsum (c**2
+      # too large, or sums past float32's exact integers).
+      (5, 40, 40), (3, 9, 1), (2, 3, 2**24))
+  def test_prefix_sums_are_cumulative_sums(self, n_rows, c, total):
+    rng = np.random.default_rng(c)
+    counts = rng.integers(0, max(1, total // c), (n_rows, c)).astype(np.int32)
+    counts[:, -1] = total - counts[:, :-1].sum(axis=1)  # Sums up to `total`.
+    got = jax.jit(permutation._prefix_sums, static_argnums=1)(counts, total)
+    np.testing.assert_array_equal(np.asarray(got), np.cumsum(counts, axis=1))
+
+  @parameterized.parameters((None, 1), (16, 8))
+  def test_chunked_sharded_and_pmap_equal_the_seed(self, chunk_rows, devices):
+    # 64 x 2048 at sparsity 0.9 takes the search path; the matrix is the
+    # seed's whether built whole, in chunks of 16 rows, over 8 devices or by
+    # pmap.
+    shape, key = (64, 2048), jax.random.key(11)
+    self.assertEqual(permutation.default_path(2048, 1843), "search")
+    want = np.asarray(seed_sparse_init(key, shape, 0.9))
+    if devices == 1:
+      got = alberta.sparse_init(key, shape, 0.9, chunk_rows=chunk_rows)
+    else:
+      sharding = NamedSharding(jax.make_mesh((devices,), ("x",)), P("x"))
+      got = alberta.sharded_sparse_init(key, shape, 0.9, sharding=sharding,
+                                        chunk_rows=chunk_rows)
+      pmapped = alberta.pmap_sparse_init(key, shape, 0.9)
+      test_utils.assert_same_matrix(np.asarray(pmapped).reshape(shape), want,
+                                    "uniform")
+    test_utils.assert_same_matrix(np.asarray(got), want, "uniform")
 
 
 class RanksTest(parameterized.TestCase):

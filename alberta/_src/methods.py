@@ -101,13 +101,19 @@ def _permutation_values(spec: SparseSpec, value_bits: Array) -> Array:
 
 
 def _permutation_temp_bytes_per_row(spec: SparseSpec) -> int:
-  """Whole rows, generated and sorted whatever the column tile.
+  """Whole rows, generated and ranked whatever the column tile.
 
   Measured 18-20 bytes an element with one sort round (fan_in <= 1625),
-  24-29 with two (fan_in 2048-65536): its 32-bit sort bits, their sorted copy
-  and the weight bits.
+  24-29 with two (fan_in 2048-65536) on the sort and compare paths: the
+  32-bit sort bits, their sorted copy and the weight bits. The search path
+  (`permutation.default_path`) keeps each element's place among the followed
+  ones and the search's carry besides: 23 bytes with one round, 31.5 with
+  two.
   """
-  return (14 + 10 * permutation.num_rounds(spec.fan_in)) * spec.fan_in
+  rounds = permutation.num_rounds(spec.fan_in)
+  if permutation.default_path(spec.fan_in, spec.k) == "search":
+    return (18 + 10 * rounds) * spec.fan_in
+  return (14 + 10 * rounds) * spec.fan_in
 
 
 def _counter_tile_bits(words, spec, rows, col_start, n_cols):

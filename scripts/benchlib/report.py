@@ -190,11 +190,14 @@ def run_markdown(env: dict[str, Any], records: Sequence[dict[str, Any]],
                  ratios: Sequence[dict[str, Any]],
                  seed_passed: bool | None,
                  layer_rows: Sequence[dict[str, Any]] = (),
-                 processes: int = 1) -> str:
+                 processes: int = 1,
+                 sections: Sequence[tuple[str, Sequence[dict[str, Any]]]] = ()
+                 ) -> str:
   """A benchmark run for docs/: machine, the command, then every table.
 
-  The everyday-path table (`layer_rows`) repeats the command above it, so
-  that each part pasted on its own still names what regenerates it.
+  The everyday-path table (`layer_rows`) and each further `(intro, rows)`
+  section (`LAYER_COLUMNS` rows) repeat the command above them, so that each
+  part pasted on its own still names what regenerates it.
   """
   lines = [f"Measured {env['date_utc']} on {env['cpu_model']} "
            f"({env['cpus_usable']} cores usable, "
@@ -228,6 +231,9 @@ def run_markdown(env: dict[str, Any], records: Sequence[dict[str, Any]],
       lines += ["", f"{layer_intro(processes)}, from the "
                 "same command:", "", *command_block(env["command"])]
     lines += markdown_table(layer_rows, LAYER_COLUMNS)
+  for intro, rows in sections:
+    lines += ["", f"{intro}, from the same command:", "",
+              *command_block(env["command"]), *markdown_table(rows, LAYER_COLUMNS)]
   return "\n".join(lines) + "\n"
 
 
@@ -236,7 +242,9 @@ def summary(records: Sequence[dict[str, Any]],
             ratios: Sequence[dict[str, Any]],
             checks: Sequence[dict[str, Any]],
             layer_rows: Sequence[dict[str, Any]] = (),
-            processes: int = 1) -> str:
+            processes: int = 1,
+            sections: Sequence[tuple[str, Sequence[dict[str, Any]]]] = ()
+            ) -> str:
   """A benchmark run for the terminal: tables, ratios, agreement checks."""
   out = ["", table(records)] if records else []
   if sharded:
@@ -247,6 +255,8 @@ def summary(records: Sequence[dict[str, Any]],
   if layer_rows:
     out += ["", f"{layer_intro(processes)}:",
             table(layer_rows, LAYER_COLUMNS)]
+  for intro, rows in sections:
+    out += ["", f"{intro}:", table(rows, LAYER_COLUMNS)]
   if checks:
     out += ["", "seed vs permutation:"]
     out += [f"  {json.dumps(c)}" for c in checks]
@@ -282,6 +292,14 @@ def layer_intro(processes: int) -> str:
           f"each figure the minimum over {processes} fresh "
           f"process{'es' if processes != 1 else ''}")
 
+
+
+def wide_intro(processes: int) -> str:
+  """What the wide-MLP table shows (`processes` fresh ones per figure)."""
+  return ("Wide layers (a 3-layer Haiku MLP, input and every layer of one "
+          "width), each figure the minimum over "
+          f"{processes} fresh process{'es' if processes != 1 else ''} "
+          "(the seed's: one)")
 
 
 LAYER_COLUMNS = (
