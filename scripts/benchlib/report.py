@@ -251,7 +251,9 @@ def summary(records: Sequence[dict[str, Any]],
     out += ["", "Sharded (alberta.sharded_sparse_init, rows split over "
             "devices; memory per device):", table(sharded)]
   if ratios:
-    out += ["", "Ratios (min times):", ratio_table(ratios)]
+    out += ["", "Ratios (min times); each target is one of this project's own "
+            "performance goals (docs/PERFORMANCE.md), reported as met or "
+            "missed, never an error:", ratio_table(ratios)]
   if layer_rows:
     out += ["", f"{layer_intro(processes)}:",
             table(layer_rows, LAYER_COLUMNS)]
