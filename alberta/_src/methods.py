@@ -107,12 +107,12 @@ def _permutation_temp_bytes_per_row(spec: SparseSpec) -> int:
   24-29 with two (fan_in 2048-65536) on the sort and compare paths: the
   32-bit sort bits, their sorted copy and the weight bits. The search path
   (`permutation.default_path`) keeps each element's place among the followed
-  ones and the search's carry besides: 23 bytes with one round, 31.5 with
-  two.
+  ones (16 bits) and the search's carry besides: 21 bytes with one round,
+  27.5 with two.
   """
   rounds = permutation.num_rounds(spec.fan_in)
   if permutation.default_path(spec.fan_in, spec.k) == "search":
-    return (18 + 10 * rounds) * spec.fan_in
+    return (16 + 10 * rounds) * spec.fan_in
   return (14 + 10 * rounds) * spec.fan_in
 
 

@@ -441,20 +441,25 @@ def _places(row_bits: Array, elem_bits: Array, elems: Array) -> Array:
   """
   n_rows = row_bits.shape[0]
   m = elem_bits.shape[1]
+  # Places fit in 16 bits for m < 2**15: half the bytes of the search's
+  # carry, the chunk's largest temporaries besides the row's bits.
+  place = jnp.int16 if m < 2**15 else jnp.int32
   q_bits = lax.sort(elem_bits, dimension=1)
-  pos = lax.full(row_bits.shape, 0, jnp.int32)
+  pos = lax.full(row_bits.shape, 0, place)
   step = 1 << (m.bit_length() - 1)
 
   def search_step(i, pos):
-    cand = lax.add(pos, lax.shift_right_logical(np.int32(step), i))
-    probe = _take_rows(q_bits, lax.sub(lax.min(cand, np.int32(m)),
-                                       np.int32(1)))
-    return lax.select(lax.bitwise_and(lax.le(cand, np.int32(m)),
+    cand = lax.add(pos, lax.convert_element_type(
+        lax.shift_right_logical(np.int32(step), i), place))
+    probe = _take_rows(q_bits, lax.convert_element_type(
+        lax.sub(lax.min(cand, place(m)), place(1)), jnp.int32))
+    return lax.select(lax.bitwise_and(lax.le(cand, place(m)),
                                       lax.lt(probe, row_bits)), cand, pos)
 
   pos = lax.fori_loop(np.int32(0), np.int32(m.bit_length()), search_step, pos)
-  at = _take_rows(q_bits, lax.min(pos, np.int32(m - 1)))
-  found = lax.bitwise_and(lax.lt(pos, np.int32(m)), lax.eq(at, row_bits))
+  at = _take_rows(q_bits, lax.convert_element_type(
+      lax.min(pos, place(m - 1)), jnp.int32))
+  found = lax.bitwise_and(lax.lt(pos, place(m)), lax.eq(at, row_bits))
   shared = lax.eq(lax.slice_in_dim(q_bits, 0, m - 1, axis=1),
                   lax.slice_in_dim(q_bits, 1, m, axis=1))
   # Per row, one fused pass each (`_count_pairs`, a variadic reduction).
@@ -466,7 +471,8 @@ def _places(row_bits: Array, elem_bits: Array, elems: Array) -> Array:
   def by_pairs():
     q_bits, q_pos = lax.sort((elem_bits, elems), dimension=1, is_stable=True,
                              num_keys=1)
-    return _count_queries_below(q_bits, q_pos, row_bits)
+    return lax.convert_element_type(
+        _count_queries_below(q_bits, q_pos, row_bits), place)
 
   return lax.cond(exact, lambda: pos, by_pairs)
 
@@ -503,7 +509,8 @@ def _searched_mask(k1: Array, k2: Array, n: int, k: int,
     row_bits = _round_row_bits(sub, n, sort_bits)
     ins = _places(row_bits, _take_rows(row_bits, elems), elems)
     counts = jnp.zeros((n_rows * (m + 1),), jnp.int32).at[
-        lax.add(ins, offsets).reshape(-1)].add(
+        lax.add(lax.convert_element_type(ins, jnp.int32),
+                offsets).reshape(-1)].add(
             np.int32(1), mode="promise_in_bounds").reshape(n_rows, m + 1)
     return key, lax.sub(_prefix_sums(lax.slice_in_dim(counts, 0, m, axis=1),
                                      total=n), np.int32(1))
