@@ -47,6 +47,7 @@ from jax.sharding import PartitionSpec as P
 import alberta
 from alberta._src import keys
 from alberta._src import permutation
+from alberta._src import shuffle
 from alberta._src.spec import SparseSpec
 from tests import test_utils
 from third_party.alberta_framework.initializers import sparse_init as seed_sparse_init
@@ -57,7 +58,7 @@ _U32 = jnp.uint32
 @functools.partial(jax.jit, static_argnames=("n_rows", "n"))
 def _seed_permutations(key_data, row_start, n_rows, n):
   rows = row_start + jnp.arange(n_rows, dtype=_U32)
-  k1, k2 = permutation.row_keys(keys.key_words(key_data), rows)
+  k1, k2 = shuffle.row_keys(keys.key_words(key_data), rows)
 
   def one_row(w1, w2):
     key = jax.random.wrap_key_data(jnp.stack([w1, w2]), impl="threefry2x32")
@@ -84,17 +85,17 @@ def seed_permutations(seed: int, row_start: int, n_rows: int,
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3))
-def shuffle(k1, k2, n, sort_bits):
+def reference_shuffle(k1, k2, n, sort_bits):
   """`jax.random.permutation`'s shuffle (`_shuffle`) with injectable bits.
 
-  The permutation of each row; its mask for k zeros is `shuffle(...) >= k`.
+  The permutation of each row; its mask for k zeros is `reference_shuffle(...) >= k`.
   """
   n_rows = k1.shape[0]
   x = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (n_rows, n))
   cols = jnp.broadcast_to(jnp.arange(n, dtype=_U32), (n_rows, n))
   key = (k1, k2)
-  for _ in range(permutation.num_rounds(n)):
-    key, sub = permutation._split_rows(*key)
+  for _ in range(shuffle.num_rounds(n)):
+    key, sub = shuffle.split_rows(*key)
     _, x = lax.sort_key_val(sort_bits(*sub, cols), x, dimension=1)
   return x
 
@@ -277,7 +278,7 @@ def _coarse_bits(shift):
   shared between tests.
   """
   def sort_bits(k1, k2, counters):
-    return permutation._hash32(k1, k2, counters) >> _U32(shift)
+    return shuffle.hash32(k1, k2, counters) >> _U32(shift)
   return sort_bits
 
 
@@ -286,26 +287,26 @@ def _zero_bits(k1, k2, counters):
   return jnp.zeros(counters.shape, _U32)
 
 
-_followed_mask = jax.jit(permutation._followed_mask,
+_followed_mask = jax.jit(shuffle.followed_mask,
                          static_argnums=(2, 3, 4, 5))
-_compared_mask = jax.jit(permutation._compared_mask, static_argnums=(2, 3, 4))
+_compared_mask = jax.jit(shuffle.compared_mask, static_argnums=(2, 3, 4))
 _searched_mask = jax.jit(permutation._searched_mask, static_argnums=(2, 3, 4))
 
 
 def _row_keys(n_rows, seed, row_start=0):
   key = keys.key_words(jax.random.key(seed))
-  return permutation.row_keys(
+  return shuffle.row_keys(
       key, row_start + jnp.arange(n_rows, dtype=_U32))
 
 
 @functools.lru_cache(maxsize=None)
 def tied_shuffle(n_rows: int, n: int, shift: int) -> np.ndarray:
-  """`shuffle` with `_coarse_bits(shift)` of rows `[0, n_rows)` of key `n`.
+  """`reference_shuffle` with `_coarse_bits(shift)` of rows `[0, n_rows)` of key `n`.
 
   Computed once per argument tuple (read-only); the mask for k zeros is
   `tied_shuffle(...) >= k`.
   """
-  perm = np.asarray(shuffle(*_row_keys(n_rows, seed=n), n, _coarse_bits(shift)))
+  perm = np.asarray(reference_shuffle(*_row_keys(n_rows, seed=n), n, _coarse_bits(shift)))
   perm.flags.writeable = False
   return perm
 
@@ -317,7 +318,7 @@ class TiedBitsTest(parameterized.TestCase):
                                                       row_start):
     # With the real bits the reference shuffle is jax.random.permutation, at
     # one and two rounds (the second the rows of SeedMaskTest's cases).
-    ref = shuffle(*_row_keys(n_rows, n, row_start), n, permutation._hash32)
+    ref = reference_shuffle(*_row_keys(n_rows, n, row_start), n, shuffle.hash32)
     np.testing.assert_array_equal(
         np.asarray(ref), seed_permutations(n, row_start, n_rows, n))
 
@@ -428,7 +429,7 @@ class SearchPathTest(parameterized.TestCase):
                                    sort_bits=_coarse_bits(shift)),
                  static_argnums=(2, 3))
     new, exact_passes = _exact_passes(fn, k1, k2, n, k)
-    self.assertEqual(exact_passes, permutation.num_rounds(n))
+    self.assertEqual(exact_passes, shuffle.num_rounds(n))
     np.testing.assert_array_equal(new, tied_shuffle(rows, n, shift) >= k)
 
   def test_followed_elements_tied_with_each_other(self):
@@ -504,7 +505,7 @@ class RanksTest(parameterized.TestCase):
     expected = np.take_along_axis(rank_of, elems, axis=1)
 
     table = jnp.asarray(row_bits)
-    got = jax.jit(permutation.ranks, static_argnums=(3, 4))(
+    got = jax.jit(shuffle.ranks, static_argnums=(3, 4))(
         jnp.sort(table, axis=1), jnp.asarray(elems), jnp.asarray(elem_bits),
         lambda rows: table[rows], tie_rows)
     np.testing.assert_array_equal(np.asarray(got), expected)
@@ -512,8 +513,8 @@ class RanksTest(parameterized.TestCase):
   def test_tie_rows_bound_covers_the_expected_ties(self):
     # mu = 65536 * 102 * 1024 / 2**32 ~ 1.6 rows with ties expected: the
     # bound leaves room for mu + 6 sqrt(mu) + 8.
-    self.assertEqual(permutation.max_tie_rows(65536, 102, 1024), 18)
-    self.assertEqual(permutation.max_tie_rows(4, 2, 10), 4)
+    self.assertEqual(shuffle.max_tie_rows(65536, 102, 1024), 18)
+    self.assertEqual(shuffle.max_tie_rows(4, 2, 10), 4)
 
 
 if __name__ == "__main__":

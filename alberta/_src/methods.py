@@ -23,6 +23,7 @@ from alberta._src import bits
 from alberta._src import counter
 from alberta._src import keys
 from alberta._src import permutation
+from alberta._src import shuffle
 
 if TYPE_CHECKING:
   from alberta._src.spec import SparseSpec
@@ -110,7 +111,7 @@ def _permutation_temp_bytes_per_row(spec: SparseSpec) -> int:
   ones (16 bits) and the search's carry besides: 21 bytes with one round,
   27.5 with two.
   """
-  rounds = permutation.num_rounds(spec.fan_in)
+  rounds = shuffle.num_rounds(spec.fan_in)
   if permutation.default_path(spec.fan_in, spec.k) == "search":
     return (16 + 10 * rounds) * spec.fan_in
   return (14 + 10 * rounds) * spec.fan_in

@@ -13,7 +13,7 @@ minimum over `processes` of them; the seed's one, its calls take seconds):
   `w_init`, traced into the same jitted init;
 - `floor`: what the seed's construction cannot do without, in one jitted
   program: for every layer, `1 + rounds` Threefry passes over the layer
-  (`rounds = permutation.num_rounds(width)`): the weights' bits and each
+  (`rounds = shuffle.num_rounds(width)`, `alberta._src.shuffle`): the weights' bits and each
   shuffle round's sort bits, every one of which needs all of a row.
 
 The targets: the default method's first call within 1.5x Haiku's at every
@@ -82,8 +82,8 @@ def _floor_program(width: int) -> Callable[[Any], Any]:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jax import lax  # pylint: disable=g-import-not-at-top
   from alberta._src import bits  # pylint: disable=g-import-not-at-top
-  from alberta._src import permutation  # pylint: disable=g-import-not-at-top
-  passes = 1 + permutation.num_rounds(width)
+  from alberta._src import shuffle  # pylint: disable=g-import-not-at-top
+  passes = 1 + shuffle.num_rounds(width)
 
   def init(words):
     rows = lax.broadcasted_iota(np.uint32, (width, width), 0)
