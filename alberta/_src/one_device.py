@@ -49,7 +49,8 @@ def sparse_init(
       cast, so a bfloat16 result is the float32 result rounded.
     method: "permutation" reproduces the seed (a sorted random permutation per
       output unit); "counter" is the sort-free, tile-local method: same
-      guarantees (exactly k zeros, uniform zero set), other numbers, far faster.
+      guarantees (exactly k zeros, uniform zero set), other numbers; faster on
+      long rows, about as fast on short ones (docs/PERFORMANCE.md).
     rounding: the zero-count rule, "nearest" (the seed) or "ceil" (the paper).
     chunk_rows: rows generated per step, so that temporaries stay bounded by
       one chunk's; None: the whole matrix at once when its temporaries are a
