@@ -50,19 +50,11 @@ def _snippets(slow: bool) -> list[tuple[str, str]]:
   return found
 
 
-def _snippet_env() -> dict[str, str]:
-  env_vars = test_utils.subprocess_env()
-  env_vars["JAX_PLATFORMS"] = "cpu"
-  # The suite's 8 virtual devices are not the reader's.
-  env_vars["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+",
-                                 "", env_vars.get("XLA_FLAGS", "")).strip()
-  return env_vars
-
-
 def _run_snippet(code: str) -> subprocess.CompletedProcess:
   with tempfile.TemporaryDirectory() as cwd:
     return subprocess.run([sys.executable, "-c", code], cwd=cwd,
-                          env=_snippet_env(), capture_output=True, text=True,
+                          env=test_utils.single_device_env(),
+                          capture_output=True, text=True,
                           timeout=_SNIPPET_TIMEOUT_S, check=False)
 
 

@@ -28,7 +28,6 @@ from tests import env  # noqa: F401
 import json
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -54,23 +53,14 @@ _SCRIPT = os.path.join(_ROOT, "scripts", "init_large.py")
 _TIMEOUT_S = 600
 
 
-def _env() -> dict[str, str]:
-  env_vars = test_utils.subprocess_env()
-  env_vars["JAX_PLATFORMS"] = "cpu"
-  # The launcher's --num_cpu_devices, not the suite's XLA_FLAGS, sets the
-  # device count of its runs.
-  env_vars["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+",
-                                 "", env_vars.get("XLA_FLAGS", "")).strip()
-  return env_vars
-
-
 def _command(args: list[str]) -> list[str]:
   return [sys.executable, _SCRIPT, *args]
 
 
 def _run(args: list[str]) -> subprocess.CompletedProcess:
   return subprocess.run(_command(args), capture_output=True, text=True,
-                        env=_env(), cwd=_ROOT, timeout=_TIMEOUT_S, check=False)
+                        env=test_utils.single_device_env(), cwd=_ROOT,
+                        timeout=_TIMEOUT_S, check=False)
 
 
 def _listing(root: str) -> list[str]:
@@ -436,7 +426,7 @@ class LauncherTest(test_utils.TempDirMixin, parameterized.TestCase):
                   "--num_cpu_devices=8", f"--output={self.output}",
                   f"--report={self.report}"]),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env=_env(), cwd=_ROOT)
+        env=test_utils.single_device_env(), cwd=_ROOT)
     try:
       for line in proc.stderr:
         if "Saving to" in line:
@@ -475,7 +465,7 @@ class LauncherTest(test_utils.TempDirMixin, parameterized.TestCase):
         _command(["--shape=8192,8192", "--sparsity=0.5", "--num_cpu_devices=8",
                   f"--output={self.output}"]),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env=_env(), cwd=_ROOT)
+        env=test_utils.single_device_env(), cwd=_ROOT)
     try:
       deadline = time.monotonic() + _TIMEOUT_S
       while not alberta.checkpoint.stale_staging(self.output):
@@ -525,7 +515,7 @@ class LauncherTest(test_utils.TempDirMixin, parameterized.TestCase):
                 "--report=" + (self.report if i == 0 else
                                os.path.join(self.dir, "unused.json"))]),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=_env(), cwd=_ROOT)
+            env=test_utils.single_device_env(), cwd=_ROOT)
         for i in range(2)
     ]
     outputs = test_utils.communicate_all(procs, timeout=_TIMEOUT_S)

@@ -11,6 +11,7 @@ starts); this module imports JAX.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import tempfile
@@ -142,6 +143,19 @@ def subprocess_env(*pythonpath: str) -> dict[str, str]:
   if env.get("PYTHONPATH"):
     path.append(env["PYTHONPATH"])
   env["PYTHONPATH"] = os.pathsep.join(path)
+  return env
+
+
+def single_device_env() -> dict[str, str]:
+  """`subprocess_env()` on the CPU without the suite's 8 virtual devices.
+
+  For subprocesses that choose their device count themselves (the launcher's
+  `--num_cpu_devices`, a docs snippet's `jax_num_cpu_devices`), as a user's.
+  """
+  env = subprocess_env()
+  env["JAX_PLATFORMS"] = "cpu"
+  env["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
+                            env.get("XLA_FLAGS", "")).strip()
   return env
 
 

@@ -211,11 +211,7 @@ def _searched_mask(k1: Array, k2: Array, n: int, k: int,
   scatter.
   """
   n_rows = k1.shape[0]
-  zeros_followed = k <= n - k
-  m = min(k, n - k)
-  first = 0 if zeros_followed else k
-  elems = lax.add(lax.broadcasted_iota(jnp.int32, (n_rows, m), 1),
-                  np.int32(first))
+  zeros_followed, m, _, elems = shuffle.followed_elements(n_rows, n, k)
   offsets = lax.mul(lax.broadcasted_iota(jnp.int32, (n_rows, n), 0),
                     np.int32(m + 1))
 

@@ -187,6 +187,26 @@ def followed_mask(k1: Array, k2: Array, n: int, k: int,
                                      mode="promise_in_bounds")
 
 
+def followed_elements(n_rows: int, n: int,
+                      k: int) -> tuple[bool, int, int, Array]:
+  """The elements a path follows through the rounds, for rows of `n`, `k` zeros.
+
+  The zeros start at positions `[0, k)` and the kept elements at `[k, n)`;
+  a path follows whichever set is smaller, `m = min(k, n - k)` a row.
+
+  Returns:
+    `(zeros_followed, m, first, elems)`: whether the zeros are followed, `m`,
+    the first followed position and the `[n_rows, m]` int32 positions
+    `first, ..., first + m - 1` of every row.
+  """
+  zeros_followed = k <= n - k
+  m = min(k, n - k)
+  first = 0 if zeros_followed else k
+  elems = lax.add(lax.broadcasted_iota(jnp.int32, (n_rows, m), 1),
+                  np.int32(first))
+  return zeros_followed, m, first, elems
+
+
 # XLA:CPU splits plain reductions over more elements than this.
 _REDUCE_WINDOW = 32
 
@@ -270,11 +290,7 @@ def compared_mask(k1: Array, k2: Array, n: int, k: int,
   is ever stored.
   """
   n_rows = k1.shape[0]
-  zeros_followed = k <= n - k
-  m = min(k, n - k)
-  first = 0 if zeros_followed else k
-  elems = lax.add(lax.broadcasted_iota(jnp.int32, (n_rows, m), 1),
-                  np.int32(first))
+  zeros_followed, m, first, elems = followed_elements(n_rows, n, k)
   # `[R, m, n]` operands of the rank compares: a row's bits and columns along
   # the last axis, the followed elements along the middle one.
   cols_mn = lax.broadcasted_iota(jnp.int32, (n_rows, m, n), 2)
