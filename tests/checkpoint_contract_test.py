@@ -281,6 +281,21 @@ class ReplacedTest(_Dir, absltest.TestCase):
     np.testing.assert_array_equal(matrix, np.ones((6, 8)))
 
 
+class InterruptedCheckTest(_Dir, absltest.TestCase):
+
+  def test_a_kill_inside_the_writability_probe_leaves_only_staging(self):
+    # A signal between the probe's mkdir and rmdir (the launcher exits at
+    # once): what is left must be something remove_staging removes.
+    with mock.patch.object(os, "rmdir", side_effect=KeyboardInterrupt):
+      with self.assertRaises(KeyboardInterrupt):
+        alberta.checkpoint.check_output(self.path)
+    left = alberta.checkpoint.stale_staging(self.path)
+    self.assertLen(left, 1)
+    self.assertEqual(os.listdir(self.dir), [os.path.basename(left[0])])
+    alberta.checkpoint.remove_staging(self.path, quiet_s=0.0, timeout_s=1.0)
+    self.assert_nothing_written()
+
+
 class DiskFullTest(_Dir, absltest.TestCase):
 
   def test_an_error_that_only_mentions_errno_28_is_not_a_full_disk(self):

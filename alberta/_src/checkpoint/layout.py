@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from alberta._src.checkpoint import metadata
+from alberta._src.checkpoint import staging
 
 
 def orbax() -> Any:
@@ -186,8 +187,15 @@ def check_output(path: str | os.PathLike[str], overwrite: bool = False) -> str:
         f"cannot create {path}: {anchor} is not a directory.")
   if not os.access(anchor, os.W_OK | os.X_OK):
     raise PermissionError(f"cannot create {path}: {anchor} is not writable.")
+  # Beside `path`, the probe takes a name `stale_staging` lists, so that a
+  # process killed between its mkdir and rmdir leaves nothing that
+  # `remove_staging` (the launcher's, on a signal) does not remove.
+  if anchor == os.path.dirname(path):
+    probe = staging.retired_path(path)
+  else:
+    probe = os.path.join(anchor,
+                         f".alberta-probe-{os.getpid()}-{time.time_ns()}")
   try:
-    probe = os.path.join(anchor, f".alberta-probe-{os.getpid()}-{time.time_ns()}")
     os.mkdir(probe)
     os.rmdir(probe)
   except OSError as e:
