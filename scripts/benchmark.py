@@ -106,8 +106,6 @@ _CASES = flags.DEFINE_list(
 _SHAPE = flags.DEFINE_multi_string(
     "shape", ["256,128", "4096,4096", "65536,1024", "1024,65536"],
     "Matrix shape ROWS,COLS (fan_out, fan_in); repeat for several.")
-_SIZES = flags.DEFINE_list(
-    "sizes", None, "Deprecated: ROWSxCOLS,... (use --shape=ROWS,COLS).")
 _METHODS = flags.DEFINE_list("methods", list(ALL_METHODS),
                              f"Methods to time, among {ALL_METHODS}.")
 _SPARSITY = flags.DEFINE_float("sparsity", 0.9, "Fraction of zeros per row.",
@@ -157,15 +155,8 @@ _MARKDOWN = flags.DEFINE_string(
     "markdown", None, "Write the command and the tables as Markdown here.")
 
 
-def _size_text(size: str) -> str:
-  return size.lower().replace("x", ",")
-
-
 flags.register_validator("shape", lambda v: bool(v) and harness.all_valid(
     harness.parse_shape, v), "--shape must be ROWS,COLS, positive ints.")
-flags.register_validator("sizes", lambda v: harness.all_valid(
-    lambda s: harness.parse_shape(_size_text(s)), v),
-                         "--sizes must be ROWSxCOLS shapes.")
 flags.register_validator(
     "cases", lambda cs: bool(cs) and all(c in ALL_CASES or c in _GROUPS
                                          for c in cs),
@@ -226,7 +217,7 @@ def main(argv: Sequence[str]) -> None:
               backend=jax.default_backend())
     print(f"wrote {_PLOT.value}")
     return
-  shapes = harness.flag_shapes(_SHAPE, _SIZES, _size_text)
+  shapes = [harness.parse_shape(s) for s in _SHAPE.value]
   cases = _cases()
   if _NUM_CPU_DEVICES.value:
     harness.use_cpu_devices(_NUM_CPU_DEVICES.value)

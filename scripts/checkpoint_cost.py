@@ -41,23 +41,14 @@ from scripts.benchlib import report  # noqa: E402
 _SHAPE = flags.DEFINE_multi_string(
     "shape", ["1024,1024", "2048,2048", "4096,4096"],
     "Matrix shape ROWS,COLS (fan_out, fan_in); repeat for several.")
-_SIZES = flags.DEFINE_list(
-    "sizes", None, "Deprecated: N,... for N x N matrices (use --shape=N,N).")
 _SPARSITY = flags.DEFINE_float("sparsity", 0.9, "Fraction of zeros per row.",
                                lower_bound=0.0, upper_bound=1.0)
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed restores of each kind.",
                                 lower_bound=1)
 
 
-def _size_text(n: str) -> str:
-  return f"{n},{n}"
-
-
 flags.register_validator("shape", lambda v: bool(v) and harness.all_valid(
     harness.parse_shape, v), "--shape must be ROWS,COLS, positive ints.")
-flags.register_validator("sizes", lambda v: harness.all_valid(
-    lambda n: harness.parse_shape(_size_text(n)), v),
-                         "--sizes must be positive ints.")
 
 
 def _timed(fn):
@@ -90,7 +81,7 @@ def restore_times(shape: tuple[int, int], sparsity: float,
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  shapes = harness.flag_shapes(_SHAPE, _SIZES, _size_text)
+  shapes = [harness.parse_shape(s) for s in _SHAPE.value]
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save and restore.
   device = jax.devices()[0]
   lines = report.command_block(

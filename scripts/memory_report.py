@@ -59,7 +59,6 @@ _CHUNKS = flags.DEFINE_list(
     "alberta chunk sizes: 'None' (automatic), positive ints, 'unchunked'.")
 _MARKDOWN = flags.DEFINE_string(
     "markdown", None, "Write the command, settings and table here.")
-flags.DEFINE_alias("output", "markdown")  # Its former name.
 
 
 flags.register_validator(

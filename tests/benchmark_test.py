@@ -273,16 +273,15 @@ class BenchmarkScriptTest(parameterized.TestCase):
 
 class BenchmarkEdgeCasesTest(parameterized.TestCase):
 
-  def test_torch_absent_is_skipped_with_the_reason_and_sizes_still_parse(self):
+  def test_torch_absent_is_skipped_with_the_reason(self):
     with tempfile.TemporaryDirectory() as tmp:
       # A `torch` package that fails to import shadows the real one.
       os.makedirs(os.path.join(tmp, "torch"))
       with open(os.path.join(tmp, "torch", "__init__.py"), "w") as f:
         f.write("raise ImportError('torch hidden by the test')\n")
       json_path = os.path.join(tmp, "bench.json")
-      # --sizes is the deprecated spelling of --shape.
       proc = _run(_BENCHMARK, [
-          "--sizes=16x16,8x4", "--repeats=1", "--cases=matrix",
+          "--shape=16,16", "--shape=8,4", "--repeats=1", "--cases=matrix",
           "--methods=fill,torch_dense,torch_original", f"--json={json_path}"],
                   extra_pythonpath=tmp)
       self.assertEqual(proc.returncode, 0, msg=proc.stderr)
@@ -301,14 +300,13 @@ class BenchmarkEdgeCasesTest(parameterized.TestCase):
     # One process parses each command line in turn (None: accepted).
     cases = [(["--shape=8,8", "--cases=layer,matrix"], None),
              (["--shape=4096"], "--shape"), (["--shape=0,5"], "--shape"),
-             (["--shape=4096x4096"], "--shape"), (["--sizes=4096"], "--sizes"),
+             (["--shape=4096x4096"], "--shape"), (["--sizes=4096"], "sizes"),
              (["--methods=sort"], "--methods"),
              (["--cases=layer,io"], "--cases"),
              (["--layer_shape=8"], "--layer_shape"),
              (["--layer_chunk_rows=0"], "--layer_chunk_rows"),
              (["--wide_widths=0"], "--wide_widths"),
              (["--fresh_processes=0"], "--fresh_processes"),
-             (["--shape=8,8", "--sizes=8x8"], "not both"),
              (["--cases=layer", "--plot=x.png"], "--plot")]
     proc = subprocess.run(
         [sys.executable, "-c", _FLAG_PROBE, _BENCHMARK,
@@ -345,7 +343,6 @@ errors = []
 for argv in json.loads(sys.argv[2]):
   try:
     flags.FLAGS(["benchmark.py", *argv])
-    bench.harness.flag_shapes(bench._SHAPE, bench._SIZES, bench._size_text)
     bench._cases()
     errors.append(None)
   except (flags.Error, app.UsageError) as e:
@@ -435,7 +432,7 @@ class CheckpointCostTest(absltest.TestCase):
   # Orbax's import and a save and four restores: ~5 s of CPU.
   @test_utils.slow
   def test_markdown_is_the_command_then_a_row_per_shape(self):
-    args = ["--sizes=16,8", "--repeats=1"]  # --sizes: --shape's former name.
+    args = ["--shape=16,16", "--shape=8,8", "--repeats=1"]
     proc = _run(_CHECKPOINT_COST, args, timeout=300)
     self.assertEqual(proc.returncode, 0, msg=proc.stderr)
     command = report.command_line("scripts/checkpoint_cost.py", args)

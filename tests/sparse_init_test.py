@@ -47,7 +47,8 @@ SPARSITY = 0.72
 # (`test_default_arguments_are_the_seeds` is uniform with a typed key), with
 # sparsity 1 and 0, an N x 1 shape, and one and two sort rounds. The slow set
 # crosses every shape with both init types and both key kinds (sparsity
-# rotating), sweeps all sparsities and runs the former quick cases.
+# rotating), sweeps all sparsities and runs `SPOT_SEED_CASES`, four more
+# combinations of shape, sparsity, init type and key kind.
 SEED_SHAPES = ((1, 1), (5, 1), (1, 7), (2, 3), (7, 13), (128, 10), (31, 97),
                (2, 1700), (3, 5000), (300, 2000), (211, 5))
 SPARSITIES = (0.0, 0.1, 0.5, 0.9, 0.99, 1.0)
@@ -56,7 +57,7 @@ QUICK_SEED_CASES = (
     ((5, 1), 0.0, "normal", "typed"),
     ((2, 1700), 0.99, "normal", "raw"),
 )
-FORMER_QUICK_SEED_CASES = (
+SPOT_SEED_CASES = (
     ((1, 7), 0.5, "normal", "raw"),
     ((7, 13), 0.1, "uniform", "typed"),
     ((128, 10), 0.9, "uniform", "typed"),
@@ -88,9 +89,9 @@ def _slow_seed_cases():
       SEED_SHAPES, ("uniform", "normal"), ("typed", "raw"))):
     sparsity = SPARSITIES[(i + i // 4) % len(SPARSITIES)]
     cases.append(_case(shape, sparsity, init_type, kind, seed=100 + i))
-  for i, c in enumerate(FORMER_QUICK_SEED_CASES):
+  for i, c in enumerate(SPOT_SEED_CASES):
     case = _case(*c, seed=len(QUICK_SEED_CASES) + i)
-    case["testcase_name"] += "_former_quick"
+    case["testcase_name"] += "_spot"
     cases.append(case)
   return cases
 

@@ -23,8 +23,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import app
-from absl import flags
 
 from scripts.benchlib import layer
 
@@ -46,19 +44,6 @@ def all_valid(parse: Callable[[str], Any], values: Any) -> bool:
     return all(parse(v) is not None for v in values or ())
   except ValueError:
     return False
-
-
-def flag_shapes(shape: flags.FlagHolder, sizes: flags.FlagHolder,
-                size_text: Callable[[str], str]) -> list[tuple[int, int]]:
-  """The shapes of `--shape`, or of the deprecated `--sizes`; not both.
-
-  `size_text` turns one `--sizes` entry into "ROWS,COLS".
-  """
-  if sizes.value is None:
-    return [parse_shape(s) for s in shape.value]
-  if shape.present:
-    raise app.UsageError("Give --shape or the deprecated --sizes, not both.")
-  return [parse_shape(size_text(s)) for s in sizes.value]
 
 
 def use_cpu_devices(n: int, cpu_only: bool = False) -> None:

@@ -16,11 +16,13 @@ from absl import logging
 
 def size(n: float) -> str:
   """`n` bytes for humans: 512 B, 1.5 KiB, ..., GiB."""
-  for unit in ("B", "KiB", "MiB", "GiB"):
-    if n < 1024 or unit == "GiB":
-      return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+  if n < 1024:
+    return f"{n} B"
+  for unit in ("KiB", "MiB"):
     n /= 1024
-  return ""
+    if n < 1024:
+      return f"{n:.1f} {unit}"
+  return f"{n / 1024:.1f} GiB"
 
 
 def nbytes(arrays: dict[str, Any]) -> int:
