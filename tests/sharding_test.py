@@ -193,6 +193,33 @@ class ZeroSizeTest(parameterized.TestCase):
             cases += 1
     self.assertEqual(cases, 24)
 
+  def test_the_mask_without_elements_is_empty_on_a_2d_mesh(self):
+    sharding = NamedSharding(jax.make_mesh((4, 2), ("a", "b")), P("a", "b"))
+    for shape in ((8, 0), (0, 8)):
+      mask = alberta.sparse_mask(jax.random.key(0), shape, 0.9,
+                                 sharding=sharding)
+      for shard in mask.addressable_shards:
+        self.assertEqual(shard.data.shape, sharding.shard_shape(shape))
+      self.assertEqual(np.asarray(mask).shape, shape)
+
+  def test_a_nonempty_matrix_is_never_built_whole_on_one_device(self):
+    # Checking for a zero-size output must not allocate the output: only
+    # traced zeros of the global shape, never concrete ones.
+    real = jnp.zeros
+    concrete = []
+
+    def spy(shape, *args, **kwargs):
+      out = real(shape, *args, **kwargs)
+      if tuple(shape) == (64, 64) and not isinstance(out, jax.core.Tracer):
+        concrete.append(shape)
+      return out
+
+    sharding = NamedSharding(jax.make_mesh((4, 2), ("a", "b")), P("a", "b"))
+    with mock.patch.object(jnp, "zeros", spy):
+      alberta.sharded_sparse_init(jax.random.key(0), (64, 64), 0.9,
+                                  sharding=sharding)
+    self.assertEqual(concrete, [])
+
   def test_ell_without_rows_or_nonzeros_is_empty_on_a_2d_mesh(self):
     sharding = NamedSharding(jax.make_mesh((4, 2), ("a", "b")), P("a"))
     for shape, sparsity in (((0, 8), 0.5), ((8, 4), 1.0)):

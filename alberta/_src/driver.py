@@ -265,9 +265,13 @@ def sharded(layout: Layout, key: Any, spec: SparseSpec, dtype: np.dtype,
   out zero-size outputs with the global shape on every device (JAX 0.10),
   while `jax.device_put` gives each device its own, empty, tile.
   """
-  empty = layout.empty(spec, spec.fan_out, spec.fan_in, dtype)
-  if any(leaf.size == 0 for leaf in jax.tree.leaves(empty)):
-    return jax.device_put(empty, sharding)
+  empty = functools.partial(layout.empty, spec, spec.fan_out, spec.fan_in,
+                            dtype)
+  # The outputs' shapes alone: building them here would allocate the whole
+  # matrix on one device.
+  if any(math.prod(leaf.shape) == 0
+         for leaf in jax.tree.leaves(jax.eval_shape(empty))):
+    return jax.device_put(empty(), sharding)
   return sharded_program(layout, spec, dtype, sharding, chunk_rows)(
       keys.key_array(key))
 

@@ -125,8 +125,8 @@ def sparse_mask(
       chunk_rows, two_d=sharding is not None)
   if sharding is not None:
     driver.tile_layout(shape, sharding)
-    mask = driver.sharded_program(MASK, spec, np.dtype(bool), sharding,
-                                  chunk_rows)(keys.key_array(key))
+    mask = driver.sharded(MASK, key, spec, np.dtype(bool), sharding,
+                          chunk_rows)
   elif spec.fan_out == 0 or spec.fan_in == 0:
     mask = jnp.zeros(shape, bool)
   else:
