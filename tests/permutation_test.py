@@ -388,32 +388,42 @@ class TiedBitsTest(parameterized.TestCase):
                                   np.broadcast_to(np.arange(64) >= 20, (5, 64)))
 
 
-def _exact_passes(fn, *args):
-  """`fn(*args)` and how many times it ran the search path's exact pass."""
+def _exact_rows(fn, *args):
+  """`fn(*args)` and how many rows the search path ranked by comparisons."""
   calls = []
-  exact = permutation._count_queries_below
+  exact = permutation._exact_ranks
 
   def counted(*a):
     jax.debug.callback(lambda: calls.append(1))
     return exact(*a)
 
-  with mock.patch.object(permutation, "_count_queries_below", counted):
+  with mock.patch.object(permutation, "_exact_ranks", counted):
     out = np.asarray(jax.block_until_ready(fn(*args)))
   return out, len(calls)
 
 
+def _rows_with_ties(row_bits: np.ndarray, followed: np.ndarray) -> int:
+  """Rows where a followed element's bits equal another element's."""
+  tied = 0
+  for bits_r in row_bits:
+    equal = bits_r[followed][:, None] == bits_r[None, :]
+    equal[np.arange(len(followed)), followed] = False  # Itself.
+    tied += bool(equal.any())
+  return tied
+
+
 class SearchPathTest(parameterized.TestCase):
-  """The search path's two passes: bits alone, and (bits, position) pairs."""
+  """The search path's fast pass (bits alone) and its exact rows."""
 
   @parameterized.parameters((24, 2048, 1843), (12, 4096, 410))
-  def test_fast_pass_equals_the_seed_without_ties(self, rows, n, k):
+  def test_fast_pass_equals_the_reference_without_ties(self, rows, n, k):
     # Real bits, two rounds, zeros or kept inputs followed: m n / 2**32 < 4e-4
     # ties a row and round, and none in these rows (the count below says
     # so), so the bits-alone pass decides every round.
     k1, k2 = _row_keys(rows, seed=n, row_start=_ROW_START)
     fn = jax.jit(permutation._searched_mask, static_argnums=(2, 3))
-    new, exact_passes = _exact_passes(fn, k1, k2, n, k)
-    self.assertEqual(exact_passes, 0)
+    new, exact_rows = _exact_rows(fn, k1, k2, n, k)
+    self.assertEqual(exact_rows, 0)
     np.testing.assert_array_equal(
         new, seed_permutations(n, _ROW_START, rows, n) >= k)
 
@@ -423,14 +433,33 @@ class SearchPathTest(parameterized.TestCase):
       ("_some_ties", 8, 2048, 1843, 20),
       ("_two_values", 4, 300, 40, 31),
   )
-  def test_exact_pass_runs_and_agrees_with_ties(self, rows, n, k, shift):
+  def test_exact_rows_agree_with_ties(self, rows, n, k, shift):
     k1, k2 = _row_keys(rows, seed=n)
     fn = jax.jit(functools.partial(permutation._searched_mask,
                                    sort_bits=_coarse_bits(shift)),
                  static_argnums=(2, 3))
-    new, exact_passes = _exact_passes(fn, k1, k2, n, k)
-    self.assertEqual(exact_passes, shuffle.num_rounds(n))
+    new, exact_rows = _exact_rows(fn, k1, k2, n, k)
+    self.assertGreater(exact_rows, 0)
+    self.assertLessEqual(exact_rows, rows * shuffle.num_rounds(n))
     np.testing.assert_array_equal(new, tied_shuffle(rows, n, shift) >= k)
+
+  def test_only_rows_with_ties_are_ranked_again(self):
+    # One round (n <= 1625), 2**20 bit values: about a quarter of the rows
+    # hold a tie with a followed element. Exactly those are ranked again.
+    rows, n, k, shift = 32, 1600, 1440, 12
+    k1, k2 = _row_keys(rows, seed=7)
+    sort_bits = _coarse_bits(shift)
+    _, _, sub = shuffle.split_round((k1.reshape(-1, 1, 1),
+                                     k2.reshape(-1, 1, 1)))
+    row_bits = np.asarray(shuffle.round_row_bits(sub, n, sort_bits))
+    expected = _rows_with_ties(row_bits, np.arange(k, n))
+    self.assertBetween(expected, 1, rows - 1)
+    fn = jax.jit(functools.partial(permutation._searched_mask,
+                                   sort_bits=sort_bits), static_argnums=(2, 3))
+    new, exact_rows = _exact_rows(fn, k1, k2, n, k)
+    self.assertEqual(exact_rows, expected)
+    ref = np.asarray(reference_shuffle(k1, k2, n, sort_bits)) >= k
+    np.testing.assert_array_equal(new, ref)
 
   def test_followed_elements_tied_with_each_other(self):
     # Two followed elements with the same bits and no other tie: the bits
@@ -444,8 +473,8 @@ class SearchPathTest(parameterized.TestCase):
     k1, k2 = _row_keys(3, seed=0)
     fn = jax.jit(functools.partial(permutation._searched_mask,
                                    sort_bits=sort_bits), static_argnums=(2, 3))
-    new, exact_passes = _exact_passes(fn, k1, k2, 10, 2)
-    self.assertEqual(exact_passes, 1)
+    new, exact_rows = _exact_rows(fn, k1, k2, 10, 2)
+    self.assertEqual(exact_rows, 3 * shuffle.num_rounds(10))
     # Every round's sort keeps elements 0 and 1 first: they stay the zeros.
     np.testing.assert_array_equal(
         new, np.broadcast_to(np.arange(10) >= 2, (3, 10)))

@@ -51,8 +51,8 @@ third, `_searched_mask`, which sorts only the `m` followed elements: each
 round sorts their bits, places each of the row's `n` elements among them by a
 binary search (`_places`), counts the elements at each place and takes the
 prefix sum, which is each followed element's rank, in ascending order. Ties
-(equal bits, which the bits alone do not order) are detected in the same pass
-and the block is then searched again on (bits, position) pairs. It compiles
+(equal bits, which the bits alone do not order) are detected in the same pass,
+row by row, and only those rows are ranked again, by comparisons. It compiles
 several times faster than the sort path and runs 1.6-2.7x faster on one core
 (`default_path`); beyond, where most blocks hold a tie, the sort path is
 faster. All three paths give the same mask, bit for bit.
@@ -109,52 +109,24 @@ def _prefix_sums(counts: Array, total: int) -> Array:
   return lax.convert_element_type(sums, jnp.int32)
 
 
-def _count_queries_below(q_bits: Array, q_pos: Array, row_bits: Array
-                         ) -> Array:
-  """`#{s : (q_bits, q_pos)[r, s] < (row_bits[r, j], j)}` for every column `j`.
+def _places(row_bits: Array, elem_bits: Array) -> tuple[Array, Array]:
+  """Where each of a row's `n` elements falls among the followed, by bits.
 
-  The place of each of a row's `n` (bits, column) pairs among its `m` queries,
-  sorted lexicographically by (bits, position): a branch-free binary search,
-  `m.bit_length()` steps of two gathers from the `[R, m]` queries and a
-  lexicographic compare. The steps are a rolled loop, compiled once: XLA:CPU
-  runs every gather as a loop of its own and stores its result, so unrolled
-  steps are no faster and cost their compile time each.
+  `ins[r, j] = #{s : elem_bits[r, s] < row_bits[r, j]}`: a plain sort of the
+  `[R, m]` followed bits (several times faster than sorting them with their
+  positions) and a branch-free binary search with one gather a step, rolled
+  into one loop (XLA:CPU runs every gather as a loop of its own and stores
+  its result, so unrolled steps are no faster and cost their compile time
+  each).
+
+  Returns:
+    `(ins, exact)`: `ins` (int16 while `m < 2**15`, else int32) and an `[R]`
+    bool, whether the row's bits alone order it as the stable sort does: no
+    two followed elements share their bits and no other element's bits equal
+    a followed element's (each element's bits are compared with the followed
+    bits at its place: exactly the `m` followed elements find their own).
+    Either happens about `m n / 2**32` times a row.
   """
-  n_rows, n = row_bits.shape
-  m = q_bits.shape[1]
-  cols = lax.broadcasted_iota(jnp.int32, (n_rows, n), 1)
-  first_step = 1 << (m.bit_length() - 1)
-
-  def step(i, pos):
-    cand = lax.add(pos, lax.shift_right_logical(np.int32(first_step), i))
-    probe = lax.sub(lax.min(cand, np.int32(m)), np.int32(1))
-    p_bits = shuffle.take_rows(q_bits, probe)
-    p_pos = shuffle.take_rows(q_pos, probe)
-    below = lax.bitwise_or(
-        lax.lt(p_bits, row_bits),
-        lax.bitwise_and(lax.eq(p_bits, row_bits), lax.lt(p_pos, cols)))
-    return lax.select(lax.bitwise_and(lax.le(cand, np.int32(m)), below), cand,
-                      pos)
-
-  return lax.fori_loop(np.int32(0), np.int32(m.bit_length()), step,
-                       lax.full((n_rows, n), 0, jnp.int32))
-
-
-def _places(row_bits: Array, elem_bits: Array, elems: Array) -> Array:
-  """`#{s : (elem_bits, elems)[r, s] < (row_bits[r, j], j)}` for every column.
-
-  Where each of a row's `n` (bits, column) pairs falls among the followed
-  elements, in their stable-sort order. By their bits alone first: a plain
-  sort of the `[R, m]` bits (several times faster than sorting them with
-  their positions) and a binary search with one gather a step. That is the
-  answer unless two followed elements share their bits or an element's bits
-  equal a followed element's other than its own (together about `m n / 2**32`
-  a row), which the pass detects (each pair's bits are compared with the
-  query at its place: exactly the `m` followed elements find their own); then
-  the block is recomputed on (bits, position) pairs
-  (`_count_queries_below`), which the rest of the time is not run.
-  """
-  n_rows = row_bits.shape[0]
   m = elem_bits.shape[1]
   # Places fit in 16 bits for m < 2**15: half the bytes of the search's
   # carry, the chunk's largest temporaries besides the row's bits.
@@ -178,18 +150,30 @@ def _places(row_bits: Array, elem_bits: Array, elems: Array) -> Array:
   shared = lax.eq(lax.slice_in_dim(q_bits, 0, m - 1, axis=1),
                   lax.slice_in_dim(q_bits, 1, m, axis=1))
   # Per row, one fused pass each (`shuffle.count_pairs`, a variadic reduction).
-  ok = lax.bitwise_and(
+  exact = lax.bitwise_and(
       lax.eq(shuffle.count_pairs(found, found), np.int32(2 * m)),
       lax.eq(shuffle.count_pairs(shared, shared), np.int32(0)))
-  exact = lax.eq(shuffle.count_pairs(ok, ok), np.int32(2 * n_rows))
+  return pos, exact
 
-  def by_pairs():
-    q_bits, q_pos = lax.sort((elem_bits, elems), dimension=1, is_stable=True,
-                             num_keys=1)
-    return lax.convert_element_type(
-        _count_queries_below(q_bits, q_pos, row_bits), place)
 
-  return lax.cond(exact, lambda: pos, by_pairs)
+def _exact_ranks(row_bits: Array, elems: Array) -> Array:
+  """Stable-sort ranks of the followed elements, by comparisons.
+
+  `row_bits`: `[T, n]` sort bits; `elems`: `[T, m]` int32 positions.
+  `rank_s = #{j : b_j < b_s} + #{j < p_s : b_j = b_s}` for each followed
+  element `p_s` with bits `b_s` (the stable sort's order, ties included): an
+  `[T, m, n]` compare fused with its sum, never stored.
+  """
+  t, n = row_bits.shape
+  m = elems.shape[1]
+  shape = (t, m, n)
+  row = lax.broadcast_in_dim(row_bits, shape, (0, 2))
+  mine = lax.broadcast_in_dim(shuffle.take_rows(row_bits, elems), shape, (0, 1))
+  return shuffle.count_pairs(
+      lax.lt(row, mine),
+      lax.bitwise_and(lax.eq(row, mine),
+                      lax.lt(lax.broadcasted_iota(jnp.int32, shape, 2),
+                             lax.broadcast_in_dim(elems, shape, (0, 1)))))
 
 
 def _searched_mask(k1: Array, k2: Array, n: int, k: int,
@@ -197,18 +181,22 @@ def _searched_mask(k1: Array, k2: Array, n: int, k: int,
                    ) -> Array:
   """`shuffle.followed_mask` with no sort of the row: the row placed among the followed.
 
-  Same arguments and result. Each round places each of the row's `n` (bits,
-  column) pairs among the `m` followed elements in their stable-sort order
-  (`_places`: `ins_j` of them precede element `j`), counts the elements at
-  each place (a scatter-add into `m + 1` bins) and takes the prefix sum: the
-  `s`-th followed element in that order has `#{j : ins_j <= s} - 1` elements
-  before it, which is its stable-sort rank, ties included (a pair equals a
-  followed element only where it is that element). It costs a sort of `m`
-  bits, `n log2(m + 1)` gathers from an `[R, m]` table and a scatter-add of
-  `n` per row and round, against the sort path's sort of `n` and its tie
-  loop, and compiles to a few small loops (the search's steps are one rolled
-  loop). The ranks come out ascending; the mask marks the last round's with a
-  scatter.
+  Same arguments and result. Each round places each of the row's `n` elements among the `m` followed elements'
+  sorted bits (`_places`: `ins_j` of them have smaller bits than element
+  `j`), counts the elements at each place (a scatter-add into `m + 1` bins)
+  and takes the prefix sum: the `s`-th followed element in that order has
+  `#{j : ins_j <= s} - 1` elements before it, which is its stable-sort rank
+  when no bits tie with it. The rows where some do (`_places`' flag, about
+  `m n / 2**32` a row and round) are then ranked exactly by comparisons
+  (`_exact_ranks`, `m n` of them), one row per pass of a loop that runs as
+  many times as there are such rows, so the mask equals the reference's bit
+  for bit, ties included. It costs a
+  sort of `m` bits, `n log2(m + 1)` gathers from an `[R, m]` table and a
+  scatter-add of `n` per row and round, against the sort path's sort of `n`,
+  and compiles to a few small loops. The fast pass gives the ranks in
+  ascending order, the exact one in the followed elements' order: only their
+  set matters to the next round and to the mask, which marks the last
+  round's with a scatter.
   """
   n_rows = k1.shape[0]
   zeros_followed, m, _, elems = shuffle.followed_elements(n_rows, n, k)
@@ -218,13 +206,31 @@ def _searched_mask(k1: Array, k2: Array, n: int, k: int,
   def one_round(key, elems):
     _, key, sub = shuffle.split_round(key)
     row_bits = shuffle.round_row_bits(sub, n, sort_bits)
-    ins = _places(row_bits, shuffle.take_rows(row_bits, elems), elems)
+    ins, exact = _places(row_bits, shuffle.take_rows(row_bits, elems))
     counts = jnp.zeros((n_rows * (m + 1),), jnp.int32).at[
         lax.add(lax.convert_element_type(ins, jnp.int32),
                 offsets).reshape(-1)].add(
             np.int32(1), mode="promise_in_bounds").reshape(n_rows, m + 1)
-    return key, lax.sub(_prefix_sums(lax.slice_in_dim(counts, 0, m, axis=1),
-                                     total=n), np.int32(1))
+    ranks = lax.sub(_prefix_sums(lax.slice_in_dim(counts, 0, m, axis=1),
+                                 total=n), np.int32(1))
+
+    def fix_row(carry):
+      # The first row left whose bits tie: its ranks by comparisons.
+      ranks, todo, left = carry
+      r = lax.convert_element_type(jnp.argmax(todo), jnp.int32)
+      fixed = _exact_ranks(lax.dynamic_slice_in_dim(row_bits, r, 1),
+                           lax.dynamic_slice_in_dim(elems, r, 1))
+      return (lax.dynamic_update_slice_in_dim(ranks, fixed, r, 0),
+              lax.dynamic_update_slice_in_dim(todo, np.zeros(1, bool), r, 0),
+              lax.sub(left, np.int32(1)))
+
+    # The count of rows left, carried: the loop's condition is one compare
+    # (an `any` of the flags would be a reduction, compiled on its own).
+    left = lax.sub(np.int32(n_rows),
+                   shuffle.count_pairs(exact, lax.full_like(exact, False)))
+    ranks, _, _ = lax.while_loop(lambda c: lax.gt(c[2], np.int32(0)), fix_row,
+                                 (ranks, lax.bitwise_not(exact), left))
+    return key, ranks
 
   key = (k1.reshape(-1, 1, 1), k2.reshape(-1, 1, 1))
   for _ in range(shuffle.num_rounds(n)):
@@ -253,7 +259,7 @@ def default_path(n: int, k: int) -> str:
   "compare" where `uses_compare`; else "search" while `m n`, `m = min(k,
   n - k)`, is at most `_SEARCH_MAX`; else "sort". The search path's fast
   pass holds unless some bits tie, about `m n / 2**32` times a row and round;
-  then it searches the block again on (bits, position) pairs. Measured on
+  such rows are ranked again by `m n` comparisons each. Measured on
   the CPU (one core, per element): 26 ns against the sort path's 71 ns at
   `n = 2048`, 43 against 74 at 4096, 54 against 85 at 16384 (`m n / 2**32`
   = 0.006), but 198 against 102 at 65536 (0.1), where most blocks tie.
