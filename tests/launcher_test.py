@@ -338,6 +338,41 @@ class LauncherTest(test_utils.TempDirMixin, parameterized.TestCase):
         self.assertIn("--shape", proc.stdout)
         self.assertEqual(os.listdir(self.dir), [])
 
+  @parameterized.named_parameters(
+      ("_help", ["--help"], 0, r"--shape"),
+      ("_helpshort", ["--helpshort"], 0, r"--shape"),
+      ("_bad_shape", ["--shape=8192"], 1, r"--shape='8192' must be ROWS,COLS"),
+      ("_bad_sparsity", ["--sparsity=1.5"], 1, r"flag --sparsity=1.5"),
+      ("_unknown_flag", ["--shapes=8,8"], 1, r"Unknown command line flag"),
+  )
+  def test_help_and_bad_flags_are_answered_without_importing_jax(
+      self, argv, status, message):
+    # -X importtime lists every module the process imported, on stderr.
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", _SCRIPT, *argv],
+        capture_output=True, text=True, env=test_utils.single_device_env(),
+        cwd=_ROOT, timeout=_TIMEOUT_S, check=False)
+    self.assertEqual(proc.returncode, status, msg=proc.stderr[-2000:])
+    self.assertRegex(proc.stdout + proc.stderr, message)
+    imported = {line.rsplit("|", 1)[-1].strip()
+                for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    self.assertIn("absl.flags", imported)  # The listing is there.
+    for package in ("jax", "jaxlib", "alberta", "numpy", "orbax"):
+      self.assertNotIn(package, imported)
+
+  def test_backend_probe_stays_quiet(self):
+    # Without JAX_PLATFORMS JAX probes for a TPU as its backends start and
+    # logs the failure at INFO; the launcher filters it before that start.
+    env = test_utils.single_device_env()
+    env.pop("JAX_PLATFORMS")
+    proc = subprocess.run(_command(["--shape=8,8", "--num_cpu_devices=2"]),
+                          capture_output=True, text=True, env=env, cwd=_ROOT,
+                          timeout=_TIMEOUT_S, check=False)
+    self._assert_ok(proc)
+    self.assertIn("Verification passed", proc.stderr)
+    self.assertNotIn("Unable to initialize backend", proc.stderr)
+
   @test_utils.slow
   def test_without_output_the_matrix_is_reported_not_saved(self):
     proc = _run(["--shape=16,16", "--num_cpu_devices=8", "--mesh=2,4",
@@ -570,7 +605,7 @@ class FlagsTest(test_utils.TempDirMixin, parameterized.TestCase):
   def test_flags_the_devices_rule_out_are_refused(self, bad, message):
     flag_values = _parse(_BASE_FLAGS + bad)  # Valid as far as absl can tell.
     with self.assertRaisesRegex(options.FlagError, message):
-      run.Plan.from_flags(jax, alberta, flag_values)
+      run.Plan.from_flags(flag_values)
 
   @absltest.skipIf(os.geteuid() == 0, "root can write to read-only directories")
   def test_read_only_output_location_is_refused(self):
@@ -590,7 +625,7 @@ class FlagsTest(test_utils.TempDirMixin, parameterized.TestCase):
       self.assertFalse(exits.asks_for_help(["prog", *argv]), msg=argv)
 
   def test_plan_of_valid_flags(self):
-    plan = run.Plan.from_flags(jax, alberta, _parse(
+    plan = run.Plan.from_flags(_parse(
         _BASE_FLAGS + ["--chunk_rows=100", "--format=ell",
                        "--mesh=4", "--sparsity=0.75", "--seed=9"]))
     self.assertEqual((plan.shape, plan.zeros_per_row, plan.nnz),

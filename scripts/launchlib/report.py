@@ -12,6 +12,7 @@ import resource
 from typing import Any
 
 from absl import logging
+import jax
 
 
 def size(n: float) -> str:
@@ -59,7 +60,7 @@ def progress_line(expected_bytes: int, estimated: bool):
   return progress
 
 
-def peak_memory(jax, compiled) -> dict[str, Any]:
+def peak_memory(compiled: jax.stages.Compiled) -> dict[str, Any]:
   """Per-device peak memory: the runtime's counters, else XLA's estimate."""
   stats = {str(d.id): d.memory_stats() for d in jax.local_devices()}
   host_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
