@@ -31,6 +31,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 
@@ -446,6 +447,44 @@ class LauncherTest(test_utils.TempDirMixin, parameterized.TestCase):
     self.assertEqual(os.listdir(disk), [])  # No staging, nothing at --output.
     self.assertFalse(os.path.exists(self.report))
 
+  def test_a_slow_save_shows_progress_before_its_first_byte(self):
+    # The fault: a writer that sits silent (nothing on disk) for 2.5 s
+    # before the real save begins. The launcher must show that the save is
+    # working from its start: a progress line at once, then one every
+    # 2 s, at 0 bytes, all before the writer starts.
+    wrapper = textwrap.dedent("""
+        import runpy, sys, time
+        from absl import logging
+        import alberta
+        real_save = alberta.checkpoint.save
+        def slow_save(*args, **kwargs):
+          time.sleep(2.5)
+          logging.info("INJECTED: the writer starts.")
+          return real_save(*args, **kwargs)
+        alberta.checkpoint.save = slow_save
+        sys.argv = sys.argv[1:]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+        """)
+    proc = subprocess.run(
+        [sys.executable, "-c", wrapper, _SCRIPT, "--shape=64,48",
+         "--num_cpu_devices=8", f"--output={self.output}"],
+        capture_output=True, text=True, env=test_utils.single_device_env(),
+        cwd=_ROOT, timeout=_TIMEOUT_S, check=False)
+    self._assert_ok(proc)
+    lines = proc.stderr.splitlines()
+    saving = next(i for i, line in enumerate(lines) if "Saving to" in line)
+    writer = next(i for i, line in enumerate(lines) if "INJECTED" in line)
+    before_writer = lines[saving + 1:writer]
+    self.assertGreaterEqual(len(before_writer), 2, msg=proc.stderr)
+    for line in before_writer:
+      self.assertRegex(line, r"writing shards \[\.{30}\]   0%  0 B of ~")
+    # The first line as the save starts, the next one interval later.
+    self.assertRegex(before_writer[0], r"  0 s  0 MiB/s$")
+    self.assertRegex(before_writer[1], r"  2 s  0 MiB/s$")
+    self.assertRegex(lines[-1], r"Saved \S+: .* on disk")
+    restored = alberta.checkpoint.restore(self.output)
+    self.assertEqual(restored.shape, (64, 48))
+
   def test_sigterm_during_save_exits_promptly_leaving_nothing(self):
     self.check_signal_during_save(signal.SIGTERM, 143)
 
@@ -641,7 +680,42 @@ class FlagsTest(test_utils.TempDirMixin, parameterized.TestCase):
     self.assertEqual(plan.metadata()["nonzeros_per_row"], 12)
 
 
+def _wait_for(condition, what: str, timeout_s: float = 30.0) -> None:
+  """Polls `condition()` until true; a liveness bound, not a speed one."""
+  deadline = time.monotonic() + timeout_s
+  while not condition():
+    if time.monotonic() > deadline:
+      raise AssertionError(f"timed out waiting for {what}")
+    time.sleep(0.005)
+
+
 class ProgressTest(absltest.TestCase):
+
+  def test_save_progress_logs_at_once_and_periodically_until_it_ends(self):
+    with self.assertLogs("absl", logging.INFO) as logs:
+      with report_lib.SaveProgress(1000, estimated=True,
+                                   every_s=0.02) as progress:
+        # Before the save has written (or reported) any byte.
+        self.assertLen(logs.output, 1)
+        self.assertRegex(logs.output[0],
+                         r"\[\.{30}\]   0%  0 B of ~1000 B  0 s")
+        # A slowed writer: no byte reaches the disk, the lines keep coming.
+        _wait_for(lambda: len(logs.output) >= 4, "lines at 0 bytes")
+        for line in logs.output[:4]:
+          self.assertIn("  0 B of ~1000 B", line)
+        progress.update(500, 0.0)
+        _wait_for(lambda: "500 B of ~1000 B" in logs.output[-1],
+                  "a line with the bytes written")
+      ended = len(logs.output)
+      time.sleep(0.1)  # Five intervals: no line after the save has ended.
+      self.assertLen(logs.output, ended)
+    self.assertRegex(logs.output[-1], r"\[#{15}\.{15}\]  50%  500 B of ~1000 B")
+
+  def test_save_progress_refuses_a_non_positive_interval(self):
+    for every_s in (0, -1.0, float("nan")):
+      with self.assertRaisesRegex(ValueError, rf"every_s must be positive, "
+                                  rf"got {every_s!r}"):
+        report_lib.SaveProgress(1000, estimated=True, every_s=every_s)
 
   def test_the_bar_stops_at_99_percent_until_the_save_ends(self):
     with self.assertLogs("absl", logging.INFO) as logs:

@@ -11,6 +11,7 @@ launcher imports it once absl has checked the flags.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import sys
@@ -29,8 +30,10 @@ from scripts.launchlib import exits
 from scripts.launchlib import options
 from scripts.launchlib import report as report_lib
 
-# Seconds between the save's progress lines.
+# Seconds between the save's progress lines, the first at its start.
 PROGRESS_EVERY_S = 2.0
+# Seconds between the save's measurements of the bytes on disk.
+_BYTES_EVERY_S = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,8 +238,10 @@ class Plan:
            interrupts: exits.Interrupts, lead: bool) -> dict[str, Any]:
     """Saves the arrays and `metadata()` at `output`, logging its progress.
 
-    Process 0 (`lead`) logs the progress; a failed save is reported in one
-    line and ends the process (`exits.FAILED`).
+    Process 0 (`lead`) logs a progress line as the save starts and one every
+    `PROGRESS_EVERY_S` seconds until it ends (`report.SaveProgress`). A
+    failed save is reported in one line and ends the process
+    (`exits.FAILED`).
 
     Returns:
       The report's fields of the save: `output`, `save_seconds` and
@@ -252,14 +257,19 @@ class Plan:
     # After a failed write, tensorstore's threads still call back into orbax's
     # closed event loop: their tracebacks only with --verbosity=1.
     sys.unraisablehook = exits.quiet_unraisablehook
+    # Process 0's progress lines, from the save's start; the save reports the
+    # bytes on disk to them every _BYTES_EVERY_S seconds while it writes.
+    progress = (report_lib.SaveProgress(estimate or raw, bool(estimate),
+                                        PROGRESS_EVERY_S)
+                if lead else contextlib.nullcontext())
     start = time.perf_counter()
     try:
-      path = alberta.checkpoint.save(
-          output, arrays,  # {"matrix"}, or {"values", "indices"}.
-          metadata=self.metadata(), overwrite=overwrite,
-          progress=(report_lib.progress_line(estimate or raw, bool(estimate))
-                    if lead else None),
-          progress_every_s=PROGRESS_EVERY_S)
+      with progress:
+        path = alberta.checkpoint.save(
+            output, arrays,  # {"matrix"}, or {"values", "indices"}.
+            metadata=self.metadata(), overwrite=overwrite,
+            progress=progress.update if lead else None,
+            progress_every_s=_BYTES_EVERY_S)
     except Exception as e:  # pylint: disable=broad-except
       # One line; the traceback (and orbax's log) only when asked for.
       if logging.get_verbosity() >= 1:
