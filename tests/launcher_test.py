@@ -7,8 +7,11 @@ permutation method on the default mesh, chunked); that `--format=ell` saves
 values and indices that scatter to the dense counter matrix, checked and
 reported like it; that a flag refused by absl's validators and one refused once
 JAX knows the devices each exit non-zero in one or two lines, before any work,
-creating nothing; that a full disk (a 256 KiB tmpfs, when running as root)
-fails in one line naming `--output` and the cause, leaving nothing; that
+creating nothing; that `--help` and flags absl refuses are answered without
+importing JAX or alberta; that JAX's TPU probe stays out of the log; that a
+save whose writer is silent shows a progress line at its start and every 2 s
+before any byte is written; that a full disk (a 256 KiB tmpfs, when running as
+root) fails in one line naming `--output` and the cause, leaving nothing; that
 SIGTERM (and, slow, SIGINT) during the save exits within seconds with status
 143 (130), a one-line message and no traceback, leaving nothing; and (slow)
 that without `--output` nothing is saved, that every bad flag is refused that
@@ -19,7 +22,7 @@ runtime over gloo on 127.0.0.1) save the same matrix as one.
 In process (`scripts/launchlib`): that every bad flag, and every combination
 only the devices rule out, is refused with a message naming it, an existing
 output and a symbolic link (even with `--overwrite`) included, touching
-nothing; and the save's progress line. What the launcher's verification
+nothing; and the save's progress lines. What the launcher's verification
 catches is `alberta.verify`'s, proven in verify_test.
 """
 
@@ -365,11 +368,11 @@ class LauncherTest(test_utils.TempDirMixin, parameterized.TestCase):
   def test_backend_probe_stays_quiet(self):
     # Without JAX_PLATFORMS JAX probes for a TPU as its backends start and
     # logs the failure at INFO; the launcher filters it before that start.
-    env = test_utils.single_device_env()
-    env.pop("JAX_PLATFORMS")
+    environ = test_utils.single_device_env()
+    environ.pop("JAX_PLATFORMS")
     proc = subprocess.run(_command(["--shape=8,8", "--num_cpu_devices=2"]),
-                          capture_output=True, text=True, env=env, cwd=_ROOT,
-                          timeout=_TIMEOUT_S, check=False)
+                          capture_output=True, text=True, env=environ,
+                          cwd=_ROOT, timeout=_TIMEOUT_S, check=False)
     self._assert_ok(proc)
     self.assertIn("Verification passed", proc.stderr)
     self.assertNotIn("Unable to initialize backend", proc.stderr)
