@@ -196,15 +196,15 @@ def _cases() -> list[str]:
   return [c for c in ALL_CASES if c in chosen]
 
 
-def _import_torch() -> tuple[object, str]:
-  """torch (with --torch_threads applied), or None and why not."""
+def _torch_unavailable() -> str | None:
+  """Why torch cannot be timed, or None: it imports (--torch_threads set)."""
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    return None, f"torch is not importable ({e}); pip install torch to time it"
+    return f"torch is not importable ({e}); pip install torch to time it"
   if _TORCH_THREADS.value:
     torch.set_num_threads(_TORCH_THREADS.value)
-  return torch, ""
+  return None
 
 
 def main(argv: Sequence[str]) -> None:
@@ -222,11 +222,12 @@ def main(argv: Sequence[str]) -> None:
   if _NUM_CPU_DEVICES.value:
     harness.use_cpu_devices(_NUM_CPU_DEVICES.value)
   methods = [m for m in ALL_METHODS if m in _METHODS.value]
-  torch, torch_reason = None, "not requested"
+  torch_skipped = "not requested"
   if "matrix" in cases and {"torch_dense", "torch_original"} & set(methods):
-    torch, torch_reason = _import_torch()
+    torch_skipped = _torch_unavailable()
   env = machine.environment(
-      report.command_line("scripts/benchmark.py", sys.argv[1:]), torch)
+      report.command_line("scripts/benchmark.py", sys.argv[1:]),
+      torch_timed=torch_skipped is None)
   env["loadavg_start"] = os.getloadavg()
   probe = harness.RssProbe()
   print(f"alberta benchmark ({','.join(cases)}): {env['backend']} "
@@ -251,7 +252,7 @@ def main(argv: Sequence[str]) -> None:
     checks.append(suite.seed_check_small(settings.key, _SPARSITY.value))
   records, sharded = suite.bench_shapes(
       shapes, methods if "matrix" in cases else [], counts, settings, probe,
-      torch, torch_reason, checks)
+      torch_skipped, checks)
   layer_settings = layer.Settings(
       harness.parse_shape(_LAYER_SHAPE.value), _LAYER_CHUNK_ROWS.value,
       _FRESH_PROCESSES.value, _REPEATS.value)

@@ -25,9 +25,11 @@ Two hosts (run on each, with its own --process_id):
   python scripts/init_large.py --shape=65536,65536 --output=/shared/w \
       --coordinator_address=10.0.0.1:1234 --num_processes=2 --process_id=0
 
-JAX and alberta are imported in `main`, after the flags are parsed: a bad flag
-is refused at once, in one line, and the device count is set before JAX
-starts. Only alberta's public API is used.
+JAX and alberta (and the launcher's modules that use them, `devices`, `run`
+and `report`) are imported in `main`, once absl has checked the flags:
+`--help` and a bad flag are answered at once, in one line, without importing
+JAX. The device count and the multi-process runtime are then set before any
+backend starts. Only alberta's public API is used.
 
 Failures. A save that fails (a full disk, a vanished directory) prints one
 line naming `--output` and the cause and exits 1; `--verbosity=1` adds the
@@ -42,7 +44,6 @@ from __future__ import annotations
 
 import pathlib
 import sys
-import time
 from collections.abc import Sequence
 
 from absl import flags
@@ -51,19 +52,13 @@ from absl import logging
 # The repository root, for `scripts.launchlib`.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-# JAX and alberta are imported in `main`, after the flags are checked.
-from scripts.launchlib import devices  # noqa: E402
+# Neither imports JAX; the modules that do are imported in `_main`.
 from scripts.launchlib import exits  # noqa: E402
 from scripts.launchlib import options  # noqa: E402
-from scripts.launchlib import report as report_lib  # noqa: E402
-from scripts.launchlib import run  # noqa: E402
 
 FLAGS = flags.FLAGS
 options.define(FLAGS)
 flags.adopt_module_key_flags(options)  # --helpshort lists them.
-
-# Saves shorter than this show no progress line.
-_PROGRESS_EVERY_S = 2.0
 
 
 def main(argv: Sequence[str]) -> int:
@@ -85,27 +80,32 @@ def _main(argv: Sequence[str], interrupts: exits.Interrupts) -> int:
   # On the logger: absl's handler forwards records past its own filters.
   logging.get_absl_logger().addFilter(exits.QuietOrbax())
   interrupts.phase = "starting JAX"
-  jax = devices.start_jax(FLAGS)
+  # Only now, with the flags checked: these import JAX and alberta.
+  import jax  # pylint: disable=g-import-not-at-top
   import alberta  # pylint: disable=g-import-not-at-top
+  from scripts.launchlib import devices  # pylint: disable=g-import-not-at-top
+  from scripts.launchlib import report as report_lib  # pylint: disable=g-import-not-at-top
+  from scripts.launchlib import run  # pylint: disable=g-import-not-at-top
 
-  plan = run.Plan.from_flags(jax, alberta, FLAGS)
+  devices.start_jax(FLAGS)
+  plan = run.Plan.from_flags(FLAGS)
   lead = jax.process_index() == 0
   if FLAGS.output is not None:
     stale = alberta.checkpoint.stale_staging(FLAGS.output)
     interrupts.watch_output(FLAGS.output, stale)
     for path in stale if lead else ():
       logging.warning("Left by an interrupted save (safe to delete): %s", path)
-  plan.log(jax)
+  plan.log()
 
   interrupts.phase = "compiling"
-  compiled, compile_s = plan.compile(jax, alberta)
+  compiled, compile_s = plan.compile()
   interrupts.phase = "generating"
-  arrays, generate_s = plan.generate(jax, compiled)
+  arrays, generate_s = plan.generate(compiled)
   interrupts.phase = "verifying"
-  checked, verify_s = plan.verify(alberta, arrays)
-  memory = report_lib.peak_memory(jax, compiled)
+  checked, verify_s = plan.verify(arrays)
+  memory = report_lib.peak_memory(compiled)
   report_lib.log_memory(memory)
-  report = plan.report(jax, alberta, arrays, compile_s=compile_s,
+  report = plan.report(arrays, compile_s=compile_s,
                        generate_s=generate_s, checked=checked,
                        verify_s=verify_s, memory=memory)
 
@@ -114,49 +114,12 @@ def _main(argv: Sequence[str], interrupts: exits.Interrupts) -> int:
     logging.error("Not saving a matrix that failed verification.")
     status = exits.FAILED
   elif FLAGS.output is not None:
-    report.update(_save(alberta, plan, arrays, interrupts, lead))
+    report.update(plan.save(arrays, FLAGS.output, overwrite=FLAGS.overwrite,
+                            interrupts=interrupts, lead=lead))
   if FLAGS.report is not None and lead:
     report_lib.write_report(FLAGS.report, report)
     logging.info("Report written to %s.", FLAGS.report)
   return status
-
-
-def _save(alberta, plan: run.Plan, arrays, interrupts: exits.Interrupts,
-          lead: bool) -> dict[str, object]:
-  """Saves the arrays at --output; the report's fields, or exits on failure."""
-  raw = report_lib.nbytes(arrays)
-  # A sample compressed as orbax does: the progress bar's end.
-  estimate = alberta.checkpoint.estimate_stored_bytes(arrays) if lead else None
-  interrupts.phase = "saving"
-  logging.info("Saving to %s%s.", FLAGS.output,
-               f" (~{report_lib.size(estimate)} on disk)" if estimate else "")
-  # After a failed write, tensorstore's threads still call back into orbax's
-  # closed event loop: their tracebacks only with --verbosity=1.
-  sys.unraisablehook = exits.quiet_unraisablehook
-  start = time.perf_counter()
-  try:
-    path = alberta.checkpoint.save(
-        FLAGS.output, arrays,  # {"matrix"}, or {"values", "indices"}.
-        metadata=plan.metadata(), overwrite=FLAGS.overwrite,
-        progress=(report_lib.progress_line(estimate or raw, bool(estimate))
-                  if lead else None),
-        progress_every_s=_PROGRESS_EVERY_S)
-  except Exception as e:  # pylint: disable=broad-except
-    # One line; the traceback (and orbax's log) only when asked for.
-    if logging.get_verbosity() >= 1:
-      logging.exception("The save failed:")
-    # The save removes its staging on failure, but orbax's threads may
-    # still write into it: removed again until they have stopped.
-    interrupts.remove_staging()
-    exits.stderr(exits.save_failed(FLAGS.output, e))
-    exits.exit_now(exits.FAILED)
-  sys.unraisablehook = sys.__unraisablehook__
-  interrupts.phase = "finishing"
-  save_s = time.perf_counter() - start
-  on_disk = report_lib.tree_bytes(path)
-  logging.info("Saved %s: %s on disk (%.1f%% of the raw arrays) in %.2f s.",
-               path, report_lib.size(on_disk), 100 * on_disk / raw, save_s)
-  return dict(output=path, save_seconds=save_s, checkpoint_bytes=on_disk)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,11 @@ permutation method on the default mesh, chunked); that `--format=ell` saves
 values and indices that scatter to the dense counter matrix, checked and
 reported like it; that a flag refused by absl's validators and one refused once
 JAX knows the devices each exit non-zero in one or two lines, before any work,
-creating nothing; that a full disk (a 256 KiB tmpfs, when running as root)
-fails in one line naming `--output` and the cause, leaving nothing; that
+creating nothing; that `--help` and flags absl refuses are answered without
+importing JAX or alberta; that JAX's TPU probe stays out of the log; that a
+save whose writer is silent shows a progress line at its start and every 2 s
+before any byte is written; that a full disk (a 256 KiB tmpfs, when running as
+root) fails in one line naming `--output` and the cause, leaving nothing; that
 SIGTERM (and, slow, SIGINT) during the save exits within seconds with status
 143 (130), a one-line message and no traceback, leaving nothing; and (slow)
 that without `--output` nothing is saved, that every bad flag is refused that
@@ -19,7 +22,7 @@ runtime over gloo on 127.0.0.1) save the same matrix as one.
 In process (`scripts/launchlib`): that every bad flag, and every combination
 only the devices rule out, is refused with a message naming it, an existing
 output and a symbolic link (even with `--overwrite`) included, touching
-nothing; and the save's progress line. What the launcher's verification
+nothing; and the save's progress lines. What the launcher's verification
 catches is `alberta.verify`'s, proven in verify_test.
 """
 
@@ -31,6 +34,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 
@@ -338,6 +342,41 @@ class LauncherTest(test_utils.TempDirMixin, parameterized.TestCase):
         self.assertIn("--shape", proc.stdout)
         self.assertEqual(os.listdir(self.dir), [])
 
+  @parameterized.named_parameters(
+      ("_help", ["--help"], 0, r"--shape"),
+      ("_helpshort", ["--helpshort"], 0, r"--shape"),
+      ("_bad_shape", ["--shape=8192"], 1, r"--shape='8192' must be ROWS,COLS"),
+      ("_bad_sparsity", ["--sparsity=1.5"], 1, r"flag --sparsity=1.5"),
+      ("_unknown_flag", ["--shapes=8,8"], 1, r"Unknown command line flag"),
+  )
+  def test_help_and_bad_flags_are_answered_without_importing_jax(
+      self, argv, status, message):
+    # -X importtime lists every module the process imported, on stderr.
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", _SCRIPT, *argv],
+        capture_output=True, text=True, env=test_utils.single_device_env(),
+        cwd=_ROOT, timeout=_TIMEOUT_S, check=False)
+    self.assertEqual(proc.returncode, status, msg=proc.stderr[-2000:])
+    self.assertRegex(proc.stdout + proc.stderr, message)
+    imported = {line.rsplit("|", 1)[-1].strip()
+                for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    self.assertIn("absl.flags", imported)  # The listing is there.
+    for package in ("jax", "jaxlib", "alberta", "numpy", "orbax"):
+      self.assertNotIn(package, imported)
+
+  def test_backend_probe_stays_quiet(self):
+    # Without JAX_PLATFORMS JAX probes for a TPU as its backends start and
+    # logs the failure at INFO; the launcher filters it before that start.
+    environ = test_utils.single_device_env()
+    environ.pop("JAX_PLATFORMS")
+    proc = subprocess.run(_command(["--shape=8,8", "--num_cpu_devices=2"]),
+                          capture_output=True, text=True, env=environ,
+                          cwd=_ROOT, timeout=_TIMEOUT_S, check=False)
+    self._assert_ok(proc)
+    self.assertIn("Verification passed", proc.stderr)
+    self.assertNotIn("Unable to initialize backend", proc.stderr)
+
   @test_utils.slow
   def test_without_output_the_matrix_is_reported_not_saved(self):
     proc = _run(["--shape=16,16", "--num_cpu_devices=8", "--mesh=2,4",
@@ -410,6 +449,44 @@ class LauncherTest(test_utils.TempDirMixin, parameterized.TestCase):
     self.assertNotIn("Traceback", proc.stderr)
     self.assertEqual(os.listdir(disk), [])  # No staging, nothing at --output.
     self.assertFalse(os.path.exists(self.report))
+
+  def test_a_slow_save_shows_progress_before_its_first_byte(self):
+    # The fault: a writer that sits silent (nothing on disk) for 2.5 s
+    # before the real save begins. The launcher must show that the save is
+    # working from its start: a progress line at once, then one every
+    # 2 s, at 0 bytes, all before the writer starts.
+    wrapper = textwrap.dedent("""
+        import runpy, sys, time
+        from absl import logging
+        import alberta
+        real_save = alberta.checkpoint.save
+        def slow_save(*args, **kwargs):
+          time.sleep(2.5)
+          logging.info("INJECTED: the writer starts.")
+          return real_save(*args, **kwargs)
+        alberta.checkpoint.save = slow_save
+        sys.argv = sys.argv[1:]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+        """)
+    proc = subprocess.run(
+        [sys.executable, "-c", wrapper, _SCRIPT, "--shape=64,48",
+         "--num_cpu_devices=8", f"--output={self.output}"],
+        capture_output=True, text=True, env=test_utils.single_device_env(),
+        cwd=_ROOT, timeout=_TIMEOUT_S, check=False)
+    self._assert_ok(proc)
+    lines = proc.stderr.splitlines()
+    saving = next(i for i, line in enumerate(lines) if "Saving to" in line)
+    writer = next(i for i, line in enumerate(lines) if "INJECTED" in line)
+    before_writer = lines[saving + 1:writer]
+    self.assertGreaterEqual(len(before_writer), 2, msg=proc.stderr)
+    for line in before_writer:
+      self.assertRegex(line, r"writing shards \[\.{30}\]   0%  0 B of ~")
+    # The first line as the save starts, the next one interval later.
+    self.assertRegex(before_writer[0], r"  0 s  0 MiB/s$")
+    self.assertRegex(before_writer[1], r"  2 s  0 MiB/s$")
+    self.assertRegex(lines[-1], r"Saved \S+: .* on disk")
+    restored = alberta.checkpoint.restore(self.output)
+    self.assertEqual(restored.shape, (64, 48))
 
   def test_sigterm_during_save_exits_promptly_leaving_nothing(self):
     self.check_signal_during_save(signal.SIGTERM, 143)
@@ -570,7 +647,7 @@ class FlagsTest(test_utils.TempDirMixin, parameterized.TestCase):
   def test_flags_the_devices_rule_out_are_refused(self, bad, message):
     flag_values = _parse(_BASE_FLAGS + bad)  # Valid as far as absl can tell.
     with self.assertRaisesRegex(options.FlagError, message):
-      run.Plan.from_flags(jax, alberta, flag_values)
+      run.Plan.from_flags(flag_values)
 
   @absltest.skipIf(os.geteuid() == 0, "root can write to read-only directories")
   def test_read_only_output_location_is_refused(self):
@@ -590,7 +667,7 @@ class FlagsTest(test_utils.TempDirMixin, parameterized.TestCase):
       self.assertFalse(exits.asks_for_help(["prog", *argv]), msg=argv)
 
   def test_plan_of_valid_flags(self):
-    plan = run.Plan.from_flags(jax, alberta, _parse(
+    plan = run.Plan.from_flags(_parse(
         _BASE_FLAGS + ["--chunk_rows=100", "--format=ell",
                        "--mesh=4", "--sparsity=0.75", "--seed=9"]))
     self.assertEqual((plan.shape, plan.zeros_per_row, plan.nnz),
@@ -606,7 +683,42 @@ class FlagsTest(test_utils.TempDirMixin, parameterized.TestCase):
     self.assertEqual(plan.metadata()["nonzeros_per_row"], 12)
 
 
+def _wait_for(condition, what: str, timeout_s: float = 30.0) -> None:
+  """Polls `condition()` until true; a liveness bound, not a speed one."""
+  deadline = time.monotonic() + timeout_s
+  while not condition():
+    if time.monotonic() > deadline:
+      raise AssertionError(f"timed out waiting for {what}")
+    time.sleep(0.005)
+
+
 class ProgressTest(absltest.TestCase):
+
+  def test_save_progress_logs_at_once_and_periodically_until_it_ends(self):
+    with self.assertLogs("absl", logging.INFO) as logs:
+      with report_lib.SaveProgress(1000, estimated=True,
+                                   every_s=0.02) as progress:
+        # Before the save has written (or reported) any byte.
+        self.assertLen(logs.output, 1)
+        self.assertRegex(logs.output[0],
+                         r"\[\.{30}\]   0%  0 B of ~1000 B  0 s")
+        # A slowed writer: no byte reaches the disk, the lines keep coming.
+        _wait_for(lambda: len(logs.output) >= 4, "lines at 0 bytes")
+        for line in logs.output[:4]:
+          self.assertIn("  0 B of ~1000 B", line)
+        progress.update(500, 0.0)
+        _wait_for(lambda: "500 B of ~1000 B" in logs.output[-1],
+                  "a line with the bytes written")
+      ended = len(logs.output)
+      time.sleep(0.1)  # Five intervals: no line after the save has ended.
+      self.assertLen(logs.output, ended)
+    self.assertRegex(logs.output[-1], r"\[#{15}\.{15}\]  50%  500 B of ~1000 B")
+
+  def test_save_progress_refuses_a_non_positive_interval(self):
+    for every_s in (0, -1.0, float("nan")):
+      with self.assertRaisesRegex(ValueError, rf"every_s must be positive, "
+                                  rf"got {every_s!r}"):
+        report_lib.SaveProgress(1000, estimated=True, every_s=every_s)
 
   def test_the_bar_stops_at_99_percent_until_the_save_ends(self):
     with self.assertLogs("absl", logging.INFO) as logs:

@@ -90,14 +90,15 @@ def _child_import(task: dict[str, Any]) -> dict[str, Any]:
           "jax_preloaded": preloaded}
 
 
-def enable_compilation_cache(jax_module: Any, directory: str) -> None:
+def enable_compilation_cache(directory: str) -> None:
   """JAX's persistent compilation cache in `directory`, every program cached.
 
   The settings docs/PERFORMANCE.md and the README give; before any compile.
   """
-  jax_module.config.update("jax_compilation_cache_dir", directory)
-  jax_module.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  jax_module.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_compilation_cache_dir", directory)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 def _child_mlp(task: dict[str, Any]) -> dict[str, Any]:
@@ -110,7 +111,7 @@ def _child_mlp(task: dict[str, Any]) -> dict[str, Any]:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import alberta  # pylint: disable=g-import-not-at-top
   if task.get("cache_dir"):
-    enable_compilation_cache(jax, task["cache_dir"])
+    enable_compilation_cache(task["cache_dir"])
   name = task["init"]
   if name.startswith("sparse_"):
     w_init = alberta.SparseInit(0.9, method=name[len("sparse_"):])

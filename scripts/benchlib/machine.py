@@ -46,9 +46,20 @@ def _git_commit() -> str | None:
   return out.stdout.strip() or None
 
 
-def environment(command: str, torch: Any = None) -> dict[str, Any]:
-  """The machine, the software and the devices a run measured on."""
+def environment(command: str, torch_timed: bool = False) -> dict[str, Any]:
+  """The machine, the software and the devices a run measured on.
+
+  Args:
+    command: the command line that made the run.
+    torch_timed: whether the run timed torch: torch's version and thread
+      count are then recorded, else None.
+
+  Returns:
+    The run's environment record.
+  """
   import jaxlib  # pylint: disable=g-import-not-at-top
+  if torch_timed:
+    import torch  # pylint: disable=g-import-not-at-top
   devices = jax.devices()
   usable = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else os.cpu_count())
@@ -73,6 +84,6 @@ def environment(command: str, torch: Any = None) -> dict[str, Any]:
       "num_devices": len(devices),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "jax_threefry_partitionable": bool(jax.config.jax_threefry_partitionable),
-      "torch": None if torch is None else torch.__version__,
-      "torch_threads": None if torch is None else torch.get_num_threads(),
+      "torch": torch.__version__ if torch_timed else None,
+      "torch_threads": torch.get_num_threads() if torch_timed else None,
   }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -54,9 +54,11 @@ def jax_method(name: str, shape: tuple[int, int], sparsity: float):
   return lambda k: alberta.sparse_init(k, shape, sparsity, method=name)
 
 
-def _torch_run(name: str, shape: tuple[int, int], sparsity: float, torch: Any,
-               seed: int):
+def _torch_run(name: str, shape: tuple[int, int], sparsity: float,
+               seed: int) -> Callable[[], Any]:
   """The call that torch method `name` times (torch seeded with `seed`)."""
+  # torch is optional: imported only once the caller found it importable.
+  import torch  # pylint: disable=g-import-not-at-top
   torch.manual_seed(seed)
   if name == "torch_dense":
     scale = 1.0 / math.sqrt(shape[1])
@@ -83,10 +85,13 @@ def seed_check_small(key: Any, sparsity: float) -> dict[str, Any]:
 
 def bench_shapes(shapes: Sequence[tuple[int, int]], methods: Sequence[str],
                  counts: Sequence[int], settings: Settings,
-                 probe: harness.RssProbe, torch: Any, torch_reason: str,
+                 probe: harness.RssProbe, torch_skipped: str | None,
                  checks: list[dict[str, Any]],
                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
   """`methods` (`bench_shape`), then sharded on `counts`, at each shape.
+
+  `torch_skipped` is why the torch methods are skipped, or None if torch
+  imports and they are timed.
 
   Returns the records and the sharded records; either part may be empty (no
   methods, no counts). Each sharded result is checked against the one-device
@@ -94,8 +99,8 @@ def bench_shapes(shapes: Sequence[tuple[int, int]], methods: Sequence[str],
   """
   records, sharded = [], []
   for shape in shapes:
-    shape_records, kept = bench_shape(shape, methods, settings, probe, torch,
-                                      torch_reason, checks)
+    shape_records, kept = bench_shape(shape, methods, settings, probe,
+                                      torch_skipped, checks)
     records.extend(shape_records)
     if counts:
       sharded.extend(bench_sharded(shape, settings, probe, counts, kept))
@@ -105,10 +110,13 @@ def bench_shapes(shapes: Sequence[tuple[int, int]], methods: Sequence[str],
 
 
 def bench_shape(shape: tuple[int, int], methods: Sequence[str],
-                settings: Settings, probe: harness.RssProbe, torch: Any,
-                torch_reason: str, checks: list[dict[str, Any]],
+                settings: Settings, probe: harness.RssProbe,
+                torch_skipped: str | None, checks: list[dict[str, Any]],
                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
   """Every method at one shape: records, and the outputs kept for checks.
+
+  The torch methods are timed when `torch_skipped` is None, else recorded as
+  skipped for that reason.
 
   Appends the jitted seed's agreement with `permutation` to `checks`.
   """
@@ -137,11 +145,11 @@ def bench_shape(shape: tuple[int, int], methods: Sequence[str],
       records.append(record)
     elif name == "ell":
       records.extend(_bench_ell(shape, settings, probe, kept.get("counter")))
-    elif torch is None:
-      records.append(harness.skipped(name, shape, torch_reason, **extra))
+    elif torch_skipped is not None:
+      records.append(harness.skipped(name, shape, torch_skipped, **extra))
     else:
       timing, _ = harness.time_runs(
-          _torch_run(name, shape, sparsity, torch, settings.torch_seed), probe,
+          _torch_run(name, shape, sparsity, settings.torch_seed), probe,
           repeats)
       records.append(harness.summarize(
           {"method": name, "shape": list(shape), "devices": 1, "status": "ok",

@@ -9,9 +9,17 @@ public API lives here:
 - `exits`: one-line errors, exit without waiting for orbax's threads,
   SIGINT/SIGTERM handling, quiet orbax logs;
 - `run`: the run's plan (what is generated, on which mesh), its log lines,
-  compilation, generation and verification, checkpoint metadata and report
-  fields;
+  compilation, generation, verification and save, checkpoint metadata and
+  report fields;
 - `report`: sizes, the save's progress line, peak memory, the report file.
+
+Imports follow `scripts.benchlib`'s rule: each module imports what it uses at
+its top, and nothing is handed a module as an argument. `options` and `exits`
+run before the flags are checked, so they do not import JAX (each imports
+alberta inside the one function that needs it); `devices`, `run` and `report`
+import JAX and alberta, so the launcher imports them once absl has checked
+the flags. Importing JAX starts no backend: `devices.start_jax` still
+configures the devices first.
 
 Imported as `scripts.launchlib`, with the repository root on `sys.path` (the
 launcher puts it there), like `scripts.benchlib`.

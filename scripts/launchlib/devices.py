@@ -1,4 +1,9 @@
-"""Starting JAX for the launcher, and the device mesh of `--mesh`."""
+"""Starting JAX for the launcher, and the device mesh of `--mesh`.
+
+Importing this module imports JAX but starts none of its backends: the
+launcher imports it once absl has checked the flags, and `start_jax` then
+configures JAX before anything uses a device.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,25 @@ import math
 
 from absl import flags
 from absl import logging
+import jax
 
 from scripts.launchlib import exits
 from scripts.launchlib import options
 
 
-def start_jax(flag_values: flags.FlagValues = flags.FLAGS):
-  """Configures and starts JAX (and its multi-process runtime); returns jax."""
-  # Before jax is imported: its backend probe logs as it starts.
+def start_jax(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Configures JAX and starts its multi-process runtime, if asked for.
+
+  Must run before anything uses a device: the CPU device count and the
+  multi-process runtime cannot change once a backend has started.
+
+  Args:
+    flag_values: the parsed flags (`--num_cpu_devices`, `--distributed`,
+      `--coordinator_address`, `--num_processes`, `--process_id`).
+  """
+  # Before the first backend use: the backend probe logs as it starts.
   py_logging.getLogger("jax._src.xla_bridge").addFilter(
       exits.QuietBackendProbe())
-  import jax  # pylint: disable=g-import-not-at-top
-
   f = flag_values
   if f.num_cpu_devices is not None:
     # Must precede the first backend use; it overrides XLA_FLAGS' count.
@@ -33,10 +45,10 @@ def start_jax(flag_values: flags.FlagValues = flags.FLAGS):
                  "%s processes, process %s).", *multi)
     jax.distributed.initialize(coordinator_address=multi[0],
                                num_processes=multi[1], process_id=multi[2])
-  return jax
 
 
-def make_mesh(jax, flag_values: flags.FlagValues = flags.FLAGS):
+def make_mesh(flag_values: flags.FlagValues = flags.FLAGS
+              ) -> tuple[jax.sharding.Mesh, jax.sharding.NamedSharding]:
   """The `--mesh` (default: every device on rows) and the output sharding.
 
   Returns:

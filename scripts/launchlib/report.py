@@ -1,6 +1,6 @@
 """The launcher's output besides the log's steps: sizes, progress, the report.
 
-The save's progress line, per-device peak memory, and the JSON report
+The save's progress lines, per-device peak memory, and the JSON report
 file, written atomically.
 """
 
@@ -9,9 +9,13 @@ from __future__ import annotations
 import json
 import os
 import resource
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from absl import logging
+import jax
 
 
 def size(n: float) -> str:
@@ -59,7 +63,63 @@ def progress_line(expected_bytes: int, estimated: bool):
   return progress
 
 
-def peak_memory(jax, compiled) -> dict[str, Any]:
+class SaveProgress:
+  """The save's progress lines: one at once, then one every `every_s` seconds.
+
+  `alberta.checkpoint.save` measures the bytes on disk only while orbax
+  writes, and it first computes the arrays' checksums, so none of its
+  `progress` calls may come for seconds. Entered as a context manager around
+  the save, this logs a `progress_line` as the save starts (0 bytes, 0 s) and
+  then, from a daemon thread, one every `every_s` seconds of the save, with
+  the bytes of the latest `update` (0 until the first) and the seconds since
+  the save started, until the block exits. Pass `update` as the save's
+  `progress` callback.
+
+  Args:
+    expected_bytes: the end of the bar, as in `progress_line`.
+    estimated: whether `expected_bytes` is an estimate, as in `progress_line`.
+    every_s: seconds between lines; positive.
+    clock: the seconds clock the elapsed time is read from.
+  """
+
+  def __init__(self, expected_bytes: int, estimated: bool, every_s: float,
+               clock: Callable[[], float] = time.monotonic):
+    if not every_s > 0:
+      raise ValueError(f"every_s must be positive, got {every_s!r}.")
+    self._line = progress_line(expected_bytes, estimated)
+    self._every_s = every_s
+    self._clock = clock
+    self._bytes = 0
+    self._start = 0.0
+    self._done = threading.Event()
+    self._thread: threading.Thread | None = None
+
+  def update(self, bytes_on_disk: int, seconds: float) -> None:
+    """Records the bytes on disk; `save`'s `progress` callback."""
+    del seconds  # Counted from the save's start here, not from its writes.
+    self._bytes = bytes_on_disk
+
+  def __enter__(self) -> SaveProgress:
+    self._start = self._clock()
+    self._line(0, 0.0)
+    self._thread = threading.Thread(target=self._tick, daemon=True,
+                                    name="init-large-save-progress")
+    self._thread.start()
+    return self
+
+  def __exit__(self, *unused_exc_info) -> None:
+    self._done.set()
+    self._thread.join()
+
+  def _tick(self) -> None:
+    ticks = 1
+    while not self._done.wait(
+        max(0.0, self._start + ticks * self._every_s - self._clock())):
+      self._line(self._bytes, self._clock() - self._start)
+      ticks += 1
+
+
+def peak_memory(compiled: jax.stages.Compiled) -> dict[str, Any]:
   """Per-device peak memory: the runtime's counters, else XLA's estimate."""
   stats = {str(d.id): d.memory_stats() for d in jax.local_devices()}
   host_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

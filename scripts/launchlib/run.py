@@ -3,22 +3,37 @@
 `Plan` turns the parsed flags and the devices into the run: the matrix's
 shape and options, the mesh, the program that generates it, the exact
 `alberta.sparse_init(...)` call that reproduces it, the checkpoint's metadata
-and the JSON report's fields.
+and the JSON report's fields; `Plan.save` writes the checkpoint.
+
+Importing this module imports JAX and alberta (no backend starts): the
+launcher imports it once absl has checked the flags.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import sys
 import time
 from typing import Any
 
 from absl import flags
 from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
 
+import alberta
 from scripts.launchlib import devices
+from scripts.launchlib import exits
 from scripts.launchlib import options
 from scripts.launchlib import report as report_lib
+
+# Seconds between the save's progress lines, the first at its start.
+PROGRESS_EVERY_S = 2.0
+# Seconds between the save's measurements of the bytes on disk.
+_BYTES_EVERY_S = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,12 +53,11 @@ class Plan:
   sharding: Any
 
   @classmethod
-  def from_flags(cls, jax, alberta,
-                 flag_values: flags.FlagValues = flags.FLAGS) -> Plan:
+  def from_flags(cls, flag_values: flags.FlagValues = flags.FLAGS) -> Plan:
     """The run of the parsed flags; an `options.FlagError` if there is none."""
     f = flag_values
     shape = options.shape(f)
-    mesh, sharding = devices.make_mesh(jax, f)
+    mesh, sharding = devices.make_mesh(f)
     k = alberta.num_zeros(shape[1], f.sparsity, f.rounding)
     if f.format == "ell" and k == shape[1]:
       # Nothing to list, and orbax cannot save zero-size arrays.
@@ -53,7 +67,7 @@ class Plan:
           f"arrays would be empty. Use --format=dense or a lower --sparsity.")
     return cls(shape=shape, sparsity=f.sparsity, init_type=f.init_type,
                method=f.method, rounding=f.rounding,
-               dtype=jax.numpy.dtype(f.dtype), seed=f.seed, format=f.format,
+               dtype=jnp.dtype(f.dtype), seed=f.seed, format=f.format,
                chunk_rows=f.chunk_rows, zeros_per_row=k, mesh=mesh,
                sharding=sharding)
 
@@ -89,7 +103,7 @@ class Plan:
             f"{self.init_type!r}, dtype=jnp.{self.dtype.name}, "
             f"method={self.method!r}, rounding={self.rounding!r})")
 
-  def log(self, jax) -> None:
+  def log(self) -> None:
     """Logs the devices and mesh (every process) and the matrix (process 0)."""
     devices = jax.devices()
     logging.info(
@@ -112,7 +126,7 @@ class Plan:
     else:
       logging.info("Reproduce with %s.", self.recompute())
 
-  def compile(self, jax, alberta):
+  def compile(self) -> tuple[jax.stages.Compiled, float]:
     """The generation program compiled ahead of time, and the seconds taken.
 
     The key goes in as its raw uint32[2] words: a NumPy value every process
@@ -129,19 +143,20 @@ class Plan:
         out_shardings=(self.sharding,) * 2 if self.ell else self.sharding)
     logging.info("Compiling.")
     start = time.perf_counter()
-    compiled = generate.lower(self.key_data(jax)).compile()
+    compiled = generate.lower(self.key_data()).compile()
     seconds = time.perf_counter() - start
     logging.info("Compiled in %.2f s. Generating.", seconds)
     return compiled, seconds
 
-  def key_data(self, jax):
-    import numpy as np  # pylint: disable=g-import-not-at-top
+  def key_data(self) -> np.ndarray:
+    """The raw uint32[2] words of `jax.random.key(seed)`."""
     return np.asarray(jax.random.key_data(jax.random.key(self.seed)))
 
-  def generate(self, jax, compiled) -> tuple[dict[str, Any], float]:
+  def generate(self, compiled: jax.stages.Compiled
+               ) -> tuple[dict[str, Any], float]:
     """Runs the program: {"matrix"} or {"values", "indices"}, and seconds."""
     start = time.perf_counter()
-    result = compiled(self.key_data(jax))
+    result = compiled(self.key_data())
     jax.block_until_ready(result)
     seconds = time.perf_counter() - start
     arrays = (dict(values=result[0], indices=result[1]) if self.ell
@@ -157,7 +172,7 @@ class Plan:
     """Entries stored: every one, or (ELL) the nonzeros."""
     return self.shape[0] * (self.nnz if self.ell else self.shape[1])
 
-  def verify(self, alberta, arrays: dict[str, Any]):
+  def verify(self, arrays: dict[str, Any]) -> tuple[Any, float]:
     """`alberta.verify` of the arrays, logged; the result and seconds."""
     logging.info("Verifying.")
     start = time.perf_counter()
@@ -195,7 +210,7 @@ class Plan:
                  f"{self.recompute()} (zeros as +0.0)"))
     return info
 
-  def report(self, jax, alberta, arrays: dict[str, Any], *, compile_s: float,
+  def report(self, arrays: dict[str, Any], *, compile_s: float,
              generate_s: float, checked: Any, verify_s: float,
              memory: dict[str, Any]) -> dict[str, Any]:
     """The JSON report's fields, before the save adds its own."""
@@ -218,3 +233,56 @@ class Plan:
     if self.ell:
       report.update(dense_equivalent=self.recompute())
     return report
+
+  def save(self, arrays: dict[str, Any], output: str, *, overwrite: bool,
+           interrupts: exits.Interrupts, lead: bool) -> dict[str, Any]:
+    """Saves the arrays and `metadata()` at `output`, logging its progress.
+
+    Process 0 (`lead`) logs a progress line as the save starts and one every
+    `PROGRESS_EVERY_S` seconds until it ends (`report.SaveProgress`). A
+    failed save is reported in one line and ends the process
+    (`exits.FAILED`).
+
+    Returns:
+      The report's fields of the save: `output`, `save_seconds` and
+      `checkpoint_bytes`.
+    """
+    raw = report_lib.nbytes(arrays)
+    # A sample compressed as orbax does: the progress bar's end.
+    estimate = (alberta.checkpoint.estimate_stored_bytes(arrays) if lead
+                else None)
+    interrupts.phase = "saving"
+    logging.info("Saving to %s%s.", output,
+                 f" (~{report_lib.size(estimate)} on disk)" if estimate else "")
+    # After a failed write, tensorstore's threads still call back into orbax's
+    # closed event loop: their tracebacks only with --verbosity=1.
+    sys.unraisablehook = exits.quiet_unraisablehook
+    # Process 0's progress lines, from the save's start; the save reports the
+    # bytes on disk to them every _BYTES_EVERY_S seconds while it writes.
+    progress = (report_lib.SaveProgress(estimate or raw, bool(estimate),
+                                        PROGRESS_EVERY_S)
+                if lead else contextlib.nullcontext())
+    start = time.perf_counter()
+    try:
+      with progress:
+        path = alberta.checkpoint.save(
+            output, arrays,  # {"matrix"}, or {"values", "indices"}.
+            metadata=self.metadata(), overwrite=overwrite,
+            progress=progress.update if lead else None,
+            progress_every_s=_BYTES_EVERY_S)
+    except Exception as e:  # pylint: disable=broad-except
+      # One line; the traceback (and orbax's log) only when asked for.
+      if logging.get_verbosity() >= 1:
+        logging.exception("The save failed:")
+      # The save removes its staging on failure, but orbax's threads may
+      # still write into it: removed again until they have stopped.
+      interrupts.remove_staging()
+      exits.stderr(exits.save_failed(output, e))
+      exits.exit_now(exits.FAILED)
+    sys.unraisablehook = sys.__unraisablehook__
+    interrupts.phase = "finishing"
+    save_s = time.perf_counter() - start
+    on_disk = report_lib.tree_bytes(path)
+    logging.info("Saved %s: %s on disk (%.1f%% of the raw arrays) in %.2f s.",
+                 path, report_lib.size(on_disk), 100 * on_disk / raw, save_s)
+    return dict(output=path, save_seconds=save_s, checkpoint_bytes=on_disk)
