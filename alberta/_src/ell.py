@@ -241,9 +241,9 @@ def sharded_sparse_init_ell(
     key: a threefry PRNG key, the same on every process.
     shape: `(fan_out, fan_in)`.
     sparsity, init_type, dtype, method, rounding: as in `sparse_init_ell`.
-    sharding: a `NamedSharding` whose spec splits at most axis 0 (the rows),
-      e.g. `PartitionSpec("x")` or `PartitionSpec(("x", "y"))`; a row's
-      nonzeros are a whole ELL row, so the columns cannot be split.
+    sharding: a `NamedSharding` whose `PartitionSpec` splits at most axis 0
+      (the rows), e.g. `PartitionSpec("x")` or `PartitionSpec(("x", "y"))`; a
+      row's nonzeros are a whole ELL row, so the columns cannot be split.
     chunk_rows: rows generated per step on each device; None: automatic.
 
   Returns:
@@ -260,12 +260,12 @@ def sharded_sparse_init_ell(
       rounding, dtype, chunk_rows, two_d=True, check_spec=_check_method)
   # Before `tile_layout`, so that a column split is named as such even where
   # the mesh would not divide fan_in either.
-  split = tuple(getattr(sharding, "spec", ()))
-  if len(split) == 2 and split[1] not in (None, ()):
+  partition = tuple(getattr(sharding, "spec", ()))
+  if len(partition) == 2 and partition[1] not in (None, ()):
     rows_only = PartitionSpec(
-        split[0] if split[0] not in (None, ()) else split[1])
+        partition[0] if partition[0] not in (None, ()) else partition[1])
     raise ValueError(
-        f"sharded_sparse_init_ell splits rows only, but sharding spec "
+        f"sharded_sparse_init_ell splits rows only, but the PartitionSpec "
         f"{sharding.spec} splits axis 1 (the columns): the ELL arrays are "
         f"[fan_out, nnz] and the nonzeros of a row belong together. Split the "
         f"rows instead, e.g. {rows_only}.")

@@ -108,10 +108,10 @@ def sparse_mask(
     rounding: the zero-count rule, "nearest" (the seed) or "ceil" (the paper).
     chunk_rows: rows generated per step, as in `sparse_init`; the result does
       not depend on it.
-    sharding: a `NamedSharding` (at most two spec entries): the mask as a
-      global array laid out so, each device computing only its own tile, as
-      `sharded_sparse_init` does the matrix. None: one array on the default
-      device.
+    sharding: a `NamedSharding` (a `PartitionSpec` of at most two entries):
+      the mask as a global array laid out so, each device computing only its
+      own tile, as `sharded_sparse_init` does the matrix. None: one array on
+      the default device.
 
   Returns:
     A bool array of `shape` (with `sharding`, laid out as `sharding`).
