@@ -3,10 +3,10 @@
 `jax.random` (with `jax_threefry_partitionable`, the default since JAX 0.5)
 derives the bits of element `i` of a flat array from one Threefry-2x32 call on
 the 64-bit counter `i`, split into two uint32 words. So any element, row key or
-tile of the seed's arrays can be computed on its own from its global index; this
-module does exactly that, without building the rest of the array.
+tile of the reference's arrays can be computed on its own from its global index;
+this module does exactly that, without building the rest of the array.
 
-It also holds the maps from bits to weights: the seed's (`bits_to_uniform`,
+It also holds the maps from bits to weights: the reference's (`bits_to_uniform`,
 `bits_to_normal`, `jax.random`'s own) and the counter method's, which draw from
 an open interval so that a kept weight is never 0; and `cast_nonzero`, the cast
 to the output dtype that never rounds a kept weight to zero.
@@ -33,7 +33,7 @@ def check_partitionable() -> None:
 
   With the flag off, `jax.random` lays out its bits differently (one long
   counter stream split in halves), so rebuilding a tile from its global indices
-  would silently give other numbers than the seed. Refuse instead.
+  would silently give other numbers than the reference. Refuse instead.
   """
   if not jax.config.jax_threefry_partitionable:
     raise RuntimeError(

@@ -12,8 +12,8 @@ the ELL arrays gives `sparse_init(..., method="counter")` bit for bit, zeros
 aside (a scatter writes +0.0 where the dense matrix keeps the sign of the
 masked weight). Time and memory are O(fan_out * nnz), not O(fan_out * fan_in).
 
-The permutation method (the seed's) has no such inverse: its mask comes from a
-sort of each whole row, so it is refused here.
+The permutation method (the reference's) has no such inverse: its mask comes
+from a sort of each whole row, so it is refused here.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _check_method(spec: SparseSpec, name: str) -> None:
         f"each whole row, so its nonzero columns cannot be listed without "
         f"building the row. Use method='counter' (the same distribution, "
         f"other numbers), or sparse_init(..., method='permutation') for the "
-        f"seed's dense matrix.")
+        f"reference's dense matrix.")
   if spec.fan_in > _MAX_FAN_IN:
     raise ValueError(
         f"{name} stores column indices as int32, so fan_in must be below "
@@ -190,7 +190,8 @@ def sparse_init_ell(
     dtype: floating dtype of the values (generated in float32 and cast).
     method: must be "counter"; "permutation" raises a ValueError (its mask
       needs each whole row).
-    rounding: the zero-count rule, "nearest" (the seed) or "ceil" (the paper).
+    rounding: the zero-count rule, "nearest" (the reference) or "ceil" (the
+      paper).
 
   Returns:
     `(values, indices)`, `dtype` and int32 arrays of shape `[fan_out, nnz]`.

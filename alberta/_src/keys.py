@@ -1,4 +1,4 @@
-"""The PRNG key: its check, its two uint32 words, and the seed's key split.
+"""The PRNG key: its check, its two uint32 words, the reference's key split.
 
 Every entry point takes a threefry2x32 key, typed (`jax.random.key`) or raw
 (`jax.random.PRNGKey`, uint32[2]); both read as the same two words, so they
