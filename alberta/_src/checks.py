@@ -23,7 +23,8 @@ ROUNDINGS = ("nearest", "ceil")
 # The mask methods' names; `methods.METHODS` holds one implementation each.
 METHOD_NAMES = ("permutation", "counter")
 
-# Counters are 64-bit (two uint32 words) and row / column indices are uint32.
+# Threefry counters (hash inputs) are 64-bit (two uint32 words) and row /
+# column indices are uint32.
 MAX_DIM = 2**32 - 1
 
 
