@@ -53,9 +53,9 @@ chance that some pair was never split, the per-row TV target. It is a design
 rule, not a theorem about the k-subset law (a split pair's offset is only
 nearly uniform, and "every pair split" is not shown to make the set
 uniform). It gives 13 rounds at N = 2, 38 at 4, 27 at 8, 33 at 1024, 37 at
-4096 and 77 at `2**32 - 1`: about one more than the former
+4096 and 77 at `2**32 - 1`: about one more than the simpler count
 `2 ceil(log2 N) + 12` for large N, and many more for tiny N, where that count
-left fan_in 4 at a TV of 1.8e-4 (its opposite pairs `{0, 2}`, `{1, 3}` too
+leaves fan_in 4 at a TV of 1.8e-4 (its opposite pairs `{0, 2}`, `{1, 3}` too
 rare), above the target.
 
 What is exact and what is tested. `K = floor(u N / 2**64)` of a 64-bit
