@@ -7,8 +7,8 @@ confused with the reference's JAX `sparse_init`. The benchmark times it as the
 anchor the reference was ported from. torch is imported when the function is called, so this module
 imports without torch. See README.md for provenance.
 
-Its zero count rounds up (`ceil`) where the reference rounds to nearest: at most one
-zero more per row.
+Its zero count rounds up (`ceil`) where the reference rounds to nearest: at most
+one zero more per row.
 """
 
 import math
