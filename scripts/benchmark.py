@@ -4,7 +4,9 @@ Times, in one process, compiled ahead of time and warmed up, the minimum and
 median of several runs of each method, for each `--shape=ROWS,COLS`:
 
 - `permutation`, `counter`: `alberta.sparse_init` with that method;
-- `seed`: the seed's `sparse_init` (`third_party/alberta_framework`), jitted;
+- `reference`: the reference implementation's `sparse_init`
+  (`third_party/alberta_framework`, the code `permutation` reproduces bit for
+  bit), jitted; `seed` is a deprecated spelling of `reference`;
 - `dense_uniform`: `jax.random.uniform` of the same shape (random numbers
   alone);
 - `fill`: a constant written to the whole matrix (the memory-bandwidth floor);
@@ -33,14 +35,15 @@ chunked against unchunked generation and one core against all at
 `--layer_shape`, each figure the minimum over `--fresh_processes` processes,
 each of which is this script run again with `--layer_child`. The `wide` case
 (`scripts/benchlib/wide.py`): a 3-layer Haiku MLP of each `--wide_widths`
-width, Haiku's default, both methods and the seed as `w_init`, first call (by
-stage) and steady state, beside the floor of the seed's construction.
+width, Haiku's default, both methods and the reference as `w_init`, first call
+(by stage) and steady state, beside the floor of the reference's construction.
 
-Agreement checks, which make the script exit non-zero when they fail: the seed
-against `permutation` (eager at small shapes, bit for bit; jitted at each timed
-shape, up to the sign of zero, which XLA's select changes), each sharded result
-against the one-device matrix, each ELL result scattered back against the dense
-counter matrix, the chunked matrices against the one-piece one.
+Agreement checks, which make the script exit non-zero when they fail: the
+reference against `permutation` (eager at small shapes, bit for bit; jitted at
+each timed shape, up to the sign of zero, which XLA's select changes), each
+sharded result against the one-device matrix, each ELL result scattered back
+against the dense counter matrix, the chunked matrices against the one-piece
+one.
 
 Outputs: tables on stdout, with every ratio (from this run's figures);
 `--json` (every figure, machine, JAX, devices), `--markdown` (the tables for
@@ -81,6 +84,7 @@ if __name__ == "__main__" and (_TASK := layer.child_task(sys.argv)):
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
 
 # JAX's backend starts only in `main`, after `--num_cpu_devices` is applied.
 import jax  # noqa: E402
@@ -93,6 +97,7 @@ from scripts.benchlib import report  # noqa: E402
 from scripts.benchlib import suite  # noqa: E402
 
 ALL_METHODS = suite.ALL_METHODS
+METHOD_ALIASES = suite.METHOD_ALIASES
 ALL_CASES = ("matrix", "sharded", *layer.CASES, *wide.CASES, *networks.CASES)
 # The documented run: every case but `sparsify`, whose ResNet-50 children take
 # minutes and whose table comes from a run of its own (`--cases=sparsify`).
@@ -106,8 +111,9 @@ _CASES = flags.DEFINE_list(
 _SHAPE = flags.DEFINE_multi_string(
     "shape", ["256,128", "4096,4096", "65536,1024", "1024,65536"],
     "Matrix shape ROWS,COLS (fan_out, fan_in); repeat for several.")
-_METHODS = flags.DEFINE_list("methods", list(ALL_METHODS),
-                             f"Methods to time, among {ALL_METHODS}.")
+_METHODS = flags.DEFINE_list(
+    "methods", list(ALL_METHODS), f"Methods to time, among {ALL_METHODS} "
+    f"(deprecated spellings: {', '.join(METHOD_ALIASES)}).")
 _SPARSITY = flags.DEFINE_float("sparsity", 0.9, "Fraction of zeros per row.",
                                lower_bound=0.0, upper_bound=1.0)
 _ELL_SPARSITIES = flags.DEFINE_list(
@@ -129,8 +135,10 @@ _SHARDED = flags.DEFINE_bool(
     "sharded", True, "--nosharded: leave the sharded case out of --cases.")
 _SHARDED_METHODS = flags.DEFINE_list("sharded_methods", ["counter"],
                                      "alberta methods timed sharded.")
+_CHECK_REFERENCE = flags.DEFINE_bool(
+    "check_reference", True, "Check that `reference` and `permutation` agree.")
 _CHECK_SEED = flags.DEFINE_bool(
-    "check_seed", True, "Check that `seed` and `permutation` agree.")
+    "check_seed", None, "Deprecated spelling of --check_reference.")
 _TORCH_THREADS = flags.DEFINE_integer(
     "torch_threads", 0, "torch.set_num_threads; 0 keeps torch's default. On a "
     "loaded machine torch's threads can stall torch_original 10x: try 1.",
@@ -169,7 +177,8 @@ flags.register_validator(
         w.isdigit() and int(w) > 0 for w in ws),
     "--wide_widths must be positive integers.")
 flags.register_validator(
-    "methods", lambda ms: bool(ms) and all(m in ALL_METHODS for m in ms),
+    "methods", lambda ms: bool(ms) and all(
+        m in ALL_METHODS or m in METHOD_ALIASES for m in ms),
     f"--methods must be a non-empty list among {ALL_METHODS}.")
 flags.register_validator(
     "device_counts", lambda cs: all(c.isdigit() and int(c) > 0 for c in cs),
@@ -194,6 +203,29 @@ def _cases() -> list[str]:
     raise app.UsageError("--plot draws the matrix and sharded cases; --cases "
                          "has neither.")
   return [c for c in ALL_CASES if c in chosen]
+
+
+def _methods() -> list[str]:
+  """--methods in `ALL_METHODS` order; a deprecated spelling is warned of."""
+  chosen = set()
+  for m in _METHODS.value:
+    if m in METHOD_ALIASES:
+      logging.warning("--methods=%s is deprecated; use %s.", m,
+                      METHOD_ALIASES[m])
+    chosen.add(METHOD_ALIASES.get(m, m))
+  return [m for m in ALL_METHODS if m in chosen]
+
+
+def _check_reference() -> bool:
+  """--check_reference, or the deprecated --check_seed (warned); not both."""
+  if not _CHECK_SEED.present:
+    return _CHECK_REFERENCE.value
+  if _CHECK_REFERENCE.present:
+    raise app.UsageError(
+        "Give --check_reference or its deprecated spelling --check_seed, not "
+        "both.")
+  logging.warning("--check_seed is deprecated; use --check_reference.")
+  return _CHECK_SEED.value
 
 
 def _torch_unavailable() -> str | None:
@@ -221,7 +253,8 @@ def main(argv: Sequence[str]) -> None:
   cases = _cases()
   if _NUM_CPU_DEVICES.value:
     harness.use_cpu_devices(_NUM_CPU_DEVICES.value)
-  methods = [m for m in ALL_METHODS if m in _METHODS.value]
+  methods = _methods()
+  check_reference = _check_reference()
   torch_skipped = "not requested"
   if "matrix" in cases and {"torch_dense", "torch_original"} & set(methods):
     torch_skipped = _torch_unavailable()
@@ -240,16 +273,16 @@ def main(argv: Sequence[str]) -> None:
       ell_sparsities=tuple(float(v) for v in _ELL_SPARSITIES.value),
       sharded_methods=tuple(_SHARDED_METHODS.value if "sharded" in cases
                             else ()),
-      check_seed=_CHECK_SEED.value, torch_seed=_KEY.value,
+      check_reference=check_reference, torch_seed=_KEY.value,
       repeats=harness.Repeats(_REPEATS.value, _SLOW_REPEATS.value,
                               _SLOW_SECONDS.value))
   available = len(jax.devices())
   counts = [int(c) for c in _DEVICE_COUNTS.value] or sorted({1, available})
   counts = [c for c in counts if c <= available] if "sharded" in cases else []
   checks = []
-  if "matrix" in cases and _CHECK_SEED.value and {
-      "seed", "permutation"} <= set(methods):
-    checks.append(suite.seed_check_small(settings.key, _SPARSITY.value))
+  if "matrix" in cases and check_reference and {
+      "reference", "permutation"} <= set(methods):
+    checks.append(suite.reference_check_small(settings.key, _SPARSITY.value))
   records, sharded = suite.bench_shapes(
       shapes, methods if "matrix" in cases else [], counts, settings, probe,
       torch_skipped, checks)
@@ -272,7 +305,7 @@ def main(argv: Sequence[str]) -> None:
   env["loadavg_end"] = os.getloadavg()
 
   ratios = ratios_lib.ratios(records)
-  seed_passed = all(c["passed"] for c in checks) if checks else None
+  reference_passed = all(c["passed"] for c in checks) if checks else None
   tables = (records, sharded, ratios)
   print(report.summary(*tables, checks, layer_rows, _FRESH_PROCESSES.value,
                        sections))
@@ -301,12 +334,12 @@ def main(argv: Sequence[str]) -> None:
           "layer": layer_records, "layer_rows": layer_rows,
           "wide": wide_records, "wide_rows": wide_rows,
           "sparsify": network_records,
-          "seed_check": {"passed": seed_passed, "checks": checks}},
+          "reference_check": {"passed": reference_passed, "checks": checks}},
                 f, indent=1)
     print(f"wrote {_JSON.value}")
   if _MARKDOWN.value:
     with open(_MARKDOWN.value, "w") as f:
-      f.write(report.run_markdown(env, *tables, seed_passed, layer_rows,
+      f.write(report.run_markdown(env, *tables, reference_passed, layer_rows,
                                   _FRESH_PROCESSES.value, sections))
       f.write(networks.markdown(network_records, env,
                                 _FRESH_PROCESSES.value))
@@ -315,13 +348,14 @@ def main(argv: Sequence[str]) -> None:
     plot.plot(_PLOT.value, records, sharded, backend=env["backend"])
     print(f"wrote {_PLOT.value}")
   failed = [name for name, ok in (
-      ("seed vs permutation", all(c["passed"] for c in checks)),
+      ("reference vs permutation", all(c["passed"] for c in checks)),
       ("ell vs dense counter", all(r["matches_dense_counter"] for r in records
                                    if "matches_dense_counter" in r)),
       ("sharded vs one device", all(r["matches_single_device"] for r in sharded
                                     if "matches_single_device" in r)),
       ("chunked vs one piece", all(layer.chunks_agree(layer_records))),
-      ("wide MLP seed vs permutation", all(wide.seed_agrees(wide_records))))
+      ("wide MLP reference vs permutation",
+       all(wide.reference_agrees(wide_records))))
             if not ok]
   if failed:
     raise SystemExit(f"agreement checks failed: {', '.join(failed)}")

@@ -6,7 +6,8 @@ devices, lowers and compiles (never runs) each initializer and reads
 temporary bytes (everything XLA allocates besides arguments and outputs), and
 peak / output = (temp + output) / output. The initializers:
 
-- `seed`: the seed's `sparse_init` (`third_party/alberta_framework`), jitted
+- `reference`: the reference implementation's `sparse_init`
+  (`third_party/alberta_framework`, the code `permutation` reproduces), jitted
   with `out_shardings` as a user would shard it, and on one device;
 - `jax.random.uniform`: the dense LeCun-uniform draw alone, the same ways;
 - `alberta permutation` / `alberta counter`: `alberta.sharded_sparse_init` at
@@ -93,11 +94,12 @@ def measure(shape: tuple[int, int], sparsity: float, n_devices: int,
     table.append(dict(initializer=name, placement=where, chunk_rows=chunk,
                       **stats))
 
-  seed = lambda k: alberta_framework.sparse_init(  # noqa: E731
+  reference = lambda k: alberta_framework.sparse_init(  # noqa: E731
       k, shape, sparsity)
   uniform = lambda k: jax.random.uniform(  # noqa: E731
       k, shape, jnp.float32, -scale, scale)
-  for name, fn in (("seed sparse_init", seed), ("jax.random.uniform", uniform)):
+  for name, fn in (("reference sparse_init", reference),
+                   ("jax.random.uniform", uniform)):
     add(name, placement, "-", _stats(fn, key, out_shardings=rows))
     add(name, "1 device", "-", _stats(fn, key))
 

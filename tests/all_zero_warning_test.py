@@ -2,7 +2,7 @@
 
 Sparsity 0.9 zeroes all of fan_in 5 with the default rounding
 (`int(4.5 + 0.5) == 5`) and all of fan_in 9 with "ceil": the matrix is all
-zeros, as the seed's rule makes it, and one `UserWarning` naming the shape,
+zeros, as the reference's rule makes it, and one `UserWarning` naming the shape,
 the sparsity and the rounding says so, pointing at the caller's line; no
 other call warns.
 """
@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 import alberta
 from tests import test_utils
-from third_party.alberta_framework import initializers as seed
+from third_party.alberta_framework import initializers as reference
 
 _KEY = jax.random.key(3)
 
@@ -52,10 +52,10 @@ class AllZeroWarningTest(parameterized.TestCase):
     self.assertEqual(caught[0].filename, __file__)
     np.testing.assert_array_equal(out, 0)
 
-  def test_the_matrix_is_still_the_seeds(self):
+  def test_the_matrix_is_the_references(self):
     out, caught = _caught(lambda: alberta.sparse_init(_KEY, (6, 5), 0.9))
     self.assertLen(caught, 1)
-    test_utils.assert_same_bits(out, seed.sparse_init(_KEY, (6, 5), 0.9))
+    test_utils.assert_same_bits(out, reference.sparse_init(_KEY, (6, 5), 0.9))
 
   @parameterized.parameters(((7, 6), 0.9, "nearest"), ((7, 10), 0.9, "ceil"),
                             ((0, 5), 0.9, "nearest"), ((7, 0), 0.9, "nearest"))

@@ -39,7 +39,7 @@ _BENCHMARK = os.path.join(_ROOT, "scripts", "benchmark.py")
 _MEMORY_REPORT = os.path.join(_ROOT, "scripts", "memory_report.py")
 _CHECKPOINT_COST = os.path.join(_ROOT, "scripts", "checkpoint_cost.py")
 _SHAPES = ([64, 64], [128, 32])
-_METHODS = ("fill", "dense_uniform", "counter", "permutation", "seed",
+_METHODS = ("fill", "dense_uniform", "counter", "permutation", "reference",
             "torch_dense", "torch_original")
 _TORCH = importlib.util.find_spec("torch") is not None
 
@@ -104,7 +104,7 @@ class BenchmarkScriptTest(parameterized.TestCase):
         self._record(method, shape)
 
   @parameterized.parameters("fill", "dense_uniform", "counter", "permutation",
-                            "seed")
+                            "reference")
   def test_jax_methods_have_positive_times_and_consistent_summaries(self,
                                                                    method):
     for shape in _SHAPES:
@@ -118,7 +118,7 @@ class BenchmarkScriptTest(parameterized.TestCase):
                              r["min_s"] / (shape[0] * shape[1]) * 1e9)
 
   @parameterized.parameters("fill", "dense_uniform", "counter", "permutation",
-                            "seed")
+                            "reference")
   def test_compiled_memory_counts_exactly_the_float32_output(self, method):
     for shape in _SHAPES:
       mem = self._record(method, shape)["memory"]
@@ -127,15 +127,15 @@ class BenchmarkScriptTest(parameterized.TestCase):
       self.assertGreaterEqual(mem["compiled_peak_over_output"], 1.0)
       self.assertIn(mem["rss_mode"], ("clear_refs", "getrusage"))
 
-  def test_seed_agrees_with_permutation(self):
-    check = self.result["seed_check"]
+  def test_reference_agrees_with_permutation(self):
+    check = self.result["reference_check"]
     self.assertTrue(check["passed"])
     eager = [c for c in check["checks"] if "eager_small" in c]
     self.assertLen(eager, 1)
     self.assertTrue(all(c["bitwise_equal"] for c in eager[0]["eager_small"]))
     timed = [c["shape"] for c in check["checks"] if c.get("against")]
     self.assertCountEqual(timed, _SHAPES)
-    self.assertIn("seed vs permutation", self.proc.stdout)
+    self.assertIn("reference vs permutation", self.proc.stdout)
 
   def test_torch_methods_are_timed_or_skipped_with_a_reason(self):
     for shape in _SHAPES:
@@ -169,12 +169,12 @@ class BenchmarkScriptTest(parameterized.TestCase):
     ratios = {(tuple(r["shape"]), r["numerator"], r["denominator"]): r
               for r in self.result["ratios"]}
     for shape in _SHAPES:
-      for pair in (("seed", "permutation"), ("counter", "dense_uniform"),
-                   ("seed", "counter")):
+      for pair in (("reference", "permutation"), ("counter", "dense_uniform"),
+                   ("reference", "counter")):
         r = ratios[(tuple(shape), *pair)]
         self.assertGreater(r["ratio_min"], 0)
         self.assertIsInstance(r["met"], bool)
-      # Informational: both methods avoid the seed's sort.
+      # Informational: both methods avoid the reference's sort.
       self.assertIsNone(ratios[(tuple(shape), "permutation", "counter")]["met"])
       self.assertEqual(
           ("torch_original", "counter") in {k[1:] for k in ratios}, _TORCH)
@@ -223,9 +223,9 @@ class BenchmarkScriptTest(parameterized.TestCase):
     self.assertEqual(tables, sorted(tables))
     for method in _METHODS:
       self.assertIn(f"| {method} | 64x64 | 1 |", after)
-    self.assertIn("seed vs permutation check: passed.", after)
+    self.assertIn("reference vs permutation check: passed.", after)
     # The everyday path last, after the same command again.
-    last = after[after.index("seed vs permutation check"):]
+    last = after[after.index("reference vs permutation check"):]
     self.assertIn(report.layer_intro(1), last)
     table = last[last.index(command) + len(command):].lstrip("\n")
     self.assertStartsWith(table, "| measurement | value | ratio |")
@@ -237,10 +237,10 @@ class BenchmarkScriptTest(parameterized.TestCase):
     self.assertLen(wide_table.strip().splitlines(),
                    2 + len(self.result["wide_rows"]))
 
-  def test_wide_mlp_ran_each_initializer_and_matches_the_seed(self):
+  def test_wide_mlp_ran_each_initializer_and_matches_the_reference(self):
     self.assertEqual([r["task"]["init"] for r in self.result["wide"]],
                      list(wide.INITS))
-    self.assertEqual(wide.seed_agrees(self.result["wide"]), [True])
+    self.assertEqual(wide.reference_agrees(self.result["wide"]), [True])
     self.assertEqual(self.result["wide_rows"],
                      wide.rows(self.result["wide"]))
 
@@ -321,6 +321,25 @@ class BenchmarkEdgeCasesTest(parameterized.TestCase):
       else:
         self.assertIn(message, error or "", msg=argv)
 
+  def test_deprecated_spellings_still_parse_with_a_warning(self):
+    # `seed` for `reference` in --methods, --check_seed for --check_reference.
+    cases = [["--methods=seed,counter"], ["--methods=reference,counter"],
+             ["--nocheck_seed"], ["--check_reference", "--check_seed"]]
+    proc = subprocess.run(
+        [sys.executable, "-c", _ALIAS_PROBE, _BENCHMARK, json.dumps(cases)],
+        capture_output=True, text=True, timeout=120,
+        env=test_utils.subprocess_env(), cwd=_ROOT, check=False)
+    self.assertEqual(proc.returncode, 0, msg=proc.stderr)
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    self.assertEqual(got[0], [["counter", "reference"], True])
+    self.assertEqual(got[1], got[0])
+    self.assertEqual(got[2][1], False)
+    self.assertIn("not both", got[3])
+    self.assertIn("--methods=seed is deprecated; use reference.", proc.stderr)
+    self.assertIn("--check_seed is deprecated; use --check_reference.",
+                  proc.stderr)
+    self.assertEqual(proc.stderr.count("deprecated"), 2)
+
   def test_a_layer_child_imports_jax_itself_and_answers_in_json(self):
     proc = _run(_BENCHMARK, [layer.CHILD_FLAG + json.dumps({"case": "import"})],
                 timeout=120)
@@ -352,12 +371,32 @@ print(json.dumps(errors))
 """
 
 
+# As _FLAG_PROBE, printing for each command line its methods and whether the
+# reference check runs, or the error.
+_ALIAS_PROBE = r"""
+import importlib.util, json, sys
+from absl import app, flags
+spec = importlib.util.spec_from_file_location("benchmark", sys.argv[1])
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+got = []
+for argv in json.loads(sys.argv[2]):
+  try:
+    flags.FLAGS(["benchmark.py", *argv])
+    got.append([bench._methods(), bench._check_reference()])
+  except (flags.Error, app.UsageError) as e:
+    got.append(str(e))
+  flags.FLAGS.unparse_flags()
+print(json.dumps(got))
+"""
+
+
 def _wide_record(init, width, first, steady, digest="d"):
   result = {"first": {"wall": first, "cpu": first},
             "stages": {"trace": 0.1, "lower": 0.1, "compile": first - 0.3,
                        "run": 0.1},
             "steady": steady}
-  if init in ("sparse_permutation", "seed"):
+  if init in ("sparse_permutation", "reference"):
     result["digest"] = digest
   return {"task": {"case": "wide", "init": init, "width": width},
           "result": result}
@@ -369,12 +408,13 @@ class WideTest(absltest.TestCase):
     records = [
         _wide_record("haiku_default", 2048, 1.0, 0.1),
         _wide_record("sparse_permutation", 2048, 1.4, 0.4),
-        _wide_record("seed", 2048, 5.0, 4.0),
+        _wide_record("reference", 2048, 5.0, 4.0),
         _wide_record("floor", 2048, 0.5, 0.3),
     ]
     rows = {r["measurement"]: r for r in wide.rows(records)}
-    self.assertEqual(rows["MLP 3x2048: seed vs sparse_permutation parameters"]
-                     ["value"], "same")
+    self.assertEqual(
+        rows["MLP 3x2048: reference vs sparse_permutation parameters"]["value"],
+        "same")
     first = rows["MLP 3x2048 sparse_permutation: first jit(net.init), wall s"]
     self.assertEqual(first["ratio"],
                      "1.40x haiku_default (target <= 1.5: met)")
@@ -382,18 +422,19 @@ class WideTest(absltest.TestCase):
     self.assertEqual(steady["value"], "400")
     self.assertEqual(steady["ratio"],
                      "4.00x haiku_default (target <= 3.5: **missed**)")
-    self.assertEqual(rows["MLP 3x2048 seed: steady jit(net.init), ms"]["ratio"],
-                     "40.00x haiku_default")
+    self.assertEqual(
+        rows["MLP 3x2048 reference: steady jit(net.init), ms"]["ratio"],
+        "40.00x haiku_default")
     self.assertEqual(rows["MLP 3x2048 floor: steady, ms"]["ratio"],
                      "3.00x haiku_default")
     self.assertEqual(
-        rows["MLP 3x2048 seed: trace / lower / compile / run, s"]["value"],
+        rows["MLP 3x2048 reference: trace / lower / compile / run, s"]["value"],
         "0.10 / 0.10 / 4.70 / 0.10")
 
-  def test_seed_check_fails_on_different_parameters(self):
+  def test_reference_check_fails_on_different_parameters(self):
     records = [_wide_record("sparse_permutation", 64, 1, 1, digest="a"),
-               _wide_record("seed", 64, 1, 1, digest="b")]
-    self.assertEqual(wide.seed_agrees(records), [False])
+               _wide_record("reference", 64, 1, 1, digest="b")]
+    self.assertEqual(wide.reference_agrees(records), [False])
 
   def test_tasks_are_every_initializer_at_every_width(self):
     tasks = wide.tasks(wide.Settings(widths=(8, 16), processes=1))
@@ -419,8 +460,8 @@ class MemoryReportTest(absltest.TestCase):
     self.assertIn(f"k = {alberta.num_zeros(32, 0.9)} zeros per row", text)
     rows = [line.split(" | ") for line in text.splitlines()
             if line.startswith("| ") and "MiB" not in line]
-    # seed and uniform: sharded and one device; alberta's two methods: three
-    # chunks sharded and one device.
+    # reference and uniform: sharded and one device; alberta's two methods:
+    # three chunks sharded and one device.
     self.assertLen(rows, 2 * 2 + 2 * (3 + 1))
     for row in rows:
       self.assertGreaterEqual(float(row[-1].rstrip(" |")), 1.0)  # peak / output
@@ -486,7 +527,7 @@ class HelperLayerTest(parameterized.TestCase):
   def test_ratios_compare_main_records_and_judge_targets(self):
     records = [_record("counter", sparsity=0.9),
                _record("permutation", sparsity=0.9, times_s=[30.0]),
-               _record("seed", sparsity=0.9, times_s=[15.0]),
+               _record("reference", sparsity=0.9, times_s=[15.0]),
                _record("dense_uniform", times_s=[0.5]),
                # A dense baseline for `ell` must not replace the main counter.
                _record("counter", sparsity=0.99, role="ell_baseline",
@@ -496,35 +537,35 @@ class HelperLayerTest(parameterized.TestCase):
            for r in ratios_lib.ratios(records)}
     self.assertEqual(got[("permutation", "counter", None)]["ratio_min"], 30.0)
     self.assertIsNone(got[("permutation", "counter", None)]["met"])
-    # The seed-exact method is held to "no slower than the seed".
-    self.assertEqual(got[("seed", "permutation", None)]["ratio_min"], 0.5)
-    self.assertFalse(got[("seed", "permutation", None)]["met"])
+    # The reference-exact method is held to "no slower than the reference".
+    self.assertEqual(got[("reference", "permutation", None)]["ratio_min"], 0.5)
+    self.assertFalse(got[("reference", "permutation", None)]["met"])
     self.assertEqual(got[("counter", "dense_uniform", None)]["ratio_min"], 2.0)
     self.assertFalse(got[("counter", "dense_uniform", None)]["met"])
     self.assertAlmostEqual(got[("ell", "counter", None)]["ratio_min"], 0.1)
     self.assertLen(report.ratio_table(list(got.values())).splitlines(), 6)
 
-  def test_headline_is_both_methods_against_the_seed_and_uniform_per_shape(
+  def test_headline_is_both_methods_against_the_reference_and_uniform_per_shape(
       self):
     big = (4096, 4096)
     records = [_record("permutation", times_s=[0.00017]),
-               _record("seed", times_s=[0.00465]),
+               _record("reference", times_s=[0.00465]),
                _record("counter", times_s=[0.00036]),
                _record("dense_uniform", times_s=[0.00043]),
                _record("permutation", big, times_s=[1.0]),
-               _record("seed", big, times_s=[7.24]),
+               _record("reference", big, times_s=[7.24]),
                _record("counter", big, times_s=[0.207]),
                _record("dense_uniform", big, times_s=[0.198]),
                # Long times keep three digits without an exponent; a ratio
                # that rounds to 10.0 reads 10x.
                _record("permutation", (8, 4), times_s=[12.39]),
-               _record("seed", (8, 4), times_s=[123.4]),
+               _record("reference", (8, 4), times_s=[123.4]),
                _record("counter", (8, 4), times_s=[0.09999]),
                _record("dense_uniform", (8, 4), times_s=[1234.5]),
                # Neither a sharded run nor an `ell` baseline is the headline.
                _record("counter", big, devices=2, times_s=[9.0]),
                _record("counter", big, role="ell_baseline", times_s=[9.0]),
-               # A shape without the seed is left out.
+               # A shape without the reference is left out.
                _record("permutation", (8, 8)), _record("counter", (8, 8)),
                _record("dense_uniform", (8, 8))]
     self.assertEqual(report.headline_markdown(records), [
@@ -720,15 +761,15 @@ class LayerTest(parameterized.TestCase):
 
 class ReferenceCodeTest(parameterized.TestCase):
 
-  # tests/sparse_init_test.py's SeedEqualityTest holds `sparse_init` to the
+  # tests/sparse_init_test.py's ReferenceEqualityTest holds `sparse_init` to the
   # same transcription on other shapes in the default run.
   @parameterized.parameters(((16, 10), 0.9, "uniform"),
                             ((7, 33), 0.5, "normal"),
                             ((5, 1), 0.99, "uniform"))
   @test_utils.slow
-  def test_seed_transcription_is_what_permutation_reproduces(
+  def test_reference_transcription_is_what_permutation_reproduces(
       self, shape, sparsity, init_type):
-    # The library's contract: the seed's zeros (signed) and uniform values
+    # The library's contract: the reference's zeros (signed) and uniform values
     # bit for bit, normal values within a few ulps.
     key = jax.random.key(3)
     got = alberta_framework.sparse_init(key, shape, sparsity, init_type)

@@ -90,7 +90,7 @@ _mul_add_u64 = jax.jit(bits.mul_add_u64, static_argnums=1)
 
 @functools.partial(jax.jit, static_argnums=(1,))
 def _permutation_values(key, spec, rows):
-  """The permutation method's values at `rows` x all columns (the seed's bits)."""
+  """The permutation method's values at `rows` x all columns (the reference's bits)."""
   init_key, _ = keys.split2(keys.key_words(key))
   return methods.values_from_bits(spec, test_utils.element_bits(
       init_key, rows[:, None], jnp.arange(spec.fan_in, dtype=jnp.uint32)[None, :],

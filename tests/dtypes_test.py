@@ -6,7 +6,7 @@ cast to float16 does round kept weights to zero; that its value map never
 gives 0 (checked on all 2**23 grid points) while keeping the LeCun bound and
 distribution; that the guarded cast turns exactly the flushed weights into the
 smallest subnormal, signed; that the permutation method's float32 output is
-still the seed's; and that every public entry point refuses every other dtype
+the reference's; and that every public entry point refuses every other dtype
 with a TypeError naming it, before any work.
 """
 
@@ -36,7 +36,7 @@ from alberta._src import ell
 from alberta._src import methods
 from alberta._src.spec import make_spec
 from tests import test_utils
-from third_party.alberta_framework.initializers import sparse_init as seed_sparse_init
+from third_party.alberta_framework.initializers import sparse_init as reference_sparse_init
 
 # A plain float32 -> float16 cast rounds |w| <= 2**-25 to zero. For LeCun
 # uniform weights that is a fraction 2**-25 / scale = 2**-17 of them at
@@ -207,14 +207,14 @@ class OpenIntervalTest(parameterized.TestCase):
     # Monotonic in the grid point: the normal quantile function.
     self.assertTrue((np.diff(w) >= 0).all())
 
-  def test_the_seeds_zero_pattern_is_nonzero_now(self):
-    # The seed's uniform map gives exactly 0.0 where its unit float is 0.5,
+  def test_counter_maps_are_nonzero_where_the_reference_gives_zero(self):
+    # The reference's uniform map gives exactly 0.0 where its unit float is 0.5,
     # i.e. for top bits m = 2**22 (any low bits): probability 2**-23. The
     # counter maps give nonzero weights there, uniform and normal.
     b = jnp.asarray(np.array([2**22 << 9, (2**22 << 9) | 0x1FF], np.uint32))
-    seed_u = np.asarray(jax.jit(bits.bits_to_uniform, static_argnums=(1, 2))(
+    reference_u = np.asarray(jax.jit(bits.bits_to_uniform, static_argnums=(1, 2))(
         b, -0.125, 0.125))
-    np.testing.assert_array_equal(seed_u, 0.0)
+    np.testing.assert_array_equal(reference_u, 0.0)
     for init_type in ("uniform", "normal"):
       spec, _ = make_spec((1, 64), 0.0, init_type, "counter", "nearest")
       w = np.asarray(jax.jit(methods.values_from_bits, static_argnums=0)(spec, b))
@@ -240,15 +240,15 @@ class DistributionTest(parameterized.TestCase):
       self.assertLess(float(np.abs(kept).max()), float(np.float32(scale)))
     self.assertGreater(stats.kstest(kept / scale, cdf).pvalue, 1e-4)
 
-  # The seed runs eagerly (a compilation per op); tests/sparse_init_test.py
-  # checks the float32 output against the seed in the default run.
+  # The reference runs eagerly (a compilation per op); tests/sparse_init_test.py
+  # checks the float32 output against the reference in the default run.
   @test_utils.slow
-  def test_permutation_float32_is_still_the_seed(self):
+  def test_permutation_float32_is_the_reference(self):
     # The guarded cast is the identity in float32 (tests/sparse_init_test.py
-    # checks the seed on many more shapes, normal values included).
+    # checks the reference on many more shapes, normal values included).
     key = jax.random.key(23)
     out = np.asarray(alberta.sparse_init(key, (16, 50), 0.7))
-    want = np.asarray(seed_sparse_init(key, (16, 50), 0.7))
+    want = np.asarray(reference_sparse_init(key, (16, 50), 0.7))
     test_utils.assert_same_bits(out, want)
 
 

@@ -6,7 +6,7 @@ matrix's host loop) and sharded over the suite's 8 CPU devices; every row has
 exactly `k` `False` entries; and no weight bits are drawn (the value
 generators are replaced by ones that fail).
 
-The seed's method keeps a uniform weight that is exactly 0.0 with
+The reference's method keeps a uniform weight that is exactly 0.0 with
 probability 2**-23 per weight: there the matrix has an extra zero and the
 mask says "kept". The comparisons allow that one way only, and assert that
 it happens at most once in these matrices (~2.6e4 weights each: a false
@@ -43,7 +43,7 @@ def _assert_mask_of(test, mask, matrix, method):
   if method == "counter":
     np.testing.assert_array_equal(mask, ~zero)
   else:
-    # Not kept => zero, always; zero => not kept, but for the seed's rare
+    # Not kept => zero, always; zero => not kept, but for the reference's rare
     # exact 0.0 weights.
     np.testing.assert_array_equal(zero[~mask], True)
     test.assertLessEqual(int((zero & mask).sum()), 1)

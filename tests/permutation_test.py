@@ -1,30 +1,30 @@
-"""The permutation method's sort-free mask equals the seed's sorted one.
+"""The permutation method's sort-free mask equals the reference's sorted one.
 
 `permutation.mask_block` follows the `min(k, n - k)` zeros (or kept inputs)
 of each row through the rounds of `jax.random.permutation`'s sort-based
 shuffle instead of sorting (key, index) pairs. Proves, bit for bit:
 
-- the mask equals `jax.random.permutation(row_key, n) >= k` (the seed's own
-  code, kept here as `seed_permutations`) for one- and two-round row lengths (the
+- the mask equals `jax.random.permutation(row_key, n) >= k` (the reference's own
+  code, kept here as `reference_permutations`) for one- and two-round row lengths (the
   boundary is n = 1625 / 1626), k in {0, 1, m - 1, n - 1, n}, sparsity 0.5,
   column tiles and several row groups;
 - with ties: the sort bits are injectable, and coarse bits (16 or 2 values,
   or all equal) make almost every followed element tied, far more than one
   correction pass handles, against a key-value-sort shuffle with the same
-  bits (itself checked against the seed's permutation with the real bits);
+  bits (itself checked against the reference's permutation with the real bits);
 - `ranks` on crafted arrays equals the stable argsort ranks of numpy;
 - all of the above for each of `mask_block`'s paths, the sort path
   (`_followed_mask`), the compare path (`_compared_mask`, short rows) and the
   search path (`_searched_mask`, the default for longer rows), and either side
   of the static bounds that pick between them;
 - the search path's fast pass (bits alone) runs, and its result stands, when
-  no bits tie (rows of 2048 and 4096 against the seed's permutations, a
-  chunked, a sharded and a pmap matrix against the seed's), and its exact
+  no bits tie (rows of 2048 and 4096 against the reference's permutations, a
+  chunked, a sharded and a pmap matrix against the reference's), and its exact
   pass on (bits, position) pairs runs and agrees whenever they do.
 
 Each distinct (rows, n, k, path) compiles its own program (the sort path
 several seconds of CPU), so the default run keeps one case per property and
-shares the seed's permutations (`seed_permutations`, computed once per key,
+shares the reference's permutations (`reference_permutations`, computed once per key,
 rows and n) between cases that differ only in k or in the column tile; the
 `slow` step runs the full grid (every k edge at n = 2, 100, 1625, 1626, 5000)
 and the cases the default run leaves out.
@@ -50,13 +50,13 @@ from alberta._src import permutation
 from alberta._src import shuffle
 from alberta._src.spec import SparseSpec
 from tests import test_utils
-from third_party.alberta_framework.initializers import sparse_init as seed_sparse_init
+from third_party.alberta_framework.initializers import sparse_init as reference_sparse_init
 
 _U32 = jnp.uint32
 
 
 @functools.partial(jax.jit, static_argnames=("n_rows", "n"))
-def _seed_permutations(key_data, row_start, n_rows, n):
+def _reference_permutations(key_data, row_start, n_rows, n):
   rows = row_start + jnp.arange(n_rows, dtype=_U32)
   k1, k2 = shuffle.row_keys(keys.key_words(key_data), rows)
 
@@ -68,9 +68,9 @@ def _seed_permutations(key_data, row_start, n_rows, n):
 
 
 @functools.lru_cache(maxsize=None)
-def seed_permutations(seed: int, row_start: int, n_rows: int,
+def reference_permutations(seed: int, row_start: int, n_rows: int,
                       n: int) -> np.ndarray:
-  """The seed's `jax.random.permutation(row_key, n)` of each row (read-only).
+  """The reference's `jax.random.permutation(row_key, n)` of each row (read-only).
 
   Rows `[row_start, row_start + n_rows)` of `jax.random.key(seed)`'s mask
   key: the former implementation, whose mask is `perm >= k` (and a column
@@ -78,7 +78,7 @@ def seed_permutations(seed: int, row_start: int, n_rows: int,
   per argument tuple.
   """
   key_data = jax.random.key_data(jax.random.key(seed))
-  perm = np.asarray(_seed_permutations(key_data, jnp.uint32(row_start),
+  perm = np.asarray(_reference_permutations(key_data, jnp.uint32(row_start),
                                        n_rows, n))
   perm.flags.writeable = False
   return perm
@@ -116,11 +116,11 @@ _PATHS = {
 
 
 def _both(spec, seed, row_start=0, col_start=0, n_cols=None, path="default"):
-  """`mask_block`'s mask on `path` and the seed's, `perm >= k`, sliced alike."""
+  """`mask_block`'s mask on `path` and the reference's, `perm >= k`, sliced alike."""
   n_cols = spec.fan_in if n_cols is None else n_cols
   key_data = jax.random.key_data(jax.random.key(seed))
   args = (key_data, spec, jnp.uint32(row_start), jnp.int32(col_start), n_cols)
-  perm = seed_permutations(seed, row_start, spec.fan_out, spec.fan_in)
+  perm = reference_permutations(seed, row_start, spec.fan_out, spec.fan_in)
   return (np.asarray(_mask(*args, fn=_PATHS[path])),
           perm[:, col_start:col_start + n_cols] >= spec.k)
 
@@ -131,7 +131,7 @@ def _spec(n_rows, n, k):
 
 # (rows, n, k): k = 0 and n; a short row; one round up to n = 1625 with one
 # zero followed, two from 1626 with one kept input followed (k = n - 1,
-# sharing the seed's permutations with the column tile's k = n / 2 below).
+# sharing the reference's permutations with the column tile's k = n / 2 below).
 # Many kept inputs followed through the sort path: TiedBitsTest's
 # `_16_values_kept` (and the slow cases).
 QUICK_CASES = ((9, 1, 0), (9, 1, 1), (16, 7, 3), (40, 1625, 1),
@@ -149,8 +149,8 @@ SLOW_CASES = tuple(
 BOUND_CASES = ((1024, 128, True), (1024, 129, False), (1024, 1024 - 128, True),
                (1024, 1024 - 129, False), (2048, 32, True), (2048, 33, False),
                (2048, 2048 - 32, True))
-# The seed's mask key and first row of the tests below, one per row length,
-# so that the cases of one length share the seed's permutations.
+# The reference's mask key and first row of the tests below, one per row length,
+# so that the cases of one length share the reference's permutations.
 _ROW_START = 5
 
 
@@ -159,7 +159,7 @@ def _with_paths(cases):
                for path in ("sort", "compare", "search"))
 
 
-class SeedMaskTest(parameterized.TestCase):
+class ReferenceMaskTest(parameterized.TestCase):
 
   def check_equals_sorted_mask(self, rows, n, k, path, seed, row_start):
     new, old = _both(_spec(rows, n, k), seed=seed, row_start=row_start,
@@ -314,13 +314,13 @@ def tied_shuffle(n_rows: int, n: int, shift: int) -> np.ndarray:
 class TiedBitsTest(parameterized.TestCase):
 
   @parameterized.parameters((8, 50, 0), (40, 1626, _ROW_START))
-  def test_shuffle_reference_is_the_seeds_permutation(self, n_rows, n,
-                                                      row_start):
+  def test_reference_shuffle_with_real_bits_is_jax_random_permutation(
+      self, n_rows, n, row_start):
     # With the real bits the reference shuffle is jax.random.permutation, at
-    # one and two rounds (the second the rows of SeedMaskTest's cases).
+    # one and two rounds (the second the rows of ReferenceMaskTest's cases).
     ref = reference_shuffle(*_row_keys(n_rows, n, row_start), n, shuffle.hash32)
     np.testing.assert_array_equal(
-        np.asarray(ref), seed_permutations(n, row_start, n_rows, n))
+        np.asarray(ref), reference_permutations(n, row_start, n_rows, n))
 
   def check_tied_bits_equal_stable_sort_shuffle(self, n_rows, n, k, shift,
                                                 tie_rows):
@@ -425,7 +425,7 @@ class SearchPathTest(parameterized.TestCase):
     new, exact_rows = _exact_rows(fn, k1, k2, n, k)
     self.assertEqual(exact_rows, 0)
     np.testing.assert_array_equal(
-        new, seed_permutations(n, _ROW_START, rows, n) >= k)
+        new, reference_permutations(n, _ROW_START, rows, n) >= k)
 
   @parameterized.named_parameters(
       # 4096 values in rows of 2048: ties between the row and the followed
@@ -491,13 +491,13 @@ class SearchPathTest(parameterized.TestCase):
     np.testing.assert_array_equal(np.asarray(got), np.cumsum(counts, axis=1))
 
   @parameterized.parameters((None, 1), (16, 8))
-  def test_chunked_sharded_and_pmap_equal_the_seed(self, chunk_rows, devices):
+  def test_chunked_sharded_and_pmap_equal_the_reference(self, chunk_rows, devices):
     # 64 x 2048 at sparsity 0.9 takes the search path; the matrix is the
-    # seed's whether built whole, in chunks of 16 rows, over 8 devices or by
+    # reference's whether built whole, in chunks of 16 rows, over 8 devices or by
     # pmap.
     shape, key = (64, 2048), jax.random.key(11)
     self.assertEqual(permutation.default_path(2048, 1843), "search")
-    want = np.asarray(seed_sparse_init(key, shape, 0.9))
+    want = np.asarray(reference_sparse_init(key, shape, 0.9))
     if devices == 1:
       got = alberta.sparse_init(key, shape, 0.9, chunk_rows=chunk_rows)
     else:

@@ -1,6 +1,6 @@
 """`alberta.sparse_init` and `alberta.num_zeros`: the core contract.
 
-Proves that with the defaults `sparse_init` is the seed's `sparse_init`
+Proves that with the defaults `sparse_init` is the reference's `sparse_init`
 (`third_party/alberta_framework`, run eagerly as written) for the same key: zero
 pattern and uniform values bit for bit, normal values within a few ulps, over
 tiny, 1 x N, N x 1, prime and larger shapes, sparsities from 0 to 1, both
@@ -29,7 +29,7 @@ from absl.testing import parameterized
 import alberta
 from alberta._src import blocks
 from tests import test_utils
-from third_party.alberta_framework.initializers import sparse_init as seed_sparse_init
+from third_party.alberta_framework.initializers import sparse_init as reference_sparse_init
 
 KEY_FNS = {"typed": jax.random.key, "raw": jax.random.PRNGKey}
 
@@ -40,24 +40,24 @@ KEY_FNS = {"typed": jax.random.key, "raw": jax.random.PRNGKey}
 SHAPE = (16, 10)
 SPARSITY = 0.72
 
-# Tiny, 1 x N, N x 1, primes, the seed's docstring example, a wide and a large
-# one (fan-in > 1625: two sort rounds). The seed runs eagerly, so each new
+# Tiny, 1 x N, N x 1, primes, the reference's docstring example, a wide and a large
+# one (fan-in > 1625: two sort rounds). The reference runs eagerly, so each new
 # shape costs it a compilation of every op (~1-3 s of CPU), and the library a
 # program: the quick set is the four pairs of init type and key kind
-# (`test_default_arguments_are_the_seeds` is uniform with a typed key), with
+# (`test_default_arguments_are_the_references` is uniform with a typed key), with
 # sparsity 1 and 0, an N x 1 shape, and one and two sort rounds. The slow set
 # crosses every shape with both init types and both key kinds (sparsity
-# rotating), sweeps all sparsities and runs `SPOT_SEED_CASES`, four more
+# rotating), sweeps all sparsities and runs `SPOT_REFERENCE_CASES`, four more
 # combinations of shape, sparsity, init type and key kind.
-SEED_SHAPES = ((1, 1), (5, 1), (1, 7), (2, 3), (7, 13), (128, 10), (31, 97),
+REFERENCE_SHAPES = ((1, 1), (5, 1), (1, 7), (2, 3), (7, 13), (128, 10), (31, 97),
                (2, 1700), (3, 5000), (300, 2000), (211, 5))
 SPARSITIES = (0.0, 0.1, 0.5, 0.9, 0.99, 1.0)
-QUICK_SEED_CASES = (
+QUICK_REFERENCE_CASES = (
     ((1, 1), 1.0, "uniform", "raw"),
     ((5, 1), 0.0, "normal", "typed"),
     ((2, 1700), 0.99, "normal", "raw"),
 )
-SPOT_SEED_CASES = (
+SPOT_REFERENCE_CASES = (
     ((1, 7), 0.5, "normal", "raw"),
     ((7, 13), 0.1, "uniform", "typed"),
     ((128, 10), 0.9, "uniform", "typed"),
@@ -72,37 +72,37 @@ def _case(shape, sparsity, init_type, key_kind, seed):
       seed=seed)
 
 
-def _quick_seed_cases():
-  return [_case(*c, seed=i) for i, c in enumerate(QUICK_SEED_CASES)]
+def _quick_reference_cases():
+  return [_case(*c, seed=i) for i, c in enumerate(QUICK_REFERENCE_CASES)]
 
 
-def _slow_seed_cases():
+def _slow_reference_cases():
   """Every shape with both init types and both key kinds.
 
   A full product with the six sparsities would compile ~240 programs; instead
   the sparsity rotates with the case index so that every shape meets several
-  sparsities, and `test_sparsity_sweep_matches_seed` covers all sparsities on
+  sparsities, and `test_sparsity_sweep_matches_reference` covers all sparsities on
   two shapes.
   """
   cases = []
   for i, (shape, init_type, kind) in enumerate(itertools.product(
-      SEED_SHAPES, ("uniform", "normal"), ("typed", "raw"))):
+      REFERENCE_SHAPES, ("uniform", "normal"), ("typed", "raw"))):
     sparsity = SPARSITIES[(i + i // 4) % len(SPARSITIES)]
     cases.append(_case(shape, sparsity, init_type, kind, seed=100 + i))
-  for i, c in enumerate(SPOT_SEED_CASES):
-    case = _case(*c, seed=len(QUICK_SEED_CASES) + i)
+  for i, c in enumerate(SPOT_REFERENCE_CASES):
+    case = _case(*c, seed=len(QUICK_REFERENCE_CASES) + i)
     case["testcase_name"] += "_spot"
     cases.append(case)
   return cases
 
 
-def assert_matches_seed(actual, expected, init_type: str) -> None:
-  """The seed's float32 matrix: zeros (with their signs) and values.
+def assert_matches_reference(actual, expected, init_type: str) -> None:
+  """The reference's float32 matrix: zeros (with their signs) and values.
 
-  The seed multiplies by a 0/1 mask, so its masked negative weights are -0.0;
+  The reference multiplies by a 0/1 mask, so its masked negative weights are -0.0;
   `assert_same_matrix` holds the library to that too. Normal values may differ
-  by a couple of ulps: XLA fuses `erf_inv` differently in the eager seed and
-  in the library's jitted program (the seed differs from its own jitted run
+  by a couple of ulps: XLA fuses `erf_inv` differently in the eager reference and
+  in the library's jitted program (the reference differs from its own jitted run
   the same way).
   """
   assert np.asarray(actual).dtype == np.float32, np.asarray(actual).dtype
@@ -110,24 +110,24 @@ def assert_matches_seed(actual, expected, init_type: str) -> None:
 
 
 
-class SeedEqualityTest(parameterized.TestCase):
+class ReferenceEqualityTest(parameterized.TestCase):
 
-  def check_against_seed(self, shape, sparsity, init_type, key_kind, seed):
+  def check_against_reference(self, shape, sparsity, init_type, key_kind, seed):
     key = KEY_FNS[key_kind](seed)
     actual = alberta.sparse_init(key, shape, sparsity, init_type)
-    expected = seed_sparse_init(key, shape, sparsity, init_type)
-    assert_matches_seed(actual, expected, init_type)
+    expected = reference_sparse_init(key, shape, sparsity, init_type)
+    assert_matches_reference(actual, expected, init_type)
     np.testing.assert_array_equal(test_utils.zeros_per_row(actual),
                                   alberta.num_zeros(shape[1], sparsity))
 
-  @parameterized.named_parameters(*_quick_seed_cases())
-  def test_matches_seed(self, **case):
-    self.check_against_seed(**case)
+  @parameterized.named_parameters(*_quick_reference_cases())
+  def test_matches_reference(self, **case):
+    self.check_against_reference(**case)
 
-  @parameterized.named_parameters(*_slow_seed_cases())
+  @parameterized.named_parameters(*_slow_reference_cases())
   @test_utils.slow
-  def test_matches_seed_on_every_shape(self, **case):
-    self.check_against_seed(**case)
+  def test_matches_reference_on_every_shape(self, **case):
+    self.check_against_reference(**case)
 
   @parameterized.named_parameters(
       ("_7x13_uniform_typed", (7, 13), "uniform", "typed"),
@@ -135,10 +135,10 @@ class SeedEqualityTest(parameterized.TestCase):
       ("_128x10_uniform_raw", (128, 10), "uniform", "raw"),
   )
   @test_utils.slow
-  def test_sparsity_sweep_matches_seed(self, shape, init_type, key_kind):
+  def test_sparsity_sweep_matches_reference(self, shape, init_type, key_kind):
     for sparsity in SPARSITIES:
       with self.subTest(sparsity=sparsity):
-        self.check_against_seed(shape, sparsity, init_type, key_kind, seed=1234)
+        self.check_against_reference(shape, sparsity, init_type, key_kind, seed=1234)
 
   @parameterized.named_parameters(
       ("_float32_fan_in_5", np.float32(0.9), (3, 5)),
@@ -147,11 +147,11 @@ class SeedEqualityTest(parameterized.TestCase):
       ("_float16_fan_in_25", np.float16(0.9), (3, 25)),
       ("_float16_fan_in_15", np.float16(0.7), (3, 15)),
   )
-  def test_numpy_scalar_sparsity_gives_the_seeds_matrix(self, sparsity, shape):
-    # The seed evaluates int(sparsity * fan_in + 0.5) in the scalar's own
+  def test_numpy_scalar_sparsity_gives_the_reference_matrix(self, sparsity, shape):
+    # The reference evaluates int(sparsity * fan_in + 0.5) in the scalar's own
     # type: np.float32(0.9) * 5 rounds to 4.5 in float32, so 5 zeros a row,
     # where float(np.float32(0.9)) * 5 + 0.5 < 5 in binary64.
-    self.check_against_seed(shape, sparsity, "uniform", "typed", seed=0)
+    self.check_against_reference(shape, sparsity, "uniform", "typed", seed=0)
     self.assertEqual(alberta.num_zeros(shape[1], sparsity),
                      int(sparsity * shape[1] + 0.5))
     self.assertEqual(alberta.num_zeros(5, np.float32(0.9)), 5)
@@ -160,12 +160,12 @@ class SeedEqualityTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, r"float16 scalar.*fan_in=70000"):
       alberta.num_zeros(70000, np.float16(0.9))
 
-  def test_default_arguments_are_the_seeds(self):
-    # The seed's docstring example with the seed's defaults (0.9, uniform) and
-    # the seed's rounding ("nearest"): 9 zeros in every row.
+  def test_default_arguments_are_the_references(self):
+    # The reference's docstring example with the reference's defaults (0.9, uniform) and
+    # the reference's rounding ("nearest"): 9 zeros in every row.
     key = jax.random.key(42)
     out = alberta.sparse_init(key, (128, 10))
-    assert_matches_seed(out, seed_sparse_init(key, (128, 10)), "uniform")
+    assert_matches_reference(out, reference_sparse_init(key, (128, 10)), "uniform")
     np.testing.assert_array_equal(test_utils.zeros_per_row(out), 9)
 
 
@@ -179,7 +179,7 @@ class NumZerosTest(parameterized.TestCase):
       # But 0.7 * 10 == 7.0 exactly in binary64, so both rules give 7.
       ("_0.7_of_10", 10, 0.7, 7, 7),
       ("_0.72_of_10", 10, 0.72, 7, 8),
-      # Exactly half: "nearest" rounds half up, like the seed's + 0.5.
+      # Exactly half: "nearest" rounds half up, like the reference's + 0.5.
       ("_half_of_3", 3, 0.5, 2, 2),
       ("_0.65_of_10", 10, 0.65, 7, 7),
       ("_0.9_of_10", 10, 0.9, 9, 9),
@@ -194,7 +194,7 @@ class NumZerosTest(parameterized.TestCase):
     self.assertEqual(alberta.num_zeros(fan_in, sparsity, "nearest"), nearest)
     self.assertEqual(alberta.num_zeros(fan_in, sparsity, "ceil"), ceil)
 
-  def test_rules_are_the_seeds_and_the_papers_in_binary64(self):
+  def test_rules_are_the_references_and_the_papers_in_binary64(self):
     for fan_in in range(0, 70):
       for sparsity in np.linspace(0.0, 1.0, 41).tolist() + [0.07, 0.1, 0.3, 0.7, 0.9]:
         self.assertEqual(alberta.num_zeros(fan_in, sparsity, "nearest"),
@@ -211,7 +211,7 @@ class NumZerosTest(parameterized.TestCase):
     out = alberta.sparse_init(jax.random.key(0), SHAPE, SPARSITY, rounding=rounding)
     np.testing.assert_array_equal(test_utils.zeros_per_row(out), k)
 
-  def test_ceil_keeps_the_seeds_values_and_adds_zeros(self):
+  def test_ceil_keeps_the_reference_values_and_adds_zeros(self):
     # The rounding rule only moves the mask threshold: the kept values and the
     # permutations are the same, so the "ceil" zeros are a superset, one more
     # per row here.

@@ -1,7 +1,7 @@
 """Statistics of `sparse_init`'s output, for both methods.
 
 Proves the distribution the docstrings promise, for `method="permutation"`
-(the seed's) and `method="counter"` alike, through the public API: exactly
+(the reference's) and `method="counter"` alike, through the public API: exactly
 `num_zeros` zeros per output unit; LeCun-uniform values inside
 `[-1/sqrt(fan_in), 1/sqrt(fan_in))`; kept values distributed as U(-s, s) or
 N(0, s^2) (Kolmogorov-Smirnov) at several fan-ins; zero sets uniform among all

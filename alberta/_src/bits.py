@@ -1,12 +1,13 @@
-"""Counter-based random bits addressed by global coordinates.
+"""Random bits addressed by global coordinates: Threefry of an element's index.
 
 `jax.random` (with `jax_threefry_partitionable`, the default since JAX 0.5)
 derives the bits of element `i` of a flat array from one Threefry-2x32 call on
-the 64-bit counter `i`, split into two uint32 words. So any element, row key or
-tile of the seed's arrays can be computed on its own from its global index; this
-module does exactly that, without building the rest of the array.
+its 64-bit index `i` (the Threefry counter), split into two uint32 words. So
+any element, row key or tile of the reference's arrays can be computed on its
+own from its global index; this module does exactly that, without building the
+rest of the array.
 
-It also holds the maps from bits to weights: the seed's (`bits_to_uniform`,
+It also holds the maps from bits to weights: the reference's (`bits_to_uniform`,
 `bits_to_normal`, `jax.random`'s own) and the counter method's, which draw from
 an open interval so that a kept weight is never 0; and `cast_nonzero`, the cast
 to the output dtype that never rounds a kept weight to zero.
@@ -32,8 +33,9 @@ def check_partitionable() -> None:
   """Raises if `jax_threefry_partitionable` is off.
 
   With the flag off, `jax.random` lays out its bits differently (one long
-  counter stream split in halves), so rebuilding a tile from its global indices
-  would silently give other numbers than the seed. Refuse instead.
+  stream of Threefry counters split in halves), so rebuilding a tile from its
+  global indices would silently give other numbers than the reference. Refuse
+  instead.
   """
   if not jax.config.jax_threefry_partitionable:
     raise RuntimeError(
@@ -70,7 +72,8 @@ def threefry_fused(k: tuple[Array, Array], hi: Array, lo: Array
   rolled 5-step loop over whole arrays, which XLA can neither fuse with its
   neighbours nor compile quickly (a few tenths of a second per call site);
   unrolled, the hash is ~100 elementwise integer operations that fuse into one
-  pass. Key words and counters broadcast against each other.
+  pass. Key words and the hashed words `hi`, `lo` (the Threefry counter)
+  broadcast against each other.
   """
   return _threefry_rounds(*_broadcast_u32(k[0], k[1], hi, lo))
 

@@ -27,7 +27,7 @@ _U32 = jnp.uint32
 
 # Jitted even when called on its own: op-by-op, `bits_to_uniform`'s multiply-add
 # is rounded twice, while under jit (as inside `jax.random.uniform`) XLA fuses
-# it into one FMA, so an eager tile would differ from the seed by an ulp.
+# it into one FMA, so an eager tile would differ from the reference by an ulp.
 @functools.partial(jax.jit, static_argnames=("spec", "n_rows", "n_cols"))
 def row_block(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
               col_start: Array | int = 0, n_cols: int | None = None) -> Array:
@@ -52,7 +52,8 @@ def row_block(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
   keep, value_bits = method.tile_bits(keys.key_words(key), spec, rows,
                                       col_start, n_cols)
   values = method.values(spec, value_bits)
-  # The seed multiplies by a 0/1 mask, so a masked negative weight is -0.0.
+  # The reference multiplies by a 0/1 mask, so a masked negative weight is
+  # -0.0.
   # Under jit XLA rewrites that multiply into a select (+0.0); spell it out.
   sign = lax.bitwise_and(lax.bitcast_convert_type(values, _U32),
                          np.uint32(0x80000000))

@@ -23,7 +23,8 @@ ROUNDINGS = ("nearest", "ceil")
 # The mask methods' names; `methods.METHODS` holds one implementation each.
 METHOD_NAMES = ("permutation", "counter")
 
-# Counters are 64-bit (two uint32 words) and row / column indices are uint32.
+# Threefry counters (hash inputs) are 64-bit (two uint32 words) and row /
+# column indices are uint32.
 MAX_DIM = 2**32 - 1
 
 
@@ -132,7 +133,7 @@ def num_zeros(fan_in: int, sparsity: float, rounding: str = "nearest") -> int:
   Args:
     fan_in: number of inputs of each output unit.
     sparsity: fraction of the inputs to zero, in [0, 1].
-    rounding: "nearest" is the seed's (and `alberta_framework`'s)
+    rounding: "nearest" is the reference's (`alberta_framework`'s)
       `int(sparsity * fan_in + 0.5)`; "ceil" is the paper's and its PyTorch
       code's `math.ceil(sparsity * fan_in)`. Each is evaluated in the
       arithmetic of `sparsity`'s own type, exactly as those codes evaluate
@@ -167,7 +168,7 @@ def num_zeros(fan_in: int, sparsity: float, rounding: str = "nearest") -> int:
   check_rounding(rounding)
   fan_in = int(fan_in)
   # A NumPy float scalar keeps its type through `sparsity * fan_in + 0.5`
-  # (NEP 50: the Python int is cast to it), as in the seed.
+  # (NEP 50: the Python int is cast to it), as in the reference.
   product = sparsity if isinstance(sparsity, np.floating) else value
   with np.errstate(over="raise"):
     try:
@@ -220,8 +221,8 @@ def warn_if_all_zero(what: str, fan_out: int, fan_in: int, k: int,
   `k == fan_in` makes a (non-empty) matrix all zeros: with
   sparsity 0.9 and the default rounding that is already fan_in 5
   (`int(4.5 + 0.5) == 5`), and with `"ceil"` every fan_in up to 9. The
-  matrix is still the one asked for (the rule is the seed's and the paper's);
-  the warning says so once per call.
+  matrix is still the one asked for (the rule is the reference's and the
+  paper's); the warning says so once per call.
 
   Args:
     what: the array, e.g. "shape (4, 5)" or "kernel 'mlp/w' of shape (5, 4)".

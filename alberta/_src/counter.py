@@ -53,9 +53,9 @@ chance that some pair was never split, the per-row TV target. It is a design
 rule, not a theorem about the k-subset law (a split pair's offset is only
 nearly uniform, and "every pair split" is not shown to make the set
 uniform). It gives 13 rounds at N = 2, 38 at 4, 27 at 8, 33 at 1024, 37 at
-4096 and 77 at `2**32 - 1`: about one more than the former
+4096 and 77 at `2**32 - 1`: about one more than the simpler count
 `2 ceil(log2 N) + 12` for large N, and many more for tiny N, where that count
-left fan_in 4 at a TV of 1.8e-4 (its opposite pairs `{0, 2}`, `{1, 3}` too
+leaves fan_in 4 at a TV of 1.8e-4 (its opposite pairs `{0, 2}`, `{1, 3}` too
 rare), above the target.
 
 What is exact and what is tested. `K = floor(u N / 2**64)` of a 64-bit
@@ -75,25 +75,26 @@ Sizes. The shuffle permutes `[0, N)` for every `N <= 2**32 - 1`: the partner
 
 Values. The weight of `(r, c)` comes from 32 bits of a keyed integer hash of
 the column (two rounds of a 32-bit avalanche mixer) under 64 bits of Threefry
-output for row `r`. That is a counter-based generator: a pure function of
-`(key, r, c)`, about 12 integer operations per element instead of Threefry's
-~120, which is what makes the whole method cheaper than `jax.random.uniform`.
+output for row `r`. So a value is a pure function of `(key, r, c)`, about 12
+integer operations per element instead of Threefry's ~120, which is what makes
+the whole method cheaper than `jax.random.uniform`.
 
 Keys. Every random word of row `r` (`row_words`) is an output of one
 Threefry-2x32 call under the matrix key's own two words (no key split), on
-the 64-bit counters `(hi, lo) = (r, j)`, `j = 0, ..., 2R`:
+the 64-bit Threefry counters (hash inputs) `(hi, lo) = (r, j)`,
+`j = 0, ..., 2R`:
 
     j = 0:              (s1, s2), the value hash's row words;
     j = 1 + i:          u_i = w1 2**32 + w2, and K_i = floor(u_i N / 2**64);
     j = 1 + R + i:      (a_i, b_i) = (w1, w2), round i's F_i;
 
-for rounds `i < R = num_rounds(N)`. The counters are distinct, so with
+for rounds `i < R = num_rounds(N)`. These hash inputs are distinct, so with
 Threefry taken as a random function all these words are independent across
 rows, rounds and roles, which is all the analysis above assumes. A block, the
-dense generator's or the ELL path's, hashes its rows' counters in one call, as
+dense generator's or the ELL path's, hashes its rows' inputs in one call, as
 the contiguous column ranges of one `[rows, 2R + 1]` array, so any tiling
 reads the same words. (The key itself is consumed: `jax.random.split(key)` or
-`jax.random.bits(key, ...)` hash counters `(0, j)` too, which are row 0's;
+`jax.random.bits(key, ...)` hash the inputs `(0, j)` too, which are row 0's;
 as with any JAX function, give sparse_init a key of its own.) The rounds run
 unrolled, one fused pass, on large tiles and as a loop on small ones, which
 compiles faster; the integer arithmetic is the same, so the bits are too.
@@ -166,13 +167,13 @@ def row_words(key: tuple[Array, Array], rows: Array, n: int,
               rounds: bool = True) -> RowWords:
   """Every per-row word of `rows` for row length `n`: one Threefry call.
 
-  Counters `(hi, lo) = (row, j)` under the matrix's key words: `j = 0` gives
-  the value words `(s1, s2)`; `j = 1 + i` gives round `i`'s 64-bit `u`
-  (first word high), `K_i = floor(u n / 2**64)`, in `[0, n)` with every value
-  within `2**-64` of probability `1 / n` (a 32-bit `% n` would be off by up to
-  `2**-32`, a per-row TV of `R n 2**-33`, not negligible at large `n`);
-  `j = 1 + R + i` gives `(a_i, b_i)`. Without `rounds` only `j = 0` is hashed
-  and `rounds` is empty.
+  Threefry counters `(hi, lo) = (row, j)` under the matrix's key words:
+  `j = 0` gives the value words `(s1, s2)`; `j = 1 + i` gives round `i`'s
+  64-bit `u` (first word high), `K_i = floor(u n / 2**64)`, in `[0, n)` with
+  every value within `2**-64` of probability `1 / n` (a 32-bit `% n` would be
+  off by up to `2**-32`, a per-row TV of `R n 2**-33`, not negligible at large
+  `n`); `j = 1 + R + i` gives `(a_i, b_i)`. Without `rounds` only `j = 0` is
+  hashed and `rounds` is empty.
 
   Args:
     key: the key words (`keys.key_words`).

@@ -232,19 +232,19 @@ def tile_layout(shape: tuple[int, int], sharding: Any) -> tuple[
 
   Raises:
     TypeError: `sharding` is not a `NamedSharding`.
-    ValueError: the spec names more than two dimensions, or a dimension is not
-      divisible by the number of devices splitting it.
+    ValueError: the sharding's `PartitionSpec` names more than two dimensions,
+      or a dimension is not divisible by the number of devices splitting it.
   """
   if not isinstance(sharding, NamedSharding):
     raise TypeError(
         f"sharding must be a jax.sharding.NamedSharding, got {sharding!r}.")
-  spec = tuple(sharding.spec)
-  if len(spec) > 2:
+  partition = tuple(sharding.spec)
+  if len(partition) > 2:
     raise ValueError(
-        f"sharding spec {sharding.spec} names {len(spec)} dimensions; the "
-        f"matrix has 2 (fan_out, fan_in).")
-  spec = spec + (None,) * (2 - len(spec))
-  names = tuple(_axis_names(e) for e in spec)
+        f"sharding's PartitionSpec {sharding.spec} names {len(partition)} "
+        f"dimensions; the matrix has 2 (fan_out, fan_in).")
+  partition = partition + (None,) * (2 - len(partition))
+  names = tuple(_axis_names(e) for e in partition)
   tile = []
   for dim, size, axes in zip(("fan_out", "fan_in"), shape, names):
     parts = math.prod(sharding.mesh.shape[a] for a in axes)

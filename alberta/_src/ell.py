@@ -12,8 +12,8 @@ the ELL arrays gives `sparse_init(..., method="counter")` bit for bit, zeros
 aside (a scatter writes +0.0 where the dense matrix keeps the sign of the
 masked weight). Time and memory are O(fan_out * nnz), not O(fan_out * fan_in).
 
-The permutation method (the seed's) has no such inverse: its mask comes from a
-sort of each whole row, so it is refused here.
+The permutation method (the reference's) has no such inverse: its mask comes
+from a sort of each whole row, so it is refused here.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def _check_method(spec: SparseSpec, name: str) -> None:
         f"each whole row, so its nonzero columns cannot be listed without "
         f"building the row. Use method='counter' (the same distribution, "
         f"other numbers), or sparse_init(..., method='permutation') for the "
-        f"seed's dense matrix.")
+        f"reference's dense matrix.")
   if spec.fan_in > _MAX_FAN_IN:
     raise ValueError(
         f"{name} stores column indices as int32, so fan_in must be below "
@@ -190,7 +190,8 @@ def sparse_init_ell(
     dtype: floating dtype of the values (generated in float32 and cast).
     method: must be "counter"; "permutation" raises a ValueError (its mask
       needs each whole row).
-    rounding: the zero-count rule, "nearest" (the seed) or "ceil" (the paper).
+    rounding: the zero-count rule, "nearest" (the reference) or "ceil" (the
+      paper).
 
   Returns:
     `(values, indices)`, `dtype` and int32 arrays of shape `[fan_out, nnz]`.
@@ -241,9 +242,9 @@ def sharded_sparse_init_ell(
     key: a threefry PRNG key, the same on every process.
     shape: `(fan_out, fan_in)`.
     sparsity, init_type, dtype, method, rounding: as in `sparse_init_ell`.
-    sharding: a `NamedSharding` whose spec splits at most axis 0 (the rows),
-      e.g. `PartitionSpec("x")` or `PartitionSpec(("x", "y"))`; a row's
-      nonzeros are a whole ELL row, so the columns cannot be split.
+    sharding: a `NamedSharding` whose `PartitionSpec` splits at most axis 0
+      (the rows), e.g. `PartitionSpec("x")` or `PartitionSpec(("x", "y"))`; a
+      row's nonzeros are a whole ELL row, so the columns cannot be split.
     chunk_rows: rows generated per step on each device; None: automatic.
 
   Returns:
@@ -260,12 +261,12 @@ def sharded_sparse_init_ell(
       rounding, dtype, chunk_rows, two_d=True, check_spec=_check_method)
   # Before `tile_layout`, so that a column split is named as such even where
   # the mesh would not divide fan_in either.
-  split = tuple(getattr(sharding, "spec", ()))
-  if len(split) == 2 and split[1] not in (None, ()):
+  partition = tuple(getattr(sharding, "spec", ()))
+  if len(partition) == 2 and partition[1] not in (None, ()):
     rows_only = PartitionSpec(
-        split[0] if split[0] not in (None, ()) else split[1])
+        partition[0] if partition[0] not in (None, ()) else partition[1])
     raise ValueError(
-        f"sharded_sparse_init_ell splits rows only, but sharding spec "
+        f"sharded_sparse_init_ell splits rows only, but the PartitionSpec "
         f"{sharding.spec} splits axis 1 (the columns): the ELL arrays are "
         f"[fan_out, nnz] and the nonzeros of a row belong together. Split the "
         f"rows instead, e.g. {rows_only}.")

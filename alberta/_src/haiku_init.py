@@ -23,11 +23,11 @@ class SparseInit(hk.initializers.Initializer):
   For a kernel of shape `(..., in, out)` (`hk.Linear`, `hk.Conv1D/2D/3D`) the
   fan-in is `prod(shape[:-1])` and the result is
   `sparse_init(hk.next_rng_key(), (out, fan_in)).T.reshape(shape)`, so with the
-  default method it is the seed's matrix for that key.
+  default method it is the reference's matrix for that key.
 
   When `num_zeros(fan_in, sparsity, rounding) == fan_in` (sparsity 0.9 at
   fan_in 5 with "nearest", at any fan_in up to 9 with "ceil"), the kernel is
-  all zeros, as the seed's rule makes it, and each such kernel raises one
+  all zeros, as the reference's rule makes it, and each such kernel raises one
   `UserWarning` naming its shape, the sparsity and the rounding.
 
   Examples:
@@ -50,8 +50,10 @@ class SparseInit(hk.initializers.Initializer):
       init_type: "uniform" (LeCun uniform) or "normal" (LeCun normal).
       fan_in_axes: as in `hk.initializers.VarianceScaling`: the axes holding an
         output unit's inputs; default all but the last.
-      method: "permutation" (the seed's numbers) or "counter" (sort-free).
-      rounding: zero-count rule, "nearest" (the seed) or "ceil" (the paper).
+      method: "permutation" (the reference's numbers) or "counter"
+        (sort-free).
+      rounding: zero-count rule, "nearest" (the reference) or "ceil" (the
+        paper).
     """
     self.sparsity = layouts.check_options(sparsity, init_type, method, rounding)
     self.init_type = init_type

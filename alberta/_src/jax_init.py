@@ -55,8 +55,8 @@ def sparse(sparsity: float = 0.9, init_type: str = "uniform", *,
     init_type: "uniform" (LeCun uniform) or "normal" (LeCun normal).
     fan_in_axes: the axes holding an output unit's inputs; default all but
       the last.
-    method: "permutation" (the seed's numbers) or "counter" (sort-free).
-    rounding: zero-count rule, "nearest" (the seed) or "ceil" (the paper).
+    method: "permutation" (the reference's numbers) or "counter" (sort-free).
+    rounding: zero-count rule, "nearest" (the reference) or "ceil" (the paper).
 
   Returns:
     The initializer, a `jax.nn.initializers.Initializer`. Arguments are

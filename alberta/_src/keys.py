@@ -1,4 +1,4 @@
-"""The PRNG key: its check, its two uint32 words, and the seed's key split.
+"""The PRNG key: its check, its two uint32 words, the reference's key split.
 
 Every entry point takes a threefry2x32 key, typed (`jax.random.key`) or raw
 (`jax.random.PRNGKey`, uint32[2]); both read as the same two words, so they
@@ -75,7 +75,8 @@ def split2(k: tuple[Array, Array]):
   """`jax.random.split(key)` as key words: `(first, second)`."""
   # Unrolled: a loop-lowered Threefry costs a few tenths of a second to compile.
   # Materialized: each of the two keys feeds its own fusions, and XLA would
-  # copy the hash into every one of them. `[2, 2]`: counter, then word.
+  # copy the hash into every one of them. `[2, 2]`: hash input (the Threefry
+  # counter 0 or 1), then word.
   b1, b2 = bits.threefry_fused(k, np.uint32(0), lax.iota(_U32, 2))
   words = bits.materialized(lax.concatenate(
       [b1.reshape(2, 1), b2.reshape(2, 1)], 1)).reshape(4)

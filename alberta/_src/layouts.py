@@ -1,7 +1,7 @@
 """Kernel layouts: sparse init for `(..., in, out)` Haiku/Flax kernels and others.
 
-The core works on the seed's `(fan_out, fan_in)` matrix. A kernel has output
-axes and fan-in axes; its sparse init is the core matrix of shape
+The core works on the reference's `(fan_out, fan_in)` matrix. A kernel has
+output axes and fan-in axes; its sparse init is the core matrix of shape
 `(prod(output axes), prod(fan-in axes))` laid back into the kernel, so every
 output unit has exactly `num_zeros(fan_in)` zeros among its inputs. For the
 Haiku/Flax layout `(..., in, out)` that is `sparse_init(key, (out, fan_in))

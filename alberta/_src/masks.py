@@ -83,8 +83,9 @@ def sparse_mask(
   `sparse_mask(key, shape, sparsity, method=m, rounding=r)` is `False`
   exactly where `sparse_init(key, shape, sparsity, init_type, method=m,
   rounding=r)` zeroes a weight, for either `init_type` and any dtype, on every
-  path: whole, chunked, sharded. (With the seed's method a kept uniform weight
-  can itself be exactly 0.0, with probability 2**-23 each, as in the seed; the
+  path: whole, chunked, sharded. (With the reference's method a kept uniform
+  weight can itself be exactly 0.0, with probability 2**-23 each, as in the
+  reference; the
   mask says "kept" there.) Every output unit has exactly
   `num_zeros(fan_in, sparsity, rounding)` `False` entries. Only the mask's
   random bits are drawn, not the weights': it costs the mask alone, and needs
@@ -104,14 +105,16 @@ def sparse_mask(
     shape: `(fan_out, fan_in)`, or `(fan_out, *rest)` with fan-in `prod(rest)`
       as in `sparse_init`; with `sharding`, `(fan_out, fan_in)`.
     sparsity: fraction of each output unit's inputs that are zero, in [0, 1].
-    method: "permutation" (the seed's) or "counter", as in `sparse_init`.
-    rounding: the zero-count rule, "nearest" (the seed) or "ceil" (the paper).
+    method: "permutation" (the reference's) or "counter", as in
+      `sparse_init`.
+    rounding: the zero-count rule, "nearest" (the reference) or "ceil" (the
+      paper).
     chunk_rows: rows generated per step, as in `sparse_init`; the result does
       not depend on it.
-    sharding: a `NamedSharding` (at most two spec entries): the mask as a
-      global array laid out so, each device computing only its own tile, as
-      `sharded_sparse_init` does the matrix. None: one array on the default
-      device.
+    sharding: a `NamedSharding` (a `PartitionSpec` of at most two entries):
+      the mask as a global array laid out so, each device computing only its
+      own tile, as `sharded_sparse_init` does the matrix. None: one array on
+      the default device.
 
   Returns:
     A bool array of `shape` (with `sharding`, laid out as `sharding`).

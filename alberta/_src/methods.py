@@ -5,7 +5,7 @@ random bits (`Method.tile_bits`), or into the keep-mask alone, without the
 weights' bits (`Method.tile_mask`), maps the bits to float32 weights
 (`Method.values`), and tells the chunk policy what its temporaries cost
 (`Method.temp_bytes_per_row`, `Method.temp_fraction`) and how the host loop
-writes a chunk (`Method.separate_tile`). "permutation" is the seed's
+writes a chunk (`Method.separate_tile`). "permutation" is the reference's
 algorithm (`permutation.py`), "counter" the sort-free one (`counter.py`).
 """
 
@@ -75,7 +75,7 @@ def _columns(col_start: Array | int, n_cols: int) -> Array:
 
 
 def _permutation_tile_bits(words, spec, rows, col_start, n_cols):
-  """The seed's: `init_key, mask_key = split(key)`, mask and weight bits apart."""
+  """Bits as the reference splits them: `init_key, mask_key = split(key)`."""
   init_key, mask_key = keys.split2(words)
   value_bits = permutation.value_bits(init_key, spec, rows,
                                       _columns(col_start, n_cols))
@@ -90,11 +90,11 @@ def _permutation_tile_mask(words, spec, rows, col_start, n_cols):
 
 
 def _permutation_values(spec: SparseSpec, value_bits: Array) -> Array:
-  """The seed's maps, bit-exact with the seed.
+  """The reference's maps, bit-exact with the reference.
 
   `jax.random.uniform` on `[-scale, scale)`, `jax.random.normal` times
   `scale`; they can give an exact 0.0 (probability 2**-23 each), which the
-  seed then keeps.
+  reference then keeps.
   """
   if spec.init_type == "uniform":
     return bits.bits_to_uniform(value_bits, -spec.scale, spec.scale)

@@ -47,11 +47,13 @@ def sparse_init(
     init_type: "uniform" (LeCun uniform) or "normal" (LeCun normal).
     dtype: floating dtype of the result; values are generated in float32 and
       cast, so a bfloat16 result is the float32 result rounded.
-    method: "permutation" reproduces the seed (a sorted random permutation per
-      output unit); "counter" is the sort-free, tile-local method: same
-      guarantees (exactly k zeros, uniform zero set), other numbers; faster on
-      long rows, about as fast on short ones (docs/PERFORMANCE.md).
-    rounding: the zero-count rule, "nearest" (the seed) or "ceil" (the paper).
+    method: "permutation" reproduces the reference (a sorted random
+      permutation per output unit); "counter" is the sort-free, tile-local
+      method: same guarantees (exactly k zeros, uniform zero set), other
+      numbers; faster on long rows, about as fast on short ones
+      (docs/PERFORMANCE.md).
+    rounding: the zero-count rule, "nearest" (the reference) or "ceil" (the
+      paper).
     chunk_rows: rows generated per step, so that temporaries stay bounded by
       one chunk's; None: the whole matrix at once when its temporaries are a
       small fraction of it, else chunks sized so. Outside any trace each chunk
@@ -66,7 +68,7 @@ def sparse_init(
     UserWarning: once per call when `k == fan_in`: every output unit's inputs
       are all zeroed (sparsity 0.9 does that at fan_in 5 with "nearest", at
       every fan_in up to 9 with "ceil"). The result is still that all-zero
-      matrix, as the seed's rule gives it.
+      matrix, as the reference's rule gives it.
 
   Examples:
     >>> w = alberta.sparse_init(jax.random.key(0), (256, 128), sparsity=0.9)

@@ -52,7 +52,7 @@ def sharded_sparse_init(
     key: a threefry PRNG key, the same on every process.
     shape: `(fan_out, fan_in)`.
     sparsity, init_type, dtype, method, rounding: as in `sparse_init`.
-    sharding: a `NamedSharding` whose spec has at most two entries.
+    sharding: a `NamedSharding` whose `PartitionSpec` has at most two entries.
     chunk_rows: rows generated per step on each device; None: automatic.
 
   Returns:

@@ -18,7 +18,8 @@ class SparseSpec:
     fan_in: number of inputs of each output unit (columns).
     k: number of zeros in every row, `num_zeros(fan_in, sparsity, rounding)`.
     init_type: "uniform" (LeCun uniform) or "normal" (LeCun normal).
-    method: "permutation" (the seed's algorithm) or "counter" (sort-free).
+    method: "permutation" (the reference's algorithm) or "counter"
+      (sort-free).
   """
   fan_out: int
   fan_in: int
@@ -28,7 +29,7 @@ class SparseSpec:
 
   @property
   def scale(self) -> float:
-    """LeCun scale `1 / sqrt(fan_in)`, in Python float as the seed computes it."""
+    """LeCun scale `1 / sqrt(fan_in)` in Python float, as in the reference."""
     return 1.0 / self.fan_in**0.5
 
   @property

@@ -5,12 +5,12 @@ over a possibly sharded `jax.Array`; only scalars come back to the host), and
 checks the contract of `sparse_init` / `sparse_init_ell`:
 
 * zeros per row: every row of the dense matrix holds `k = num_zeros(fan_in,
-  sparsity, rounding)` zeros. With `method="counter"` that is exact: a kept
-  counter weight is never 0.0. With `method="permutation"` (the seed's) a kept
-  weight is exactly 0.0 with probability about 2**-23 (uniform float32 values
-  lie on a grid that contains 0), so a row
-  holds *at least* `k` zeros and the extras, summed over the matrix, must stay
-  within `excess_zero_allowance` (a false alarm of 1e-9 on a correct matrix);
+  sparsity, rounding)` zeros. With `method="counter"` that is exact: that
+  method never keeps a weight of 0.0. With `method="permutation"` (the
+  reference's) a kept weight is exactly 0.0 with probability about 2**-23
+  (uniform float32 values lie on a grid that contains 0), so a row holds *at
+  least* `k` zeros and the extras, summed over the matrix, must stay within
+  `excess_zero_allowance` (a false alarm of 1e-9 on a correct matrix);
 * values: finite, and `|w| <= value_bound` (the largest weight the generator
   can produce in that dtype);
 * ELL arrays (`values, indices`, each `[fan_out, nnz]`): every index in

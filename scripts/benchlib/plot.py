@@ -10,13 +10,17 @@ from typing import Any
 
 import numpy as np
 
+# `suite.METHOD_ALIASES`, without importing JAX: deprecated name -> name.
+_METHOD_ALIASES = {"seed": "reference"}
+
 
 def merged(paths: Sequence[str]) -> tuple[list[dict[str, Any]],
                                           list[dict[str, Any]]]:
   """Results and sharded results of several --json files, later ones winning.
 
   A later file's record replaces an earlier one's for the same method, shape,
-  sparsity and device count.
+  sparsity and device count. A method under a deprecated name (`seed`, see
+  `suite.METHOD_ALIASES`) is read as its current one (`reference`).
   """
   by_part = {"results": {}, "sharded": {}}
   for path in paths:
@@ -24,6 +28,7 @@ def merged(paths: Sequence[str]) -> tuple[list[dict[str, Any]],
       result = json.load(f)
     for part, by_key in by_part.items():
       for r in result[part]:
+        r = {**r, "method": _METHOD_ALIASES.get(r["method"], r["method"])}
         by_key[(r["method"], tuple(r["shape"]), r.get("sparsity"),
                 r["devices"])] = r
   return list(by_part["results"].values()), list(by_part["sharded"].values())

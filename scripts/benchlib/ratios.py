@@ -16,12 +16,12 @@ from typing import Any
 # faster than it, and near `jax.random.uniform`'s cost): the benchmark reports
 # each as met or missed and never fails on one.
 SPECS = (
-    ("seed", "permutation",
-     "permutation speed-up over the seed (jitted), same numbers",
+    ("reference", "permutation",
+     "permutation speed-up over the reference (jitted), same numbers",
      lambda x: x >= 1, ">= 1"),
     ("permutation", "counter", "counter speed-up over permutation",
      None, None),
-    ("seed", "counter", "counter speed-up over the seed (jitted)",
+    ("reference", "counter", "counter speed-up over the reference (jitted)",
      lambda x: x >= 20, ">= 20"),
     ("torch_original", "counter", "counter speed-up over torch_original",
      lambda x: x > 1, "> 1"),

@@ -144,8 +144,8 @@ def _ratio_markdown(ratios: Sequence[dict[str, Any]]) -> list[str]:
 
 # The headline (docs/PERFORMANCE.md and the README show it as generated).
 HEADLINE_HEADER = (
-    "| shape | `permutation` (seed-exact, default) | the seed, jitted | "
-    "seed / `permutation` | `counter` | `jax.random.uniform` | "
+    "| shape | `permutation` (reference-exact, default) | the reference, "
+    "jitted | reference / `permutation` | `counter` | `jax.random.uniform` | "
     "`counter` / `jax.random.uniform` |")
 
 
@@ -162,7 +162,7 @@ def _duration(seconds: float) -> str:
 
 
 def headline_markdown(records: Sequence[dict[str, Any]]) -> list[str]:
-  """Both methods against the seed and `jax.random.uniform`, per shape.
+  """Both methods against the reference and `jax.random.uniform`, per shape.
 
   One device, minimum times; a shape lacking any of the four is left out.
   """
@@ -172,13 +172,14 @@ def headline_markdown(records: Sequence[dict[str, Any]]) -> list[str]:
   lines = [HEADLINE_HEADER, "|---|---:|---:|---:|---:|---:|---:|"]
   for shape in dict.fromkeys(tuple(r["shape"]) for r in records):
     times = [by.get((m, shape)) for m in
-             ("permutation", "seed", "counter", "dense_uniform")]
+             ("permutation", "reference", "counter", "dense_uniform")]
     if None in times:
       continue
-    perm, seed, counter, uniform = times
-    speed_up = seed / perm
+    perm, reference, counter, uniform = times
+    speed_up = reference / perm
     lines.append(
-        f"| {shape[0]} x {shape[1]} | {_duration(perm)} | {_duration(seed)} | "
+        f"| {shape[0]} x {shape[1]} | {_duration(perm)} | "
+        f"{_duration(reference)} | "
         f"**{speed_up:.{0 if round(speed_up, 1) >= 10 else 1}f}x** | "
         f"{_duration(counter)} | {_duration(uniform)} | "
         f"{counter / uniform:.2f}x |")
@@ -188,7 +189,7 @@ def headline_markdown(records: Sequence[dict[str, Any]]) -> list[str]:
 def run_markdown(env: dict[str, Any], records: Sequence[dict[str, Any]],
                  sharded: Sequence[dict[str, Any]],
                  ratios: Sequence[dict[str, Any]],
-                 seed_passed: bool | None,
+                 reference_passed: bool | None,
                  layer_rows: Sequence[dict[str, Any]] = (),
                  processes: int = 1,
                  sections: Sequence[tuple[str, Sequence[dict[str, Any]]]] = ()
@@ -223,9 +224,9 @@ def run_markdown(env: dict[str, Any], records: Sequence[dict[str, Any]],
     lines += ["", "Ratios, from the same command's min times (and medians):",
               ""]
     lines += _ratio_markdown(ratios)
-  if seed_passed is not None:
-    lines += ["", f"seed vs permutation check: "
-              f"{'passed' if seed_passed else 'FAILED'}."]
+  if reference_passed is not None:
+    lines += ["", f"reference vs permutation check: "
+              f"{'passed' if reference_passed else 'FAILED'}."]
   if layer_rows:
     if records or sharded:
       lines += ["", f"{layer_intro(processes)}, from the "
@@ -260,7 +261,7 @@ def summary(records: Sequence[dict[str, Any]],
   for intro, rows in sections:
     out += ["", f"{intro}:", table(rows, LAYER_COLUMNS)]
   if checks:
-    out += ["", "seed vs permutation:"]
+    out += ["", "reference vs permutation:"]
     out += [f"  {json.dumps(c)}" for c in checks]
     passed = all(c["passed"] for c in checks)
     out.append(f"  => {'PASSED' if passed else 'FAILED'}")
@@ -301,7 +302,7 @@ def wide_intro(processes: int) -> str:
   return ("Wide layers (a 3-layer Haiku MLP, input and every layer of one "
           "width), each figure the minimum over "
           f"{processes} fresh process{'es' if processes != 1 else ''} "
-          "(the seed's: one)")
+          "(the reference's: one)")
 
 
 LAYER_COLUMNS = (

@@ -1,9 +1,9 @@
 """The benchmark's methods and what it runs at each shape.
 
 Every JAX method is compiled ahead of time and timed by `harness.time_jax`;
-the torch methods by `harness.time_runs`. The reference code (the seed's
-`sparse_init` and Elsayed et al.'s PyTorch original) comes from
-`third_party/alberta_framework`.
+the torch methods by `harness.time_runs`. The reference code (the reference
+implementation's `sparse_init`, which `permutation` reproduces, and Elsayed et
+al.'s PyTorch original) comes from `third_party/alberta_framework`.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ import numpy as np
 
 import alberta
 from scripts.benchlib import harness
-from third_party.alberta_framework import sparse_init as seed_sparse_init
+from third_party.alberta_framework import sparse_init as reference_sparse_init
 from third_party.alberta_framework import torch_sparse_init
 
-ALL_METHODS = ("fill", "dense_uniform", "counter", "permutation", "seed",
+ALL_METHODS = ("fill", "dense_uniform", "counter", "permutation", "reference",
                "torch_dense", "torch_original", "ell")
-JAX_METHODS = ("fill", "dense_uniform", "counter", "permutation", "seed")
+JAX_METHODS = ("fill", "dense_uniform", "counter", "permutation", "reference")
+# Deprecated `--methods` spellings, accepted for one release: old -> new.
+METHOD_ALIASES = {"seed": "reference"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +37,7 @@ class Settings:
   sparsity: float = 0.9
   ell_sparsities: tuple[float, ...] = (0.9, 0.99)
   sharded_methods: tuple[str, ...] = ("counter",)  # Empty: no sharded runs.
-  check_seed: bool = True
+  check_reference: bool = True
   torch_seed: int = 0
   repeats: harness.Repeats = harness.Repeats()
 
@@ -49,8 +51,8 @@ def jax_method(name: str, shape: tuple[int, int], sparsity: float):
         jnp.float32))
   if name == "dense_uniform":
     return lambda k: jax.random.uniform(k, shape, jnp.float32, -scale, scale)
-  if name == "seed":
-    return lambda k: seed_sparse_init(k, shape, sparsity)
+  if name == "reference":
+    return lambda k: reference_sparse_init(k, shape, sparsity)
   return lambda k: alberta.sparse_init(k, shape, sparsity, method=name)
 
 
@@ -68,18 +70,20 @@ def _torch_run(name: str, shape: tuple[int, int], sparsity: float,
                                    sparsity)
 
 
-def seed_check_small(key: Any, sparsity: float) -> dict[str, Any]:
-  """The eager seed, as its users call it, against `permutation`, bitwise.
+def reference_check_small(key: Any, sparsity: float) -> dict[str, Any]:
+  """The eager reference, as its users call it, against `permutation`, bitwise.
 
-  Under `jax.jit` XLA turns the seed's `weights * mask` into a select writing
-  +0.0 where the eager seed (and alberta) write -0.0, so the timed, jitted
-  runs are compared up to the sign of zero and these eager ones bit for bit.
+  Under `jax.jit` XLA turns the reference's `weights * mask` into a select
+  writing +0.0 where the eager reference (and alberta) write -0.0, so the
+  timed, jitted runs are compared up to the sign of zero and these eager ones
+  bit for bit.
   """
   results = [{"shape": list(shape), **harness.compare(
-      seed_sparse_init(key, shape, sparsity),
+      reference_sparse_init(key, shape, sparsity),
       alberta.sparse_init(key, shape, sparsity, method="permutation"))}
              for shape in ((64, 100), (37, 1000))]
-  return {"what": "eager seed vs permutation, bitwise", "eager_small": results,
+  return {"what": "eager reference vs permutation, bitwise",
+          "eager_small": results,
           "passed": all(r["bitwise_equal"] for r in results)}
 
 
@@ -118,12 +122,12 @@ def bench_shape(shape: tuple[int, int], methods: Sequence[str],
   The torch methods are timed when `torch_skipped` is None, else recorded as
   skipped for that reason.
 
-  Appends the jitted seed's agreement with `permutation` to `checks`.
+  Appends the jitted reference's agreement with `permutation` to `checks`.
   """
   sparsity, key, repeats = settings.sparsity, settings.key, settings.repeats
   records, kept = [], {}
   keep = set(settings.sharded_methods)
-  if settings.check_seed and {"seed", "permutation"} <= set(methods):
+  if settings.check_reference and {"reference", "permutation"} <= set(methods):
     keep.add("permutation")
   if "ell" in methods:
     keep.add("counter")
@@ -134,12 +138,13 @@ def bench_shape(shape: tuple[int, int], methods: Sequence[str],
     if name in JAX_METHODS:
       record, out = harness.time_jax(
           name, jax_method(name, shape, sparsity), key, shape, probe, repeats,
-          keep_output=name in keep or name == "seed", **extra)
-      if name == "seed" and "permutation" in kept:
+          keep_output=name in keep or name == "reference", **extra)
+      if name == "reference" and "permutation" in kept:
         check = {"shape": list(shape), "against": "permutation",
-                 "seed": "jitted", **harness.compare(out, kept["permutation"])}
+                 "reference": "jitted",
+                 **harness.compare(out, kept["permutation"])}
         checks.append({**check, "passed": check["equal_up_to_zero_sign"]})
-      elif out is not None and name != "seed":
+      elif out is not None and name != "reference":
         kept[name] = out
       del out
       records.append(record)

@@ -4,14 +4,16 @@ The MLP's input and each of its three layers have the same width, so every
 layer is a `width x width` matrix. For each width, each initializer's first
 call of `jax.jit(net.init)`, split into its stages (trace, lowering, XLA
 compile, the first run), and its steady state, each in a fresh process (the
-minimum over `processes` of them; the seed's one, its calls take seconds):
+minimum over `processes` of them; the reference's one, its calls take
+seconds):
 
 - `haiku_default`: Haiku's own initializer (a truncated normal);
 - `sparse_permutation`, `sparse_counter`: `alberta.SparseInit(0.9)`, each
   method;
-- `seed`: the seed's `sparse_init` (`third_party/alberta_framework`) as
-  `w_init`, traced into the same jitted init;
-- `floor`: what the seed's construction cannot do without, in one jitted
+- `reference`: the reference implementation's `sparse_init`
+  (`third_party/alberta_framework`) as `w_init`, traced into the same jitted
+  init;
+- `floor`: what the reference's construction cannot do without, in one jitted
   program: for every layer, `1 + rounds` Threefry passes over the layer
   (`rounds = shuffle.num_rounds(width)`, `alberta._src.shuffle`): the weights' bits and each
   shuffle round's sort bits, every one of which needs all of a row.
@@ -34,7 +36,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 CASES = ("wide",)
-INITS = ("haiku_default", "sparse_permutation", "sparse_counter", "seed",
+INITS = ("haiku_default", "sparse_permutation", "sparse_counter", "reference",
          "floor")
 # First-call and steady-state targets of the default method, against Haiku's
 # default (`width -> (first, steady)`).
@@ -46,7 +48,7 @@ _STEADY_CALLS = 5  # After the first call; 2 where the first took over 1 s.
 class Settings:
   """The wide cases' widths and repetitions (the benchmark's flags)."""
   widths: tuple[int, ...] = (1024, 2048, 4096)
-  processes: int = 3  # Fresh processes per figure (the seed: 1).
+  processes: int = 3  # Fresh processes per figure (the reference: 1).
 
 
 def _clock() -> tuple[float, float]:
@@ -64,15 +66,15 @@ def _w_init(name: str) -> Any:
   import alberta  # pylint: disable=g-import-not-at-top
   if name.startswith("sparse_"):
     return alberta.SparseInit(0.9, method=name[len("sparse_"):])
-  if name == "seed":
+  if name == "reference":
     from third_party.alberta_framework import initializers  # pylint: disable=g-import-not-at-top
 
-    def seed_init(shape, dtype):
-      del dtype  # float32, as the seed draws.
-      # Haiku's kernel is (in, out); the seed's matrix (fan_out, fan_in).
+    def reference_init(shape, dtype):
+      del dtype  # float32, as the reference draws.
+      # Haiku's kernel is (in, out); the reference's matrix (fan_out, fan_in).
       return initializers.sparse_init(hk.next_rng_key(),
                                       (shape[1], shape[0]), 0.9).T
-    return seed_init
+    return reference_init
   return None
 
 
@@ -139,7 +141,7 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     jax.block_until_ready(compiled(*args))
     times.append(time.perf_counter() - t)
   out["steady"] = statistics.median(times)
-  if task["init"] in ("sparse_permutation", "seed"):
+  if task["init"] in ("sparse_permutation", "reference"):
     out["digest"] = _digest(compiled(*args))
   return out
 
@@ -147,9 +149,9 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
 def _digest(params: Any) -> str:
   """SHA-256 of every leaf's float32 bits, zeros of either sign as +0.0.
 
-  The jitted seed multiplies by its mask, which XLA may turn into a select
-  (+0.0 where the seed's eager product is -0.0): the seed check compares
-  everything else bit for bit.
+  The jitted reference multiplies by its mask, which XLA may turn into a
+  select (+0.0 where the reference's eager product is -0.0): the reference
+  check compares everything else bit for bit.
   """
   import hashlib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -176,7 +178,7 @@ def _min(a: Any, b: Any) -> Any:
 def measure(settings: Settings,
             run: Callable[[dict[str, Any]], dict[str, Any]],
             log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-  """Each task run in `settings.processes` fresh processes (the seed in one).
+  """Each task run in `settings.processes` fresh processes (the reference once).
 
   Returns `{"task": ..., "result": ...}` records, each figure its minimum.
   """
@@ -184,18 +186,20 @@ def measure(settings: Settings,
   for task in tasks(settings):
     log(f"  wide {json.dumps(task)} ...")
     best = None
-    for _ in range(1 if task["init"] == "seed" else settings.processes):
+    for _ in range(1 if task["init"] == "reference" else settings.processes):
       result = run(task)
       best = result if best is None else _min(best, result)
     records.append({"task": task, "result": best})
   return records
 
 
-def seed_agrees(records: Sequence[dict[str, Any]]) -> list[bool]:
-  """Per width with both: the seed's MLP equals `SparseInit(0.9)`'s."""
+def reference_agrees(records: Sequence[dict[str, Any]]) -> list[bool]:
+  """Per width with both: the reference's MLP equals `SparseInit(0.9)`'s."""
   by = {(r["task"]["width"], r["task"]["init"]): r["result"] for r in records}
-  return [by[(w, "seed")]["digest"] == by[(w, "sparse_permutation")]["digest"]
-          for w, i in by if i == "seed" and (w, "sparse_permutation") in by]
+  return [by[(w, "reference")]["digest"]
+          == by[(w, "sparse_permutation")]["digest"]
+          for w, i in by
+          if i == "reference" and (w, "sparse_permutation") in by]
 
 
 def _row(measurement: str, value: str, ratio: str = "") -> dict[str, str]:
@@ -214,10 +218,11 @@ def rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
   by = {(r["task"]["width"], r["task"]["init"]): r["result"] for r in records}
   out = []
   for width in sorted({w for w, _ in by}):
-    if (width, "seed") in by and (width, "sparse_permutation") in by:
-      same = (by[(width, "seed")]["digest"]
+    if (width, "reference") in by and (width, "sparse_permutation") in by:
+      same = (by[(width, "reference")]["digest"]
               == by[(width, "sparse_permutation")]["digest"])
-      out.append(_row(f"MLP 3x{width}: seed vs sparse_permutation parameters",
+      out.append(_row(f"MLP 3x{width}: reference vs sparse_permutation "
+                      "parameters",
                       "same" if same else "DIFFERENT", "up to the sign of zero"))
     base = by.get((width, "haiku_default"))
     if base is None:

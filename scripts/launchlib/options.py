@@ -167,7 +167,7 @@ def define(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       flag_values=flag_values)
   flags.DEFINE_enum(
       "rounding", "nearest", ["nearest", "ceil"],
-      "Zero-count rule: nearest (the seed code) or ceil (the paper).",
+      "Zero-count rule: nearest (the reference) or ceil (the paper).",
       flag_values=flag_values)
   flags.DEFINE_enum(
       "dtype", "float32", ["float32", "bfloat16", "float16"],
@@ -175,10 +175,10 @@ def define(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       flag_values=flag_values)
   flags.DEFINE_enum(
       "method", "counter", ["counter", "permutation"],
-      "Mask method: counter (sort-free, fast) or permutation (the seed's). "
-      "Note that alberta.sparse_init's own default is permutation: the log and "
-      "the report spell out the exact call, method included, that reproduces "
-      "the matrix.",
+      "Mask method: counter (sort-free, fast) or permutation (the "
+      "reference's). Note that alberta.sparse_init's own default is "
+      "permutation: the log and the report spell out the exact call, method "
+      "included, that reproduces the matrix.",
       flag_values=flag_values)
   flags.DEFINE_enum(
       "format", "dense", ["dense", "ell"],

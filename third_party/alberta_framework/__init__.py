@@ -1,10 +1,10 @@
 """Reference implementations of sparse initialization, transcribed (README.md).
 
-- `sparse_init`: the seed's JAX `sparse_init` (alberta_framework,
-  `core/initializers.py`), the reference alberta's `method="permutation"`
+- `sparse_init`: alberta_framework's JAX `sparse_init`
+  (`core/initializers.py`), the reference alberta's `method="permutation"`
   reproduces bit for bit;
 - `torch_sparse_init`: the 2-D branch of Elsayed et al.'s PyTorch
-  `sparse_init.py`, which the seed ports.
+  `sparse_init.py`, which that reference ports.
 
 Import from the repository root: `from third_party.alberta_framework import
 sparse_init`.

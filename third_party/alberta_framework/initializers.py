@@ -1,4 +1,4 @@
-"""The seed's `sparse_init`, from alberta_framework's `core/initializers.py`.
+"""The reference `sparse_init`, from alberta_framework's `core/initializers.py`.
 
 Transcribed from `/work/shared/seed/sparse_init_seed.txt` (the rendered source
 of `src/alberta_framework/core/initializers.py`): the algorithm, comments and

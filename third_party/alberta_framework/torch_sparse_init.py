@@ -1,14 +1,14 @@
-"""Elsayed et al.'s PyTorch `sparse_init`, the original of the seed's algorithm.
+"""Elsayed et al.'s PyTorch `sparse_init`, the original of the reference's.
 
 The 2-D (linear layer) branch of `sparse_init` in Elsayed et al.'s
-`sparse_init.py` (the file the seed's docstring cites as its reference), as
-written there; renamed `torch_sparse_init` here so that it is not confused with
-the seed's JAX `sparse_init`. The benchmark times it as the anchor the seed was
-ported from. torch is imported when the function is called, so this module
+`sparse_init.py` (the file the reference's docstring cites as its own
+reference), as written there; renamed `torch_sparse_init` here so that it is not
+confused with the reference's JAX `sparse_init`. The benchmark times it as the
+anchor the reference was ported from. torch is imported when the function is called, so this module
 imports without torch. See README.md for provenance.
 
-Its zero count rounds up (`ceil`) where the seed rounds to nearest: at most one
-zero more per row.
+Its zero count rounds up (`ceil`) where the reference rounds to nearest: at most
+one zero more per row.
 """
 
 import math
