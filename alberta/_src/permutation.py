@@ -1,16 +1,16 @@
-"""The seed's mask, `jax.random.permutation(row_key, fan_in) >= k`, without it.
+"""The reference's mask, `jax.random.permutation(row_key, fan_in) >= k`, without it.
 
-Reproduces `alberta_framework`'s `sparse_init` tile by tile. The seed draws
+Reproduces `alberta_framework`'s `sparse_init` tile by tile. The reference draws
 
     init_key, mask_key = split(key)
     weights = uniform(init_key, (fan_out, fan_in)) or normal(...)
     row_keys = split(mask_key, fan_out)
     mask[r] = permutation(row_keys[r], fan_in) >= k
 
-Under the partitionable threefry, `split(mask_key, fan_out)[r]` is the Threefry
-hash of counter `r`, and the weight bits of element `(r, c)` are the hash of
-counter `r * fan_in + c`, so a block of rows needs only its own row keys and
-bits.
+Under the partitionable threefry, `split(mask_key, fan_out)[r]` is the hash of
+Threefry counter `r`, and the weight bits of element `(r, c)` are the hash of
+Threefry counter `r * fan_in + c`, so a block of rows needs only its own row
+keys and bits.
 
 The permutation (reference: `jax._src.random.core._shuffle`, JAX 0.10) starts
 from `x = arange(n)` and runs `t = ceil(3 ln n / ln(2**32 - 1))` rounds of
@@ -29,12 +29,12 @@ the two sets is smaller, `m = min(k, n - k)` elements per row.
 
 For a followed element `p` with bits `b`, `rank(p) = L + E`, where
 `L = #{j : b_j < b}` is a binary search for `b` in the row's sorted bits (a
-plain one-operand sort, which XLA runs several times faster than the seed's
-key-value sort) and `E = #{j < p : b_j = b}` counts its ties. `E = 0` unless
+plain one-operand sort, which XLA runs several times faster than the
+reference's key-value sort) and `E = #{j < p : b_j = b}` counts its ties. `E = 0` unless
 `b` occurs twice in the row, which the search sees (the next sorted bits equal
 `b`); such elements (about `m n / 2**32` a row) are corrected exactly by a
 loop that counts their ties over the whole row, a few rows per iteration, until
-none is left. So the mask equals the seed's bit for bit, ties included, and
+none is left. So the mask equals the reference's bit for bit, ties included, and
 costs one sort of `n` unsigned ints, `m log n` gathers and a scatter per row
 and round, instead of a key-value sort. The blocks of very large matrices are
 split into a few independent row groups, which XLA:CPU runs on separate cores.
@@ -324,9 +324,9 @@ def mask_block(mask_key: tuple[Array, Array], spec: SparseSpec, rows: Array,
 
 def value_bits(init_key: tuple[Array, Array], spec: SparseSpec, rows: Array,
                cols: Array) -> Array:
-  """The seed's 32 weight bits of elements `rows[:, None]` x `cols[None, :]`.
+  """The reference's 32 weight bits of elements `rows[:, None]` x `cols[None, :]`.
 
-  `jax.random.bits`' counters for a `(fan_out, fan_in)` array (`row * fan_in +
+  `jax.random.bits`' Threefry counters for a `(fan_out, fan_in)` array (`row * fan_in +
   col`), hashed by the unrolled `shuffle.threefry` (one fused pass on the CPU).
   """
   hi, lo = bits.mul_add_u64(rows.reshape(-1, 1), spec.fan_in,

@@ -53,8 +53,8 @@ def row_keys(mask_key: tuple[Array, Array], rows: Array) -> tuple[Array, Array]:
 def hash32(k1: Array, k2: Array, counters: Array) -> Array:
   """`jax.random.bits(key_r, 32, ...)` at `counters[r, :]`, key `r` per row.
 
-  `k1`, `k2`: `[R]` key words; `counters`: `[R, c]` uint32 (all below 2**32).
-  Partitionable threefry: the XOR of the two output words of counter `i`.
+  `k1`, `k2`: `[R]` key words; `counters`: `[R, c]` uint32 Threefry counters (all below 2**32).
+  Partitionable threefry: the XOR of the two output words of Threefry counter `i`.
   """
   b1, b2 = threefry(k1.reshape(-1, 1), k2.reshape(-1, 1), np.uint32(0),
                      counters)
