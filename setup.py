@@ -5,15 +5,18 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
-_VERSION = re.search(r'__version__ = "([^"]+)"',
-                     Path(__file__).with_name("alberta").joinpath(
-                         "__init__.py").read_text()).group(1)
+_VERSION = re.search(
+    r'__version__ = "([^"]+)"',
+    Path(__file__).with_name("alberta").joinpath("__init__.py").read_text(),
+).group(1)
 
 setup(
     name="alberta",
     version=_VERSION,
-    description=("Sparse weight initialization (Elsayed et al. 2024) for JAX, "
-                 "Haiku and Flax, from one layer to matrices sharded over a pod."),
+    description=(
+        "Sparse weight initialization (Elsayed et al. 2024) for JAX, "
+        "Haiku and Flax, from one layer to matrices sharded over a pod."
+    ),
     long_description=Path(__file__).with_name("README.md").read_text(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["alberta", "alberta.*"]),

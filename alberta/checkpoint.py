@@ -26,6 +26,15 @@ from alberta._src.checkpoint import restore_metadata
 from alberta._src.checkpoint import save
 from alberta._src.checkpoint import stale_staging
 
-__all__ = ("ChecksumError", "ReplacedError", "check_output",
-           "estimate_stored_bytes", "is_checkpoint", "remove_staging",
-           "restore", "restore_metadata", "save", "stale_staging")
+__all__ = (
+    "ChecksumError",
+    "ReplacedError",
+    "check_output",
+    "estimate_stored_bytes",
+    "is_checkpoint",
+    "remove_staging",
+    "restore",
+    "restore_metadata",
+    "save",
+    "stale_staging",
+)

@@ -63,8 +63,13 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random choices.")
 _CHILD = flags.DEFINE_string("child", None, "Internal: saver|reader|claim.")
 _TARGET = flags.DEFINE_string("target", None, "Internal: the child's path.")
 
-_DOCUMENTED = (FileNotFoundError, FileExistsError, PermissionError, TypeError,
-               ValueError)
+_DOCUMENTED = (
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    TypeError,
+    ValueError,
+)
 _SHAPE = (64, 48)
 
 
@@ -92,15 +97,23 @@ class Tally:
 
 def _same(a: Any, b: Any) -> bool:
   if isinstance(a, dict) or isinstance(b, dict):
-    return (isinstance(a, dict) and isinstance(b, dict) and set(a) == set(b)
-            and all(_same(a[k], b[k]) for k in a))
+    return (
+        isinstance(a, dict)
+        and isinstance(b, dict)
+        and set(a) == set(b)
+        and all(_same(a[k], b[k]) for k in a)
+    )
   a, b = np.asarray(a), np.asarray(b)
-  return (a.dtype == b.dtype and a.shape == b.shape and
-          a.view(np.uint8).tobytes() == b.view(np.uint8).tobytes())
+  return (
+      a.dtype == b.dtype
+      and a.shape == b.shape
+      and a.view(np.uint8).tobytes() == b.view(np.uint8).tobytes()
+  )
 
 
-def _restore_case(tally: Tally, group: str, path: str, expected: Any,
-                  verify: bool) -> None:
+def _restore_case(
+    tally: Tally, group: str, path: str, expected: Any, verify: bool
+) -> None:
   try:
     restored = alberta.checkpoint.restore(path, verify=verify)
   except _DOCUMENTED as e:
@@ -122,20 +135,31 @@ def _restore_case(tally: Tally, group: str, path: str, expected: Any,
 def damage(tally: Tally, work: str, rng: random.Random) -> None:
   """Bit flips, truncations and deletions of every file of two checkpoints."""
   dense = matrix(1)
-  values, indices = alberta.sparse_init_ell(jax.random.key(2), _SHAPE, 0.9,
-                                            method="counter")
-  for kind, arrays in (("dense", dense),
-                       ("ell", {"values": values, "indices": indices})):
+  values, indices = alberta.sparse_init_ell(
+      jax.random.key(2), _SHAPE, 0.9, method="counter"
+  )
+  for kind, arrays in (
+      ("dense", dense),
+      ("ell", {"values": values, "indices": indices}),
+  ):
     original = os.path.join(work, kind)
     alberta.checkpoint.save(original, arrays, {"kind": kind})
-    files = sorted(os.path.relpath(os.path.join(root, f), original)
-                   for root, _, names in os.walk(original) for f in names)
+    files = sorted(
+        os.path.relpath(os.path.join(root, f), original)
+        for root, _, names in os.walk(original)
+        for f in names
+    )
     for name in files:
       size = os.path.getsize(os.path.join(original, name))
-      edits = [("flip", rng.randrange(max(size, 1)), rng.randrange(8))
-               for _ in range(_FLIPS.value if size else 0)]
-      edits += [("truncate", n, 0) for n in sorted({0, 1, size // 2, size - 1})
-                if 0 <= n < size]
+      edits = [
+          ("flip", rng.randrange(max(size, 1)), rng.randrange(8))
+          for _ in range(_FLIPS.value if size else 0)
+      ]
+      edits += [
+          ("truncate", n, 0)
+          for n in sorted({0, 1, size // 2, size - 1})
+          if 0 <= n < size
+      ]
       edits.append(("delete", 0, 0))
       for edit, offset, bit in edits:
         copy = os.path.join(work, "copy")
@@ -154,15 +178,19 @@ def damage(tally: Tally, work: str, rng: random.Random) -> None:
             f.truncate()
             f.write(data)
         for verify in (True, False):
-          _restore_case(tally, f"damage ({kind}, verify={verify})", copy,
-                        arrays, verify)
+          _restore_case(
+              tally, f"damage ({kind}, verify={verify})", copy, arrays, verify
+          )
         shutil.rmtree(copy)
 
 
 def _child(role: str, target: str) -> subprocess.Popen[str]:
   return subprocess.Popen(
       [sys.executable, __file__, f"--child={role}", f"--target={target}"],
-      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+      stdout=subprocess.PIPE,
+      stderr=subprocess.DEVNULL,
+      text=True,
+  )
 
 
 def _user_directory(work: str, name: str) -> str:
@@ -202,8 +230,9 @@ def kills(tally: Tally, work: str, rng: random.Random) -> None:
 def _saver(target: str) -> None:
   for i in range(10**6):
     seed = (os.getpid() % 1000) * 1000 + i % 3
-    alberta.checkpoint.save(target, matrix(seed), {"seed": seed},
-                            overwrite=True)
+    alberta.checkpoint.save(
+        target, matrix(seed), {"seed": seed}, overwrite=True
+    )
     if i == 0:
       print("ready", flush=True)
 
@@ -286,36 +315,59 @@ def links(tally: Tally, work: str) -> None:
     else:
       tally.add(f"links ({name})", outcome)
 
-  for name, points_to in (("to a directory", user),
-                          ("to a checkpoint", checkpoint),
-                          ("dangling", os.path.join(work, "nowhere"))):
+  for name, points_to in (
+      ("to a directory", user),
+      ("to a checkpoint", checkpoint),
+      ("dangling", os.path.join(work, "nowhere")),
+  ):
     link = os.path.join(work, "link")
     os.symlink(points_to, link)
     refused(name, link)
     os.unlink(link)
   project = os.path.join(work, "project")
   os.mkdir(project)
-  os.symlink(os.path.join(checkpoint, "alberta.json"),
-             os.path.join(project, "alberta.json"))
+  os.symlink(
+      os.path.join(checkpoint, "alberta.json"),
+      os.path.join(project, "alberta.json"),
+  )
   shutil.copytree(os.path.join(checkpoint, "d"), os.path.join(project, "d"))
   refused("alberta.json linked", project)
   mid = os.path.join(work, "mid")
-  refused("appearing mid-save", mid,
-          progress=lambda *_: os.path.lexists(mid) or os.symlink(user, mid),
-          progress_every_s=1e-4)
+  refused(
+      "appearing mid-save",
+      mid,
+      progress=lambda *_: os.path.lexists(mid) or os.symlink(user, mid),
+      progress_every_s=1e-4,
+  )
   link = os.path.join(work, "read-link")
   os.symlink(checkpoint, link)
   _restore_case(tally, "links (restore through a link)", link, matrix(5), True)
 
 
 def _dtypes() -> list[np.dtype]:
-  names = ["bool", "int8", "uint8", "int16", "uint16", "int32", "uint32",
-           "int64", "uint64", "float16", "float32", "float64", "complex64",
-           "complex128"]
+  names = [
+      "bool",
+      "int8",
+      "uint8",
+      "int16",
+      "uint16",
+      "int32",
+      "uint32",
+      "int64",
+      "uint64",
+      "float16",
+      "float32",
+      "float64",
+      "complex64",
+      "complex128",
+  ]
   found = [np.dtype(n) for n in names]
-  found += [np.dtype(getattr(ml_dtypes, n)) for n in dir(ml_dtypes)
-            if isinstance(getattr(ml_dtypes, n), type) and
-            issubclass(getattr(ml_dtypes, n), np.generic)]
+  found += [
+      np.dtype(getattr(ml_dtypes, n))
+      for n in dir(ml_dtypes)
+      if isinstance(getattr(ml_dtypes, n), type)
+      and issubclass(getattr(ml_dtypes, n), np.generic)
+  ]
   return found + [d.newbyteorder() for d in found if d.itemsize > 1]
 
 
@@ -346,14 +398,18 @@ def main(argv: Sequence[str]) -> int:
   logging.set_verbosity(logging.ERROR)  # Orbax logs every save at INFO.
   if _CHILD.value:
     {"saver": _saver, "reader": _reader, "claim": _claim}[_CHILD.value](
-        _TARGET.value)
+        _TARGET.value
+    )
     return 0
   rng = random.Random(_SEED.value)
   tally = Tally()
   groups: list[tuple[str, Callable[[Tally, str], None]]] = [
       ("damage", lambda t, w: damage(t, w, rng)),
       ("kills", lambda t, w: kills(t, w, rng)),
-      ("races", races), ("links", links), ("dtypes", dtypes)]
+      ("races", races),
+      ("links", links),
+      ("dtypes", dtypes),
+  ]
   for name, run in groups:
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as work:

@@ -39,16 +39,27 @@ from scripts.benchlib import harness  # noqa: E402
 from scripts.benchlib import report  # noqa: E402
 
 _SHAPE = flags.DEFINE_multi_string(
-    "shape", ["1024,1024", "2048,2048", "4096,4096"],
-    "Matrix shape ROWS,COLS (fan_out, fan_in); repeat for several.")
-_SPARSITY = flags.DEFINE_float("sparsity", 0.9, "Fraction of zeros per row.",
-                               lower_bound=0.0, upper_bound=1.0)
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed restores of each kind.",
-                                lower_bound=1)
+    "shape",
+    ["1024,1024", "2048,2048", "4096,4096"],
+    "Matrix shape ROWS,COLS (fan_out, fan_in); repeat for several.",
+)
+_SPARSITY = flags.DEFINE_float(
+    "sparsity",
+    0.9,
+    "Fraction of zeros per row.",
+    lower_bound=0.0,
+    upper_bound=1.0,
+)
+_REPEATS = flags.DEFINE_integer(
+    "repeats", 5, "Timed restores of each kind.", lower_bound=1
+)
 
 
-flags.register_validator("shape", lambda v: bool(v) and harness.all_valid(
-    harness.parse_shape, v), "--shape must be ROWS,COLS, positive ints.")
+flags.register_validator(
+    "shape",
+    lambda v: bool(v) and harness.all_valid(harness.parse_shape, v),
+    "--shape must be ROWS,COLS, positive ints.",
+)
 
 
 def _timed(fn):
@@ -57,8 +68,9 @@ def _timed(fn):
   return time.perf_counter() - start, out
 
 
-def restore_times(shape: tuple[int, int], sparsity: float,
-                  repeats: int) -> dict[bool, list[float]]:
+def restore_times(
+    shape: tuple[int, int], sparsity: float, repeats: int
+) -> dict[bool, list[float]]:
   """Seconds of each timed restore, by `verify`, after one warm-up of each."""
   matrix = alberta.sparse_init(jax.random.key(0), shape, sparsity)
   expected = np.asarray(matrix).view(np.uint32)
@@ -69,10 +81,13 @@ def restore_times(shape: tuple[int, int], sparsity: float,
     for i in range(repeats + 1):
       for verify in (False, True):
         seconds, restored = _timed(
-            lambda v=verify: alberta.checkpoint.restore(path, verify=v))
+            lambda v=verify: alberta.checkpoint.restore(path, verify=v)
+        )
         if not np.array_equal(np.asarray(restored).view(np.uint32), expected):
-          raise AssertionError(f"restore(verify={verify}) of {shape} differs "
-                               "from the saved matrix")
+          raise AssertionError(
+              f"restore(verify={verify}) of {shape} differs "
+              "from the saved matrix"
+          )
         if i:  # The first round warms up (compiles) both.
           times[verify].append(seconds)
   return times
@@ -85,20 +100,32 @@ def main(argv: Sequence[str]) -> None:
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save and restore.
   device = jax.devices()[0]
   lines = report.command_block(
-      report.command_line("scripts/checkpoint_cost.py", sys.argv[1:]))
-  lines += [f"Device: {device.platform} {device.device_kind}; jax "
-            f"{jax.__version__}; sparsity {_SPARSITY.value}; median of "
-            f"{_REPEATS.value} restores each.", "",
-            "| matrix | bytes | restore, verify=False | restore, verify=True "
-            "| added |", "|---|---:|---:|---:|---:|"]
+      report.command_line("scripts/checkpoint_cost.py", sys.argv[1:])
+  )
+  lines += [
+      (
+          f"Device: {device.platform} {device.device_kind}; jax "
+          f"{jax.__version__}; sparsity {_SPARSITY.value}; median of "
+          f"{_REPEATS.value} restores each."
+      ),
+      "",
+      (
+          "| matrix | bytes | restore, verify=False | restore, verify=True "
+          "| added |"
+      ),
+      "|---|---:|---:|---:|---:|",
+  ]
   print("\n".join(lines), flush=True)
   for shape in shapes:
     times = restore_times(shape, _SPARSITY.value, _REPEATS.value)
     off, on = (statistics.median(times[v]) for v in (False, True))
-    print(f"| {shape[0]}x{shape[1]} float32 | "
-          f"{4 * shape[0] * shape[1] / 2**20:.3g} MiB | {off * 1e3:.0f} ms | "
-          f"{on * 1e3:.0f} ms | {(on - off) * 1e3:+.0f} ms "
-          f"({(on / off - 1) * 100:+.0f}%) |", flush=True)
+    print(
+        f"| {shape[0]}x{shape[1]} float32 | "
+        f"{4 * shape[0] * shape[1] / 2**20:.3g} MiB | {off * 1e3:.0f} ms | "
+        f"{on * 1e3:.0f} ms | {(on - off) * 1e3:+.0f} ms "
+        f"({(on / off - 1) * 100:+.0f}%) |",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

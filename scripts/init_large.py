@@ -105,17 +105,29 @@ def _main(argv: Sequence[str], interrupts: exits.Interrupts) -> int:
   checked, verify_s = plan.verify(arrays)
   memory = report_lib.peak_memory(compiled)
   report_lib.log_memory(memory)
-  report = plan.report(arrays, compile_s=compile_s,
-                       generate_s=generate_s, checked=checked,
-                       verify_s=verify_s, memory=memory)
+  report = plan.report(
+      arrays,
+      compile_s=compile_s,
+      generate_s=generate_s,
+      checked=checked,
+      verify_s=verify_s,
+      memory=memory,
+  )
 
   status = 0
   if not checked.passed:
     logging.error("Not saving a matrix that failed verification.")
     status = exits.FAILED
   elif FLAGS.output is not None:
-    report.update(plan.save(arrays, FLAGS.output, overwrite=FLAGS.overwrite,
-                            interrupts=interrupts, lead=lead))
+    report.update(
+        plan.save(
+            arrays,
+            FLAGS.output,
+            overwrite=FLAGS.overwrite,
+            interrupts=interrupts,
+            lead=lead,
+        )
+    )
   if FLAGS.report is not None and lead:
     report_lib.write_report(FLAGS.report, report)
     logging.info("Report written to %s.", FLAGS.report)

@@ -48,77 +48,123 @@ from scripts.benchlib import harness  # noqa: E402
 from scripts.benchlib import report  # noqa: E402
 from third_party import alberta_framework  # noqa: E402
 
-_SHAPE = flags.DEFINE_string("shape", "16384,2048",
-                             "Matrix shape ROWS,COLS (fan_out, fan_in).")
-_SPARSITY = flags.DEFINE_float("sparsity", 0.9, "Fraction of zeros per row.",
-                               lower_bound=0.0, upper_bound=1.0)
+_SHAPE = flags.DEFINE_string(
+    "shape", "16384,2048", "Matrix shape ROWS,COLS (fan_out, fan_in)."
+)
+_SPARSITY = flags.DEFINE_float(
+    "sparsity",
+    0.9,
+    "Fraction of zeros per row.",
+    lower_bound=0.0,
+    upper_bound=1.0,
+)
 _NUM_CPU_DEVICES = flags.DEFINE_integer(
-    "num_cpu_devices", 8, "Virtual CPU devices; rows are split over all.",
-    lower_bound=1)
+    "num_cpu_devices",
+    8,
+    "Virtual CPU devices; rows are split over all.",
+    lower_bound=1,
+)
 _CHUNKS = flags.DEFINE_list(
-    "chunk_rows", ["None", "16", "64", "256", "unchunked"],
-    "alberta chunk sizes: 'None' (automatic), positive ints, 'unchunked'.")
+    "chunk_rows",
+    ["None", "16", "64", "256", "unchunked"],
+    "alberta chunk sizes: 'None' (automatic), positive ints, 'unchunked'.",
+)
 _MARKDOWN = flags.DEFINE_string(
-    "markdown", None, "Write the command, settings and table here.")
+    "markdown", None, "Write the command, settings and table here."
+)
 
 
 flags.register_validator(
-    "chunk_rows", lambda values: all(
+    "chunk_rows",
+    lambda values: all(
         v in ("None", "unchunked") or (v.isdigit() and int(v) > 0)
-        for v in values),
-    message="--chunk_rows entries must be 'None', 'unchunked' or positive "
-    "ints.")
-flags.register_validator("shape", lambda v: harness.all_valid(
-    harness.parse_shape, [v]),
-                         message="--shape must be ROWS,COLS, positive ints.")
+        for v in values
+    ),
+    message=(
+        "--chunk_rows entries must be 'None', 'unchunked' or positive ints."
+    ),
+)
+flags.register_validator(
+    "shape",
+    lambda v: harness.all_valid(harness.parse_shape, [v]),
+    message="--shape must be ROWS,COLS, positive ints.",
+)
 
 
 def _stats(fn: Callable[[Any], Any], key: Any, **jit_kwargs) -> dict[str, int]:
   """Per-device bytes of `jax.jit(fn)`'s program (compiled, never run)."""
   analysis = jax.jit(fn, **jit_kwargs).lower(key).compile().memory_analysis()
-  return dict(output=analysis.output_size_in_bytes,
-              temp=analysis.temp_size_in_bytes,
-              argument=analysis.argument_size_in_bytes)
+  return dict(
+      output=analysis.output_size_in_bytes,
+      temp=analysis.temp_size_in_bytes,
+      argument=analysis.argument_size_in_bytes,
+  )
 
 
-def measure(shape: tuple[int, int], sparsity: float, n_devices: int,
-            chunks: Sequence[str]) -> list[dict[str, Any]]:
+def measure(
+    shape: tuple[int, int],
+    sparsity: float,
+    n_devices: int,
+    chunks: Sequence[str],
+) -> list[dict[str, Any]]:
   """One row per (initializer, placement, chunk): per-device bytes."""
   key = jax.random.key(0)
   rows = NamedSharding(jax.make_mesh((n_devices,), ("x",)), P("x"))
   placement = f"rows over {n_devices} devices"
-  scale = 1.0 / shape[1]**0.5
+  scale = 1.0 / shape[1] ** 0.5
   table = []
 
   def add(name, where, chunk, stats):
-    table.append(dict(initializer=name, placement=where, chunk_rows=chunk,
-                      **stats))
+    table.append(
+        dict(initializer=name, placement=where, chunk_rows=chunk, **stats)
+    )
 
   reference = lambda k: alberta_framework.sparse_init(  # noqa: E731
-      k, shape, sparsity)
+      k, shape, sparsity
+  )
   uniform = lambda k: jax.random.uniform(  # noqa: E731
-      k, shape, jnp.float32, -scale, scale)
-  for name, fn in (("reference sparse_init", reference),
-                   ("jax.random.uniform", uniform)):
+      k, shape, jnp.float32, -scale, scale
+  )
+  for name, fn in (
+      ("reference sparse_init", reference),
+      ("jax.random.uniform", uniform),
+  ):
     add(name, placement, "-", _stats(fn, key, out_shardings=rows))
     add(name, "1 device", "-", _stats(fn, key))
 
   tile_rows = shape[0] // n_devices
   for method in ("permutation", "counter"):
     for chunk in chunks:
-      chunk_rows = (None if chunk == "None" else
-                    tile_rows if chunk == "unchunked" else int(chunk))
+      chunk_rows = (
+          None
+          if chunk == "None"
+          else tile_rows
+          if chunk == "unchunked"
+          else int(chunk)
+      )
 
       def sharded(k, m=method, c=chunk_rows):
-        return alberta.sharded_sparse_init(k, shape, sparsity, sharding=rows,
-                                           method=m, chunk_rows=c)
+        return alberta.sharded_sparse_init(
+            k, shape, sparsity, sharding=rows, method=m, chunk_rows=c
+        )
 
-      add(f"alberta {method}", placement,
+      add(
+          f"alberta {method}",
+          placement,
           chunk if chunk in ("None", "unchunked") else str(chunk_rows),
-          _stats(sharded, key))
-    add(f"alberta {method}", "1 device (sparse_init)", "None", _stats(
-        lambda k, m=method: alberta.sparse_init(k, shape, sparsity, method=m),
-        key))
+          _stats(sharded, key),
+      )
+    add(
+        f"alberta {method}",
+        "1 device (sparse_init)",
+        "None",
+        _stats(
+            lambda k, m=method: alberta.sparse_init(
+                k, shape, sparsity, method=m
+            ),
+            key,
+        ),
+    )
   return table
 
 
@@ -130,16 +176,22 @@ def main(argv: Sequence[str]) -> None:
   if shape[0] % _NUM_CPU_DEVICES.value:
     raise app.UsageError(
         f"--shape fan_out={shape[0]} is not divisible by --num_cpu_devices="
-        f"{_NUM_CPU_DEVICES.value}.")
-  table = measure(shape, _SPARSITY.value, _NUM_CPU_DEVICES.value,
-                  _CHUNKS.value)
+        f"{_NUM_CPU_DEVICES.value}."
+    )
+  table = measure(shape, _SPARSITY.value, _NUM_CPU_DEVICES.value, _CHUNKS.value)
   k = alberta.num_zeros(shape[1], _SPARSITY.value)
   lines = report.command_block(
-      report.command_line("scripts/memory_report.py", sys.argv[1:]))
-  lines += [f"Shape {shape[0]} x {shape[1]} float32, sparsity "
-            f"{_SPARSITY.value} (k = {k} zeros per row), "
-            f"{_NUM_CPU_DEVICES.value} virtual CPU devices; "
-            f"{datetime.date.today().isoformat()}, jax {jax.__version__}.", ""]
+      report.command_line("scripts/memory_report.py", sys.argv[1:])
+  )
+  lines += [
+      (
+          f"Shape {shape[0]} x {shape[1]} float32, sparsity "
+          f"{_SPARSITY.value} (k = {k} zeros per row), "
+          f"{_NUM_CPU_DEVICES.value} virtual CPU devices; "
+          f"{datetime.date.today().isoformat()}, jax {jax.__version__}."
+      ),
+      "",
+  ]
   lines += report.markdown_table(table, report.MEMORY_COLUMNS)
   text = "\n".join(lines) + "\n"
   print(text)

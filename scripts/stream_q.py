@@ -40,40 +40,60 @@ import jax.numpy as jnp
 import numpy as np
 
 if __package__ in (None, ""):  # Run as a file: make `scripts` importable.
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-      __file__))))
+  sys.path.insert(
+      0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  )
 
 from scripts.streamlib import agent  # pylint: disable=g-import-not-at-top
 from scripts.streamlib import network  # pylint: disable=g-import-not-at-top
 from scripts.streamlib import obgd  # pylint: disable=g-import-not-at-top
 
-MINATAR = ("Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar",
-           "SpaceInvaders-MinAtar")
+MINATAR = (
+    "Asterix-MinAtar",
+    "Breakout-MinAtar",
+    "Freeway-MinAtar",
+    "SpaceInvaders-MinAtar",
+)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("env", "Breakout-MinAtar", MINATAR, "gymnax MinAtar id.")
-flags.DEFINE_integer("steps", 300_000, "Environment steps per seed.",
-                     lower_bound=1)
+flags.DEFINE_integer(
+    "steps", 300_000, "Environment steps per seed.", lower_bound=1
+)
 flags.DEFINE_integer("seeds", 2, "Independent runs (vmapped).", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Base PRNG seed; run i uses fold_in(seed, i).")
-flags.DEFINE_float("sparsity", 0.9, "SparseInit sparsity of every kernel; "
-                   "0 is dense LeCun-uniform.", lower_bound=0.0,
-                   upper_bound=1.0)
+flags.DEFINE_float(
+    "sparsity",
+    0.9,
+    "SparseInit sparsity of every kernel; 0 is dense LeCun-uniform.",
+    lower_bound=0.0,
+    upper_bound=1.0,
+)
 flags.DEFINE_float("lr", 1.0, "ObGD learning rate.", lower_bound=0.0)
 flags.DEFINE_float("kappa", 2.0, "ObGD's overshooting bound.", lower_bound=0.0)
-flags.DEFINE_float("gamma", 0.99, "Discount.", lower_bound=0.0,
-                   upper_bound=1.0)
-flags.DEFINE_float("lamda", 0.8, "Trace decay lambda.", lower_bound=0.0,
-                   upper_bound=1.0)
-flags.DEFINE_float("exploration_fraction", 0.2, "Fraction of the steps over "
-                   "which epsilon falls from 1 to 0.01.", lower_bound=0.0,
-                   upper_bound=1.0)
-flags.DEFINE_integer("segments", 100, "Scan segments (progress updates).",
-                     lower_bound=1)
-flags.DEFINE_integer("curve_points", 100, "Windows of the learning curve.",
-                     lower_bound=1)
-flags.DEFINE_integer("random_steps", 100_000, "Steps per seed of the random "
-                     "policy's reference run (0: none).", lower_bound=0)
+flags.DEFINE_float("gamma", 0.99, "Discount.", lower_bound=0.0, upper_bound=1.0)
+flags.DEFINE_float(
+    "lamda", 0.8, "Trace decay lambda.", lower_bound=0.0, upper_bound=1.0
+)
+flags.DEFINE_float(
+    "exploration_fraction",
+    0.2,
+    "Fraction of the steps over which epsilon falls from 1 to 0.01.",
+    lower_bound=0.0,
+    upper_bound=1.0,
+)
+flags.DEFINE_integer(
+    "segments", 100, "Scan segments (progress updates).", lower_bound=1
+)
+flags.DEFINE_integer(
+    "curve_points", 100, "Windows of the learning curve.", lower_bound=1
+)
+flags.DEFINE_integer(
+    "random_steps",
+    100_000,
+    "Steps per seed of the random policy's reference run (0: none).",
+    lower_bound=0,
+)
 flags.DEFINE_string("json", None, "Write the results here (JSON).")
 flags.DEFINE_string("plot", None, "Write the learning curves here (PNG).")
 flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
@@ -86,8 +106,9 @@ def _check_path(flag_name: str, path: str | None) -> None:
     return
   directory = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(directory):
-    raise app.UsageError(f"--{flag_name}={path!r}: directory {directory!r} "
-                         "does not exist")
+    raise app.UsageError(
+        f"--{flag_name}={path!r}: directory {directory!r} does not exist"
+    )
 
 
 def _segment_lengths(steps: int, segments: int) -> list[int]:
@@ -124,22 +145,32 @@ class _Progress:
     width = 30
     filled = int(width * done / self.total)
     start = "\r" if self.tty else ""
-    sys.stderr.write(f"{start}{self.label} [{'#' * filled}{'.' * (width - filled)}]"
-                     f" {done}/{self.total} {rate:,.0f} steps/s"
-                     f" eta {eta:,.0f} s {extra}   ")
+    sys.stderr.write(
+        f"{start}{self.label} [{'#' * filled}{'.' * (width - filled)}]"
+        f" {done}/{self.total} {rate:,.0f} steps/s"
+        f" eta {eta:,.0f} s {extra}   "
+    )
     if last or not self.tty:
       sys.stderr.write("\n")
     sys.stderr.flush()
 
 
-def run_agent(env_name: str, steps: int, seeds: int, seed: int,
-              sparsity: float, config: agent.AgentConfig, segments: int,
-              progress: bool = False) -> dict:
+def run_agent(
+    env_name: str,
+    steps: int,
+    seeds: int,
+    seed: int,
+    sparsity: float,
+    config: agent.AgentConfig,
+    segments: int,
+    progress: bool = False,
+) -> dict:
   """Trains `seeds` agents; returns episode ends, returns, timing, params."""
   env, env_params = gymnax.make(env_name)
   net = network.q_network(env.num_actions, sparsity)
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(
-      jnp.arange(seeds))
+      jnp.arange(seeds)
+  )
   init = jax.jit(jax.vmap(lambda k: agent.init(k, env, env_params, net)))
   state = init(keys)
   initial_params = jax.device_get(state.params)
@@ -151,8 +182,9 @@ def run_agent(env_name: str, steps: int, seeds: int, seed: int,
   segment = jax.jit(segment, static_argnums=1)
   lengths = _segment_lengths(steps, segments)
   compile_start = time.perf_counter()
-  compiled = {length: segment.lower(state, length).compile()
-              for length in set(lengths)}
+  compiled = {
+      length: segment.lower(state, length).compile() for length in set(lengths)
+  }
   compile_seconds = time.perf_counter() - compile_start
 
   bar = _Progress(steps, f"{env_name} sparsity={sparsity:g}", progress)
@@ -165,12 +197,18 @@ def run_agent(env_name: str, steps: int, seeds: int, seed: int,
     ended.append(returns)
     done_steps += length
     finished = returns[~np.isnan(returns)]
-    bar.update(done_steps, f"last returns {finished.mean():.2f}"
-               if finished.size else "")
+    bar.update(
+        done_steps,
+        f"last returns {finished.mean():.2f}" if finished.size else "",
+    )
   seconds = time.perf_counter() - start
-  return dict(returns=np.concatenate(ended, axis=1), seconds=seconds,
-              compile_seconds=compile_seconds, initial_params=initial_params,
-              final_params=jax.device_get(state.params))
+  return dict(
+      returns=np.concatenate(ended, axis=1),
+      seconds=seconds,
+      compile_seconds=compile_seconds,
+      initial_params=initial_params,
+      final_params=jax.device_get(state.params),
+  )
 
 
 def run_random(env_name: str, steps: int, seeds: int, seed: int) -> np.ndarray:
@@ -181,12 +219,14 @@ def run_random(env_name: str, steps: int, seeds: int, seed: int) -> np.ndarray:
     key, reset_key = jax.random.split(key)
     _, env_state = env.reset(reset_key, env_params)
     body = lambda c, _: agent.random_policy_step(c, env, env_params)
-    _, ended = jax.lax.scan(body, (env_state, key, jnp.zeros(())), None,
-                            length=steps)
+    _, ended = jax.lax.scan(
+        body, (env_state, key, jnp.zeros(())), None, length=steps
+    )
     return ended
 
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed + 1), i))(
-      jnp.arange(seeds))
+      jnp.arange(seeds)
+  )
   return np.asarray(jax.jit(jax.vmap(one))(keys))
 
 
@@ -195,16 +235,21 @@ def episodes(returns: np.ndarray) -> list[dict]:
   out = []
   for row in returns:
     ends = np.flatnonzero(~np.isnan(row))
-    out.append(dict(end_steps=(ends + 1).tolist(),
-                    returns=row[ends].astype(float).tolist()))
+    out.append(
+        dict(
+            end_steps=(ends + 1).tolist(),
+            returns=row[ends].astype(float).tolist(),
+        )
+    )
   return out
 
 
-def final_returns(returns: np.ndarray, fraction: float = FINAL_FRACTION
-                  ) -> np.ndarray:
+def final_returns(
+    returns: np.ndarray, fraction: float = FINAL_FRACTION
+) -> np.ndarray:
   """Each seed's mean return over episodes ending in the last `fraction`."""
   steps = returns.shape[1]
-  tail = returns[:, steps - max(1, int(round(fraction * steps))):]
+  tail = returns[:, steps - max(1, int(round(fraction * steps))) :]
   with np.errstate(invalid="ignore"):
     counts = np.sum(~np.isnan(tail), axis=1)
     sums = np.nansum(tail, axis=1)
@@ -229,15 +274,16 @@ def learning_curves(returns: np.ndarray, points: int) -> dict:
 def summarize(returns: np.ndarray, seconds: float) -> dict:
   finals = final_returns(returns)
   valid = finals[~np.isnan(finals)]
-  stderr = (float(valid.std(ddof=1) / np.sqrt(valid.size))
-            if valid.size > 1 else None)
+  stderr = (
+      float(valid.std(ddof=1) / np.sqrt(valid.size)) if valid.size > 1 else None
+  )
   return dict(
       final_return_mean=float(valid.mean()) if valid.size else None,
       final_return_stderr=stderr,
-      final_return_per_seed=[None if np.isnan(f) else float(f)
-                             for f in finals],
+      final_return_per_seed=[None if np.isnan(f) else float(f) for f in finals],
       steps_per_second=returns.size / seconds,
-      train_seconds=seconds)
+      train_seconds=seconds,
+  )
 
 
 def _write_atomically(path: str, write) -> None:
@@ -254,12 +300,16 @@ def _write_atomically(path: str, write) -> None:
 
 def plot(results: dict, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   curves = results["learning_curves"]
   x = np.asarray(curves["window_end_steps"])
-  y = np.asarray([[np.nan if v is None else v for v in c]
-                  for c in curves["mean_return"]], float)
+  y = np.asarray(
+      [[np.nan if v is None else v for v in c] for c in curves["mean_return"]],
+      float,
+  )
   fig, ax = plt.subplots(figsize=(6, 4))
   for row in y:
     ax.plot(x, row, color="C0", alpha=0.3, lw=0.8)
@@ -268,8 +318,11 @@ def plot(results: dict, path: str) -> None:
   if random_mean is not None:
     ax.axhline(random_mean, color="gray", ls="--", label="random policy")
   args = results["args"]
-  ax.set(xlabel="environment steps", ylabel="episodic return",
-         title=f"{args['env']}, sparsity {args['sparsity']:g}")
+  ax.set(
+      xlabel="environment steps",
+      ylabel="episodic return",
+      title=f"{args['env']}, sparsity {args['sparsity']:g}",
+  )
   ax.legend()
   fig.tight_layout()
   _write_atomically(path, lambda p: fig.savefig(p, format="png", dpi=100))
@@ -280,26 +333,39 @@ def run(args: dict, progress: bool = False) -> dict:
   """Trains, evaluates the random reference, and builds the results dict."""
   config = agent.AgentConfig(
       total_steps=args["steps"],
-      optimizer=obgd.ObGDConfig(lr=args["lr"], gamma=args["gamma"],
-                           lamda=args["lamda"], kappa=args["kappa"]),
-      exploration_fraction=args["exploration_fraction"])
-  trained = run_agent(args["env"], args["steps"], args["seeds"], args["seed"],
-                      args["sparsity"], config, args["segments"], progress)
+      optimizer=obgd.ObGDConfig(
+          lr=args["lr"],
+          gamma=args["gamma"],
+          lamda=args["lamda"],
+          kappa=args["kappa"],
+      ),
+      exploration_fraction=args["exploration_fraction"],
+  )
+  trained = run_agent(
+      args["env"],
+      args["steps"],
+      args["seeds"],
+      args["seed"],
+      args["sparsity"],
+      config,
+      args["segments"],
+      progress,
+  )
   summary = summarize(trained["returns"], trained["seconds"])
   summary["compile_seconds"] = trained["compile_seconds"]
   if args["random_steps"]:
-    random_returns = run_random(args["env"], args["random_steps"],
-                                args["seeds"], args["seed"])
+    random_returns = run_random(
+        args["env"], args["random_steps"], args["seeds"], args["seed"]
+    )
     ended = random_returns[~np.isnan(random_returns)]
-    summary["random_return_mean"] = (float(ended.mean()) if ended.size
-                                     else None)
+    summary["random_return_mean"] = float(ended.mean()) if ended.size else None
     summary["random_episodes"] = int(ended.size)
   else:
     summary["random_return_mean"] = None
   return dict(
-      args=args, summary=summary,
-      learning_curves=learning_curves(trained["returns"],
-                                      args["curve_points"]),
+      args=args,
+      summary=summary,
+      learning_curves=learning_curves(trained["returns"], args["curve_points"]),
       episodes=episodes(trained["returns"]),
       initial_params=trained["initial_params"],
       device=str(jax.devices()[0].platform),
@@ -314,25 +380,44 @@ def main(argv):
   if FLAGS.exploration_fraction * FLAGS.steps < 1:
     raise app.UsageError(
         f"--exploration_fraction={FLAGS.exploration_fraction} with "
-        f"--steps={FLAGS.steps} leaves no exploration phase")
-  args = {name: FLAGS[name].value for name in (
-      "env", "steps", "seeds", "seed", "sparsity", "lr", "kappa", "gamma",
-      "lamda", "exploration_fraction", "segments", "curve_points",
-      "random_steps")}
+        f"--steps={FLAGS.steps} leaves no exploration phase"
+    )
+  args = {
+      name: FLAGS[name].value
+      for name in (
+          "env",
+          "steps",
+          "seeds",
+          "seed",
+          "sparsity",
+          "lr",
+          "kappa",
+          "gamma",
+          "lamda",
+          "exploration_fraction",
+          "segments",
+          "curve_points",
+          "random_steps",
+      )
+  }
   results = run(args, progress=FLAGS.progress)
   results.pop("initial_params")
   summary = results["summary"]
   stderr = summary["final_return_stderr"]
-  print(f"{args['env']} sparsity={args['sparsity']:g} steps={args['steps']} "
-        f"seeds={args['seeds']}: final return "
-        f"{summary['final_return_mean']}"
-        + (f" +- {stderr:.2f}" if stderr is not None else "")
-        + f", random {summary['random_return_mean']}, "
-        f"{summary['steps_per_second']:,.0f} steps/s")
+  print(
+      f"{args['env']} sparsity={args['sparsity']:g} steps={args['steps']} "
+      f"seeds={args['seeds']}: final return "
+      f"{summary['final_return_mean']}"
+      + (f" +- {stderr:.2f}" if stderr is not None else "")
+      + f", random {summary['random_return_mean']}, "
+      f"{summary['steps_per_second']:,.0f} steps/s"
+  )
   if FLAGS.json:
+
     def write(path):
       with open(path, "w") as f:
         json.dump(results, f)
+
     _write_atomically(FLAGS.json, write)
   if FLAGS.plot:
     plot(results, FLAGS.plot)

@@ -36,14 +36,18 @@ def load(paths: list[str]) -> dict:
       results = json.load(f)
     args = results["args"]
     if args["sparsity"] in runs[args["env"]]:
-      raise app.UsageError(f"{path!r}: a second run of {args['env']} at "
-                           f"sparsity {args['sparsity']:g}")
+      raise app.UsageError(
+          f"{path!r}: a second run of {args['env']} at "
+          f"sparsity {args['sparsity']:g}"
+      )
     runs[args["env"]][args["sparsity"]] = results
   for env, by in runs.items():
     budgets = {(r["args"]["steps"], r["args"]["seeds"]) for r in by.values()}
     if len(budgets) > 1:
-      raise app.UsageError(f"{env}: runs of different steps x seeds "
-                           f"{sorted(budgets)} cannot share a row")
+      raise app.UsageError(
+          f"{env}: runs of different steps x seeds "
+          f"{sorted(budgets)} cannot share a row"
+      )
   return runs
 
 
@@ -53,10 +57,15 @@ def _label(sparsity: float) -> str:
 
 def table(runs: dict) -> str:
   sparsities = sorted({s for by in runs.values() for s in by}, reverse=True)
-  head = (["environment", "steps x seeds"] + [_label(s) for s in sparsities]
-          + ["random policy", "env steps/s"])
-  lines = ["| " + " | ".join(head) + " |",
-           "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+  head = (
+      ["environment", "steps x seeds"]
+      + [_label(s) for s in sparsities]
+      + ["random policy", "env steps/s"]
+  )
+  lines = [
+      "| " + " | ".join(head) + " |",
+      "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
+  ]
   for env in sorted(runs):
     by = runs[env]
     first = next(iter(by.values()))
@@ -66,10 +75,15 @@ def table(runs: dict) -> str:
       if summary is None or summary["final_return_mean"] is None:
         cells.append("-")
       else:
-        cells.append(f"{summary['final_return_mean']:.2f} ± "
-                     f"{summary['final_return_stderr'] or 0:.2f}")
-    randoms = [r["summary"]["random_return_mean"] for r in by.values()
-               if r["summary"].get("random_return_mean") is not None]
+        cells.append(
+            f"{summary['final_return_mean']:.2f} ± "
+            f"{summary['final_return_stderr'] or 0:.2f}"
+        )
+    randoms = [
+        r["summary"]["random_return_mean"]
+        for r in by.values()
+        if r["summary"].get("random_return_mean") is not None
+    ]
     cells.append(f"{np.mean(randoms):.2f}" if randoms else "-")
     rates = [r["summary"]["steps_per_second"] for r in by.values()]
     cells.append(" / ".join(f"{r:,.0f}" for r in rates))
@@ -79,35 +93,51 @@ def table(runs: dict) -> str:
 
 def plot(runs: dict, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   envs = sorted(runs)
-  fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.8),
-                           squeeze=False)
+  fig, axes = plt.subplots(
+      1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False
+  )
   for ax, env in zip(axes[0], envs):
     for i, s in enumerate(sorted(runs[env], reverse=True)):
       results = runs[env][s]
       curves = results["learning_curves"]
       x = np.asarray(curves["window_end_steps"])
-      y = np.asarray([[np.nan if v is None else v for v in c]
-                      for c in curves["mean_return"]], float)
+      y = np.asarray(
+          [
+              [np.nan if v is None else v for v in c]
+              for c in curves["mean_return"]
+          ],
+          float,
+      )
       with warnings.catch_warnings():  # Windows where no episode ended.
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(y, axis=0)
         stderr = np.nanstd(y, axis=0, ddof=1) / np.sqrt(
-            np.sum(~np.isnan(y), axis=0))
+            np.sum(~np.isnan(y), axis=0)
+        )
       ax.plot(x, mean, color=f"C{i}", label=_label(s))
-      ax.fill_between(x, mean - stderr, mean + stderr, color=f"C{i}",
-                      alpha=0.25, lw=0)
-    randoms = [r["summary"]["random_return_mean"]
-               for r in runs[env].values()
-               if r["summary"].get("random_return_mean") is not None]
+      ax.fill_between(
+          x, mean - stderr, mean + stderr, color=f"C{i}", alpha=0.25, lw=0
+      )
+    randoms = [
+        r["summary"]["random_return_mean"]
+        for r in runs[env].values()
+        if r["summary"].get("random_return_mean") is not None
+    ]
     if randoms:
-      ax.axhline(np.mean(randoms), color="gray", ls="--", lw=1,
-                 label="random policy")
+      ax.axhline(
+          np.mean(randoms), color="gray", ls="--", lw=1, label="random policy"
+      )
     seeds = next(iter(runs[env].values()))["args"]["seeds"]
-    ax.set(title=f"{env} ({seeds} seeds, ± s.e.)",
-           xlabel="environment steps", ylabel="episodic return")
+    ax.set(
+        title=f"{env} ({seeds} seeds, ± s.e.)",
+        xlabel="environment steps",
+        ylabel="episodic return",
+    )
     ax.legend(loc="upper left")
   fig.tight_layout()
   directory = os.path.dirname(os.path.abspath(path))
@@ -125,7 +155,8 @@ def main(argv):
     if not os.path.isfile(path):
       raise app.UsageError(f"no such JSON file: {path!r}")
   if FLAGS.plot and not os.path.isdir(
-      os.path.dirname(os.path.abspath(FLAGS.plot))):
+      os.path.dirname(os.path.abspath(FLAGS.plot))
+  ):
     raise app.UsageError(f"--plot={FLAGS.plot!r}: directory does not exist")
   runs = load(paths)
   print(table(runs))

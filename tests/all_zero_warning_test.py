@@ -37,12 +37,18 @@ def _caught(fn):
 
 class AllZeroWarningTest(parameterized.TestCase):
 
-  @parameterized.parameters(((7, 5), 0.9, "nearest"), ((7, 9), 0.9, "ceil"),
-                            ((3, 2, 2), 0.9, "nearest"), ((4, 6), 1.0, "ceil"))
+  @parameterized.parameters(
+      ((7, 5), 0.9, "nearest"),
+      ((7, 9), 0.9, "ceil"),
+      ((3, 2, 2), 0.9, "nearest"),
+      ((4, 6), 1.0, "ceil"),
+  )
   def test_sparse_init_warns_once_naming_shape_sparsity_rounding(
-      self, shape, sparsity, rounding):
-    out, caught = _caught(lambda: alberta.sparse_init(
-        _KEY, shape, sparsity, rounding=rounding))
+      self, shape, sparsity, rounding
+  ):
+    out, caught = _caught(
+        lambda: alberta.sparse_init(_KEY, shape, sparsity, rounding=rounding)
+    )
     self.assertLen(caught, 1)
     message = str(caught[0].message)
     self.assertIn(f"shape {shape}", message)
@@ -57,28 +63,37 @@ class AllZeroWarningTest(parameterized.TestCase):
     self.assertLen(caught, 1)
     test_utils.assert_same_bits(out, reference.sparse_init(_KEY, (6, 5), 0.9))
 
-  @parameterized.parameters(((7, 6), 0.9, "nearest"), ((7, 10), 0.9, "ceil"),
-                            ((0, 5), 0.9, "nearest"), ((7, 0), 0.9, "nearest"))
+  @parameterized.parameters(
+      ((7, 6), 0.9, "nearest"),
+      ((7, 10), 0.9, "ceil"),
+      ((0, 5), 0.9, "nearest"),
+      ((7, 0), 0.9, "nearest"),
+  )
   def test_no_warning_otherwise(self, shape, sparsity, rounding):
-    _, caught = _caught(lambda: alberta.sparse_init(
-        _KEY, shape, sparsity, rounding=rounding))
+    _, caught = _caught(
+        lambda: alberta.sparse_init(_KEY, shape, sparsity, rounding=rounding)
+    )
     self.assertEmpty(caught)
 
   def test_chunked_and_sharded_warn_once_per_call(self):
-    _, caught = _caught(lambda: alberta.sparse_init(_KEY, (64, 5),
-                                                    chunk_rows=3))
+    _, caught = _caught(
+        lambda: alberta.sparse_init(_KEY, (64, 5), chunk_rows=3)
+    )
     self.assertLen(caught, 1)
     sharding = NamedSharding(jax.make_mesh((8,), ("x",)), P("x"))
-    _, caught = _caught(lambda: alberta.sharded_sparse_init(
-        _KEY, (64, 5), sharding=sharding, chunk_rows=3))
+    _, caught = _caught(
+        lambda: alberta.sharded_sparse_init(
+            _KEY, (64, 5), sharding=sharding, chunk_rows=3
+        )
+    )
     self.assertLen(caught, 1)
     _, caught = _caught(lambda: alberta.sparse_mask(_KEY, (64, 5)))
     self.assertLen(caught, 1)
 
   def test_sparse_init_layer_warns_once_per_layer(self):
     def forward(x):
-      x = hk.Linear(5, w_init=alberta.SparseInit(0.9))(x)   # fan_in 5: warns
-      x = hk.Linear(6, w_init=alberta.SparseInit(0.9))(x)   # fan_in 5: warns
+      x = hk.Linear(5, w_init=alberta.SparseInit(0.9))(x)  # fan_in 5: warns
+      x = hk.Linear(6, w_init=alberta.SparseInit(0.9))(x)  # fan_in 5: warns
       return hk.Linear(2, w_init=alberta.SparseInit(0.9))(x)  # fan_in 6
 
     net = hk.transform(forward)
@@ -92,7 +107,7 @@ class AllZeroWarningTest(parameterized.TestCase):
 
   def test_flax_style_initializer_names_the_kernel_shape(self):
     init = alberta.initializers.sparse(0.9, rounding="ceil")
-    _, caught = _caught(lambda: init(_KEY, (3, 3, 1, 4)))   # fan_in 9
+    _, caught = _caught(lambda: init(_KEY, (3, 3, 1, 4)))  # fan_in 9
     self.assertLen(caught, 1)
     self.assertIn("kernel of shape (3, 3, 1, 4)", str(caught[0].message))
     self.assertIn("rounding='ceil'", str(caught[0].message))

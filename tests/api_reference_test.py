@@ -15,7 +15,9 @@ from absl.testing import absltest
 
 import alberta
 
-_API = pathlib.Path(__file__).absolute().parent.parent / "docs" / "api" / "api.rst"
+_API = (
+    pathlib.Path(__file__).absolute().parent.parent / "docs" / "api" / "api.rst"
+)
 
 # The modules whose `__all__` is the public surface.
 _MODULES = (alberta, alberta.initializers, alberta.checkpoint)
@@ -32,7 +34,8 @@ def _documented() -> set[str]:
       names.add(module)
       continue
     directive = re.match(
-        r"\.\. (?:auto(?:function|class|exception|data)|py:\w+):: (\S+)", line)
+        r"\.\. (?:auto(?:function|class|exception|data)|py:\w+):: (\S+)", line
+    )
     if directive:
       names.add(f"{module}.{directive.group(1)}")
   return names
@@ -45,14 +48,18 @@ class ApiReferenceTest(absltest.TestCase):
     for module in _MODULES:
       for name in module.__all__:
         obj = getattr(module, name)
-        qualified = (obj.__name__ if inspect.ismodule(obj)
-                     else f"{module.__name__}.{name}")
+        qualified = (
+            obj.__name__
+            if inspect.ismodule(obj)
+            else f"{module.__name__}.{name}"
+        )
         with self.subTest(qualified):
           self.assertIn(qualified, documented)
 
   def test_every_documented_name_is_public(self):
     public = {m.__name__ for m in _MODULES} | {
-        f"{m.__name__}.{n}" for m in _MODULES for n in m.__all__}
+        f"{m.__name__}.{n}" for m in _MODULES for n in m.__all__
+    }
     self.assertEmpty(_documented() - public)
 
 

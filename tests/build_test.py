@@ -61,10 +61,12 @@ def _evaluate_build(glob=_glob) -> tuple[dict[str, dict], dict]:
   def rule(**attrs):
     targets[attrs["name"]] = attrs
 
-  names = {kind: rule for kind in ("filegroup", "py_binary", "py_library",
-                                   "py_test")}
-  names.update(package=lambda **kwargs: None, glob=glob,
-               __builtins__={"len": len})
+  names = {
+      kind: rule for kind in ("filegroup", "py_binary", "py_library", "py_test")
+  }
+  names.update(
+      package=lambda **kwargs: None, glob=glob, __builtins__={"len": len}
+  )
   code = compile((_ROOT / "BUILD").read_text(), "BUILD", "exec")
   # One namespace: BUILD's list comprehensions see the rules as globals.
   exec(code, names)  # pylint: disable=exec-used
@@ -89,8 +91,11 @@ class BuildFileTest(absltest.TestCase):
     tests = {pathlib.Path(p).stem for p in _glob(["tests/*_test.py"])}
     for name, size in self.names["_TEST_SIZES"].items():
       with self.subTest(name):
-        self.assertIn(name, tests, "BUILD's _TEST_SIZES names a test that "
-                      "no longer exists")
+        self.assertIn(
+            name,
+            tests,
+            "BUILD's _TEST_SIZES names a test that no longer exists",
+        )
         self.assertIn(size, _TEST_SIZES, name)
 
   def test_every_glob_pattern_matches_a_file(self):
@@ -100,15 +105,27 @@ class BuildFileTest(absltest.TestCase):
         self.assertNotEmpty(_glob([pattern]))
 
   def test_helper_modules_are_in_libraries(self):
-    libraries = [t for t in self.targets.values() if t["name"] in (
-        "alberta", "alberta_framework", "benchlib", "launchlib", "streamlib",
-        "test_utils")]
+    libraries = [
+        t
+        for t in self.targets.values()
+        if t["name"]
+        in (
+            "alberta",
+            "alberta_framework",
+            "benchlib",
+            "launchlib",
+            "streamlib",
+            "test_utils",
+        )
+    ]
     in_libraries = {s for t in libraries for s in t["srcs"]}
-    helpers = (_glob(["alberta/**/*.py", "scripts/benchlib/*.py",
-                      "scripts/launchlib/*.py", "scripts/streamlib/*.py",
-                      "third_party/alberta_framework/*.py"])
-               + _glob(["tests/*.py"], exclude=["tests/*_test.py",
-                                                "tests/conftest.py"]))
+    helpers = _glob([
+        "alberta/**/*.py",
+        "scripts/benchlib/*.py",
+        "scripts/launchlib/*.py",
+        "scripts/streamlib/*.py",
+        "third_party/alberta_framework/*.py",
+    ]) + _glob(["tests/*.py"], exclude=["tests/*_test.py", "tests/conftest.py"])
     self.assertEmpty(sorted(set(helpers) - in_libraries))
 
   @absltest.skipUnless(_UNDER_BAZEL, "checks the Bazel runfiles tree")
@@ -116,22 +133,33 @@ class BuildFileTest(absltest.TestCase):
     # The runfiles entry is a symlink into the source tree; the path Python
     # imported through must still be the runfiles one, or BUILD's deps are
     # not what the test ran with.
-    self.assertStartsWith(os.path.abspath(alberta.__file__),
-                          os.path.abspath(os.environ["TEST_SRCDIR"]))
+    self.assertStartsWith(
+        os.path.abspath(alberta.__file__),
+        os.path.abspath(os.environ["TEST_SRCDIR"]),
+    )
 
   @absltest.skipUnless(_UNDER_BAZEL, "checks the Bazel runfiles tree")
   def test_subprocess_with_sys_executable_imports_alberta_and_jax(self):
     # What the multi-process launcher tests rely on: a child started with the
     # parent's interpreter and environment finds alberta (from the runfiles)
     # and the third-party packages (from the interpreter's site-packages).
-    code = ("from tests import env; import alberta, jax, haiku; "
-            "print(alberta.__file__); print(len(jax.devices()))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                            text=True, check=False, timeout=240)
+    code = (
+        "from tests import env; import alberta, jax, haiku; "
+        "print(alberta.__file__); print(len(jax.devices()))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=240,
+    )
     self.assertEqual(result.returncode, 0, result.stderr)
     alberta_file, num_devices = result.stdout.split()
-    self.assertStartsWith(os.path.abspath(alberta_file),
-                          os.path.abspath(os.environ["TEST_SRCDIR"]))
+    self.assertStartsWith(
+        os.path.abspath(alberta_file),
+        os.path.abspath(os.environ["TEST_SRCDIR"]),
+    )
     self.assertEqual(int(num_devices), env.NUM_CPU_DEVICES)
 
 

@@ -25,16 +25,32 @@ class CampaignTest(absltest.TestCase):
     env_vars = dict(os.environ, PYTHONPATH=test_utils.ROOT)
     env_vars.pop("XLA_FLAGS", None)
     proc = subprocess.run(
-        [sys.executable, os.path.join(test_utils.ROOT, "scripts",
-                                      "checkpoint_campaign.py"),
-         "--flips=2", "--kills=3", "--racers=1", "--race_s=5"],
-        capture_output=True, text=True, env=env_vars, cwd=test_utils.ROOT,
-        timeout=1200, check=False)
+        [
+            sys.executable,
+            os.path.join(test_utils.ROOT, "scripts", "checkpoint_campaign.py"),
+            "--flips=2",
+            "--kills=3",
+            "--racers=1",
+            "--race_s=5",
+        ],
+        capture_output=True,
+        text=True,
+        env=env_vars,
+        cwd=test_utils.ROOT,
+        timeout=1200,
+        check=False,
+    )
     self.assertEqual(proc.returncode, 0, msg=proc.stdout[-4000:])
     self.assertIn(" 0 violations.", proc.stdout)
-    for group in ("damage (dense, verify=True)", "damage (ell, verify=True)",
-                  "kills", "races (reads)", "races (claims)", "links",
-                  "dtypes (x64=True)"):
+    for group in (
+        "damage (dense, verify=True)",
+        "damage (ell, verify=True)",
+        "kills",
+        "races (reads)",
+        "races (claims)",
+        "links",
+        "dtypes (x64=True)",
+    ):
       self.assertIn(group, proc.stdout)
 
 

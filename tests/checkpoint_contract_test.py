@@ -75,8 +75,11 @@ class SaveRefusesTest(_Dir, parameterized.TestCase):
       ("_float4", np.zeros((2, 2), ml_dtypes.float4_e2m1fn), "4-bit"),
       ("_complex", np.zeros((2, 2), np.complex64), "not a boolean"),
       ("_big_endian", np.zeros((2, 2), ">f4"), "byte order"),
-      ("_not_in_tensorstore", np.zeros((2, 2), ml_dtypes.float8_e4m3),
-       "TensorStore"),
+      (
+          "_not_in_tensorstore",
+          np.zeros((2, 2), ml_dtypes.float8_e4m3),
+          "TensorStore",
+      ),
   )
   def test_dtypes_the_checksum_cannot_read_are_refused(self, array, message):
     with self.assertRaisesRegex(TypeError, message):
@@ -85,21 +88,52 @@ class SaveRefusesTest(_Dir, parameterized.TestCase):
 
   @parameterized.named_parameters(
       ("_no_arrays", {}, None, ValueError, "arrays is empty"),
-      ("_no_elements", {"m": np.zeros((0, 3), np.float32)}, None, ValueError,
-       r"arrays\['m'\] has shape \(0, 3\), no elements"),
-      ("_name_not_a_string", {1: np.ones(2, np.float32)}, None, TypeError,
-       "array names must be non-empty strings"),
-      ("_key_not_a_string", np.ones(2, np.float32), {1: 2}, TypeError,
-       "metadata keys must be strings, got 1"),
-      ("_reserved_key", np.ones(2, np.float32), {"arrays": 1}, ValueError,
-       "metadata key 'arrays' is reserved"),
-      ("_reserved_digest", np.ones(2, np.float32), {"metadata_sha256": "x"},
-       ValueError, "metadata key 'metadata_sha256' is reserved"),
-      ("_not_json", np.ones(2, np.float32), {"x": object()}, TypeError,
-       "JSON-serializable"),
+      (
+          "_no_elements",
+          {"m": np.zeros((0, 3), np.float32)},
+          None,
+          ValueError,
+          r"arrays\['m'\] has shape \(0, 3\), no elements",
+      ),
+      (
+          "_name_not_a_string",
+          {1: np.ones(2, np.float32)},
+          None,
+          TypeError,
+          "array names must be non-empty strings",
+      ),
+      (
+          "_key_not_a_string",
+          np.ones(2, np.float32),
+          {1: 2},
+          TypeError,
+          "metadata keys must be strings, got 1",
+      ),
+      (
+          "_reserved_key",
+          np.ones(2, np.float32),
+          {"arrays": 1},
+          ValueError,
+          "metadata key 'arrays' is reserved",
+      ),
+      (
+          "_reserved_digest",
+          np.ones(2, np.float32),
+          {"metadata_sha256": "x"},
+          ValueError,
+          "metadata key 'metadata_sha256' is reserved",
+      ),
+      (
+          "_not_json",
+          np.ones(2, np.float32),
+          {"x": object()},
+          TypeError,
+          "JSON-serializable",
+      ),
   )
-  def test_bad_arrays_and_metadata_are_refused(self, arrays, metadata, error,
-                                               message):
+  def test_bad_arrays_and_metadata_are_refused(
+      self, arrays, metadata, error, message
+  ):
     with self.assertRaisesRegex(error, message):
       _checkpoint.save(self.path, arrays, metadata)
     self.assert_nothing_written()
@@ -107,24 +141,40 @@ class SaveRefusesTest(_Dir, parameterized.TestCase):
   def test_every_dtype_the_checksum_reads_round_trips(self):
     # bool, every integer and float type of 1, 2 and 4 bytes (8 with x64, in
     # the slow adversarial run).
-    dtypes = [np.bool_, np.int8, np.uint8, np.int16, np.uint16, np.int32,
-              np.uint32, np.float16, jnp.bfloat16, np.float32,
-              ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2]
+    dtypes = [
+        np.bool_,
+        np.int8,
+        np.uint8,
+        np.int16,
+        np.uint16,
+        np.int32,
+        np.uint32,
+        np.float16,
+        jnp.bfloat16,
+        np.float32,
+        ml_dtypes.float8_e4m3fn,
+        ml_dtypes.float8_e5m2,
+    ]
     rng = np.random.default_rng(0)
     raw = rng.integers(0, 256, (len(dtypes), 4, 8), np.uint8)
     arrays = {}
     for i, dtype in enumerate(dtypes):
       size = np.dtype(dtype).itemsize
       bits_ = np.ascontiguousarray(np.repeat(raw[i], size, axis=1))
-      arrays[np.dtype(dtype).name] = (bits_ & 1).astype(np.bool_) if (
-          dtype is np.bool_) else bits_.view(dtype)
+      arrays[np.dtype(dtype).name] = (
+          (bits_ & 1).astype(np.bool_)
+          if (dtype is np.bool_)
+          else bits_.view(dtype)
+      )
     _checkpoint.save(self.path, arrays)
     restored = _checkpoint.restore(self.path)
     for name, array in arrays.items():
       self.assertEqual(restored[name].dtype, array.dtype, msg=name)
       np.testing.assert_array_equal(
-          np.asarray(restored[name]).view(np.uint8), array.view(np.uint8),
-          err_msg=name)
+          np.asarray(restored[name]).view(np.uint8),
+          array.view(np.uint8),
+          err_msg=name,
+      )
 
 
 class OverwriteTest(_Dir, parameterized.TestCase):
@@ -145,8 +195,10 @@ class OverwriteTest(_Dir, parameterized.TestCase):
     self._project()
     self.assertFalse(_checkpoint.is_checkpoint(self.path))
     with self.assertRaisesRegex(
-        FileExistsError, rf"{self.path} exists and is not an alberta "
-        r"checkpoint.*field 'format_version' is missing"):
+        FileExistsError,
+        rf"{self.path} exists and is not an alberta "
+        r"checkpoint.*field 'format_version' is missing",
+    ):
       _checkpoint.save(self.path, jnp.ones((2, 2)), overwrite=True)
     self._assert_project_intact()
 
@@ -165,8 +217,10 @@ class OverwriteTest(_Dir, parameterized.TestCase):
     os.makedirs(os.path.join(self.path, "src"))
     with open(os.path.join(self.path, "src", "main.py"), "w") as f:
       f.write("x")
-    os.symlink(os.path.join(other, "alberta.json"),
-               os.path.join(self.path, "alberta.json"))
+    os.symlink(
+        os.path.join(other, "alberta.json"),
+        os.path.join(self.path, "alberta.json"),
+    )
     self.assertFalse(_checkpoint.is_checkpoint(self.path))
     with self.assertRaisesRegex(FileExistsError, "symbolic link"):
       _checkpoint.save(self.path, jnp.ones((2, 2)), overwrite=True)
@@ -216,19 +270,29 @@ class DamageTest(_Dir, parameterized.TestCase):
 
   @parameterized.named_parameters(
       ("_array_metadatas_not_json", ("array_metadatas", "process_0"), b"{x"),
-      ("_array_metadatas_not_utf8", ("array_metadatas", "process_0"),
-       b"\xff\xfe"),
-      ("_array_metadatas_no_name", ("array_metadatas", "process_0"),
-       b'{"array_metadatas": [{"array_metadata": {}}]}'),
-      ("_array_metadatas_a_list", ("array_metadatas", "process_0"),
-       b'{"array_metadatas": 1}'),
+      (
+          "_array_metadatas_not_utf8",
+          ("array_metadatas", "process_0"),
+          b"\xff\xfe",
+      ),
+      (
+          "_array_metadatas_no_name",
+          ("array_metadatas", "process_0"),
+          b'{"array_metadatas": [{"array_metadata": {}}]}',
+      ),
+      (
+          "_array_metadatas_a_list",
+          ("array_metadatas", "process_0"),
+          b'{"array_metadatas": 1}',
+      ),
       ("_data_file_truncated", ("d",), b""),
       ("_data_file_garbage", ("d",), b"\0" * 64),
       ("_manifest_garbage", ("manifest.ocdbt",), b"\1" * 8),
       ("_sharding_garbage", ("_sharding",), b"\1" * 8),
   )
   def test_a_damaged_file_is_a_value_error_naming_the_checkpoint(
-      self, parts, content):
+      self, parts, content
+  ):
     with open(_file(self.path, *parts), "wb") as f:
       f.write(content)
     for verify in (True, False):
@@ -257,8 +321,9 @@ class ReplacedTest(_Dir, absltest.TestCase):
       # judges the old checkpoint with this same function).
       calls.append(path)
       if len(calls) == 1:
-        _checkpoint.save(self.path, jnp.full((6, 8), 2.0), {"n": 2},
-                         overwrite=True)
+        _checkpoint.save(
+            self.path, jnp.full((6, 8), 2.0), {"n": 2}, overwrite=True
+        )
       return check(ocp, path, specs)
 
     with mock.patch.object(layout_lib, "orbax_mismatch", replace_then_check):
@@ -267,12 +332,14 @@ class ReplacedTest(_Dir, absltest.TestCase):
   def test_replaced_mid_read_is_not_corrupted(self):
     _checkpoint.save(self.path, jnp.ones((6, 8)), {"n": 1})
     for verify in (True, False):
-      with self.assertRaisesRegex(_checkpoint.ReplacedError,
-                                  f"{self.path} was replaced"):
+      with self.assertRaisesRegex(
+          _checkpoint.ReplacedError, f"{self.path} was replaced"
+      ):
         self._replace_during_restore(verify=verify)
       _checkpoint.save(self.path, jnp.ones((6, 8)), {"n": 1}, overwrite=True)
-    self.assertNotIsInstance(_checkpoint.ReplacedError("x"),
-                             _checkpoint.ChecksumError)
+    self.assertNotIsInstance(
+        _checkpoint.ReplacedError("x"), _checkpoint.ChecksumError
+    )
 
   def test_restore_returns_the_metadata_of_the_arrays_it_read(self):
     _checkpoint.save(self.path, jnp.ones((6, 8)), {"n": 1})

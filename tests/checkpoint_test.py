@@ -54,16 +54,23 @@ _ROOT = test_utils.ROOT
 
 
 def _mesh(shape, names):
-  return jax.make_mesh(shape, names,
-                       axis_types=(jax.sharding.AxisType.Auto,) * len(names))
+  return jax.make_mesh(
+      shape, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names)
+  )
 
 
 def _matrix(dtype=jnp.float32):
-  sharding = NamedSharding(_mesh((4, 2), ("rows", "cols")),
-                           PartitionSpec("rows", "cols"))
+  sharding = NamedSharding(
+      _mesh((4, 2), ("rows", "cols")), PartitionSpec("rows", "cols")
+  )
   return alberta.sharded_sparse_init(
-      jax.random.key(7), (32, 24), 0.75, sharding=sharding, dtype=dtype,
-      method="counter")
+      jax.random.key(7),
+      (32, 24),
+      0.75,
+      sharding=sharding,
+      dtype=dtype,
+      method="counter",
+  )
 
 
 class _CheckpointDirMixin(test_utils.TempDirMixin):
@@ -77,16 +84,20 @@ class _CheckpointDirMixin(test_utils.TempDirMixin):
 class CheckpointTest(_CheckpointDirMixin, parameterized.TestCase):
 
   @parameterized.named_parameters(
-      ("_float32", jnp.float32), ("_bfloat16", jnp.bfloat16),
-      ("_float16", jnp.float16))
+      ("_float32", jnp.float32),
+      ("_bfloat16", jnp.bfloat16),
+      ("_float16", jnp.float16),
+  )
   def test_restore_onto_one_device_is_bit_identical(self, dtype):
     matrix = _matrix(dtype)
     alberta.checkpoint.save(self.path, matrix, {"seed": 7})
     restored = alberta.checkpoint.restore(self.path)
     self.assertIsInstance(restored, jax.Array)
     self.assertEqual(restored.dtype, jnp.dtype(dtype))
-    self.assertEqual(restored.sharding,
-                     jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+    self.assertEqual(
+        restored.sharding,
+        jax.sharding.SingleDeviceSharding(jax.local_devices()[0]),
+    )
     test_utils.assert_same_bits(restored, matrix)
 
   def test_restore_into_another_sharding_reads_each_shard_there(self):
@@ -100,8 +111,9 @@ class CheckpointTest(_CheckpointDirMixin, parameterized.TestCase):
       test_utils.assert_same_bits(shard.data, np.asarray(matrix)[shard.index])
 
   def test_metadata_round_trips_with_versions_and_array_specs(self):
-    alberta.checkpoint.save(self.path, _matrix(jnp.bfloat16),
-                            {"seed": 7, "method": "counter"})
+    alberta.checkpoint.save(
+        self.path, _matrix(jnp.bfloat16), {"seed": 7, "method": "counter"}
+    )
     info = alberta.checkpoint.restore_metadata(self.path)
     self.assertEqual(info["seed"], 7)
     self.assertEqual(info["method"], "counter")
@@ -133,11 +145,13 @@ class CheckpointTest(_CheckpointDirMixin, parameterized.TestCase):
 
   def test_overwrite_replaces_a_checkpoint_and_leaves_no_staging(self):
     alberta.checkpoint.save(self.path, _matrix(), {"seed": 1})
-    alberta.checkpoint.save(self.path, jnp.ones((2, 3)), {"seed": 2},
-                            overwrite=True)
+    alberta.checkpoint.save(
+        self.path, jnp.ones((2, 3)), {"seed": 2}, overwrite=True
+    )
     self.assertEqual(alberta.checkpoint.restore_metadata(self.path)["seed"], 2)
-    np.testing.assert_array_equal(alberta.checkpoint.restore(self.path),
-                                  np.ones((2, 3)))
+    np.testing.assert_array_equal(
+        alberta.checkpoint.restore(self.path), np.ones((2, 3))
+    )
     self.assertEqual(sorted(os.listdir(self.dir)), ["w"])
 
   def test_overwrite_never_replaces_a_directory_that_is_not_a_checkpoint(self):
@@ -156,8 +170,9 @@ class CheckpointTest(_CheckpointDirMixin, parameterized.TestCase):
   def test_missing_parents_are_created(self):
     path = os.path.join(self.dir, "a", "b", "w")
     alberta.checkpoint.save(path, jnp.ones((2, 2)))
-    np.testing.assert_array_equal(alberta.checkpoint.restore(path),
-                                  np.ones((2, 2)))
+    np.testing.assert_array_equal(
+        alberta.checkpoint.restore(path), np.ones((2, 2))
+    )
 
   def test_a_path_below_a_file_is_refused_before_writing(self):
     blocker = os.path.join(self.dir, "file")
@@ -187,7 +202,9 @@ class CheckpointTest(_CheckpointDirMixin, parameterized.TestCase):
     # shards, but no alberta.json.
     alberta.checkpoint.save(self.path, jnp.ones((2, 2)))
     os.remove(os.path.join(self.path, metadata_lib.METADATA_FILE))
-    with self.assertRaisesRegex(ValueError, "not a complete alberta checkpoint"):
+    with self.assertRaisesRegex(
+        ValueError, "not a complete alberta checkpoint"
+    ):
       alberta.checkpoint.restore(self.path)
 
   def test_another_format_version_is_refused(self):
@@ -207,29 +224,48 @@ class CheckpointTest(_CheckpointDirMixin, parameterized.TestCase):
     self.assertEqual(os.listdir(self.dir), [])
 
   def test_stale_staging_lists_only_this_targets_leftovers(self):
-    for name in (".w.alberta-tmp-1", ".w.alberta-tmp-2.orbax-checkpoint-tmp",
-                 ".ww.alberta-tmp-3", "w2"):
+    for name in (
+        ".w.alberta-tmp-1",
+        ".w.alberta-tmp-2.orbax-checkpoint-tmp",
+        ".ww.alberta-tmp-3",
+        "w2",
+    ):
       os.mkdir(os.path.join(self.dir, name))
     self.assertEqual(
-        [os.path.basename(p) for p in alberta.checkpoint.stale_staging(self.path)],
-        [".w.alberta-tmp-1", ".w.alberta-tmp-2.orbax-checkpoint-tmp"])
+        [
+            os.path.basename(p)
+            for p in alberta.checkpoint.stale_staging(self.path)
+        ],
+        [".w.alberta-tmp-1", ".w.alberta-tmp-2.orbax-checkpoint-tmp"],
+    )
 
   def test_without_orbax_saving_names_the_missing_package(self):
-    with mock.patch.dict(sys.modules, {"orbax": None, "orbax.checkpoint": None}):
+    with mock.patch.dict(
+        sys.modules, {"orbax": None, "orbax.checkpoint": None}
+    ):
       with self.assertRaisesRegex(ImportError, r"alberta\[checkpoint\]"):
         alberta.checkpoint.save(self.path, jnp.ones((2, 2)))
     self.assertEqual(os.listdir(self.dir), [])
 
   def test_import_alberta_does_not_import_orbax(self):
-    code = ("import sys; sys.modules['orbax'] = None; "
-            "sys.modules['orbax.checkpoint'] = None; import alberta; "
-            "print(alberta.checkpoint.restore.__name__)")
+    code = (
+        "import sys; sys.modules['orbax'] = None; "
+        "sys.modules['orbax.checkpoint'] = None; import alberta; "
+        "print(alberta.checkpoint.restore.__name__)"
+    )
     env_vars = dict(os.environ, PYTHONPATH=_ROOT)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                          text=True, env=env_vars, cwd=_ROOT, timeout=120,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env_vars,
+        cwd=_ROOT,
+        timeout=120,
+        check=False,
+    )
     self.assertEqual(proc.returncode, 0, msg=proc.stderr)
     self.assertEqual(proc.stdout.strip(), "restore")
+
 
 def _edit_metadata(path, edit, redigest=False):
   """Rewrites `path`'s alberta.json as `edit(info)` returns it (or changes it)."""
@@ -274,9 +310,14 @@ class CommitRaceTest(_CheckpointDirMixin, parameterized.TestCase):
       calls.append(1)
 
     try:
-      alberta.checkpoint.save(self.path, _matrix(), {"seed": 2},
-                              progress=progress, progress_every_s=1e-4,
-                              **kwargs)
+      alberta.checkpoint.save(
+          self.path,
+          _matrix(),
+          {"seed": 2},
+          progress=progress,
+          progress_every_s=1e-4,
+          **kwargs,
+      )
     finally:
       # The injection did happen mid-save (else the test proves nothing).
       self.assertNotEmpty(calls)
@@ -306,7 +347,8 @@ class CommitRaceTest(_CheckpointDirMixin, parameterized.TestCase):
 
   @parameterized.named_parameters(*_COMMITS)
   def test_an_empty_directory_appearing_without_overwrite_is_kept(
-      self, portable):
+      self, portable
+  ):
     self._portable(portable)
     with self.assertRaisesRegex(FileExistsError, "appeared while"):
       self._save_while(lambda: os.mkdir(self.path))
@@ -352,8 +394,7 @@ class CommitRaceTest(_CheckpointDirMixin, parameterized.TestCase):
     elsewhere = os.path.join(self.dir, "elsewhere")
     os.mkdir(elsewhere)
     with self.assertRaisesRegex(FileExistsError, "symbolic link"):
-      self._save_while(lambda: os.symlink(elsewhere, self.path),
-                       overwrite=True)
+      self._save_while(lambda: os.symlink(elsewhere, self.path), overwrite=True)
     self.assertEqual(os.readlink(self.path), elsewhere)
     self.assertEqual(os.listdir(elsewhere), [])
     self.assertEqual(sorted(os.listdir(self.dir)), ["elsewhere", "w"])
@@ -386,8 +427,9 @@ class CommitRaceTest(_CheckpointDirMixin, parameterized.TestCase):
     with mock.patch.object(metadata_lib, "write", write_then_appear):
       for overwrite in (False, True):
         with self.assertRaises(FileExistsError):
-          alberta.checkpoint.save(self.path, jnp.ones((2, 2)),
-                                  overwrite=overwrite)
+          alberta.checkpoint.save(
+              self.path, jnp.ones((2, 2)), overwrite=overwrite
+          )
         self._assert_user_directory()
         self.assertEqual(os.listdir(self.dir), ["w"])
         shutil.rmtree(self.path)
@@ -396,19 +438,24 @@ class CommitRaceTest(_CheckpointDirMixin, parameterized.TestCase):
   def test_overwrite_replaces_checkpoints_and_empty_directories(self, portable):
     self._portable(portable)
     alberta.checkpoint.save(self.path, jnp.ones((2, 2)), {"seed": 1})
-    alberta.checkpoint.save(self.path, jnp.zeros((2, 3)), {"seed": 2},
-                            overwrite=True)
+    alberta.checkpoint.save(
+        self.path, jnp.zeros((2, 3)), {"seed": 2}, overwrite=True
+    )
     self.assertEqual(alberta.checkpoint.restore_metadata(self.path)["seed"], 2)
-    np.testing.assert_array_equal(alberta.checkpoint.restore(self.path),
-                                  np.zeros((2, 3)))
+    np.testing.assert_array_equal(
+        alberta.checkpoint.restore(self.path), np.zeros((2, 3))
+    )
     shutil.rmtree(self.path)
     os.mkdir(self.path)
-    alberta.checkpoint.save(self.path, jnp.ones((2, 2)), {"seed": 3},
-                            overwrite=True)
+    alberta.checkpoint.save(
+        self.path, jnp.ones((2, 2)), {"seed": 3}, overwrite=True
+    )
     self.assertEqual(alberta.checkpoint.restore_metadata(self.path)["seed"], 3)
     self.assertEqual(os.listdir(self.dir), ["w"])
 
-  @parameterized.named_parameters(("_dangling", False), ("_to_a_directory", True))
+  @parameterized.named_parameters(
+      ("_dangling", False), ("_to_a_directory", True)
+  )
   def test_a_symbolic_link_is_never_a_target(self, to_directory):
     target = os.path.join(self.dir, "real")
     if to_directory:
@@ -417,8 +464,9 @@ class CommitRaceTest(_CheckpointDirMixin, parameterized.TestCase):
     before = sorted(os.listdir(self.dir))
     for overwrite in (False, True):
       with self.assertRaisesRegex(FileExistsError, "symbolic link"):
-        alberta.checkpoint.save(self.path, jnp.zeros((2, 2)),
-                                overwrite=overwrite)
+        alberta.checkpoint.save(
+            self.path, jnp.zeros((2, 2)), overwrite=overwrite
+        )
       self.assertEqual(os.readlink(self.path), target)
       self.assertEqual(sorted(os.listdir(self.dir)), before)
     if to_directory:
@@ -451,10 +499,17 @@ class CommitRaceTest(_CheckpointDirMixin, parameterized.TestCase):
     flags = tempfile.mkdtemp()
     self.addCleanup(shutil.rmtree, flags)
     env_vars = dict(os.environ, PYTHONPATH=_ROOT)
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(i), self.path,
-                               flags], env=env_vars, cwd=_ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(i), self.path, flags],
+            env=env_vars,
+            cwd=_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outputs = test_utils.communicate_all(procs, timeout=300)
     codes = [proc.returncode for proc in procs]
     self.assertEqual(sorted(codes), [0, 1], msg=outputs)
@@ -463,13 +518,15 @@ class CommitRaceTest(_CheckpointDirMixin, parameterized.TestCase):
     # progress call before the winner committed is refused by the initial
     # check instead ("already exists"). Either way: one clear error, nothing
     # left behind.
-    self.assertRegex(outputs[loser][1],
-                     rf"FileExistsError: {self.path} "
-                     "(appeared while|already exists)")
+    self.assertRegex(
+        outputs[loser][1],
+        rf"FileExistsError: {self.path} " "(appeared while|already exists)",
+    )
     self.assertEqual(os.listdir(self.dir), ["w"])  # The loser left nothing.
     winner = codes.index(0)
-    self.assertEqual(alberta.checkpoint.restore_metadata(self.path)["writer"],
-                     winner)
+    self.assertEqual(
+        alberta.checkpoint.restore_metadata(self.path)["writer"], winner
+    )
     expected = jax.random.normal(jax.random.key(winner), (64, 48)) + winner
     test_utils.assert_same_bits(alberta.checkpoint.restore(self.path), expected)
 
@@ -505,10 +562,17 @@ class CommitRaceTest(_CheckpointDirMixin, parameterized.TestCase):
     port = test_utils.free_port()
     env_vars = dict(os.environ, PYTHONPATH=_ROOT, JAX_PLATFORMS="cpu")
     env_vars.pop("XLA_FLAGS", None)
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(i), str(port),
-                               self.path], env=env_vars, cwd=_ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(i), str(port), self.path],
+            env=env_vars,
+            cwd=_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outputs = test_utils.communicate_all(procs, timeout=600)
     for proc, (stdout, stderr) in zip(procs, outputs):
       self.assertEqual(proc.returncode, 3, msg=f"{stdout}\n{stderr}")
@@ -521,8 +585,9 @@ class CommitRaceTest(_CheckpointDirMixin, parameterized.TestCase):
 class FailureCleanupTest(_CheckpointDirMixin, parameterized.TestCase):
   """A save that fails or is interrupted leaves nothing behind."""
 
-  @parameterized.named_parameters(("_interrupt", KeyboardInterrupt),
-                                  ("_error", RuntimeError))
+  @parameterized.named_parameters(
+      ("_interrupt", KeyboardInterrupt), ("_error", RuntimeError)
+  )
   def test_an_exception_from_progress_removes_the_staging(self, error):
     calls = []
 
@@ -531,8 +596,9 @@ class FailureCleanupTest(_CheckpointDirMixin, parameterized.TestCase):
       raise error("stop")
 
     with self.assertRaises(error):
-      alberta.checkpoint.save(self.path, _matrix(), progress=progress,
-                              progress_every_s=1e-4)
+      alberta.checkpoint.save(
+          self.path, _matrix(), progress=progress, progress_every_s=1e-4
+      )
     self.assertLen(calls, 1)
     self.assertEqual(os.listdir(self.dir), [])
 
@@ -555,8 +621,12 @@ class FailureCleanupTest(_CheckpointDirMixin, parameterized.TestCase):
       self.skipTest("mounting a small tmpfs needs root")
     mount = os.path.join(self.dir, "small")
     os.mkdir(mount)
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs",
-                           mount], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", mount],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode:
       self.skipTest(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
     self.addCleanup(subprocess.run, ["umount", mount], check=False)
@@ -578,19 +648,25 @@ class ChecksumTest(_CheckpointDirMixin, parameterized.TestCase):
   def test_the_checksum_does_not_depend_on_the_sharding(self):
     matrix = _matrix()
     expected = digest_lib.summaries({"m": matrix})
-    for mesh_shape, spec in (((8,), PartitionSpec("r")),
-                             ((8,), PartitionSpec(None, "r")),
-                             ((2, 4), PartitionSpec("r", "c"))):
-      names = ("r", "c")[:len(mesh_shape)]
-      sharded = jax.device_put(matrix, NamedSharding(_mesh(mesh_shape, names),
-                                                     spec))
+    for mesh_shape, spec in (
+        ((8,), PartitionSpec("r")),
+        ((8,), PartitionSpec(None, "r")),
+        ((2, 4), PartitionSpec("r", "c")),
+    ):
+      names = ("r", "c")[: len(mesh_shape)]
+      sharded = jax.device_put(
+          matrix, NamedSharding(_mesh(mesh_shape, names), spec)
+      )
       self.assertEqual(digest_lib.summaries({"m": sharded}), expected)
-    self.assertEqual(digest_lib.summaries({"m": np.asarray(matrix)}),
-                     expected)
+    self.assertEqual(digest_lib.summaries({"m": np.asarray(matrix)}), expected)
 
   @parameterized.named_parameters(
-      ("_float32", np.float32), ("_float16", np.float16),
-      ("_bfloat16", jnp.bfloat16), ("_int32", np.int32), ("_uint8", np.uint8))
+      ("_float32", np.float32),
+      ("_float16", np.float16),
+      ("_bfloat16", jnp.bfloat16),
+      ("_int32", np.int32),
+      ("_uint8", np.uint8),
+  )
   def test_every_single_bit_flip_changes_the_checksum(self, dtype):
     values = np.random.default_rng(0).normal(size=(3, 5)) * 50
     x = np.asarray(values, dtype)
@@ -610,8 +686,9 @@ class ChecksumTest(_CheckpointDirMixin, parameterized.TestCase):
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     swapped = x.copy()
     swapped[0, 1], swapped[2, 3] = x[2, 3], x[0, 1]
-    self.assertNotEqual(digest_lib.summaries({"x": x}),
-                        digest_lib.summaries({"x": swapped}))
+    self.assertNotEqual(
+        digest_lib.summaries({"x": x}), digest_lib.summaries({"x": swapped})
+    )
 
   def test_float64_arrays_have_checksums_over_both_words(self):
     with jax.enable_x64(True):
@@ -621,8 +698,9 @@ class ChecksumTest(_CheckpointDirMixin, parameterized.TestCase):
       low.view(np.uint64)[1, 1] ^= np.uint64(1)
       high = np.asarray(x).copy()
       high.view(np.uint64)[1, 1] ^= np.uint64(1 << 62)
-      others = {digest_lib.summaries({"x": y})["x"]["checksum"]
-                for y in (low, high)}
+      others = {
+          digest_lib.summaries({"x": y})["x"]["checksum"] for y in (low, high)
+      }
       self.assertLen(others | {base}, 3)
       alberta.checkpoint.save(self.path, x)
       restored = alberta.checkpoint.restore(self.path)
@@ -632,7 +710,8 @@ class ChecksumTest(_CheckpointDirMixin, parameterized.TestCase):
   def test_the_row_zero_total_is_exact_beyond_32_bits(self):
     counts = jax.device_put(
         np.full(16, 2**31 - 1, np.uint32),
-        NamedSharding(_mesh((8,), ("r",)), PartitionSpec("r")))
+        NamedSharding(_mesh((8,), ("r",)), PartitionSpec("r")),
+    )
     hi, lo = jax.jit(bits.sum_u64)(counts)
     self.assertEqual((int(hi) << 32) | int(lo), 16 * (2**31 - 1))
 
@@ -643,8 +722,9 @@ class ChecksumTest(_CheckpointDirMixin, parameterized.TestCase):
     restored = alberta.checkpoint.restore(self.path, sharding=by_rows)
     test_utils.assert_same_bits(restored, matrix)
 
-  @parameterized.named_parameters(("_checksum", "checksum"),
-                                  ("_row_zeros", "row_zeros"))
+  @parameterized.named_parameters(
+      ("_checksum", "checksum"), ("_row_zeros", "row_zeros")
+  )
   def test_a_recorded_summary_unlike_the_data_raises(self, field):
     alberta.checkpoint.save(self.path, _matrix())
 
@@ -657,18 +737,23 @@ class ChecksumTest(_CheckpointDirMixin, parameterized.TestCase):
         spec["row_zeros"]["min"] -= 1
 
     _edit_metadata(self.path, edit, redigest=True)
-    with self.assertRaisesRegex(alberta.checkpoint.ChecksumError,
-                                rf"{self.path}: array 'matrix'"):
+    with self.assertRaisesRegex(
+        alberta.checkpoint.ChecksumError, rf"{self.path}: array 'matrix'"
+    ):
       alberta.checkpoint.restore(self.path)
     test_utils.assert_same_bits(
-        alberta.checkpoint.restore(self.path, verify=False), _matrix())
+        alberta.checkpoint.restore(self.path, verify=False), _matrix()
+    )
 
   def _flip_sweep(self, flips, seed):
     """Restores `flips` single-bit-flipped copies; returns how each ended."""
     matrix = np.asarray(alberta.sparse_init(jax.random.key(3), (64, 48), 0.7))
     alberta.checkpoint.save(self.path, matrix, {"seed": 3})
-    files = sorted(os.path.relpath(os.path.join(root, f), self.path)
-                   for root, _, names in os.walk(self.path) for f in names)
+    files = sorted(
+        os.path.relpath(os.path.join(root, f), self.path)
+        for root, _, names in os.walk(self.path)
+        for f in names
+    )
     rng = np.random.default_rng(seed)
     outcomes = collections.Counter()
     for i in range(flips):
@@ -687,12 +772,14 @@ class ChecksumTest(_CheckpointDirMixin, parameterized.TestCase):
         # An array's checksum, or alberta.json's own digest.
         outcomes["checksum" if "array '" in str(e) else "alberta.json"] += 1
       except Exception as e:  # pylint: disable=broad-exception-caught
-        outcomes["alberta.json" if metadata_lib.METADATA_FILE in str(e)
-                 else "orbax"] += 1
+        outcomes[
+            "alberta.json" if metadata_lib.METADATA_FILE in str(e) else "orbax"
+        ] += 1
       else:
         # Never other numbers: the flip was harmless (unread bytes).
-        test_utils.assert_same_bits(restored, matrix,
-                                    err_msg=f"flip in {name} at {offset}")
+        test_utils.assert_same_bits(
+            restored, matrix, err_msg=f"flip in {name} at {offset}"
+        )
         outcomes["identical"] += 1
       shutil.rmtree(copy)
     print(f"{flips} single-bit flips over {len(files)} files: {dict(outcomes)}")
@@ -740,32 +827,50 @@ class RemoveStagingTest(_CheckpointDirMixin, absltest.TestCase):
     os.mkdir(self.path)  # The target itself is never touched.
     outside = os.path.join(self.dir, "outside")
     os.makedirs(os.path.join(outside, "data"))
-    entries = {name: os.path.join(self.dir, name) for name in (
-        ".w.alberta-tmp-1", ".w.alberta-tmp-2.orbax-checkpoint-tmp",
-        ".w.alberta-old-3", ".w.alberta-tmp-4", ".ww.alberta-tmp-5")}
+    entries = {
+        name: os.path.join(self.dir, name)
+        for name in (
+            ".w.alberta-tmp-1",
+            ".w.alberta-tmp-2.orbax-checkpoint-tmp",
+            ".w.alberta-old-3",
+            ".w.alberta-tmp-4",
+            ".ww.alberta-tmp-5",
+        )
+    }
     for name, entry in entries.items():
       if name == ".w.alberta-tmp-4":
         os.symlink(outside, entry)
       else:
         os.makedirs(os.path.join(entry, "shard"))
     removed = alberta.checkpoint.remove_staging(
-        self.path, keep=[entries[".w.alberta-tmp-1"]], quiet_s=0)
-    self.assertEqual(removed, [entries[".w.alberta-old-3"],
-                               entries[".w.alberta-tmp-2.orbax-checkpoint-tmp"],
-                               entries[".w.alberta-tmp-4"]])
-    self.assertEqual(sorted(os.listdir(self.dir)),
-                     [".w.alberta-tmp-1", ".ww.alberta-tmp-5", "outside", "w"])
+        self.path, keep=[entries[".w.alberta-tmp-1"]], quiet_s=0
+    )
+    self.assertEqual(
+        removed,
+        [
+            entries[".w.alberta-old-3"],
+            entries[".w.alberta-tmp-2.orbax-checkpoint-tmp"],
+            entries[".w.alberta-tmp-4"],
+        ],
+    )
+    self.assertEqual(
+        sorted(os.listdir(self.dir)),
+        [".w.alberta-tmp-1", ".ww.alberta-tmp-5", "outside", "w"],
+    )
     self.assertEqual(os.listdir(outside), ["data"])  # Through the link: kept.
-    self.assertEqual(alberta.checkpoint.remove_staging(self.path, quiet_s=0.01),
-                     [entries[".w.alberta-tmp-1"]])
+    self.assertEqual(
+        alberta.checkpoint.remove_staging(self.path, quiet_s=0.01),
+        [entries[".w.alberta-tmp-1"]],
+    )
 
   def test_what_a_writer_recreates_is_removed_until_it_stops(self):
     staging = os.path.join(self.dir, ".w.alberta-tmp-9")
     stop, thread = self._writer(staging)
     # The writer stops while removal goes on; nothing it wrote survives.
     threading.Timer(0.1, stop.set).start()
-    removed = alberta.checkpoint.remove_staging(self.path, quiet_s=0.2,
-                                                timeout_s=60)
+    removed = alberta.checkpoint.remove_staging(
+        self.path, quiet_s=0.2, timeout_s=60
+    )
     thread.join()
     self.assertEqual(removed, [staging])
     self.assertEqual(os.listdir(self.dir), [])
@@ -774,8 +879,10 @@ class RemoveStagingTest(_CheckpointDirMixin, absltest.TestCase):
     staging = os.path.join(self.dir, ".w.alberta-tmp-9")
     self._writer(staging)
     # Returns although the entry keeps reappearing (quiet_s is never reached).
-    self.assertEqual(alberta.checkpoint.remove_staging(
-        self.path, quiet_s=60, timeout_s=0.1), [staging])
+    self.assertEqual(
+        alberta.checkpoint.remove_staging(self.path, quiet_s=60, timeout_s=0.1),
+        [staging],
+    )
 
   def test_bad_durations_are_refused(self):
     for kwargs in ({"quiet_s": -1}, {"timeout_s": float("nan")}):
@@ -794,11 +901,15 @@ class EstimateStoredBytesTest(_CheckpointDirMixin, absltest.TestCase):
     values = rng.uniform(-1, 1, (256, 512)).astype(np.float32)
     matrix = jax.device_put(
         np.where(rng.random((256, 512)) < 0.9, np.float32(0), values),
-        NamedSharding(_mesh((8,), ("rows",)), PartitionSpec("rows")))
+        NamedSharding(_mesh((8,), ("rows",)), PartitionSpec("rows")),
+    )
     estimate = alberta.checkpoint.estimate_stored_bytes(matrix)
     alberta.checkpoint.save(self.path, matrix)
-    on_disk = sum(os.path.getsize(os.path.join(root, f))
-                  for root, _, files in os.walk(self.path) for f in files)
+    on_disk = sum(
+        os.path.getsize(os.path.join(root, f))
+        for root, _, files in os.walk(self.path)
+        for f in files
+    )
     # ~120 KiB on disk, ~2% of it metadata files; the estimate is within a
     # few percent of the data (fixed seed: deterministic).
     self.assertBetween(estimate, 0.9 * on_disk, 1.1 * on_disk)
@@ -825,10 +936,15 @@ class EstimateStoredBytesTest(_CheckpointDirMixin, absltest.TestCase):
 
   def test_bad_arguments_are_named(self):
     for sample_bytes in (0, -1, 1.5, True):
-      with self.assertRaisesRegex(ValueError, "sample_bytes must be a positive"):
-        alberta.checkpoint.estimate_stored_bytes(jnp.ones(4),
-                                                 sample_bytes=sample_bytes)
-    with self.assertRaisesRegex(TypeError, r"arrays\['a'\] must be a jax.Array"):
+      with self.assertRaisesRegex(
+          ValueError, "sample_bytes must be a positive"
+      ):
+        alberta.checkpoint.estimate_stored_bytes(
+            jnp.ones(4), sample_bytes=sample_bytes
+        )
+    with self.assertRaisesRegex(
+        TypeError, r"arrays\['a'\] must be a jax.Array"
+    ):
       alberta.checkpoint.estimate_stored_bytes({"a": [1.0, 2.0]})
 
 
@@ -845,48 +961,109 @@ class MetadataValidationTest(_CheckpointDirMixin, parameterized.TestCase):
 
   @parameterized.named_parameters(
       ("_not_json", lambda i: "{not json", "is not valid JSON"),
-      ("_a_list", lambda i: [i], "must hold a JSON object; it holds a JSON array"),
-      ("_a_string", lambda i: '"x"', "must hold a JSON object; it holds a JSON string"),
-      ("_null", lambda i: "null", "must hold a JSON object; it holds a JSON null"),
+      (
+          "_a_list",
+          lambda i: [i],
+          "must hold a JSON object; it holds a JSON array",
+      ),
+      (
+          "_a_string",
+          lambda i: '"x"',
+          "must hold a JSON object; it holds a JSON string",
+      ),
+      (
+          "_null",
+          lambda i: "null",
+          "must hold a JSON object; it holds a JSON null",
+      ),
       ("_not_utf8", lambda i: "\udcff", "is not valid JSON"),
-      ("_no_version", lambda i: i.pop("format_version") and None,
-       "'format_version' is missing"),
-      ("_version_text", lambda i: i.update(format_version="2"),
-       "'format_version' must be an integer"),
+      (
+          "_no_version",
+          lambda i: i.pop("format_version") and None,
+          "'format_version' is missing",
+      ),
+      (
+          "_version_text",
+          lambda i: i.update(format_version="2"),
+          "'format_version' must be an integer",
+      ),
       ("_no_arrays", lambda i: i.pop("arrays") and None, "'arrays' is missing"),
-      ("_arrays_list", lambda i: i.update(arrays=[1]), "'arrays' must be an object"),
+      (
+          "_arrays_list",
+          lambda i: i.update(arrays=[1]),
+          "'arrays' must be an object",
+      ),
       ("_arrays_empty", lambda i: i.update(arrays={}), "'arrays' is empty"),
-      ("_entry_not_object", lambda i: i["arrays"].update(matrix=[32, 24]),
-       "'arrays.matrix' must be an object"),
-      ("_no_shape", lambda i: i["arrays"]["matrix"].pop("shape") and None,
-       "'arrays.matrix.shape' must be a list"),
-      ("_negative_shape", lambda i: i["arrays"]["matrix"].update(shape=[-32, 24]),
-       "'arrays.matrix.shape' must be a list of non-negative integers"),
-      ("_float_shape", lambda i: i["arrays"]["matrix"].update(shape=[32.0, 24]),
-       "'arrays.matrix.shape'"),
-      ("_shape_text", lambda i: i["arrays"]["matrix"].update(shape="32,24"),
-       "'arrays.matrix.shape'"),
-      ("_no_dtype", lambda i: i["arrays"]["matrix"].pop("dtype") and None,
-       "'arrays.matrix.dtype' must name"),
-      ("_unknown_dtype", lambda i: i["arrays"]["matrix"].update(dtype="float33"),
-       "'arrays.matrix.dtype' must name"),
-      ("_complex_dtype", lambda i: i["arrays"]["matrix"].update(dtype="complex64"),
-       "'arrays.matrix.dtype' must name"),
-      ("_no_checksum", lambda i: i["arrays"]["matrix"].pop("checksum") and None,
-       "'arrays.matrix.checksum' must be 16 lowercase hexadecimal"),
-      ("_short_checksum",
-       lambda i: i["arrays"]["matrix"].update(checksum="abc"),
-       "'arrays.matrix.checksum'"),
-      ("_checksum_number",
-       lambda i: i["arrays"]["matrix"].update(checksum=12345),
-       "'arrays.matrix.checksum'"),
-      ("_no_row_zeros", lambda i: i["arrays"]["matrix"].pop("row_zeros") and None,
-       "'arrays.matrix.row_zeros'"),
-      ("_row_zeros_beyond_shape",
-       lambda i: i["arrays"]["matrix"]["row_zeros"].update(max=25),
-       "'arrays.matrix.row_zeros'"),
-      ("_no_digest", lambda i: i.pop("metadata_sha256") and None,
-       "'metadata_sha256' must be 64"),
+      (
+          "_entry_not_object",
+          lambda i: i["arrays"].update(matrix=[32, 24]),
+          "'arrays.matrix' must be an object",
+      ),
+      (
+          "_no_shape",
+          lambda i: i["arrays"]["matrix"].pop("shape") and None,
+          "'arrays.matrix.shape' must be a list",
+      ),
+      (
+          "_negative_shape",
+          lambda i: i["arrays"]["matrix"].update(shape=[-32, 24]),
+          "'arrays.matrix.shape' must be a list of non-negative integers",
+      ),
+      (
+          "_float_shape",
+          lambda i: i["arrays"]["matrix"].update(shape=[32.0, 24]),
+          "'arrays.matrix.shape'",
+      ),
+      (
+          "_shape_text",
+          lambda i: i["arrays"]["matrix"].update(shape="32,24"),
+          "'arrays.matrix.shape'",
+      ),
+      (
+          "_no_dtype",
+          lambda i: i["arrays"]["matrix"].pop("dtype") and None,
+          "'arrays.matrix.dtype' must name",
+      ),
+      (
+          "_unknown_dtype",
+          lambda i: i["arrays"]["matrix"].update(dtype="float33"),
+          "'arrays.matrix.dtype' must name",
+      ),
+      (
+          "_complex_dtype",
+          lambda i: i["arrays"]["matrix"].update(dtype="complex64"),
+          "'arrays.matrix.dtype' must name",
+      ),
+      (
+          "_no_checksum",
+          lambda i: i["arrays"]["matrix"].pop("checksum") and None,
+          "'arrays.matrix.checksum' must be 16 lowercase hexadecimal",
+      ),
+      (
+          "_short_checksum",
+          lambda i: i["arrays"]["matrix"].update(checksum="abc"),
+          "'arrays.matrix.checksum'",
+      ),
+      (
+          "_checksum_number",
+          lambda i: i["arrays"]["matrix"].update(checksum=12345),
+          "'arrays.matrix.checksum'",
+      ),
+      (
+          "_no_row_zeros",
+          lambda i: i["arrays"]["matrix"].pop("row_zeros") and None,
+          "'arrays.matrix.row_zeros'",
+      ),
+      (
+          "_row_zeros_beyond_shape",
+          lambda i: i["arrays"]["matrix"]["row_zeros"].update(max=25),
+          "'arrays.matrix.row_zeros'",
+      ),
+      (
+          "_no_digest",
+          lambda i: i.pop("metadata_sha256") and None,
+          "'metadata_sha256' must be 64",
+      ),
   )
   def test_malformed_metadata_is_refused(self, edit, message):
     _edit_metadata(self.path, edit)
@@ -894,31 +1071,49 @@ class MetadataValidationTest(_CheckpointDirMixin, parameterized.TestCase):
       with self.assertRaisesRegex(ValueError, message) as caught:
         alberta.checkpoint.restore(self.path, verify=verify)
       self.assertIn(self.meta, str(caught.exception))
-      self.assertNotIsInstance(caught.exception,
-                               alberta.checkpoint.ChecksumError)
+      self.assertNotIsInstance(
+          caught.exception, alberta.checkpoint.ChecksumError
+      )
       with self.assertRaisesRegex(ValueError, message):
         alberta.checkpoint.restore_metadata(self.path, verify=verify)
 
   def test_edited_metadata_fails_its_digest_unless_unverified(self):
     _edit_metadata(self.path, lambda i: i.update(seed=8))
-    with self.assertRaisesRegex(alberta.checkpoint.ChecksumError,
-                                rf"{self.meta} does not match its own"):
+    with self.assertRaisesRegex(
+        alberta.checkpoint.ChecksumError, rf"{self.meta} does not match its own"
+    ):
       alberta.checkpoint.restore(self.path)
     self.assertEqual(
-        alberta.checkpoint.restore_metadata(self.path, verify=False)["seed"], 8)
+        alberta.checkpoint.restore_metadata(self.path, verify=False)["seed"], 8
+    )
 
   @parameterized.named_parameters(
-      ("_dtype", lambda i: i["arrays"]["matrix"].update(dtype="int32"),
-       r"'arrays.matrix.dtype' is 'int32', but the checkpoint stores 'float32' "
-       r"\(it is never cast\)"),
-      ("_shape", lambda i: i["arrays"]["matrix"].update(shape=[32, 48]),
-       r"'arrays.matrix.shape' is \[32, 48\], but the checkpoint stores shape "
-       r"\[32, 24\]"),
-      ("_names", lambda i: i["arrays"].update(values=i["arrays"].pop("matrix")),
-       r"'arrays' lists \['values'\], but the checkpoint stores \['matrix'\]"),
+      (
+          "_dtype",
+          lambda i: i["arrays"]["matrix"].update(dtype="int32"),
+          r"'arrays.matrix.dtype' is 'int32', but the checkpoint stores"
+          r" 'float32' "
+          r"\(it is never cast\)",
+      ),
+      (
+          "_shape",
+          lambda i: i["arrays"]["matrix"].update(shape=[32, 48]),
+          r"'arrays.matrix.shape' is \[32, 48\], but the checkpoint stores"
+          r" shape "
+          r"\[32, 24\]",
+      ),
+      (
+          "_names",
+          lambda i: i["arrays"].update(values=i["arrays"].pop("matrix")),
+          (
+              r"'arrays' lists \['values'\], but the checkpoint stores"
+              r" \['matrix'\]"
+          ),
+      ),
   )
-  def test_metadata_unlike_what_orbax_stored_is_never_a_cast(self, edit,
-                                                             message):
+  def test_metadata_unlike_what_orbax_stored_is_never_a_cast(
+      self, edit, message
+  ):
     for verify in (True, False):
       # Digest recomputed: only the comparison with orbax can catch it.
       _edit_metadata(self.path, edit, redigest=True)
@@ -938,8 +1133,8 @@ class MetadataValidationTest(_CheckpointDirMixin, parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "format_version 1.*verify=False"):
       alberta.checkpoint.restore(self.path)
     test_utils.assert_same_bits(
-        alberta.checkpoint.restore(self.path, verify=False), _matrix())
-
+        alberta.checkpoint.restore(self.path, verify=False), _matrix()
+    )
 
 
 if __name__ == "__main__":

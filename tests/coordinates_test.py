@@ -36,7 +36,8 @@ _MORE_LARGE_N = (2**31 + 1, 3 * 2**30)
 def _columns(n: int, count: int = 3000) -> np.ndarray:
   """Extremes, both sides of 2**31, and random columns of `[0, n)`, distinct."""
   edges = [0, 1, 2, n - 3, n - 2, n - 1] + [
-      c for c in range(2**31 - 3, 2**31 + 3) if c < n]
+      c for c in range(2**31 - 3, 2**31 + 3) if c < n
+  ]
   rand = np.random.default_rng(n).integers(0, n, count, dtype=np.int64)
   return np.unique(np.concatenate([edges, rand])).astype(np.uint32)
 
@@ -56,15 +57,20 @@ def _model_permute(x: np.ndarray, material, n: int) -> np.ndarray:
   x = x.astype(np.int64)
   for r in range(x.shape[0]):
     for i in range(ks.shape[1]):
-      x[r] = test_utils.counter_model_round(x[r], ks[r, i], as_[r, i],
-                                            bs[r, i], n)
+      x[r] = test_utils.counter_model_round(
+          x[r], ks[r, i], as_[r, i], bs[r, i], n
+      )
   return x
 
 
-def _model_value_bits(init_key, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+def _model_value_bits(
+    init_key, rows: np.ndarray, cols: np.ndarray
+) -> np.ndarray:
   """`counter.value_bits` in numpy uint64, reduced mod 2**32 at every step."""
-  s1, s2 = (np.asarray(w, np.uint64)
-            for w in _threefry(init_key, rows, np.zeros_like(rows)))
+  s1, s2 = (
+      np.asarray(w, np.uint64)
+      for w in _threefry(init_key, rows, np.zeros_like(rows))
+  )
   m32 = np.uint64(2**32 - 1)
 
   def mix(x):
@@ -92,9 +98,15 @@ _mul_add_u64 = jax.jit(bits.mul_add_u64, static_argnums=1)
 def _permutation_values(key, spec, rows):
   """The permutation method's values at `rows` x all columns (the reference's bits)."""
   init_key, _ = keys.split2(keys.key_words(key))
-  return methods.values_from_bits(spec, test_utils.element_bits(
-      init_key, rows[:, None], jnp.arange(spec.fan_in, dtype=jnp.uint32)[None, :],
-      spec.fan_in))
+  return methods.values_from_bits(
+      spec,
+      test_utils.element_bits(
+          init_key,
+          rows[:, None],
+          jnp.arange(spec.fan_in, dtype=jnp.uint32)[None, :],
+          spec.fan_in,
+      ),
+  )
 
 
 class LargeFanInShuffleTest(parameterized.TestCase):
@@ -116,17 +128,20 @@ class LargeFanInShuffleTest(parameterized.TestCase):
     image = np.asarray(image)
     self.assertTrue((np.asarray(material[0]) < n).all())  # K in [0, n)
     self.assertTrue((image < n).all())
-    np.testing.assert_array_equal(np.asarray(back),
-                                  np.broadcast_to(cols, image.shape))
+    np.testing.assert_array_equal(
+        np.asarray(back), np.broadcast_to(cols, image.shape)
+    )
     for row in image:  # injective on the sampled columns
       self.assertLen(np.unique(row), len(cols))
     # An independent model (int64, exact modular arithmetic) agrees on the
     # extremes and a few others.
     some = np.r_[0:12, -12:0]
     np.testing.assert_array_equal(
-        _model_permute(np.broadcast_to(cols[some], (len(rows), len(some))),
-                       material, n),
-        image[:, some])
+        _model_permute(
+            np.broadcast_to(cols[some], (len(rows), len(some))), material, n
+        ),
+        image[:, some],
+    )
 
   @parameterized.parameters(*_LARGE_N)
   def test_round_keys_k_is_the_64_bit_multiply_high(self, n):
@@ -137,55 +152,78 @@ class LargeFanInShuffleTest(parameterized.TestCase):
     mask_key = keys.key_words(jax.random.key(8))
     ks = np.asarray(_round_keys(mask_key, rows, n)[0])
     j = jnp.arange(1, counter.num_rounds(n) + 1, dtype=jnp.uint32)
-    w1, w2 = (np.asarray(w, np.uint64)
-              for w in _threefry(mask_key, rows[:, None], j[None, :]))
-    u = [[(int(a) << 32) | int(b) for a, b in zip(w1[r], w2[r])]
-         for r in range(2)]
+    w1, w2 = (
+        np.asarray(w, np.uint64)
+        for w in _threefry(mask_key, rows[:, None], j[None, :])
+    )
+    u = [
+        [(int(a) << 32) | int(b) for a, b in zip(w1[r], w2[r])]
+        for r in range(2)
+    ]
     np.testing.assert_array_equal(ks, [[(v * n) >> 64 for v in r] for r in u])
 
 
 class LargeCoordinateTileTest(parameterized.TestCase):
   """Tiles from `blocks.row_block` (jitted, starts traced) at large coordinates."""
 
-  @parameterized.product(fan_in=(2**31 + 1, 2**32 - 1),
-                         row_start=(2**31 - 2, 2**32 - 6))
-  def test_counter_tile_matches_overlaps_and_numpy_model(self, fan_in, row_start):
+  @parameterized.product(
+      fan_in=(2**31 + 1, 2**32 - 1), row_start=(2**31 - 2, 2**32 - 6)
+  )
+  def test_counter_tile_matches_overlaps_and_numpy_model(
+      self, fan_in, row_start
+  ):
     self.check_counter_tile_matches_overlaps_and_numpy_model(fan_in, row_start)
 
   @parameterized.parameters(2**31 - 2, 2**32 - 6)
   @test_utils.slow
   def test_counter_tile_matches_overlaps_and_numpy_model_mid_fan_in(
-      self, row_start):
-    self.check_counter_tile_matches_overlaps_and_numpy_model(3 * 2**30,
-                                                             row_start)
+      self, row_start
+  ):
+    self.check_counter_tile_matches_overlaps_and_numpy_model(
+        3 * 2**30, row_start
+    )
 
-  def check_counter_tile_matches_overlaps_and_numpy_model(self, fan_in,
-                                                          row_start):
-    spec = make_spec((2**32 - 1, fan_in), 0.5, "uniform", "counter",
-                     "nearest")[0]
+  def check_counter_tile_matches_overlaps_and_numpy_model(
+      self, fan_in, row_start
+  ):
+    spec = make_spec((2**32 - 1, fan_in), 0.5, "uniform", "counter", "nearest")[
+        0
+    ]
     key = jax.random.key(9)
     for col_start in (2**31 - 9, fan_in - 16):
       r0, c0 = np.uint32(row_start), np.uint32(col_start)
       tile = np.asarray(blocks.row_block(key, spec, r0, 4, c0, 16))
-      shifted = np.asarray(blocks.row_block(key, spec, r0 + np.uint32(1), 4,
-                                            c0 + np.uint32(5), 16))
+      shifted = np.asarray(
+          blocks.row_block(
+              key, spec, r0 + np.uint32(1), 4, c0 + np.uint32(5), 16
+          )
+      )
       test_utils.assert_same_bits(tile[1:, 5:], shifted[:3, :11])
       # The same tile from the numpy model of mask and values.
       rows = row_start + np.arange(4, dtype=np.int64)
       cols = col_start + np.arange(16, dtype=np.int64)
       init_key = mask_key = keys.key_words(key)
-      material = _round_keys(mask_key, jnp.asarray(rows, jnp.uint32),
-                                    fan_in)
-      keep = _model_permute(np.broadcast_to(cols, (4, 16)), material,
-                            fan_in) >= spec.k
-      values = np.asarray(_values_from_bits(spec, jnp.asarray(
-          _model_value_bits(init_key, rows.astype(np.uint32),
-                            cols.astype(np.uint32)))))
+      material = _round_keys(mask_key, jnp.asarray(rows, jnp.uint32), fan_in)
+      keep = (
+          _model_permute(np.broadcast_to(cols, (4, 16)), material, fan_in)
+          >= spec.k
+      )
+      values = np.asarray(
+          _values_from_bits(
+              spec,
+              jnp.asarray(
+                  _model_value_bits(
+                      init_key, rows.astype(np.uint32), cols.astype(np.uint32)
+                  )
+              ),
+          )
+      )
       np.testing.assert_array_equal(tile != 0, keep)
       test_utils.assert_same_bits(tile[keep], values[keep])
 
-  @parameterized.product(method=("permutation", "counter"),
-                         row_start=(2**31 - 3, 2**32 - 7))
+  @parameterized.product(
+      method=("permutation", "counter"), row_start=(2**31 - 3, 2**32 - 7)
+  )
   def test_small_rows_near_the_row_limit(self, method, row_start):
     fan_in = 8
     spec = make_spec((2**32 - 1, fan_in), 0.5, "uniform", method, "nearest")[0]
@@ -205,8 +243,7 @@ class LargeCoordinateTileTest(parameterized.TestCase):
       hi, lo = _mul_add_u64(jnp.asarray(rows, jnp.uint32), fan_in)
       flat = rows * np.uint64(fan_in)
       np.testing.assert_array_equal(np.asarray(hi), flat >> np.uint64(32))
-      np.testing.assert_array_equal(np.asarray(lo),
-                                    flat & np.uint64(2**32 - 1))
+      np.testing.assert_array_equal(np.asarray(lo), flat & np.uint64(2**32 - 1))
       want = _permutation_values(key, spec, jnp.asarray(rows, jnp.uint32))
       keep = tile != 0
       test_utils.assert_same_bits(tile[keep], np.asarray(want)[keep])
@@ -220,8 +257,9 @@ class HugeTileTest(absltest.TestCase):
     spec = make_spec((n_rows, 1), 0.0, "uniform", "counter", "nearest")[0]
 
     def build(key):
-      return blocks.generate(key, spec, 0, n_rows, 0, 1, jnp.float32,
-                             chunk_rows=1024)
+      return blocks.generate(
+          key, spec, 0, n_rows, 0, 1, jnp.float32, chunk_rows=1024
+      )
 
     try:
       out = jax.eval_shape(build, jax.random.key(0))

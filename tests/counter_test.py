@@ -53,7 +53,9 @@ def _spec(shape, sparsity, init_type="uniform", rounding="nearest"):
 
 
 def _rows(row_start, n_rows: int):
-  return jnp.asarray(row_start, jnp.uint32) + jnp.arange(n_rows, dtype=jnp.uint32)
+  return jnp.asarray(row_start, jnp.uint32) + jnp.arange(
+      n_rows, dtype=jnp.uint32
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("n_rows", "fan_in"))
@@ -62,7 +64,9 @@ def _permuted_columns(key, n_rows: int, fan_in: int, row_start=0):
   mask_key = keys.key_words(key)
   rows = _rows(row_start, n_rows)
   material = test_utils.round_keys(mask_key, rows, fan_in)
-  cols = jnp.broadcast_to(jnp.arange(fan_in, dtype=jnp.uint32), (n_rows, fan_in))
+  cols = jnp.broadcast_to(
+      jnp.arange(fan_in, dtype=jnp.uint32), (n_rows, fan_in)
+  )
   return counter.permute(cols, material, fan_in)
 
 
@@ -80,7 +84,10 @@ def _zero_counts_jit(key, row_start, n_rows: int, fan_in: int, ks):
   cols = jnp.arange(fan_in, dtype=jnp.uint32)
   return jnp.stack([
       (~counter.keep_mask(mask_key, k, fan_in, rows, cols)).sum(
-          axis=1, dtype=jnp.int32) for k in ks])
+          axis=1, dtype=jnp.int32
+      )
+      for k in ks
+  ])
 
 
 def zero_counts(key, row_start, n_rows: int, fan_in: int, ks) -> np.ndarray:
@@ -88,8 +95,9 @@ def zero_counts(key, row_start, n_rows: int, fan_in: int, ks) -> np.ndarray:
 
   One program for every k (the shuffle is computed once, compared with each).
   """
-  return np.asarray(_zero_counts_jit(key, np.uint32(row_start), n_rows,
-                                     fan_in, tuple(ks)))
+  return np.asarray(
+      _zero_counts_jit(key, np.uint32(row_start), n_rows, fan_in, tuple(ks))
+  )
 
 
 def zero_mask(key, n_rows: int, fan_in: int, k: int, row_start=0) -> np.ndarray:
@@ -99,7 +107,9 @@ def zero_mask(key, n_rows: int, fan_in: int, k: int, row_start=0) -> np.ndarray:
   `test_output_zeros_are_the_mask` ties it to the public output, so the
   statistics of this mask are those of `sparse_init`'s zero set.
   """
-  return np.asarray(_zero_mask_jit(key, n_rows, fan_in, k, np.uint32(row_start)))
+  return np.asarray(
+      _zero_mask_jit(key, n_rows, fan_in, k, np.uint32(row_start))
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("spec",))
@@ -107,7 +117,9 @@ def _raw_values_jit(key, spec):
   init_key = keys.key_words(key)
   rows = _rows(0, spec.fan_out)
   cols = jnp.arange(spec.fan_in, dtype=jnp.uint32)
-  return methods.values_from_bits(spec, test_utils.counter_value_bits(init_key, rows, cols))
+  return methods.values_from_bits(
+      spec, test_utils.counter_value_bits(init_key, rows, cols)
+  )
 
 
 def raw_values(key, spec) -> np.ndarray:
@@ -135,8 +147,10 @@ def _pattern_counts_over_b(a: int, n: int) -> dict[int, int]:
   """
   c = [(a * v) % _M32 for v in range(n)]
   pattern = sum(1 << v for v in range(n) if c[v] >= _H32)  # at b = 0
-  events = sorted([((_H32 - c[v]) % _M32, v) for v in range(n)]
-                  + [((_M32 - c[v]) % _M32, v) for v in range(n)])
+  events = sorted(
+      [((_H32 - c[v]) % _M32, v) for v in range(n)]
+      + [((_M32 - c[v]) % _M32, v) for v in range(n)]
+  )
   counts, pos = {}, 0
   for p, v in events:
     if p > pos:
@@ -175,8 +189,9 @@ def exact_round_bit_counts(n: int) -> tuple[int, ...]:
     first, last = counts(lo), counts(hi - 1)
     if hi - lo >= 3:
       mid = (lo + hi - 1) // 2
-      assert ((counts(mid) - first) * (hi - 1 - lo)
-              == (last - first) * (mid - lo)).all(), (n, lo, hi)
+      assert (
+          (counts(mid) - first) * (hi - 1 - lo) == (last - first) * (mid - lo)
+      ).all(), (n, lo, hi)
     total += (first + last) * (hi - lo)
   assert all(t % 2 == 0 for t in total)
   total //= 2
@@ -194,20 +209,22 @@ def round_kernel(n: int, bit_law: np.ndarray, k_law: np.ndarray) -> np.ndarray:
   """`T[A, B]`: probability that one round maps the set `A` to `B` (bitmasks)."""
   size = 1 << n
   masks = np.arange(size)
-  member = (masks[:, None] >> np.arange(n)) & 1             # [set, x]
+  member = (masks[:, None] >> np.arange(n)) & 1  # [set, x]
   patterns = np.arange(1 << n)
   kernel = np.zeros(size * size)
   for k_value in range(n):
     x = np.arange(n)
     partner = (k_value - x) % n
     swap = (patterns[:, None] >> np.maximum(x, partner)) & 1  # [pattern, x]
-    image = np.where(swap == 1, partner, x)                 # round's map
-    moved = np.zeros((1 << n, size), np.int64)               # [pattern, set]
+    image = np.where(swap == 1, partner, x)  # round's map
+    moved = np.zeros((1 << n, size), np.int64)  # [pattern, set]
     for i in range(n):
-      moved |= member[None, :, i] << image[:, i:i + 1]
+      moved |= member[None, :, i] << image[:, i : i + 1]
     kernel += np.bincount(
         (masks[None, :] * size + moved).ravel(),
-        weights=np.repeat(k_law[k_value] * bit_law, size), minlength=size**2)
+        weights=np.repeat(k_law[k_value] * bit_law, size),
+        minlength=size**2,
+    )
   return kernel.reshape(size, size)
 
 
@@ -229,8 +246,9 @@ def zero_set_tv(n: int, k: int, rounds: int, kernel: np.ndarray) -> float:
 def _opposite_pairs_at_fan_in_4(key, row_start, n_rows: int):
   """Rows whose zero set (k = 2 of 4) is {0, 2} or {1, 3}; and all zeros."""
   mask_key = keys.key_words(key)
-  zeros = ~counter.keep_mask(mask_key, 2, 4, _rows(row_start, n_rows),
-                             jnp.arange(4, dtype=jnp.uint32))
+  zeros = ~counter.keep_mask(
+      mask_key, 2, 4, _rows(row_start, n_rows), jnp.arange(4, dtype=jnp.uint32)
+  )
   opposite = (zeros[:, 0] & zeros[:, 2]) | (zeros[:, 1] & zeros[:, 3])
   return opposite.sum(dtype=jnp.int32), zeros.sum(dtype=jnp.int32)
 
@@ -249,29 +267,37 @@ class ZeroCountTest(parameterized.TestCase):
 
   # Each fan-in compiles a program: tiny ones, a power of two, odd ones and
   # one past 2**16 here, the rest in the slow step.
-  @parameterized.parameters((1, 8), (2, 8), (3, 8), (64, 8), (127, 8),
-                            (65537, 2))
+  @parameterized.parameters(
+      (1, 8), (2, 8), (3, 8), (64, 8), (127, 8), (65537, 2)
+  )
   def test_each_row_shuffle_is_a_bijection(self, fan_in, n_rows):
     self.check_each_row_shuffle_is_a_bijection(fan_in, n_rows)
 
   @parameterized.parameters((10, 8), (1024, 8), (13, 8), (257, 8))
   @test_utils.slow
-  def test_each_row_shuffle_is_a_bijection_at_other_fan_ins(self, fan_in,
-                                                             n_rows):
+  def test_each_row_shuffle_is_a_bijection_at_other_fan_ins(
+      self, fan_in, n_rows
+  ):
     self.check_each_row_shuffle_is_a_bijection(fan_in, n_rows)
 
   def check_each_row_shuffle_is_a_bijection(self, fan_in, n_rows):
     # A bijection of [0, fan_in) maps exactly k columns below k, for every k.
-    perm = np.asarray(_permuted_columns(jax.random.key(11), n_rows, fan_in,
-                                        np.uint32(2**32 - 5)))
+    perm = np.asarray(
+        _permuted_columns(
+            jax.random.key(11), n_rows, fan_in, np.uint32(2**32 - 5)
+        )
+    )
     np.testing.assert_array_equal(
         np.sort(perm, axis=1),
-        np.broadcast_to(np.arange(fan_in, dtype=np.uint32), perm.shape))
+        np.broadcast_to(np.arange(fan_in, dtype=np.uint32), perm.shape),
+    )
 
-  @parameterized.parameters((1, 16), (3, 16), (10, 16), (64, 16), (127, 16),
-                            (128, 16))
+  @parameterized.parameters(
+      (1, 16), (3, 16), (10, 16), (64, 16), (127, 16), (128, 16)
+  )
   def test_exactly_k_zeros_per_row_for_every_sparsity_and_rounding(
-      self, fan_in, n_rows):
+      self, fan_in, n_rows
+  ):
     self.check_exactly_k_zeros_per_row(fan_in, n_rows)
 
   # test_each_row_shuffle_is_a_bijection covers these fan-ins in the default
@@ -282,34 +308,46 @@ class ZeroCountTest(parameterized.TestCase):
     self.check_exactly_k_zeros_per_row(fan_in, n_rows)
 
   def check_exactly_k_zeros_per_row(self, fan_in, n_rows):
-    cases = list(itertools.product((0.0, 0.1, 0.5, 0.7, 0.9, 0.99, 1.0),
-                                   ("nearest", "ceil")))
-    ks = [alberta.num_zeros(fan_in, sparsity, rounding)
-          for sparsity, rounding in cases]
+    cases = list(
+        itertools.product(
+            (0.0, 0.1, 0.5, 0.7, 0.9, 0.99, 1.0), ("nearest", "ceil")
+        )
+    )
+    ks = [
+        alberta.num_zeros(fan_in, sparsity, rounding)
+        for sparsity, rounding in cases
+    ]
     counts = zero_counts(jax.random.key(3), 2**31 - 1, n_rows, fan_in, ks)
     for (sparsity, rounding), k, count in zip(cases, ks, counts):
-      np.testing.assert_array_equal(count, k,
-                                    err_msg=f"{sparsity=} {rounding=}")
+      np.testing.assert_array_equal(
+          count, k, err_msg=f"{sparsity=} {rounding=}"
+      )
 
-  @parameterized.parameters((10, 0.7, "ceil"), (64, 0.9, "nearest"),
-                            (127, 0.1, "ceil"))
+  @parameterized.parameters(
+      (10, 0.7, "ceil"), (64, 0.9, "nearest"), (127, 0.1, "ceil")
+  )
   def test_output_zeros_are_the_mask(self, fan_in, sparsity, rounding):
     self.check_output_zeros_are_the_mask(fan_in, sparsity, rounding)
 
   # k = n or 0 (no shuffle) and fan_in 1: three more programs each.
-  @parameterized.parameters((1, 0.5, "nearest"), (3, 1.0, "nearest"),
-                            (128, 0.0, "nearest"))
+  @parameterized.parameters(
+      (1, 0.5, "nearest"), (3, 1.0, "nearest"), (128, 0.0, "nearest")
+  )
   @test_utils.slow
-  def test_output_zeros_are_the_mask_at_the_edges(self, fan_in, sparsity,
-                                                  rounding):
+  def test_output_zeros_are_the_mask_at_the_edges(
+      self, fan_in, sparsity, rounding
+  ):
     self.check_output_zeros_are_the_mask(fan_in, sparsity, rounding)
 
   def check_output_zeros_are_the_mask(self, fan_in, sparsity, rounding):
     key = jax.random.key(3)
     shape = (16, fan_in)
     spec = _spec(shape, sparsity, rounding=rounding)
-    w = np.asarray(alberta.sparse_init(key, shape, sparsity, method="counter",
-                                       rounding=rounding))
+    w = np.asarray(
+        alberta.sparse_init(
+            key, shape, sparsity, method="counter", rounding=rounding
+        )
+    )
     zeros = zero_mask(key, 16, fan_in, spec.k)
     np.testing.assert_array_equal(zeros.sum(axis=1), spec.k)
     # A kept weight can itself be exactly 0.0 (probability 2**-23: the
@@ -318,13 +356,20 @@ class ZeroCountTest(parameterized.TestCase):
 
   @parameterized.parameters(0.0, 1.0)
   def test_sparsity_zero_and_one_at_fan_in_65537(self, sparsity):
-    w = np.asarray(alberta.sparse_init(jax.random.key(5), (2, 65537), sparsity,
-                                       method="counter"))
+    w = np.asarray(
+        alberta.sparse_init(
+            jax.random.key(5), (2, 65537), sparsity, method="counter"
+        )
+    )
     if sparsity == 1.0:
       self.assertTrue((w == 0).all())
     else:
-      self.assertEqual(int((w == 0).sum()), int((raw_values(
-          jax.random.key(5), _spec((2, 65537), 0.0)) == 0).sum()))
+      self.assertEqual(
+          int((w == 0).sum()),
+          int(
+              (raw_values(jax.random.key(5), _spec((2, 65537), 0.0)) == 0).sum()
+          ),
+      )
 
 
 class ExactZeroSetLawTest(parameterized.TestCase):
@@ -353,16 +398,23 @@ class ExactZeroSetLawTest(parameterized.TestCase):
 
     @jax.jit
     def permute_all(inputs):  # One program for the three row lengths.
-      return [counter.permute(
-          jnp.broadcast_to(jnp.arange(n, dtype=jnp.uint32), (64, n)),
-          tuple(w[:, None] for w in words), n)
-              for n, words in zip(ns, inputs)]
+      return [
+          counter.permute(
+              jnp.broadcast_to(jnp.arange(n, dtype=jnp.uint32), (64, n)),
+              tuple(w[:, None] for w in words),
+              n,
+          )
+          for n, words in zip(ns, inputs)
+      ]
 
     for n, (k_value, a, b), got in zip(ns, inputs, permute_all(inputs)):
       got = np.asarray(got)
       want = np.stack([
-          test_utils.counter_model_round(np.arange(n), k_value[i], a[i], b[i], n)
-          for i in range(64)])
+          test_utils.counter_model_round(
+              np.arange(n), k_value[i], a[i], b[i], n
+          )
+          for i in range(64)
+      ])
       np.testing.assert_array_equal(got, want)
 
   def test_k_law_is_round_keys_k(self):
@@ -373,8 +425,10 @@ class ExactZeroSetLawTest(parameterized.TestCase):
     def ks_and_words(key):  # One program, not op by op.
       mask_key = keys.key_words(key)
       j = jnp.arange(1, counter.num_rounds(n) + 1, dtype=jnp.uint32)
-      return (test_utils.round_keys(mask_key, rows, n)[0],
-              test_utils.threefry(mask_key, rows[:, None], j[None, :]))
+      return (
+          test_utils.round_keys(mask_key, rows, n)[0],
+          test_utils.threefry(mask_key, rows[:, None], j[None, :]),
+      )
 
     ks, (w1, w2) = ks_and_words(jax.random.key(4))
     ks, w1, w2 = np.asarray(ks), np.asarray(w1), np.asarray(w2)
@@ -385,8 +439,10 @@ class ExactZeroSetLawTest(parameterized.TestCase):
   @parameterized.parameters(range(2, 9))
   def test_zero_set_law_within_bound_at_every_k(self, n):
     kernel = round_kernel(
-        n, np.array(exact_round_bit_counts(n), np.float64) / 2.0**64,
-        exact_k_law(n))
+        n,
+        np.array(exact_round_bit_counts(n), np.float64) / 2.0**64,
+        exact_k_law(n),
+    )
     rounds = counter.num_rounds(n)
     for k in range(1, n):
       # Exact up to float64 rounding (~1e-15): no false-failure rate.
@@ -396,8 +452,10 @@ class ExactZeroSetLawTest(parameterized.TestCase):
     # The old round count at fan_in 4: the opposite pairs {0, 2}, {1, 3} were
     # too rare, TV 1.8e-4, which sampling 2.4e8 rows measured too.
     kernel = round_kernel(
-        4, np.array(exact_round_bit_counts(4), np.float64) / 2.0**64,
-        exact_k_law(4))
+        4,
+        np.array(exact_round_bit_counts(4), np.float64) / 2.0**64,
+        exact_k_law(4),
+    )
     self.assertBetween(zero_set_tv(4, 2, 16, kernel), 1.8e-4, 1.82e-4)
 
 
@@ -410,8 +468,9 @@ class WideZeroSetProbeTest(parameterized.TestCase):
     zeros = zero_mask(jax.random.key(24), n_rows, fan_in, k)
     codes = (zeros.astype(np.int64) << np.arange(fan_in)).sum(axis=1)
     counts = np.bincount(codes, minlength=1 << fan_in)
-    subsets = [sum(1 << c for c in s)
-               for s in itertools.combinations(range(fan_in), k)]
+    subsets = [
+        sum(1 << c for c in s) for s in itertools.combinations(range(fan_in), k)
+    ]
     self.assertEqual(counts[subsets].sum(), n_rows)
     # 924 cells of ~4300: chi-square, false-failure rate ALPHA.
     self.assertGreater(stats.chisquare(counts[subsets]).pvalue, ALPHA)
@@ -423,10 +482,11 @@ class WideZeroSetProbeTest(parameterized.TestCase):
     p3 = k * (k - 1) * (k - 2) / (fan_in * (fan_in - 1) * (fan_in - 2))
     counts = []
     for a, b in itertools.combinations(range(fan_in), 2):
-      counts.extend((zeros[:, a] * zeros[:, b]) @ zeros[:, b + 1:])
+      counts.extend((zeros[:, a] * zeros[:, b]) @ zeros[:, b + 1 :])
     # Each of the 2024 triples is Binomial(n_rows, p3): Bonferroni over them.
-    p = test_utils.binomial_two_sided_p(np.rint(counts).astype(np.int64),
-                                        n_rows, p3)
+    p = test_utils.binomial_two_sided_p(
+        np.rint(counts).astype(np.int64), n_rows, p3
+    )
     self.assertLen(p, 2024)
     self.assertGreater(p.min(), ALPHA / len(p))
 
@@ -445,9 +505,15 @@ class TilingTest(parameterized.TestCase):
   _SPARSITY = 0.7
 
   def _whole(self, init_type="uniform"):
-    return np.asarray(alberta.sparse_init(
-        jax.random.key(40), self._SHAPE, self._SPARSITY, init_type,
-        method="counter"))
+    return np.asarray(
+        alberta.sparse_init(
+            jax.random.key(40),
+            self._SHAPE,
+            self._SPARSITY,
+            init_type,
+            method="counter",
+        )
+    )
 
   # Ragged last chunks (75 = 10 * 7 + 5 = 2 * 37 + 1), each distribution once;
   # every pair, chunks of one row and the default in the slow step.
@@ -455,18 +521,28 @@ class TilingTest(parameterized.TestCase):
   def test_any_chunk_rows_gives_identical_bits(self, chunk_rows, init_type):
     self.check_any_chunk_rows_gives_identical_bits(chunk_rows, init_type)
 
-  @parameterized.product(chunk_rows=(1, 7, 37, None),
-                         init_type=("uniform", "normal"))
+  @parameterized.product(
+      chunk_rows=(1, 7, 37, None), init_type=("uniform", "normal")
+  )
   @test_utils.slow
-  def test_any_chunk_rows_gives_identical_bits_slow(self, chunk_rows,
-                                                    init_type):
+  def test_any_chunk_rows_gives_identical_bits_slow(
+      self, chunk_rows, init_type
+  ):
     self.check_any_chunk_rows_gives_identical_bits(chunk_rows, init_type)
 
   def check_any_chunk_rows_gives_identical_bits(self, chunk_rows, init_type):
     spec = _spec(self._SHAPE, self._SPARSITY, init_type)
     generate = jax.jit(blocks.generate, static_argnums=(1, 3, 5, 6, 7))
-    out = generate(jax.random.key(40), spec, 0, spec.fan_out, 0, spec.fan_in,
-                   jnp.float32, chunk_rows)
+    out = generate(
+        jax.random.key(40),
+        spec,
+        0,
+        spec.fan_out,
+        0,
+        spec.fan_in,
+        jnp.float32,
+        chunk_rows,
+    )
     test_utils.assert_same_bits(out, self._whole(init_type))
 
   def test_column_tiles_assemble_to_the_matrix(self):
@@ -478,8 +554,10 @@ class TilingTest(parameterized.TestCase):
       return blocks.row_block(key, spec, r0, n_rows, c0, n_cols)
 
     # 3 x 3 tiles of 25 x 11: one compilation, the starts traced.
-    out = np.block([[np.asarray(tile(r0, 25, c0, 11)) for c0 in (0, 11, 22)]
-                    for r0 in (0, 25, 50)])
+    out = np.block([
+        [np.asarray(tile(r0, 25, c0, 11)) for c0 in (0, 11, 22)]
+        for r0 in (0, 25, 50)
+    ])
     test_utils.assert_same_bits(out, self._whole())
 
   # Rows and columns split, chunked; tests/sharding_test.py runs every mesh
@@ -490,29 +568,39 @@ class TilingTest(parameterized.TestCase):
   @parameterized.named_parameters(
       ("_rows_8", (8,), ("x",), P("x"), None),
       ("_rows_over_both_axes", (2, 4), ("x", "y"), P(("x", "y")), None),
-      ("_replicated", (8,), ("x",), P(), 7))
+      ("_replicated", (8,), ("x",), P(), 7),
+  )
   @test_utils.slow
-  def test_sharded_equals_whole_matrix_other_layouts(self, mesh_shape, axes,
-                                                     spec, chunk_rows):
+  def test_sharded_equals_whole_matrix_other_layouts(
+      self, mesh_shape, axes, spec, chunk_rows
+  ):
     self.check_sharded_equals_whole_matrix(mesh_shape, axes, spec, chunk_rows)
 
-  def check_sharded_equals_whole_matrix(self, mesh_shape, axes, spec,
-                                        chunk_rows):
+  def check_sharded_equals_whole_matrix(
+      self, mesh_shape, axes, spec, chunk_rows
+  ):
     mesh = Mesh(np.array(jax.devices()).reshape(mesh_shape), axes)
     shape = (64, 48)
     out = alberta.sharded_sparse_init(
-        jax.random.key(41), shape, 0.8, sharding=NamedSharding(mesh, spec),
-        method="counter", chunk_rows=chunk_rows)
+        jax.random.key(41),
+        shape,
+        0.8,
+        sharding=NamedSharding(mesh, spec),
+        method="counter",
+        chunk_rows=chunk_rows,
+    )
     want = alberta.sparse_init(jax.random.key(41), shape, 0.8, method="counter")
     test_utils.assert_same_bits(out, want)
 
   # tests/sharding_test.py runs pmap for both methods in the default run.
   @test_utils.slow
   def test_pmap_equals_whole_matrix(self):
-    out = alberta.pmap_sparse_init(jax.random.key(42), (64, 40), 0.9,
-                                   method="counter", chunk_rows=5)
-    want = alberta.sparse_init(jax.random.key(42), (64, 40), 0.9,
-                               method="counter")
+    out = alberta.pmap_sparse_init(
+        jax.random.key(42), (64, 40), 0.9, method="counter", chunk_rows=5
+    )
+    want = alberta.sparse_init(
+        jax.random.key(42), (64, 40), 0.9, method="counter"
+    )
     test_utils.assert_same_bits(np.asarray(out).reshape(64, 40), want)
 
 
@@ -524,10 +612,14 @@ class TransformTest(parameterized.TestCase):
   @test_utils.slow
   def test_jit_equals_eager(self):
     shape = (24, 30)
-    f = jax.jit(lambda key: alberta.sparse_init(key, shape, 0.6, "normal",
-                                                method="counter"))
-    want = alberta.sparse_init(jax.random.key(53), shape, 0.6, "normal",
-                               method="counter")
+    f = jax.jit(
+        lambda key: alberta.sparse_init(
+            key, shape, 0.6, "normal", method="counter"
+        )
+    )
+    want = alberta.sparse_init(
+        jax.random.key(53), shape, 0.6, "normal", method="counter"
+    )
     test_utils.assert_same_bits(f(jax.random.key(53)), want)
 
   def test_vmap_over_keys_stacks_per_key_matrices(self):
@@ -542,8 +634,9 @@ class TransformTest(parameterized.TestCase):
     make = jax.random.key if key_kind == "typed" else jax.random.PRNGKey
     key_batch = jax.vmap(make)(jnp.arange(4))
     shape = (12, 20)
-    f = lambda key: alberta.sparse_init(key, shape, 0.5, "normal",
-                                        method="counter")
+    f = lambda key: alberta.sparse_init(
+        key, shape, 0.5, "normal", method="counter"
+    )
     out = jax.jit(jax.vmap(f))(key_batch)
     want = np.stack([np.asarray(f(make(i))) for i in range(4)])
     test_utils.assert_same_bits(out, want)

@@ -52,10 +52,15 @@ def _snippets(slow: bool) -> list[tuple[str, str]]:
 
 def _run_snippet(code: str) -> subprocess.CompletedProcess:
   with tempfile.TemporaryDirectory() as cwd:
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd,
-                          env=test_utils.single_device_env(),
-                          capture_output=True, text=True,
-                          timeout=_SNIPPET_TIMEOUT_S, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env=test_utils.single_device_env(),
+        capture_output=True,
+        text=True,
+        timeout=_SNIPPET_TIMEOUT_S,
+        check=False,
+    )
 
 
 def _commands(text: str) -> list[str]:
@@ -102,8 +107,10 @@ class SnippetTest(absltest.TestCase):
     for (name, code), result in zip(snippets, results):
       with self.subTest(name):
         self.assertEqual(
-            result.returncode, 0,
-            f"{name} failed on its own:\n{code}\n{result.stderr[-3000:]}")
+            result.returncode,
+            0,
+            f"{name} failed on its own:\n{code}\n{result.stderr[-3000:]}",
+        )
 
   def test_every_python_block_runs_alone(self):
     self.check_snippets_run_alone(_snippets(slow=False))
@@ -125,16 +132,24 @@ class SnippetTest(absltest.TestCase):
       for command in commands:
         argv = shlex.split(command.replace("/tmp/", tmp + "/"))
         argv[0] = sys.executable
-        result = subprocess.run(argv, cwd=_ROOT, capture_output=True,
-                                text=True, check=False, timeout=600)
-        self.assertEqual(result.returncode, 0,
-                         f"{command}\n{result.stdout}\n{result.stderr}")
+        result = subprocess.run(
+            argv,
+            cwd=_ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
+        self.assertEqual(
+            result.returncode, 0, f"{command}\n{result.stdout}\n{result.stderr}"
+        )
 
 
 def _headline_table(text: str) -> list[str]:
   """The lines of the benchmark's headline table in a Markdown text."""
   # Imported here: scripts/benchlib imports no JAX, but the path is the root's.
   from scripts.benchlib import report  # pylint: disable=g-import-not-at-top
+
   lines = text.splitlines()
   start = lines.index(report.HEADLINE_HEADER)
   end = start
@@ -164,7 +179,8 @@ class DocstringExampleTest(parameterized.TestCase):
     self.assertNotEmpty([n for n, o in _public_objects() if _doctests(n, o)])
 
   @parameterized.named_parameters(
-      (name.replace(".", "_"), name, obj) for name, obj in _public_objects())
+      (name.replace(".", "_"), name, obj) for name, obj in _public_objects()
+  )
   def test_examples_run(self, name, obj):
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
     for test in _doctests(name, obj):

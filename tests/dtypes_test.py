@@ -69,9 +69,16 @@ REFUSED = (
 
 @functools.lru_cache(maxsize=None)
 def _counter_matrix(init_type: str, dtype_name: str) -> np.ndarray:
-  return np.asarray(alberta.sparse_init(
-      jax.random.key(FLUSH_KEYS[init_type]), FLUSH_SHAPE, FLUSH_SPARSITY,
-      init_type, dtype=dtype_name, method="counter"))
+  return np.asarray(
+      alberta.sparse_init(
+          jax.random.key(FLUSH_KEYS[init_type]),
+          FLUSH_SHAPE,
+          FLUSH_SPARSITY,
+          init_type,
+          dtype=dtype_name,
+          method="counter",
+      )
+  )
 
 
 def counter_matrix(init_type: str, dtype) -> np.ndarray:
@@ -81,13 +88,17 @@ def counter_matrix(init_type: str, dtype) -> np.ndarray:
 
 class ExactZeroCountTest(parameterized.TestCase):
 
-  @parameterized.named_parameters(("_uniform", "uniform"), ("_normal", "normal"))
+  @parameterized.named_parameters(
+      ("_uniform", "uniform"), ("_normal", "normal")
+  )
   def test_plain_cast_would_flush_here(self, init_type):
     f32 = counter_matrix(init_type, jnp.float32)
     plain = f32.astype(np.float16)
     flushed = (f32 != 0) & (plain == 0)
     self.assertGreaterEqual(int(flushed.sum()), 3)
-    self.assertGreater(int((test_utils.zeros_per_row(plain) > FLUSH_K).sum()), 0)
+    self.assertGreater(
+        int((test_utils.zeros_per_row(plain) > FLUSH_K).sum()), 0
+    )
 
   @parameterized.named_parameters(
       ("_float16_uniform", jnp.float16, "uniform"),
@@ -107,21 +118,32 @@ class ExactZeroCountTest(parameterized.TestCase):
     shape = (FLUSH_SHAPE[0], 1024)
     with jax.enable_x64(True):
       out = alberta.sparse_init(
-          jax.random.key(FLUSH_KEYS["uniform"]), shape, FLUSH_SPARSITY,
-          dtype=jnp.float64, method="counter")
+          jax.random.key(FLUSH_KEYS["uniform"]),
+          shape,
+          FLUSH_SPARSITY,
+          dtype=jnp.float64,
+          method="counter",
+      )
       self.assertEqual(out.dtype, jnp.float64)
-      np.testing.assert_array_equal(test_utils.zeros_per_row(out),
-                                    alberta.num_zeros(1024, FLUSH_SPARSITY))
+      np.testing.assert_array_equal(
+          test_utils.zeros_per_row(out), alberta.num_zeros(1024, FLUSH_SPARSITY)
+      )
 
   def test_ell_values_in_float16_are_never_zero(self):
     # The ELL path shares the value map and the guarded cast.
     values, _ = alberta.sparse_init_ell(
-        jax.random.key(FLUSH_KEYS["uniform"]), FLUSH_SHAPE, FLUSH_SPARSITY,
-        "uniform", dtype=jnp.float16)
+        jax.random.key(FLUSH_KEYS["uniform"]),
+        FLUSH_SHAPE,
+        FLUSH_SPARSITY,
+        "uniform",
+        dtype=jnp.float16,
+    )
     self.assertEqual(values.shape, (FLUSH_SHAPE[0], FLUSH_SHAPE[1] - FLUSH_K))
     self.assertEqual(int((np.asarray(values) == 0).sum()), 0)
 
-  @parameterized.named_parameters(("_uniform", "uniform"), ("_normal", "normal"))
+  @parameterized.named_parameters(
+      ("_uniform", "uniform"), ("_normal", "normal")
+  )
   def test_float16_is_the_float32_cast_except_flushed_weights(self, init_type):
     f32 = counter_matrix(init_type, jnp.float32)
     f16 = counter_matrix(init_type, jnp.float16)
@@ -129,7 +151,8 @@ class ExactZeroCountTest(parameterized.TestCase):
     flushed = (f32 != 0) & (plain == 0)
     tiny = np.float16(2**-24)
     test_utils.assert_same_bits(
-        f16, np.where(flushed, np.copysign(tiny, f32).astype(np.float16), plain))
+        f16, np.where(flushed, np.copysign(tiny, f32).astype(np.float16), plain)
+    )
 
   def test_bfloat16_is_the_float32_cast_exactly(self):
     # No generated weight is small enough for bfloat16 to flush (>= 2**-39).
@@ -141,27 +164,60 @@ class ExactZeroCountTest(parameterized.TestCase):
 class CastNonzeroTest(parameterized.TestCase):
 
   def test_flushed_values_become_the_signed_smallest_subnormal(self):
-    x = np.array([2**-25, -2**-25, 2**-26, -2**-40, 1e-30, 0.0, -0.0,
-                  2**-25 * 1.0000001, 3e-8, 2**-24, -1.0, 65504.0], np.float32)
-    want = np.array([2**-24, -2**-24, 2**-24, -2**-24, 2**-24, 0.0, -0.0,
-                     2**-24, 2**-24, 2**-24, -1.0, 65504.0], np.float16)
-    for fn in (bits.cast_nonzero,
-               jax.jit(bits.cast_nonzero, static_argnums=1)):
+    x = np.array(
+        [
+            2**-25,
+            -(2**-25),
+            2**-26,
+            -(2**-40),
+            1e-30,
+            0.0,
+            -0.0,
+            2**-25 * 1.0000001,
+            3e-8,
+            2**-24,
+            -1.0,
+            65504.0,
+        ],
+        np.float32,
+    )
+    want = np.array(
+        [
+            2**-24,
+            -(2**-24),
+            2**-24,
+            -(2**-24),
+            2**-24,
+            0.0,
+            -0.0,
+            2**-24,
+            2**-24,
+            2**-24,
+            -1.0,
+            65504.0,
+        ],
+        np.float16,
+    )
+    for fn in (bits.cast_nonzero, jax.jit(bits.cast_nonzero, static_argnums=1)):
       got = np.asarray(fn(jnp.asarray(x), jnp.float16))
       self.assertEqual(got.dtype, np.float16)
       test_utils.assert_same_bits(got, want)
 
   def test_bfloat16_keeps_zeros_and_rounds_the_rest(self):
-    x = np.array([2**-39, -2**-39, 0.0, -0.0, 0.3, -5.25], np.float32)
+    x = np.array([2**-39, -(2**-39), 0.0, -0.0, 0.3, -5.25], np.float32)
     got = np.asarray(bits.cast_nonzero(jnp.asarray(x), jnp.bfloat16))
     want = np.asarray(jnp.asarray(x).astype(jnp.bfloat16))
     test_utils.assert_same_bits(got, want)
-    np.testing.assert_array_equal(np.signbit(got.astype(np.float32)),
-                                  np.signbit(x))
+    np.testing.assert_array_equal(
+        np.signbit(got.astype(np.float32)), np.signbit(x)
+    )
 
   # The matrices of ExactZeroCountTest.
-  @parameterized.parameters((jnp.float32, "uniform"), (jnp.float16, "uniform"),
-                            (jnp.bfloat16, "normal"))
+  @parameterized.parameters(
+      (jnp.float32, "uniform"),
+      (jnp.float16, "uniform"),
+      (jnp.bfloat16, "normal"),
+  )
   def test_masked_zeros_keep_their_sign(self, dtype, init_type):
     out = counter_matrix(init_type, dtype)
     zeros = out.astype(np.float32) == 0
@@ -178,7 +234,9 @@ class OpenIntervalTest(parameterized.TestCase):
     m = np.arange(2**23, dtype=np.uint32)
     cls.m = m
     # The top 23 bits select the point; the low 9 bits must not matter.
-    cls.bits = jnp.asarray((m << 9) | (m * 2654435761 & 0x1FF).astype(np.uint32))
+    cls.bits = jnp.asarray(
+        (m << 9) | (m * 2654435761 & 0x1FF).astype(np.uint32)
+    )
 
   def test_unit_map_is_the_odd_grid(self):
     u = np.asarray(jax.jit(bits.bits_to_open_unit)(self.bits))
@@ -189,8 +247,9 @@ class OpenIntervalTest(parameterized.TestCase):
   @parameterized.parameters(1, 10, 1023, 4096, 2**32 - 1)
   def test_uniform_is_never_zero_and_inside_the_bound(self, fan_in):
     spec, _ = make_spec((1, fan_in), 0.0, "uniform", "counter", "nearest")
-    w = np.asarray(jax.jit(methods.values_from_bits, static_argnums=0)(
-        spec, self.bits))
+    w = np.asarray(
+        jax.jit(methods.values_from_bits, static_argnums=0)(spec, self.bits)
+    )
     bound = np.float32(1 / math.sqrt(fan_in))
     self.assertEqual(int((w == 0).sum()), 0)
     self.assertLess(float(np.abs(w).max()), bound)
@@ -199,8 +258,9 @@ class OpenIntervalTest(parameterized.TestCase):
 
   def test_normal_is_never_zero_finite_and_symmetric(self):
     spec, _ = make_spec((1, 4096), 0.0, "normal", "counter", "nearest")
-    w = np.asarray(jax.jit(methods.values_from_bits, static_argnums=0)(
-        spec, self.bits))
+    w = np.asarray(
+        jax.jit(methods.values_from_bits, static_argnums=0)(spec, self.bits)
+    )
     self.assertEqual(int((w == 0).sum()), 0)
     self.assertTrue(np.isfinite(w).all())
     np.testing.assert_array_equal(w, -w[::-1])
@@ -212,12 +272,15 @@ class OpenIntervalTest(parameterized.TestCase):
     # i.e. for top bits m = 2**22 (any low bits): probability 2**-23. The
     # counter maps give nonzero weights there, uniform and normal.
     b = jnp.asarray(np.array([2**22 << 9, (2**22 << 9) | 0x1FF], np.uint32))
-    reference_u = np.asarray(jax.jit(bits.bits_to_uniform, static_argnums=(1, 2))(
-        b, -0.125, 0.125))
+    reference_u = np.asarray(
+        jax.jit(bits.bits_to_uniform, static_argnums=(1, 2))(b, -0.125, 0.125)
+    )
     np.testing.assert_array_equal(reference_u, 0.0)
     for init_type in ("uniform", "normal"):
       spec, _ = make_spec((1, 64), 0.0, init_type, "counter", "nearest")
-      w = np.asarray(jax.jit(methods.values_from_bits, static_argnums=0)(spec, b))
+      w = np.asarray(
+          jax.jit(methods.values_from_bits, static_argnums=0)(spec, b)
+      )
       self.assertTrue((w != 0).all(), w)
 
 
@@ -225,7 +288,8 @@ class DistributionTest(parameterized.TestCase):
 
   @parameterized.named_parameters(
       ("_uniform", "uniform", stats.uniform(loc=-1, scale=2).cdf),
-      ("_normal", "normal", stats.norm.cdf))
+      ("_normal", "normal", stats.norm.cdf),
+  )
   def test_kept_values_follow_lecun_distribution(self, init_type, cdf):
     # Fixed key: always passes or always fails. For ideal randomness the KS
     # test rejects with probability 1e-4; the grid (steps of 2**-22 of the
@@ -256,8 +320,8 @@ def _no_work():
   """Makes any generation (dense or ELL) fail the test if it is reached."""
   fail = AssertionError("work started before the dtype check")
   return mock.patch.multiple(
-      blocks, generate=mock.Mock(side_effect=fail)), mock.patch.object(
-          ell, "generate", mock.Mock(side_effect=fail))
+      blocks, generate=mock.Mock(side_effect=fail)
+  ), mock.patch.object(ell, "generate", mock.Mock(side_effect=fail))
 
 
 class RefusedDtypeTest(parameterized.TestCase):
@@ -265,7 +329,10 @@ class RefusedDtypeTest(parameterized.TestCase):
 
   def assert_refused(self, call, shown):
     dense_patch, ell_patch = _no_work()
-    pattern = rf"dtype must be one of float16, bfloat16, float32, float64.*{re.escape(shown)}"
+    pattern = (
+        r"dtype must be one of float16, bfloat16, float32,"
+        rf" float64.*{re.escape(shown)}"
+    )
     with dense_patch, ell_patch, self.assertRaisesRegex(TypeError, pattern):
       call()
 
@@ -278,28 +345,46 @@ class RefusedDtypeTest(parameterized.TestCase):
   @parameterized.named_parameters(*REFUSED)
   def test_sparse_init(self, dtype, shown):
     for method in ("permutation", "counter"):
-      self.assert_refused(lambda: alberta.sparse_init(
-          self.key, (8, 16), 0.5, dtype=dtype, method=method), shown)
+      self.assert_refused(
+          lambda: alberta.sparse_init(
+              self.key, (8, 16), 0.5, dtype=dtype, method=method
+          ),
+          shown,
+      )
 
   @parameterized.named_parameters(*REFUSED)
   def test_sparse_init_ell(self, dtype, shown):
-    self.assert_refused(lambda: alberta.sparse_init_ell(
-        self.key, (8, 16), 0.5, dtype=dtype), shown)
+    self.assert_refused(
+        lambda: alberta.sparse_init_ell(self.key, (8, 16), 0.5, dtype=dtype),
+        shown,
+    )
 
   @parameterized.named_parameters(*REFUSED)
   def test_sharded_sparse_init(self, dtype, shown):
-    self.assert_refused(lambda: alberta.sharded_sparse_init(
-        self.key, (8, 16), 0.5, sharding=self.sharding, dtype=dtype), shown)
+    self.assert_refused(
+        lambda: alberta.sharded_sparse_init(
+            self.key, (8, 16), 0.5, sharding=self.sharding, dtype=dtype
+        ),
+        shown,
+    )
 
   @parameterized.named_parameters(*REFUSED)
   def test_sharded_sparse_init_ell(self, dtype, shown):
-    self.assert_refused(lambda: alberta.sharded_sparse_init_ell(
-        self.key, (8, 16), 0.5, sharding=self.sharding, dtype=dtype), shown)
+    self.assert_refused(
+        lambda: alberta.sharded_sparse_init_ell(
+            self.key, (8, 16), 0.5, sharding=self.sharding, dtype=dtype
+        ),
+        shown,
+    )
 
   @parameterized.named_parameters(*REFUSED)
   def test_pmap_sparse_init(self, dtype, shown):
-    self.assert_refused(lambda: alberta.pmap_sparse_init(
-        self.key, (8, 16), 0.5, devices=jax.devices()[:2], dtype=dtype), shown)
+    self.assert_refused(
+        lambda: alberta.pmap_sparse_init(
+            self.key, (8, 16), 0.5, devices=jax.devices()[:2], dtype=dtype
+        ),
+        shown,
+    )
 
   @parameterized.named_parameters(*REFUSED)
   def test_initializers_sparse(self, dtype, shown):
@@ -313,11 +398,14 @@ class RefusedDtypeTest(parameterized.TestCase):
     self.assert_refused(lambda: f.init(self.key), shown)
 
   def test_accepted_dtypes_are_exactly_four(self):
-    self.assertEqual(checks.DTYPES, ("float16", "bfloat16", "float32", "float64"))
+    self.assertEqual(
+        checks.DTYPES, ("float16", "bfloat16", "float32", "float64")
+    )
     for name in checks.DTYPES[:3]:
       self.assertEqual(checks.check_dtype(name), np.dtype(jnp.dtype(name)))
-      self.assertEqual(checks.check_dtype(jnp.dtype(name)),
-                       np.dtype(jnp.dtype(name)))
+      self.assertEqual(
+          checks.check_dtype(jnp.dtype(name)), np.dtype(jnp.dtype(name))
+      )
     with jax.enable_x64(True):
       self.assertEqual(checks.check_dtype(jnp.float64), np.float64)
 

@@ -71,31 +71,38 @@ _DENSE_SLOW_CASES = (
 class EllEqualsDenseTest(parameterized.TestCase):
 
   @parameterized.named_parameters(*_DENSE_CASES)
-  def test_scatter_equals_dense_counter_matrix(self, shape, sparsity, init_type,
-                                               rounding):
+  def test_scatter_equals_dense_counter_matrix(
+      self, shape, sparsity, init_type, rounding
+  ):
     self._check(shape, sparsity, init_type, rounding)
 
   @parameterized.named_parameters(*_DENSE_SLOW_CASES)
   @test_utils.slow
-  def test_scatter_equals_dense_counter_matrix_more(self, shape, sparsity,
-                                                    init_type, rounding):
+  def test_scatter_equals_dense_counter_matrix_more(
+      self, shape, sparsity, init_type, rounding
+  ):
     self._check(shape, sparsity, init_type, rounding)
 
   def _check(self, shape, sparsity, init_type, rounding):
     key = jax.random.key(60)
-    values, indices = alberta.sparse_init_ell(key, shape, sparsity, init_type,
-                                              rounding=rounding)
+    values, indices = alberta.sparse_init_ell(
+        key, shape, sparsity, init_type, rounding=rounding
+    )
     spec, _ = make_spec(shape, sparsity, init_type, "counter", rounding)
-    check_ell_layout(self, values, indices, spec.fan_out, spec.fan_in, spec.k,
-                     jnp.float32)
-    dense = alberta.sparse_init(key, shape, sparsity, init_type,
-                                method="counter", rounding=rounding)
+    check_ell_layout(
+        self, values, indices, spec.fan_out, spec.fan_in, spec.k, jnp.float32
+    )
+    dense = alberta.sparse_init(
+        key, shape, sparsity, init_type, method="counter", rounding=rounding
+    )
     np.testing.assert_array_equal(
-        as_bits(alberta.to_dense(values, indices, shape)), as_bits(dense))
+        as_bits(alberta.to_dense(values, indices, shape)), as_bits(dense)
+    )
     # The values carry their own signs: bit for bit, no zero normalized.
     rows = np.arange(spec.fan_out)[:, None]
     test_utils.assert_same_bits(
-        values, np.asarray(dense).reshape(spec.shape)[rows, indices])
+        values, np.asarray(dense).reshape(spec.shape)[rows, indices]
+    )
 
   def test_low_precision_values_are_the_dense_values(self):
     # float16: the guarded cast, which flushes no kept weight to zero.
@@ -109,21 +116,25 @@ class EllEqualsDenseTest(parameterized.TestCase):
     key = jax.random.key(61)
     values, indices = alberta.sparse_init_ell(key, (24, 50), 0.8, dtype=dtype)
     self.assertEqual(values.dtype, dtype)
-    dense = alberta.sparse_init(key, (24, 50), 0.8, dtype=dtype,
-                                method="counter")
+    dense = alberta.sparse_init(
+        key, (24, 50), 0.8, dtype=dtype, method="counter"
+    )
     np.testing.assert_array_equal(
-        as_bits(alberta.to_dense(values, indices, (24, 50))), as_bits(dense))
+        as_bits(alberta.to_dense(values, indices, (24, 50))), as_bits(dense)
+    )
 
   @parameterized.parameters((0, 10, 0.5), (5, 0, 0.5), (5, 10, 1.0))
   def test_empty_rows_or_matrix(self, fan_out, fan_in, sparsity):
-    values, indices = alberta.sparse_init_ell(jax.random.key(0),
-                                              (fan_out, fan_in), sparsity)
+    values, indices = alberta.sparse_init_ell(
+        jax.random.key(0), (fan_out, fan_in), sparsity
+    )
     k = alberta.num_zeros(fan_in, sparsity)
     check_ell_layout(self, values, indices, fan_out, fan_in, k, jnp.float32)
     self.assertEqual(values.size, 0)
     np.testing.assert_array_equal(
         alberta.to_dense(values, indices, (fan_out, fan_in)),
-        np.zeros((fan_out, fan_in), np.float32))
+        np.zeros((fan_out, fan_in), np.float32),
+    )
 
   def test_jit_and_vmap_over_keys(self):
     shape = (12, 30)
@@ -166,8 +177,9 @@ class ChunkingAndMemoryTest(parameterized.TestCase):
     spec, _ = make_spec((75, 40), 0.7, "uniform", "counter", "nearest")
     key = jax.random.key(65)
     gen = jax.jit(ell.generate, static_argnums=(1, 3, 4, 5))
-    values, indices = gen(key, spec, np.uint32(2**31 - 30), 75, jnp.float32,
-                          chunk_rows)
+    values, indices = gen(
+        key, spec, np.uint32(2**31 - 30), 75, jnp.float32, chunk_rows
+    )
     want_v, want_i = ell.nonzero_block(key, spec, np.uint32(2**31 - 30), 75)
     np.testing.assert_array_equal(indices, want_i)
     np.testing.assert_array_equal(as_bits(values), as_bits(want_v))
@@ -192,9 +204,13 @@ class ChunkingAndMemoryTest(parameterized.TestCase):
     n = 16384
     spec, _ = make_spec((n, n), sparsity, "uniform", "counter", "nearest")
     nnz = ell.nnz(spec)
-    mem = ell._sparse_init_ell_2d.lower(  # pylint: disable=protected-access
-        jax.random.key(0), spec, jnp.dtype(jnp.float32), None
-    ).compile().memory_analysis()
+    mem = (
+        ell._sparse_init_ell_2d.lower(  # pylint: disable=protected-access
+            jax.random.key(0), spec, jnp.dtype(jnp.float32), None
+        )
+        .compile()
+        .memory_analysis()
+    )
     if mem is None:
       self.skipTest("this backend reports no memory analysis")
     output = n * nnz * (4 + 4)
@@ -219,8 +235,9 @@ class ShardedEllTest(parameterized.TestCase):
       ("_rows_over_8", (8,), ("x",), P("x"), None),
       ("_rows_over_both_axes", (2, 4), ("x", "y"), P(("x", "y")), 5),
   )
-  def test_equals_sparse_init_ell_and_dense(self, mesh_shape, axes, spec,
-                                            chunk_rows):
+  def test_equals_sparse_init_ell_and_dense(
+      self, mesh_shape, axes, spec, chunk_rows
+  ):
     self._check(mesh_shape, axes, spec, chunk_rows)
 
   @parameterized.named_parameters(
@@ -229,8 +246,9 @@ class ShardedEllTest(parameterized.TestCase):
       ("_replicated", (8,), ("x",), P(), 7),
   )
   @test_utils.slow
-  def test_equals_sparse_init_ell_and_dense_more(self, mesh_shape, axes, spec,
-                                                 chunk_rows):
+  def test_equals_sparse_init_ell_and_dense_more(
+      self, mesh_shape, axes, spec, chunk_rows
+  ):
     self._check(mesh_shape, axes, spec, chunk_rows)
 
   def _check(self, mesh_shape, axes, spec, chunk_rows):
@@ -238,37 +256,52 @@ class ShardedEllTest(parameterized.TestCase):
     sharding = NamedSharding(mesh, spec)
     key = jax.random.key(66)
     values, indices = alberta.sharded_sparse_init_ell(
-        key, self._SHAPE, self._SPARSITY, "normal", sharding=sharding,
-        chunk_rows=chunk_rows)
+        key,
+        self._SHAPE,
+        self._SPARSITY,
+        "normal",
+        sharding=sharding,
+        chunk_rows=chunk_rows,
+    )
     self.assertEqual(values.sharding, sharding)
     self.assertEqual(indices.sharding, sharding)
-    want_v, want_i = alberta.sparse_init_ell(key, self._SHAPE, self._SPARSITY,
-                                             "normal")
+    want_v, want_i = alberta.sparse_init_ell(
+        key, self._SHAPE, self._SPARSITY, "normal"
+    )
     np.testing.assert_array_equal(indices, want_i)
     np.testing.assert_array_equal(as_bits(values), as_bits(want_v))
-    dense = alberta.sparse_init(key, self._SHAPE, self._SPARSITY, "normal",
-                                method="counter")
+    dense = alberta.sparse_init(
+        key, self._SHAPE, self._SPARSITY, "normal", method="counter"
+    )
     np.testing.assert_array_equal(
-        as_bits(alberta.to_dense(values, indices, self._SHAPE)), as_bits(dense))
+        as_bits(alberta.to_dense(values, indices, self._SHAPE)), as_bits(dense)
+    )
 
   def test_each_device_holds_its_rows(self):
     # The program of the "_rows_over_8" case.
     mesh = Mesh(np.array(jax.devices()), ("x",))
     values, _ = alberta.sharded_sparse_init_ell(
-        jax.random.key(67), self._SHAPE, self._SPARSITY, "normal",
-        sharding=NamedSharding(mesh, P("x")))
-    want, _ = alberta.sparse_init_ell(jax.random.key(67), self._SHAPE,
-                                      self._SPARSITY, "normal")
+        jax.random.key(67),
+        self._SHAPE,
+        self._SPARSITY,
+        "normal",
+        sharding=NamedSharding(mesh, P("x")),
+    )
+    want, _ = alberta.sparse_init_ell(
+        jax.random.key(67), self._SHAPE, self._SPARSITY, "normal"
+    )
     for shard in values.addressable_shards:
       self.assertEqual(shard.data.shape, (8, 30))
-      np.testing.assert_array_equal(as_bits(shard.data),
-                                    as_bits(np.asarray(want)[shard.index]))
+      np.testing.assert_array_equal(
+          as_bits(shard.data), as_bits(np.asarray(want)[shard.index])
+      )
 
   @parameterized.parameters(((64, 10), 1.0), ((0, 10), 0.5), ((64, 0), 0.5))
   def test_empty_arrays_keep_the_sharding(self, shape, sparsity):
     sharding = NamedSharding(Mesh(np.array(jax.devices()), ("x",)), P("x"))
     values, indices = alberta.sharded_sparse_init_ell(
-        jax.random.key(0), shape, sparsity, sharding=sharding)
+        jax.random.key(0), shape, sparsity, sharding=sharding
+    )
     k = alberta.num_zeros(shape[1], sparsity)
     check_ell_layout(self, values, indices, shape[0], shape[1], k, jnp.float32)
     self.assertEqual(values.sharding, sharding)
@@ -282,8 +315,9 @@ class ShardedEllTest(parameterized.TestCase):
   def test_column_split_is_refused(self, spec):
     mesh = Mesh(np.array(jax.devices()).reshape(2, 4), ("x", "y"))
     with self.assertRaisesRegex(ValueError, "splits rows only"):
-      alberta.sharded_sparse_init_ell(jax.random.key(0), (64, 99), 0.5,
-                                      sharding=NamedSharding(mesh, spec))
+      alberta.sharded_sparse_init_ell(
+          jax.random.key(0), (64, 99), 0.5, sharding=NamedSharding(mesh, spec)
+      )
 
   def test_other_bad_arguments(self):
     mesh = Mesh(np.array(jax.devices()), ("x",))
@@ -292,16 +326,17 @@ class ShardedEllTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, "does not divide"):
       alberta.sharded_sparse_init_ell(key, (60, 10), sharding=sharding)
     with self.assertRaisesRegex(TypeError, "NamedSharding"):
-      alberta.sharded_sparse_init_ell(key, (64, 10),
-                                      sharding=jax.devices()[0])
+      alberta.sharded_sparse_init_ell(key, (64, 10), sharding=jax.devices()[0])
     with self.assertRaisesRegex(ValueError, "2-D shape"):
       alberta.sharded_sparse_init_ell(key, (64, 2, 5), sharding=sharding)
     with self.assertRaisesRegex(ValueError, "chunk_rows"):
-      alberta.sharded_sparse_init_ell(key, (64, 10), sharding=sharding,
-                                      chunk_rows=0)
+      alberta.sharded_sparse_init_ell(
+          key, (64, 10), sharding=sharding, chunk_rows=0
+      )
     with self.assertRaisesRegex(ValueError, "method='counter'"):
-      alberta.sharded_sparse_init_ell(key, (64, 10), sharding=sharding,
-                                      method="permutation")
+      alberta.sharded_sparse_init_ell(
+          key, (64, 10), sharding=sharding, method="permutation"
+      )
 
 
 class ArgumentTest(parameterized.TestCase):
@@ -346,18 +381,21 @@ class ArgumentTest(parameterized.TestCase):
 class BcooTest(parameterized.TestCase):
 
   # The specs of two EllEqualsDenseTest cases, whose programs are compiled.
-  @parameterized.parameters(((40, 1000), 0.99, "uniform"),
-                            ((6, 3, 2, 5), 0.6, "normal"))
+  @parameterized.parameters(
+      ((40, 1000), 0.99, "uniform"), ((6, 3, 2, 5), 0.6, "normal")
+  )
   def test_bcoo_is_the_dense_matrix(self, shape, sparsity, init_type):
-    values, indices = alberta.sparse_init_ell(jax.random.key(70), shape,
-                                              sparsity, init_type)
+    values, indices = alberta.sparse_init_ell(
+        jax.random.key(70), shape, sparsity, init_type
+    )
     mat = alberta.to_bcoo(values, indices, shape)
     self.assertIsInstance(mat, jsparse.BCOO)
     self.assertEqual(mat.shape, tuple(shape))
     self.assertEqual(mat.nse, values.size)
     np.testing.assert_array_equal(
         as_bits(mat.todense()),
-        as_bits(alberta.to_dense(values, indices, shape)))
+        as_bits(alberta.to_dense(values, indices, shape)),
+    )
 
   def test_sparse_matmul_equals_dense_matmul(self):
     shape = (40, 1000)
@@ -366,10 +404,12 @@ class BcooTest(parameterized.TestCase):
     w_dense = alberta.to_dense(values, indices, shape)
     x = jax.random.normal(jax.random.key(72), (5, 1000))
     layer = jax.jit(lambda w, x: x @ w.T)  # a Linear layer's y = x W^T
-    np.testing.assert_allclose(layer(w_sparse, x), x @ w_dense.T,
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(w_sparse @ x.T, w_dense @ x.T,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        layer(w_sparse, x), x @ w_dense.T, rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        w_sparse @ x.T, w_dense @ x.T, rtol=1e-5, atol=1e-6
+    )
 
   def test_to_dense_and_to_bcoo_under_jit(self):
     shape = (16, 20)

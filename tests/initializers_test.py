@@ -46,10 +46,14 @@ def haiku_first_key(rng):
   return hk.transform(hk.next_rng_key).apply({}, rng)
 
 
-def expected_kernel(key, shape, sparsity=SPARSITY, init_type="uniform", **kwargs):
+def expected_kernel(
+    key, shape, sparsity=SPARSITY, init_type="uniform", **kwargs
+):
   """The design's layout rule for an `(..., in, out)` kernel."""
   fan_in = math.prod(shape[:-1])
-  matrix = alberta.sparse_init(key, (shape[-1], fan_in), sparsity, init_type, **kwargs)
+  matrix = alberta.sparse_init(
+      key, (shape[-1], fan_in), sparsity, init_type, **kwargs
+  )
   return np.asarray(matrix).T.reshape(shape)
 
 
@@ -69,16 +73,34 @@ def assert_same_bits(actual, expected):
 class HaikuTest(parameterized.TestCase):
 
   @parameterized.named_parameters(
-      ("_linear", lambda init: hk.Linear(OUT, w_init=init), (2, FAN_IN),
-       (FAN_IN, OUT)),
-      ("_conv1d", lambda init: hk.Conv1D(OUT, 3, w_init=init), (1, 8, 9),
-       (3, 9, OUT)),
-      ("_conv2d", lambda init: hk.Conv2D(OUT, 3, w_init=init), (1, 6, 6, 3),
-       (3, 3, 3, OUT)),
-      ("_conv3d", lambda init: hk.Conv3D(OUT, 3, w_init=init), (1, 4, 4, 4, 1),
-       (3, 3, 3, 1, OUT)),
+      (
+          "_linear",
+          lambda init: hk.Linear(OUT, w_init=init),
+          (2, FAN_IN),
+          (FAN_IN, OUT),
+      ),
+      (
+          "_conv1d",
+          lambda init: hk.Conv1D(OUT, 3, w_init=init),
+          (1, 8, 9),
+          (3, 9, OUT),
+      ),
+      (
+          "_conv2d",
+          lambda init: hk.Conv2D(OUT, 3, w_init=init),
+          (1, 6, 6, 3),
+          (3, 3, 3, OUT),
+      ),
+      (
+          "_conv3d",
+          lambda init: hk.Conv3D(OUT, 3, w_init=init),
+          (1, 4, 4, 4, 1),
+          (3, 3, 3, 1, OUT),
+      ),
   )
-  def test_kernel_is_the_core_matrix_transposed(self, make_layer, x_shape, w_shape):
+  def test_kernel_is_the_core_matrix_transposed(
+      self, make_layer, x_shape, w_shape
+  ):
     rng = jax.random.PRNGKey(17)
     f = hk.transform(lambda x: make_layer(alberta.SparseInit(SPARSITY))(x))
     x = jnp.ones(x_shape)
@@ -93,7 +115,9 @@ class HaikuTest(parameterized.TestCase):
 
   def test_typed_rng_key(self):
     rng = jax.random.key(17)
-    f = hk.transform(lambda x: hk.Linear(OUT, w_init=alberta.SparseInit(SPARSITY))(x))
+    f = hk.transform(
+        lambda x: hk.Linear(OUT, w_init=alberta.SparseInit(SPARSITY))(x)
+    )
     w = f.init(rng, jnp.ones((1, FAN_IN)))["linear"]["w"]
     assert_same_bits(w, expected_kernel(haiku_first_key(rng), (FAN_IN, OUT)))
     # Typed and raw keys with the same words give the same kernel.
@@ -105,26 +129,40 @@ class HaikuTest(parameterized.TestCase):
     init = alberta.SparseInit(0.72, "normal", rounding="ceil")
     f = hk.transform(lambda x: hk.Linear(OUT, w_init=init)(x))
     w = f.init(rng, jnp.ones((1, FAN_IN)))["linear"]["w"]
-    assert_same_bits(w, expected_kernel(haiku_first_key(rng), (FAN_IN, OUT), 0.72,
-                                        "normal", rounding="ceil"))
+    assert_same_bits(
+        w,
+        expected_kernel(
+            haiku_first_key(rng), (FAN_IN, OUT), 0.72, "normal", rounding="ceil"
+        ),
+    )
     np.testing.assert_array_equal(zeros_per_output(w), math.ceil(0.72 * FAN_IN))
 
   def test_bfloat16_params_are_the_float32_kernel_cast(self):
     rng = jax.random.PRNGKey(5)
-    f = hk.transform(lambda x: hk.Linear(OUT, w_init=alberta.SparseInit(SPARSITY))(x))
+    f = hk.transform(
+        lambda x: hk.Linear(OUT, w_init=alberta.SparseInit(SPARSITY))(x)
+    )
     w = f.init(rng, jnp.ones((1, FAN_IN), jnp.bfloat16))["linear"]["w"]
     self.assertEqual(w.dtype, jnp.bfloat16)
-    expected = expected_kernel(haiku_first_key(rng), (FAN_IN, OUT)).astype(jnp.bfloat16)
+    expected = expected_kernel(haiku_first_key(rng), (FAN_IN, OUT)).astype(
+        jnp.bfloat16
+    )
     assert_same_bits(w, expected)
     np.testing.assert_array_equal(zeros_per_output(w), K)
 
   def test_mlp_every_layer_has_exact_zero_counts(self):
-    f = hk.transform(lambda x: hk.nets.MLP([OUT, OUT], w_init=alberta.SparseInit(SPARSITY))(x))
+    f = hk.transform(
+        lambda x: hk.nets.MLP([OUT, OUT], w_init=alberta.SparseInit(SPARSITY))(
+            x
+        )
+    )
     x = jnp.ones((2, FAN_IN))
     params = f.init(jax.random.PRNGKey(0), x)
     for name, fan_in in (("mlp/~/linear_0", FAN_IN), ("mlp/~/linear_1", OUT)):
-      np.testing.assert_array_equal(zeros_per_output(params[name]["w"]),
-                                    alberta.num_zeros(fan_in, SPARSITY))
+      np.testing.assert_array_equal(
+          zeros_per_output(params[name]["w"]),
+          alberta.num_zeros(fan_in, SPARSITY),
+      )
     self.assertEqual(f.apply(params, None, x).shape, (2, OUT))
 
   def test_fan_in_axes_picks_the_input_axes(self):
@@ -137,8 +175,9 @@ class HaikuTest(parameterized.TestCase):
     matrix = np.asarray(alberta.sparse_init(haiku_first_key(rng), (4, 15), 0.5))
     expected = np.moveaxis(matrix.reshape(4, 3, 5), 0, 1)
     assert_same_bits(w, expected)
-    np.testing.assert_array_equal(zeros_per_output(w, out_axis=1),
-                                  alberta.num_zeros(15, 0.5))
+    np.testing.assert_array_equal(
+        zeros_per_output(w, out_axis=1), alberta.num_zeros(15, 0.5)
+    )
 
   @parameterized.named_parameters(("_positive", (1,)), ("_negative", (-1,)))
   def test_fan_in_axes_for_out_in_layout_is_the_core_matrix(self, fan_in_axes):
@@ -146,7 +185,9 @@ class HaikuTest(parameterized.TestCase):
     init = alberta.SparseInit(SPARSITY, fan_in_axes=fan_in_axes)
     f = hk.transform(lambda: hk.get_parameter("w", (OUT, FAN_IN), init=init))
     w = f.init(rng)["~"]["w"]
-    assert_same_bits(w, alberta.sparse_init(haiku_first_key(rng), (OUT, FAN_IN), SPARSITY))
+    assert_same_bits(
+        w, alberta.sparse_init(haiku_first_key(rng), (OUT, FAN_IN), SPARSITY)
+    )
 
   def test_fan_in_axes_out_of_range_is_rejected_at_call(self):
     init = alberta.SparseInit(SPARSITY, fan_in_axes=(2,))
@@ -168,7 +209,9 @@ class FlaxTest(parameterized.TestCase):
     return wrapped
 
   def test_dense_kernel_is_the_core_matrix_transposed(self):
-    layer = nn.Dense(OUT, kernel_init=self.recording(alberta.initializers.sparse(SPARSITY)))
+    layer = nn.Dense(
+        OUT, kernel_init=self.recording(alberta.initializers.sparse(SPARSITY))
+    )
     x = jnp.ones((2, FAN_IN))
     params = layer.init(jax.random.PRNGKey(1), x)
     kernel = params["params"]["kernel"]
@@ -178,8 +221,11 @@ class FlaxTest(parameterized.TestCase):
     self.assertEqual(layer.apply(params, x).shape, (2, OUT))
 
   def test_conv_kernel_has_exact_zero_counts(self):
-    layer = nn.Conv(OUT, (3, 3), kernel_init=self.recording(
-        alberta.initializers.sparse(SPARSITY)))
+    layer = nn.Conv(
+        OUT,
+        (3, 3),
+        kernel_init=self.recording(alberta.initializers.sparse(SPARSITY)),
+    )
     x = jnp.ones((1, 6, 6, 3))
     params = layer.init(jax.random.PRNGKey(2), x)
     kernel = params["params"]["kernel"]
@@ -189,20 +235,33 @@ class FlaxTest(parameterized.TestCase):
     self.assertEqual(layer.apply(params, x).shape, (1, 6, 6, OUT))
 
   def test_bfloat16_param_dtype(self):
-    layer = nn.Dense(OUT, param_dtype=jnp.bfloat16, kernel_init=self.recording(
-        alberta.initializers.sparse(SPARSITY)))
-    kernel = layer.init(jax.random.PRNGKey(5), jnp.ones((1, FAN_IN)))["params"]["kernel"]
+    layer = nn.Dense(
+        OUT,
+        param_dtype=jnp.bfloat16,
+        kernel_init=self.recording(alberta.initializers.sparse(SPARSITY)),
+    )
+    kernel = layer.init(jax.random.PRNGKey(5), jnp.ones((1, FAN_IN)))["params"][
+        "kernel"
+    ]
     self.assertEqual(kernel.dtype, jnp.bfloat16)
-    assert_same_bits(kernel, expected_kernel(self.keys[0], (FAN_IN, OUT)).astype(jnp.bfloat16))
+    assert_same_bits(
+        kernel,
+        expected_kernel(self.keys[0], (FAN_IN, OUT)).astype(jnp.bfloat16),
+    )
 
   def test_same_key_same_kernel_as_haiku(self):
     # The two front ends share one layout rule: given the same key they give
     # the same kernel (Haiku's key is the one `hk.next_rng_key` hands it).
     rng = jax.random.PRNGKey(12)
-    f = hk.transform(lambda: hk.get_parameter("w", (3, 3, 3, OUT),
-                                              init=alberta.SparseInit(SPARSITY)))
+    f = hk.transform(
+        lambda: hk.get_parameter(
+            "w", (3, 3, 3, OUT), init=alberta.SparseInit(SPARSITY)
+        )
+    )
     haiku_w = f.init(rng)["~"]["w"]
-    jax_w = alberta.initializers.sparse(SPARSITY)(haiku_first_key(rng), (3, 3, 3, OUT))
+    jax_w = alberta.initializers.sparse(SPARSITY)(
+        haiku_first_key(rng), (3, 3, 3, OUT)
+    )
     assert_same_bits(haiku_w, jax_w)
 
 
@@ -215,23 +274,31 @@ class EquinoxTest(parameterized.TestCase):
     weight = alberta.sparse_init(wkey, linear.weight.shape, SPARSITY)
     linear = eqx.tree_at(lambda m: m.weight, linear, weight)
     # Equinox weights are (out, in): one output unit per row.
-    np.testing.assert_array_equal(zeros_per_output(linear.weight, out_axis=0), K)
+    np.testing.assert_array_equal(
+        zeros_per_output(linear.weight, out_axis=0), K
+    )
     x = jnp.arange(FAN_IN, dtype=jnp.float32)
-    np.testing.assert_allclose(np.asarray(linear(x)),
-                               np.asarray(weight @ x + linear.bias), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(linear(x)), np.asarray(weight @ x + linear.bias), rtol=1e-6
+    )
 
   def test_initializer_with_fan_in_axes_is_sparse_init_on_out_in(self):
     key = jax.random.PRNGKey(4)
     init = alberta.initializers.sparse(SPARSITY, fan_in_axes=(1,))
-    assert_same_bits(init(key, (OUT, FAN_IN)),
-                     alberta.sparse_init(key, (OUT, FAN_IN), SPARSITY))
+    assert_same_bits(
+        init(key, (OUT, FAN_IN)),
+        alberta.sparse_init(key, (OUT, FAN_IN), SPARSITY),
+    )
 
   def test_conv2d_weight_is_the_pytorch_layout(self):
     key, wkey = jax.random.split(jax.random.PRNGKey(1))
     conv = eqx.nn.Conv2d(3, OUT, 3, key=key)
     self.assertEqual(conv.weight.shape, (OUT, 3, 3, 3))
-    conv = eqx.tree_at(lambda m: m.weight, conv,
-                       alberta.sparse_init(wkey, conv.weight.shape, SPARSITY))
+    conv = eqx.tree_at(
+        lambda m: m.weight,
+        conv,
+        alberta.sparse_init(wkey, conv.weight.shape, SPARSITY),
+    )
     np.testing.assert_array_equal(zeros_per_output(conv.weight, out_axis=0), K)
     y = conv(jnp.ones((3, 6, 6)))
     self.assertEqual(y.shape, (OUT, 4, 4))
@@ -281,8 +348,13 @@ class ConstructionTest(parameterized.TestCase):
   def test_good_options_construct(self, make):
     for method in ("permutation", "counter"):
       for rounding in ("nearest", "ceil"):
-        make(sparsity=0, init_type="normal", method=method, rounding=rounding,
-             fan_in_axes=[0, -2])
+        make(
+            sparsity=0,
+            init_type="normal",
+            method=method,
+            rounding=rounding,
+            fan_in_axes=[0, -2],
+        )
 
   def test_bad_call_arguments_are_rejected(self):
     init = alberta.initializers.sparse(SPARSITY)
@@ -312,14 +384,19 @@ class LazyImportTest(absltest.TestCase):
         except AttributeError as e:
           print("AttributeError", e)
         """)
-    out = subprocess.run([sys.executable, "-c", script], check=True,
-                         capture_output=True, text=True).stdout.splitlines()
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
     self.assertEqual(out[:4], ["[]", "[]", "SparseInit True", "to_bcoo True"])
     self.assertIn("no_such_name", out[4])
 
   def test_lazy_attributes_are_the_defining_modules_objects(self):
     from alberta._src import ell  # pylint: disable=g-import-not-at-top
     from alberta._src import haiku_init  # pylint: disable=g-import-not-at-top
+
     self.assertIs(alberta.SparseInit, haiku_init.SparseInit)
     self.assertIs(alberta.sparse_init_ell, ell.sparse_init_ell)
     for name in alberta.__all__:
@@ -330,8 +407,12 @@ class ReprTest(parameterized.TestCase):
 
   @parameterized.parameters(
       ("alberta.SparseInit(0.9, 'uniform')",),
-      ("alberta.SparseInit(0.5, 'normal', fan_in_axes=(0, 1), "
-       "method='counter', rounding='ceil')",),
+      (
+          (
+              "alberta.SparseInit(0.5, 'normal', fan_in_axes=(0, 1), "
+              "method='counter', rounding='ceil')"
+          ),
+      ),
       ("alberta.initializers.sparse(0.9, 'uniform')",),
       ("alberta.initializers.sparse(0.8, 'normal', method='counter')",),
   )
@@ -342,8 +423,9 @@ class ReprTest(parameterized.TestCase):
   def test_sparse_is_a_jax_nn_initializer(self):
     init = alberta.initializers.sparse(0.5)
     self.assertIsInstance(init, jax.nn.initializers.Initializer)
-    self.assertIs(alberta.initializers.Initializer,
-                  jax.nn.initializers.Initializer)
+    self.assertIs(
+        alberta.initializers.Initializer, jax.nn.initializers.Initializer
+    )
 
 
 if __name__ == "__main__":

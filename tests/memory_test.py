@@ -40,14 +40,23 @@ _N_DEVICES = 8
 _MAX_TEMP_FRACTION = 0.25
 
 
-def _sharded_memory(method: str, spec: P, chunk_rows, dtype=jnp.float32,
-                    shape=_SHAPE):
+def _sharded_memory(
+    method: str, spec: P, chunk_rows, dtype=jnp.float32, shape=_SHAPE
+):
   """`memory_analysis()` of the per-device program of `sharded_sparse_init`."""
-  mesh = (jax.make_mesh((_N_DEVICES,), ("x",)) if len(spec) < 2 else
-          jax.make_mesh((4, 2), ("x", "y")))
+  mesh = (
+      jax.make_mesh((_N_DEVICES,), ("x",))
+      if len(spec) < 2
+      else jax.make_mesh((4, 2), ("x", "y"))
+  )
   sparse_spec, _ = make_spec(shape, 0.9, "uniform", method, "nearest")
-  fn = driver.sharded_program(blocks.DENSE, sparse_spec, np.dtype(dtype),
-                              NamedSharding(mesh, spec), chunk_rows)
+  fn = driver.sharded_program(
+      blocks.DENSE,
+      sparse_spec,
+      np.dtype(dtype),
+      NamedSharding(mesh, spec),
+      chunk_rows,
+  )
   key_data = jax.random.key_data(jax.random.key(0))
   return fn.lower(key_data).compile().memory_analysis()
 
@@ -55,8 +64,13 @@ def _sharded_memory(method: str, spec: P, chunk_rows, dtype=jnp.float32,
 _SHARDED_CASES = (
     # Rows of 1024: the permutation method's compare path (see
     # SparseInitMemoryTest.test_compare_path_chunks_keep_no_constant_alive).
-    ("_permutation_compare_rows_default", "permutation", P("x"), None,
-     (65536, 1024)),
+    (
+        "_permutation_compare_rows_default",
+        "permutation",
+        P("x"),
+        None,
+        (65536, 1024),
+    ),
     ("_counter_rows_default", "counter", P("x"), None),
     ("_counter_2d_default", "counter", P("x", "y"), None),
     ("_counter_chunk16", "counter", P("x"), 16),
@@ -74,13 +88,15 @@ class ShardedMemoryTest(parameterized.TestCase):
 
   @parameterized.named_parameters(*_SHARDED_CASES)
   def test_chunked_temporaries_at_most_quarter_of_output(
-      self, method, spec, chunk_rows, shape=_SHAPE):
+      self, method, spec, chunk_rows, shape=_SHAPE
+  ):
     self._check(method, spec, chunk_rows, shape)
 
   @parameterized.named_parameters(*_SHARDED_SLOW_CASES)
   @test_utils.slow
   def test_chunked_temporaries_at_most_quarter_of_output_more(
-      self, method, spec, chunk_rows):
+      self, method, spec, chunk_rows
+  ):
     self._check(method, spec, chunk_rows)
 
   def _check(self, method, spec, chunk_rows, shape=_SHAPE):
@@ -89,9 +105,11 @@ class ShardedMemoryTest(parameterized.TestCase):
     # the mesh.
     out_bytes = shape[0] * shape[1] * 4 // _N_DEVICES
     self.assertEqual(stats.output_size_in_bytes, out_bytes)
-    self.assertLessEqual(stats.temp_size_in_bytes,
-                         _MAX_TEMP_FRACTION * out_bytes,
-                         msg=f"temp {stats.temp_size_in_bytes} bytes")
+    self.assertLessEqual(
+        stats.temp_size_in_bytes,
+        _MAX_TEMP_FRACTION * out_bytes,
+        msg=f"temp {stats.temp_size_in_bytes} bytes",
+    )
 
   @parameterized.named_parameters(("_2d", P("x", "y")))
   def test_default_chunk_bounded_for_narrow_dtype(self, spec):
@@ -108,8 +126,9 @@ class ShardedMemoryTest(parameterized.TestCase):
     stats = _sharded_memory("permutation", spec, None, jnp.bfloat16)
     out_bytes = _SHAPE[0] * _SHAPE[1] * 2 // _N_DEVICES
     self.assertEqual(stats.output_size_in_bytes, out_bytes)
-    self.assertLessEqual(stats.temp_size_in_bytes,
-                         _MAX_TEMP_FRACTION * out_bytes)
+    self.assertLessEqual(
+        stats.temp_size_in_bytes, _MAX_TEMP_FRACTION * out_bytes
+    )
 
 
 class SparseInitMemoryTest(parameterized.TestCase):
@@ -130,24 +149,33 @@ class SparseInitMemoryTest(parameterized.TestCase):
   # round compares every column with the followed elements, which are then
   # still a constant. XLA once computed that `[rows, m, fan_in]` comparison
   # outside the chunk loop and kept it alive through it (0.57x the output).
-  @parameterized.named_parameters(("_fan_in_1024", (8192, 1024), 0.9),
-                                  ("_fan_in_256_half", (16384, 256), 0.5))
+  @parameterized.named_parameters(
+      ("_fan_in_1024", (8192, 1024), 0.9),
+      ("_fan_in_256_half", (16384, 256), 0.5),
+  )
   def test_compare_path_chunks_keep_no_constant_alive(self, shape, sparsity):
     spec, _ = make_spec(shape, sparsity, "uniform", "permutation", "nearest")
-    self.assertLess(blocks.default_chunk_rows(spec, *shape, np.float32),
-                    shape[0])  # chunked, in a loop
+    self.assertLess(
+        blocks.default_chunk_rows(spec, *shape, np.float32), shape[0]
+    )  # chunked, in a loop
     self._check("permutation", shape, sparsity)
 
   def _check(self, method, shape=(4096, 4096), sparsity=0.9):
     spec, _ = make_spec(shape, sparsity, "uniform", method, "nearest")
-    stats = blocks._matrix_in_one_program.lower(
-        jax.random.key(0), spec, np.dtype(np.float32), None).compile(
-        ).memory_analysis()
+    stats = (
+        blocks._matrix_in_one_program.lower(
+            jax.random.key(0), spec, np.dtype(np.float32), None
+        )
+        .compile()
+        .memory_analysis()
+    )
     out_bytes = shape[0] * shape[1] * 4
     self.assertEqual(stats.output_size_in_bytes, out_bytes)
-    self.assertLessEqual(stats.temp_size_in_bytes,
-                         _MAX_TEMP_FRACTION * out_bytes,
-                         msg=f"temp {stats.temp_size_in_bytes} bytes")
+    self.assertLessEqual(
+        stats.temp_size_in_bytes,
+        _MAX_TEMP_FRACTION * out_bytes,
+        msg=f"temp {stats.temp_size_in_bytes} bytes",
+    )
 
 
 class HostLoopMemoryTest(parameterized.TestCase):
@@ -156,10 +184,13 @@ class HostLoopMemoryTest(parameterized.TestCase):
   # compare path, which compiles in a second; the sort path's long rows are
   # in the slow run), short ones for the counter method (whose temporaries
   # are per-row words).
-  @parameterized.named_parameters(("_permutation", "permutation", (4096, 1024)),
-                                  ("_counter", "counter", (2**20, 16)))
-  def test_each_chunk_costs_at_most_a_quarter_of_the_output(self, method,
-                                                            shape):
+  @parameterized.named_parameters(
+      ("_permutation", "permutation", (4096, 1024)),
+      ("_counter", "counter", (2**20, 16)),
+  )
+  def test_each_chunk_costs_at_most_a_quarter_of_the_output(
+      self, method, shape
+  ):
     self._check(method, shape)
 
   @test_utils.slow
@@ -180,21 +211,30 @@ class HostLoopMemoryTest(parameterized.TestCase):
     if METHODS[method].separate_tile:
       # The chunk is generated into its own donated buffer, then copied.
       chunk = jax.ShapeDtypeStruct((chunk_rows, shape[1]), dtype)
-      write = step.lower(matrix, chunk, key, index, index,
-                         index).compile().memory_analysis()
+      write = (
+          step.lower(matrix, chunk, key, index, index, index)
+          .compile()
+          .memory_analysis()
+      )
       extra = chunk_bytes + write.temp_size_in_bytes
       written = out_bytes + chunk_bytes  # Both outputs, both donated.
     else:
-      write = step.lower(matrix, None, key, index, index,
-                         index).compile().memory_analysis()
+      write = (
+          step.lower(matrix, None, key, index, index, index)
+          .compile()
+          .memory_analysis()
+      )
       extra = write.temp_size_in_bytes
       written = out_bytes
     # Donated: the outputs are the arguments' buffers, not a second matrix
     # or a fresh chunk each step (two outputs add their tuple's pointers).
     self.assertBetween(write.output_size_in_bytes, written, written + 64)
     self.assertEqual(write.alias_size_in_bytes, written)
-    self.assertLessEqual(extra, _MAX_TEMP_FRACTION * out_bytes,
-                         msg=f"chunk and temporaries: {extra} bytes")
+    self.assertLessEqual(
+        extra,
+        _MAX_TEMP_FRACTION * out_bytes,
+        msg=f"chunk and temporaries: {extra} bytes",
+    )
 
 
 if __name__ == "__main__":

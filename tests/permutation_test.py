@@ -68,8 +68,9 @@ def _reference_permutations(key_data, row_start, n_rows, n):
 
 
 @functools.lru_cache(maxsize=None)
-def reference_permutations(seed: int, row_start: int, n_rows: int,
-                      n: int) -> np.ndarray:
+def reference_permutations(
+    seed: int, row_start: int, n_rows: int, n: int
+) -> np.ndarray:
   """The reference's `jax.random.permutation(row_key, n)` of each row (read-only).
 
   Rows `[row_start, row_start + n_rows)` of `jax.random.key(seed)`'s mask
@@ -78,8 +79,9 @@ def reference_permutations(seed: int, row_start: int, n_rows: int,
   per argument tuple.
   """
   key_data = jax.random.key_data(jax.random.key(seed))
-  perm = np.asarray(_reference_permutations(key_data, jnp.uint32(row_start),
-                                       n_rows, n))
+  perm = np.asarray(
+      _reference_permutations(key_data, jnp.uint32(row_start), n_rows, n)
+  )
   perm.flags.writeable = False
   return perm
 
@@ -121,8 +123,10 @@ def _both(spec, seed, row_start=0, col_start=0, n_cols=None, path="default"):
   key_data = jax.random.key_data(jax.random.key(seed))
   args = (key_data, spec, jnp.uint32(row_start), jnp.int32(col_start), n_cols)
   perm = reference_permutations(seed, row_start, spec.fan_out, spec.fan_in)
-  return (np.asarray(_mask(*args, fn=_PATHS[path])),
-          perm[:, col_start:col_start + n_cols] >= spec.k)
+  return (
+      np.asarray(_mask(*args, fn=_PATHS[path])),
+      perm[:, col_start : col_start + n_cols] >= spec.k,
+  )
 
 
 def _spec(n_rows, n, k):
@@ -134,49 +138,62 @@ def _spec(n_rows, n, k):
 # sharing the reference's permutations with the column tile's k = n / 2 below).
 # Many kept inputs followed through the sort path: TiedBitsTest's
 # `_16_values_kept` (and the slow cases).
-QUICK_CASES = ((9, 1, 0), (9, 1, 1), (16, 7, 3), (40, 1625, 1),
-               (40, 1626, 1625))
+QUICK_CASES = (
+    (9, 1, 0),
+    (9, 1, 1),
+    (16, 7, 3),
+    (40, 1625, 1),
+    (40, 1626, 1625),
+)
 # Every k edge at one and two rounds, either side of n / 2, and the default
 # run's former cases.
 SLOW_CASES = tuple(
-    (rows, n, k) for rows, n in ((33, 2), (50, 100), (30, 1625), (30, 1626),
-                                 (12, 5000))
-    for k in sorted({0, 1, n // 2 - 1, n // 2, n // 2 + 1, n - 1, n})) + (
-        (24, 1626, 813), (64, 1000, 900), (16, 7, 4))
+    (rows, n, k)
+    for rows, n in ((33, 2), (50, 100), (30, 1625), (30, 1626), (12, 5000))
+    for k in sorted({0, 1, n // 2 - 1, n // 2, n // 2 + 1, n - 1, n})
+) + ((24, 1626, 813), (64, 1000, 900), (16, 7, 4))
 # m n rounds <= _COMPARE_MAX = 2**17 either side of the bound: one round at
 # n = 1024 (m = 128 | 129), two rounds at n = 2048 (m = 32 | 33), zeros or
 # kept inputs followed; (n, k, takes the compare path).
-BOUND_CASES = ((1024, 128, True), (1024, 129, False), (1024, 1024 - 128, True),
-               (1024, 1024 - 129, False), (2048, 32, True), (2048, 33, False),
-               (2048, 2048 - 32, True))
+BOUND_CASES = (
+    (1024, 128, True),
+    (1024, 129, False),
+    (1024, 1024 - 128, True),
+    (1024, 1024 - 129, False),
+    (2048, 32, True),
+    (2048, 33, False),
+    (2048, 2048 - 32, True),
+)
 # The reference's mask key and first row of the tests below, one per row length,
 # so that the cases of one length share the reference's permutations.
 _ROW_START = 5
 
 
 def _with_paths(cases):
-  return tuple(case + (path,) for case in cases
-               for path in ("sort", "compare", "search"))
+  return tuple(
+      case + (path,) for case in cases for path in ("sort", "compare", "search")
+  )
 
 
 class ReferenceMaskTest(parameterized.TestCase):
 
   def check_equals_sorted_mask(self, rows, n, k, path, seed, row_start):
-    new, old = _both(_spec(rows, n, k), seed=seed, row_start=row_start,
-                     path=path)
+    new, old = _both(
+        _spec(rows, n, k), seed=seed, row_start=row_start, path=path
+    )
     np.testing.assert_array_equal(new, old)
     np.testing.assert_array_equal((~new).sum(axis=1), k)
 
   @parameterized.parameters(*_with_paths(QUICK_CASES))
   def test_equals_sorted_mask(self, rows, n, k, path):
-    self.check_equals_sorted_mask(rows, n, k, path, seed=n,
-                                  row_start=_ROW_START)
+    self.check_equals_sorted_mask(
+        rows, n, k, path, seed=n, row_start=_ROW_START
+    )
 
   @parameterized.parameters(*_with_paths(SLOW_CASES))
   @test_utils.slow
   def test_equals_sorted_mask_slow(self, rows, n, k, path):
-    self.check_equals_sorted_mask(rows, n, k, path, seed=3 * n,
-                                  row_start=1000)
+    self.check_equals_sorted_mask(rows, n, k, path, seed=3 * n, row_start=1000)
 
   def test_bound_between_the_paths(self):
     for n, k, compare in BOUND_CASES:
@@ -190,8 +207,9 @@ class ReferenceMaskTest(parameterized.TestCase):
 
   @parameterized.parameters(*BOUND_CASES[1:])
   @test_utils.slow
-  def test_default_path_at_the_bound_equals_sorted_mask_slow(self, n, k,
-                                                             compare):
+  def test_default_path_at_the_bound_equals_sorted_mask_slow(
+      self, n, k, compare
+  ):
     self.check_default_path_equals_sorted_mask(n, k, compare)
 
   def check_default_path_equals_sorted_mask(self, n, k, compare):
@@ -202,10 +220,16 @@ class ReferenceMaskTest(parameterized.TestCase):
   def test_default_path_by_row_length(self):
     # Sparsity 0.9: compare up to m n rounds = 2**17, search up to m n =
     # 2**26 (rows of 16384), sort beyond.
-    for n, k, path in ((256, 230, "compare"), (1024, 922, "compare"),
-                       (1626, 1463, "search"), (2048, 1843, "search"),
-                       (4096, 3686, "search"), (16384, 14746, "search"),
-                       (32768, 29491, "sort"), (65536, 58982, "sort")):
+    for n, k, path in (
+        (256, 230, "compare"),
+        (1024, 922, "compare"),
+        (1626, 1463, "search"),
+        (2048, 1843, "search"),
+        (4096, 3686, "search"),
+        (16384, 14746, "search"),
+        (32768, 29491, "sort"),
+        (65536, 58982, "sort"),
+    ):
       self.assertEqual(permutation.default_path(n, k), path, (n, k))
 
   def test_small_layers_take_the_compare_path(self):
@@ -216,9 +240,14 @@ class ReferenceMaskTest(parameterized.TestCase):
 
   def test_bad_path_is_rejected(self):
     with self.assertRaisesRegex(ValueError, "path.*'bogus'"):
-      permutation.mask_block(keys.key_words(jax.random.key(0)),
-                             _spec(2, 8, 3), jnp.arange(2, dtype=_U32), 0, 8,
-                             path="bogus")
+      permutation.mask_block(
+          keys.key_words(jax.random.key(0)),
+          _spec(2, 8, 3),
+          jnp.arange(2, dtype=_U32),
+          0,
+          8,
+          path="bogus",
+      )
 
   # Tiling and row groups happen around either path (a slice of its mask,
   # one call per group): the compare path here, the sort path in the slow
@@ -252,8 +281,14 @@ class ReferenceMaskTest(parameterized.TestCase):
 
   def check_column_tile_equals_sorted_mask(self, path):
     # Two rounds, half the row zero: the rows of (40, 1626, 1625) above.
-    new, old = _both(_spec(40, 1626, 813), seed=1626, row_start=_ROW_START,
-                     col_start=300, n_cols=700, path=path)
+    new, old = _both(
+        _spec(40, 1626, 813),
+        seed=1626,
+        row_start=_ROW_START,
+        col_start=300,
+        n_cols=700,
+        path=path,
+    )
     self.assertEqual(new.shape, (40, 700))
     np.testing.assert_array_equal(new, old)
 
@@ -277,8 +312,10 @@ def _coarse_bits(shift):
   One function per shift (cached), so the programs compiled for it are
   shared between tests.
   """
+
   def sort_bits(k1, k2, counters):
     return shuffle.hash32(k1, k2, counters) >> _U32(shift)
+
   return sort_bits
 
 
@@ -287,16 +324,14 @@ def _zero_bits(k1, k2, counters):
   return jnp.zeros(counters.shape, _U32)
 
 
-_followed_mask = jax.jit(shuffle.followed_mask,
-                         static_argnums=(2, 3, 4, 5))
+_followed_mask = jax.jit(shuffle.followed_mask, static_argnums=(2, 3, 4, 5))
 _compared_mask = jax.jit(shuffle.compared_mask, static_argnums=(2, 3, 4))
 _searched_mask = jax.jit(permutation._searched_mask, static_argnums=(2, 3, 4))
 
 
 def _row_keys(n_rows, seed, row_start=0):
   key = keys.key_words(jax.random.key(seed))
-  return shuffle.row_keys(
-      key, row_start + jnp.arange(n_rows, dtype=_U32))
+  return shuffle.row_keys(key, row_start + jnp.arange(n_rows, dtype=_U32))
 
 
 @functools.lru_cache(maxsize=None)
@@ -306,7 +341,9 @@ def tied_shuffle(n_rows: int, n: int, shift: int) -> np.ndarray:
   Computed once per argument tuple (read-only); the mask for k zeros is
   `tied_shuffle(...) >= k`.
   """
-  perm = np.asarray(reference_shuffle(*_row_keys(n_rows, seed=n), n, _coarse_bits(shift)))
+  perm = np.asarray(
+      reference_shuffle(*_row_keys(n_rows, seed=n), n, _coarse_bits(shift))
+  )
   perm.flags.writeable = False
   return perm
 
@@ -315,15 +352,18 @@ class TiedBitsTest(parameterized.TestCase):
 
   @parameterized.parameters((8, 50, 0), (40, 1626, _ROW_START))
   def test_reference_shuffle_with_real_bits_is_jax_random_permutation(
-      self, n_rows, n, row_start):
+      self, n_rows, n, row_start
+  ):
     # With the real bits the reference shuffle is jax.random.permutation, at
     # one and two rounds (the second the rows of ReferenceMaskTest's cases).
     ref = reference_shuffle(*_row_keys(n_rows, n, row_start), n, shuffle.hash32)
     np.testing.assert_array_equal(
-        np.asarray(ref), reference_permutations(n, row_start, n_rows, n))
+        np.asarray(ref), reference_permutations(n, row_start, n_rows, n)
+    )
 
-  def check_tied_bits_equal_stable_sort_shuffle(self, n_rows, n, k, shift,
-                                                tie_rows):
+  def check_tied_bits_equal_stable_sort_shuffle(
+      self, n_rows, n, k, shift, tie_rows
+  ):
     k1, k2 = _row_keys(n_rows, seed=n)
     sort_bits = _coarse_bits(shift)
     ref = tied_shuffle(n_rows, n, shift) >= k
@@ -357,12 +397,17 @@ class TiedBitsTest(parameterized.TestCase):
     k1, k2 = _row_keys(7, seed=n)
     sort_bits = _coarse_bits(29)  # 8 values: nearly every element tied
     new = _compared_mask(k1, k2, n, k, sort_bits)
-    np.testing.assert_array_equal(np.asarray(new),
-                                  tied_shuffle(7, n, 29) >= k)
+    np.testing.assert_array_equal(np.asarray(new), tied_shuffle(7, n, 29) >= k)
 
   @parameterized.parameters(
       # One and two rounds; k at the edges and m - 1 (m = min(k, n - k)).
-      (40, 1), (40, 39), (40, 13), (40, 27), (1700, 1), (1700, 1699))
+      (40, 1),
+      (40, 39),
+      (40, 13),
+      (40, 27),
+      (1700, 1),
+      (1700, 1699),
+  )
   def test_compare_path_with_ties_at_edge_k(self, n, k):
     self.check_compare_path_with_ties(n, k)
 
@@ -384,8 +429,9 @@ class TiedBitsTest(parameterized.TestCase):
       new = _compared_mask(k1, k2, 64, 20, _zero_bits)
     else:
       new = _searched_mask(k1, k2, 64, 20, _zero_bits)
-    np.testing.assert_array_equal(np.asarray(new),
-                                  np.broadcast_to(np.arange(64) >= 20, (5, 64)))
+    np.testing.assert_array_equal(
+        np.asarray(new), np.broadcast_to(np.arange(64) >= 20, (5, 64))
+    )
 
 
 def _exact_rows(fn, *args):
@@ -425,7 +471,8 @@ class SearchPathTest(parameterized.TestCase):
     new, exact_rows = _exact_rows(fn, k1, k2, n, k)
     self.assertEqual(exact_rows, 0)
     np.testing.assert_array_equal(
-        new, reference_permutations(n, _ROW_START, rows, n) >= k)
+        new, reference_permutations(n, _ROW_START, rows, n) >= k
+    )
 
   @parameterized.named_parameters(
       # 4096 values in rows of 2048: ties between the row and the followed
@@ -435,9 +482,12 @@ class SearchPathTest(parameterized.TestCase):
   )
   def test_exact_rows_agree_with_ties(self, rows, n, k, shift):
     k1, k2 = _row_keys(rows, seed=n)
-    fn = jax.jit(functools.partial(permutation._searched_mask,
-                                   sort_bits=_coarse_bits(shift)),
-                 static_argnums=(2, 3))
+    fn = jax.jit(
+        functools.partial(
+            permutation._searched_mask, sort_bits=_coarse_bits(shift)
+        ),
+        static_argnums=(2, 3),
+    )
     new, exact_rows = _exact_rows(fn, k1, k2, n, k)
     self.assertGreater(exact_rows, 0)
     self.assertLessEqual(exact_rows, rows * shuffle.num_rounds(n))
@@ -449,13 +499,16 @@ class SearchPathTest(parameterized.TestCase):
     rows, n, k, shift = 32, 1600, 1440, 12
     k1, k2 = _row_keys(rows, seed=7)
     sort_bits = _coarse_bits(shift)
-    _, _, sub = shuffle.split_round((k1.reshape(-1, 1, 1),
-                                     k2.reshape(-1, 1, 1)))
+    _, _, sub = shuffle.split_round(
+        (k1.reshape(-1, 1, 1), k2.reshape(-1, 1, 1))
+    )
     row_bits = np.asarray(shuffle.round_row_bits(sub, n, sort_bits))
     expected = _rows_with_ties(row_bits, np.arange(k, n))
     self.assertBetween(expected, 1, rows - 1)
-    fn = jax.jit(functools.partial(permutation._searched_mask,
-                                   sort_bits=sort_bits), static_argnums=(2, 3))
+    fn = jax.jit(
+        functools.partial(permutation._searched_mask, sort_bits=sort_bits),
+        static_argnums=(2, 3),
+    )
     new, exact_rows = _exact_rows(fn, k1, k2, n, k)
     self.assertEqual(exact_rows, expected)
     ref = np.asarray(reference_shuffle(k1, k2, n, sort_bits)) >= k
@@ -471,18 +524,24 @@ class SearchPathTest(parameterized.TestCase):
       return jnp.where(counters < 2, _U32(7), counters + _U32(100))
 
     k1, k2 = _row_keys(3, seed=0)
-    fn = jax.jit(functools.partial(permutation._searched_mask,
-                                   sort_bits=sort_bits), static_argnums=(2, 3))
+    fn = jax.jit(
+        functools.partial(permutation._searched_mask, sort_bits=sort_bits),
+        static_argnums=(2, 3),
+    )
     new, exact_rows = _exact_rows(fn, k1, k2, 10, 2)
     self.assertEqual(exact_rows, 3 * shuffle.num_rounds(10))
     # Every round's sort keeps elements 0 and 1 first: they stay the zeros.
     np.testing.assert_array_equal(
-        new, np.broadcast_to(np.arange(10) >= 2, (3, 10)))
+        new, np.broadcast_to(np.arange(10) >= 2, (3, 10))
+    )
 
   @parameterized.parameters(
       # A product with a triangular matrix (c**2 <= 64 total), a cumsum (c**2
       # too large, or sums past float32's exact integers).
-      (5, 40, 40), (3, 9, 1), (2, 3, 2**24))
+      (5, 40, 40),
+      (3, 9, 1),
+      (2, 3, 2**24),
+  )
   def test_prefix_sums_are_cumulative_sums(self, n_rows, c, total):
     rng = np.random.default_rng(c)
     counts = rng.integers(0, max(1, total // c), (n_rows, c)).astype(np.int32)
@@ -491,7 +550,9 @@ class SearchPathTest(parameterized.TestCase):
     np.testing.assert_array_equal(np.asarray(got), np.cumsum(counts, axis=1))
 
   @parameterized.parameters((None, 1), (16, 8))
-  def test_chunked_sharded_and_pmap_equal_the_reference(self, chunk_rows, devices):
+  def test_chunked_sharded_and_pmap_equal_the_reference(
+      self, chunk_rows, devices
+  ):
     # 64 x 2048 at sparsity 0.9 takes the search path; the matrix is the
     # reference's whether built whole, in chunks of 16 rows, over 8 devices or by
     # pmap.
@@ -502,11 +563,13 @@ class SearchPathTest(parameterized.TestCase):
       got = alberta.sparse_init(key, shape, 0.9, chunk_rows=chunk_rows)
     else:
       sharding = NamedSharding(jax.make_mesh((devices,), ("x",)), P("x"))
-      got = alberta.sharded_sparse_init(key, shape, 0.9, sharding=sharding,
-                                        chunk_rows=chunk_rows)
+      got = alberta.sharded_sparse_init(
+          key, shape, 0.9, sharding=sharding, chunk_rows=chunk_rows
+      )
       pmapped = alberta.pmap_sparse_init(key, shape, 0.9)
-      test_utils.assert_same_matrix(np.asarray(pmapped).reshape(shape), want,
-                                    "uniform")
+      test_utils.assert_same_matrix(
+          np.asarray(pmapped).reshape(shape), want, "uniform"
+      )
     test_utils.assert_same_matrix(np.asarray(got), want, "uniform")
 
 
@@ -526,7 +589,8 @@ class RanksTest(parameterized.TestCase):
       row_bits = row_bits * np.uint64(2**32 - 1)
     row_bits = row_bits.astype(np.uint32)
     elems = np.stack([rng.permutation(n)[:m] for _ in range(n_rows)]).astype(
-        np.int32)
+        np.int32
+    )
     elem_bits = np.take_along_axis(row_bits, elems, axis=1)
     order = np.argsort(row_bits, axis=1, kind="stable")
     rank_of = np.empty_like(order)
@@ -535,8 +599,12 @@ class RanksTest(parameterized.TestCase):
 
     table = jnp.asarray(row_bits)
     got = jax.jit(shuffle.ranks, static_argnums=(3, 4))(
-        jnp.sort(table, axis=1), jnp.asarray(elems), jnp.asarray(elem_bits),
-        lambda rows: table[rows], tie_rows)
+        jnp.sort(table, axis=1),
+        jnp.asarray(elems),
+        jnp.asarray(elem_bits),
+        lambda rows: table[rows],
+        tie_rows,
+    )
     np.testing.assert_array_equal(np.asarray(got), expected)
 
   def test_tie_rows_bound_covers_the_expected_ties(self):

@@ -34,8 +34,6 @@ from alberta._src import driver
 from alberta._src import sharding as sharding_lib
 from tests import test_utils
 
-
-
 # 320 rows: 40 per device on an 8-way row split, so a chunk of 37 leaves a
 # ragged last chunk on every layout; 40 columns split 2, 4 or 8 ways.
 _SHAPE = (320, 40)
@@ -66,24 +64,44 @@ def _mesh(name: str) -> Mesh:
 
 
 _SPECS_1D = (P("x"), P(None, "x"), P())
-_SPECS_2D = (P("x"), P(None, "x"), P("x", "y"), P(("x", "y"),), P(),
-             P("y", "x"), P(None, ("y", "x")))
+_SPECS_2D = (
+    P("x"),
+    P(None, "x"),
+    P("x", "y"),
+    P(
+        ("x", "y"),
+    ),
+    P(),
+    P("y", "x"),
+    P(None, ("y", "x")),
+)
 _LAYOUTS = tuple(
     [(m, s) for m in ("1", "2", "4", "8") for s in _SPECS_1D]
-    + [(m, s) for m in ("4x2", "2x4") for s in _SPECS_2D])
+    + [(m, s) for m in ("4x2", "2x4") for s in _SPECS_2D]
+)
 
 
 def _case_name(mesh: str, spec: P, chunk, method: str, init_type: str) -> str:
-  spec_name = "".join(
-      "_" + ("none" if e is None else "".join(e) if isinstance(e, tuple) else e)
-      for e in spec) or "_replicated"
+  spec_name = (
+      "".join(
+          "_"
+          + ("none" if e is None else "".join(e) if isinstance(e, tuple) else e)
+          for e in spec
+      )
+      or "_replicated"
+  )
   return f"_mesh{mesh}{spec_name}_chunk{chunk}_{method}_{init_type}"
 
 
 def _case(mesh, spec, chunk, method, init_type):
-  return dict(testcase_name=_case_name(mesh, spec, chunk, method, init_type),
-              mesh=mesh, spec=spec, chunk_rows=chunk, method=method,
-              init_type=init_type)
+  return dict(
+      testcase_name=_case_name(mesh, spec, chunk, method, init_type),
+      mesh=mesh,
+      spec=spec,
+      chunk_rows=chunk,
+      method=method,
+      init_type=init_type,
+  )
 
 
 # Default run: every mesh, rows, columns, both, transposed axes, replicated,
@@ -104,13 +122,17 @@ _COVERING_CASES = (
 _ALL_CASES = tuple(
     _case(m, s, c, method, _INIT_TYPES[(i + j) % 2])
     for i, (m, s) in enumerate(_LAYOUTS)
-    for j, (c, method) in enumerate(itertools.product(_CHUNKS, _METHODS)))
+    for j, (c, method) in enumerate(itertools.product(_CHUNKS, _METHODS))
+)
 
 
 @functools.lru_cache(maxsize=None)
 def _reference(method: str, init_type: str) -> np.ndarray:
-  return np.asarray(alberta.sparse_init(
-      jax.random.key(_SEED), _SHAPE, _SPARSITY, init_type, method=method))
+  return np.asarray(
+      alberta.sparse_init(
+          jax.random.key(_SEED), _SHAPE, _SPARSITY, init_type, method=method
+      )
+  )
 
 
 class ShardedInvariantTest(parameterized.TestCase):
@@ -119,8 +141,14 @@ class ShardedInvariantTest(parameterized.TestCase):
     sharding = NamedSharding(_mesh(mesh), spec)
     key = jax.random.key(_SEED) if key is None else key
     out = alberta.sharded_sparse_init(
-        key, _SHAPE, _SPARSITY, init_type, sharding=sharding, method=method,
-        chunk_rows=chunk_rows)
+        key,
+        _SHAPE,
+        _SPARSITY,
+        init_type,
+        sharding=sharding,
+        method=method,
+        chunk_rows=chunk_rows,
+    )
     expected = _reference(method, init_type)
     self.assertEqual(out.shape, _SHAPE)
     self.assertEqual(out.dtype, jnp.float32)
@@ -130,8 +158,9 @@ class ShardedInvariantTest(parameterized.TestCase):
     tiles = sharding.devices_indices_map(_SHAPE)
     self.assertLen(out.addressable_shards, sharding.mesh.size)
     for shard in out.addressable_shards:
-      test_utils.assert_same_matrix(shard.data, expected[tiles[shard.device]],
-                                    init_type)
+      test_utils.assert_same_matrix(
+          shard.data, expected[tiles[shard.device]], init_type
+      )
 
   @parameterized.named_parameters(*_COVERING_CASES)
   def test_equals_sparse_init(self, mesh, spec, chunk_rows, method, init_type):
@@ -140,31 +169,54 @@ class ShardedInvariantTest(parameterized.TestCase):
   # The mark goes under the decorator so each generated case carries it.
   @parameterized.named_parameters(*_ALL_CASES)
   @test_utils.slow
-  def test_equals_sparse_init_all_combinations(self, mesh, spec, chunk_rows,
-                                               method, init_type):
+  def test_equals_sparse_init_all_combinations(
+      self, mesh, spec, chunk_rows, method, init_type
+  ):
     self._check(mesh, spec, chunk_rows, method, init_type)
 
   def test_raw_key_gives_same_matrix_as_typed_key(self):
     # The program of a typed key's case: the key's words are its argument.
-    self._check("4x2", P("x", "y"), 1, "permutation", "uniform",
-                key=jax.random.PRNGKey(_SEED))
+    self._check(
+        "4x2",
+        P("x", "y"),
+        1,
+        "permutation",
+        "uniform",
+        key=jax.random.PRNGKey(_SEED),
+    )
 
   def test_callable_under_jit_with_traced_key(self):
     sharding = NamedSharding(_mesh("8"), P("x"))
-    f = jax.jit(lambda key: alberta.sharded_sparse_init(
-        key, _SHAPE, _SPARSITY, "normal", sharding=sharding, method="counter",
-        chunk_rows=37))
+    f = jax.jit(
+        lambda key: alberta.sharded_sparse_init(
+            key,
+            _SHAPE,
+            _SPARSITY,
+            "normal",
+            sharding=sharding,
+            method="counter",
+            chunk_rows=37,
+        )
+    )
     out = f(jax.random.key(_SEED))
     # The outer jit owns the output and spells the spec P('x', None).
     self.assertTrue(out.sharding.is_equivalent_to(sharding, 2))
-    test_utils.assert_same_matrix(out, _reference("counter", "normal"),
-                                  "normal")
+    test_utils.assert_same_matrix(
+        out, _reference("counter", "normal"), "normal"
+    )
 
   def test_bfloat16_is_float32_cast(self):
     sharding = NamedSharding(_mesh("4x2"), P(None, "x"))
     out = alberta.sharded_sparse_init(
-        jax.random.key(_SEED), _SHAPE, _SPARSITY, "normal", sharding=sharding,
-        dtype=jnp.bfloat16, method="counter", chunk_rows=37)
+        jax.random.key(_SEED),
+        _SHAPE,
+        _SPARSITY,
+        "normal",
+        sharding=sharding,
+        dtype=jnp.bfloat16,
+        method="counter",
+        chunk_rows=37,
+    )
     self.assertEqual(out.dtype, jnp.bfloat16)
     self.assertEqual(out.sharding, sharding)
     want = jnp.asarray(_reference("counter", "normal")).astype(jnp.bfloat16)
@@ -184,8 +236,9 @@ class ZeroSizeTest(parameterized.TestCase):
         sharding = NamedSharding(mesh, spec)
         for shape in ((8, 0), (0, 8), (0, 0)):
           with self.subTest(mesh=mesh_shape, spec=str(spec), shape=shape):
-            x = alberta.sharded_sparse_init(jax.random.key(0), shape, 0.9,
-                                            sharding=sharding)
+            x = alberta.sharded_sparse_init(
+                jax.random.key(0), shape, 0.9, sharding=sharding
+            )
             self.assertEqual(x.sharding, sharding)
             for shard in x.addressable_shards:
               self.assertEqual(shard.data.shape, sharding.shard_shape(shape))
@@ -196,8 +249,9 @@ class ZeroSizeTest(parameterized.TestCase):
   def test_the_mask_without_elements_is_empty_on_a_2d_mesh(self):
     sharding = NamedSharding(jax.make_mesh((4, 2), ("a", "b")), P("a", "b"))
     for shape in ((8, 0), (0, 8)):
-      mask = alberta.sparse_mask(jax.random.key(0), shape, 0.9,
-                                 sharding=sharding)
+      mask = alberta.sparse_mask(
+          jax.random.key(0), shape, 0.9, sharding=sharding
+      )
       for shard in mask.addressable_shards:
         self.assertEqual(shard.data.shape, sharding.shard_shape(shape))
       self.assertEqual(np.asarray(mask).shape, shape)
@@ -216,16 +270,21 @@ class ZeroSizeTest(parameterized.TestCase):
 
     sharding = NamedSharding(jax.make_mesh((4, 2), ("a", "b")), P("a", "b"))
     with mock.patch.object(jnp, "zeros", spy):
-      alberta.sharded_sparse_init(jax.random.key(0), (64, 64), 0.9,
-                                  sharding=sharding)
+      alberta.sharded_sparse_init(
+          jax.random.key(0), (64, 64), 0.9, sharding=sharding
+      )
     self.assertEqual(concrete, [])
 
   def test_ell_without_rows_or_nonzeros_is_empty_on_a_2d_mesh(self):
     sharding = NamedSharding(jax.make_mesh((4, 2), ("a", "b")), P("a"))
     for shape, sparsity in (((0, 8), 0.5), ((8, 4), 1.0)):
       values, indices = alberta.sharded_sparse_init_ell(
-          jax.random.key(0), shape, sparsity, sharding=sharding,
-          method="counter")
+          jax.random.key(0),
+          shape,
+          sparsity,
+          sharding=sharding,
+          method="counter",
+      )
       for x in (values, indices):
         for shard in x.addressable_shards:
           self.assertEqual(shard.data.shape, sharding.shard_shape(x.shape))
@@ -238,8 +297,9 @@ class PmapTest(parameterized.TestCase):
       ("_all_devices", None, None, "permutation", "uniform"),
       ("_scrambled_four", (5, 2, 7, 0), 37, "counter", "normal"),
   )
-  def test_device_d_holds_block_d_of_sparse_init(self, device_ids, chunk_rows,
-                                                  method, init_type):
+  def test_device_d_holds_block_d_of_sparse_init(
+      self, device_ids, chunk_rows, method, init_type
+  ):
     self._check(device_ids, chunk_rows, method, init_type)
 
   @parameterized.named_parameters(
@@ -247,30 +307,40 @@ class PmapTest(parameterized.TestCase):
       ("_two_devices_chunk1", (6, 1), 1, "counter", "uniform"),
   )
   @test_utils.slow
-  def test_device_d_holds_block_d_of_sparse_init_more(self, device_ids,
-                                                       chunk_rows, method,
-                                                       init_type):
+  def test_device_d_holds_block_d_of_sparse_init_more(
+      self, device_ids, chunk_rows, method, init_type
+  ):
     self._check(device_ids, chunk_rows, method, init_type)
 
   def _check(self, device_ids, chunk_rows, method, init_type):
     all_devices = jax.devices()
-    devices = None if device_ids is None else [all_devices[i] for i in device_ids]
+    devices = (
+        None if device_ids is None else [all_devices[i] for i in device_ids]
+    )
     out = alberta.pmap_sparse_init(
-        jax.random.key(_SEED), _SHAPE, _SPARSITY, init_type, devices=devices,
-        method=method, chunk_rows=chunk_rows)
+        jax.random.key(_SEED),
+        _SHAPE,
+        _SPARSITY,
+        init_type,
+        devices=devices,
+        method=method,
+        chunk_rows=chunk_rows,
+    )
     devices = jax.local_devices() if devices is None else devices
     n = len(devices)
     rows = _SHAPE[0] // n
     expected = _reference(method, init_type)
     self.assertEqual(out.shape, (n, rows, _SHAPE[1]))
-    test_utils.assert_same_matrix(np.asarray(out).reshape(_SHAPE), expected,
-                                  init_type)
+    test_utils.assert_same_matrix(
+        np.asarray(out).reshape(_SHAPE), expected, init_type
+    )
     self.assertLen(out.addressable_shards, n)
     for shard in out.addressable_shards:
       d = shard.index[0].indices(n)[0]  # A 1-device slice is slice(None).
       self.assertEqual(shard.device, devices[d])
       test_utils.assert_same_matrix(
-          shard.data[0], expected[d * rows:(d + 1) * rows], init_type)
+          shard.data[0], expected[d * rows : (d + 1) * rows], init_type
+      )
 
 
 class BadInputTest(parameterized.TestCase):
@@ -280,21 +350,42 @@ class BadInputTest(parameterized.TestCase):
     super().setUp()
     # Building the jitted / pmapped program is the step before compiling:
     # reaching it with a bad argument fails the test.
-    for module, builder in ((driver, "sharded_program"),
-                            (sharding_lib, "_pmap_fn")):
+    for module, builder in (
+        (driver, "sharded_program"),
+        (sharding_lib, "_pmap_fn"),
+    ):
       patcher = mock.patch.object(
-          module, builder,
-          side_effect=AssertionError(f"{builder} reached with bad input"))
+          module,
+          builder,
+          side_effect=AssertionError(f"{builder} reached with bad input"),
+      )
       patcher.start()
       self.addCleanup(patcher.stop)
     self.key = jax.random.key(0)
 
   @parameterized.named_parameters(
       ("_rows_8_ways", (30, 40), "8", P("x"), r"fan_out=30.*8 parts"),
-      ("_cols_8_ways", (320, 36), "4x2", P(None, ("x", "y")),
-       r"fan_in=36.*8 parts"),
-      ("_rows_of_2d_split", (321, 40), "2x4", P("x", "y"), r"fan_out=321.*2 parts"),
-      ("_cols_of_2d_split", (320, 41), "4x2", P("x", "y"), r"fan_in=41.*2 parts"),
+      (
+          "_cols_8_ways",
+          (320, 36),
+          "4x2",
+          P(None, ("x", "y")),
+          r"fan_in=36.*8 parts",
+      ),
+      (
+          "_rows_of_2d_split",
+          (321, 40),
+          "2x4",
+          P("x", "y"),
+          r"fan_out=321.*2 parts",
+      ),
+      (
+          "_cols_of_2d_split",
+          (320, 41),
+          "4x2",
+          P("x", "y"),
+          r"fan_in=41.*2 parts",
+      ),
   )
   def test_mesh_not_dividing_shape(self, shape, mesh, spec, message):
     sharding = NamedSharding(_mesh(mesh), spec)
@@ -308,7 +399,9 @@ class BadInputTest(parameterized.TestCase):
       ("_mesh", lambda: _mesh("8")),
   )
   def test_not_a_named_sharding(self, make_sharding):
-    with self.assertRaisesRegex(TypeError, "sharding must be a .*NamedSharding"):
+    with self.assertRaisesRegex(
+        TypeError, "sharding must be a .*NamedSharding"
+    ):
       alberta.sharded_sparse_init(self.key, (16, 16), sharding=make_sharding())
 
   def test_spec_with_more_than_two_entries(self):
@@ -324,15 +417,20 @@ class BadInputTest(parameterized.TestCase):
       alberta.pmap_sparse_init(self.key, (16, 4, 4))
 
   @parameterized.named_parameters(
-      ("_zero", 0, ValueError), ("_negative", -1, ValueError),
-      ("_float", 2.5, TypeError), ("_bool", True, TypeError),
-      ("_string", "8", TypeError), ("_integral_float", 8.0, TypeError))
+      ("_zero", 0, ValueError),
+      ("_negative", -1, ValueError),
+      ("_float", 2.5, TypeError),
+      ("_bool", True, TypeError),
+      ("_string", "8", TypeError),
+      ("_integral_float", 8.0, TypeError),
+  )
   def test_bad_chunk_rows(self, chunk_rows, error):
     message = f"chunk_rows.*{chunk_rows!r}"
     sharding = NamedSharding(_mesh("8"), P("x"))
     with self.assertRaisesRegex(error, message):
-      alberta.sharded_sparse_init(self.key, (16, 16), sharding=sharding,
-                                  chunk_rows=chunk_rows)
+      alberta.sharded_sparse_init(
+          self.key, (16, 16), sharding=sharding, chunk_rows=chunk_rows
+      )
     with self.assertRaisesRegex(error, message):
       alberta.pmap_sparse_init(self.key, (16, 16), chunk_rows=chunk_rows)
 
@@ -350,8 +448,9 @@ class BadInputTest(parameterized.TestCase):
   def test_other_arguments_checked_as_in_sparse_init(self):
     sharding = NamedSharding(_mesh("8"), P("x"))
     with self.assertRaisesRegex(ValueError, "method"):
-      alberta.sharded_sparse_init(self.key, (16, 16), sharding=sharding,
-                                  method="sorted")
+      alberta.sharded_sparse_init(
+          self.key, (16, 16), sharding=sharding, method="sorted"
+      )
     with self.assertRaisesRegex(TypeError, "dtype"):
       alberta.pmap_sparse_init(self.key, (16, 16), dtype=jnp.int32)
     with self.assertRaisesRegex(TypeError, "key"):
@@ -365,10 +464,12 @@ class PartitionableFlagTest(absltest.TestCase):
     sharding = NamedSharding(_mesh("8"), P("x"))
     # Compiled first with the flag on, so a stale cache would be the failure
     # (the programs of the cases above: the same shape and arguments).
-    sharded = functools.partial(alberta.sharded_sparse_init, key, _SHAPE,
-                                _SPARSITY, sharding=sharding)
-    pmapped = functools.partial(alberta.pmap_sparse_init, key, _SHAPE,
-                                _SPARSITY)
+    sharded = functools.partial(
+        alberta.sharded_sparse_init, key, _SHAPE, _SPARSITY, sharding=sharding
+    )
+    pmapped = functools.partial(
+        alberta.pmap_sparse_init, key, _SHAPE, _SPARSITY
+    )
     sharded()
     pmapped()
     previous = jax.config.jax_threefry_partitionable

@@ -33,9 +33,12 @@ def _imports(path: pathlib.Path, modules: set[str]) -> set[str]:
     elif isinstance(node, ast.ImportFrom) and node.module:
       # `from package import module` imports the module (the package's
       # __init__ has already run, but that is the package's own import).
-      names = [f"{node.module}.{a.name}"
-               if f"{node.module}.{a.name}" in modules else node.module
-               for a in node.names]
+      names = [
+          f"{node.module}.{a.name}"
+          if f"{node.module}.{a.name}" in modules
+          else node.module
+          for a in node.names
+      ]
     else:
       continue
     found.update(n for n in names if n in modules)
@@ -45,8 +48,9 @@ def _imports(path: pathlib.Path, modules: set[str]) -> set[str]:
 def import_graph() -> dict[str, set[str]]:
   paths = {_module_name(p): p for p in _SRC.rglob("*.py")}
   modules = set(paths)
-  return {name: _imports(path, modules) - {name}
-          for name, path in paths.items()}
+  return {
+      name: _imports(path, modules) - {name} for name, path in paths.items()
+  }
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -59,7 +63,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     stack.append(name)
     for dep in sorted(graph.get(name, ())):
       if state.get(dep) == "open":
-        return stack[stack.index(dep):] + [dep]
+        return stack[stack.index(dep) :] + [dep]
       if dep not in state:
         cycle = visit(dep)
         if cycle:
@@ -103,21 +107,30 @@ class SourceTreeTest(absltest.TestCase):
     self.assertIsNone(find_cycle({"a": {"b"}, "b": set()}))
 
   def test_public_looking_definitions_are_used_outside_the_tests(self):
-    users = [*(_ROOT / "alberta").rglob("*.py"),
-             *(_ROOT / "scripts").rglob("*.py")]
+    users = [
+        *(_ROOT / "alberta").rglob("*.py"),
+        *(_ROOT / "scripts").rglob("*.py"),
+    ]
     refs = _references(users)
     unused = []
     for path in sorted(_SRC.rglob("*.py")):
       for node in ast.parse(path.read_text()).body:
-        if (isinstance(node, (ast.FunctionDef, ast.ClassDef)) and
-            not node.name.startswith("_") and not refs[node.name]):
+        if (
+            isinstance(node, (ast.FunctionDef, ast.ClassDef))
+            and not node.name.startswith("_")
+            and not refs[node.name]
+        ):
           unused.append(f"{path.relative_to(_ROOT)}: {node.name}")
-    self.assertEmpty(unused, "only the tests (or nothing) use these; move "
-                     "them to the tests or remove them")
+    self.assertEmpty(
+        unused,
+        "only the tests (or nothing) use these; move "
+        "them to the tests or remove them",
+    )
 
   def test_method_names_match_the_methods(self):
     from alberta._src import checks  # pylint: disable=g-import-not-at-top
     from alberta._src import methods  # pylint: disable=g-import-not-at-top
+
     self.assertEqual(checks.METHOD_NAMES, tuple(methods.METHODS))
 
 

@@ -49,8 +49,19 @@ SPARSITY = 0.72
 # crosses every shape with both init types and both key kinds (sparsity
 # rotating), sweeps all sparsities and runs `SPOT_REFERENCE_CASES`, four more
 # combinations of shape, sparsity, init type and key kind.
-REFERENCE_SHAPES = ((1, 1), (5, 1), (1, 7), (2, 3), (7, 13), (128, 10), (31, 97),
-               (2, 1700), (3, 5000), (300, 2000), (211, 5))
+REFERENCE_SHAPES = (
+    (1, 1),
+    (5, 1),
+    (1, 7),
+    (2, 3),
+    (7, 13),
+    (128, 10),
+    (31, 97),
+    (2, 1700),
+    (3, 5000),
+    (300, 2000),
+    (211, 5),
+)
 SPARSITIES = (0.0, 0.1, 0.5, 0.9, 0.99, 1.0)
 QUICK_REFERENCE_CASES = (
     ((1, 1), 1.0, "uniform", "raw"),
@@ -68,8 +79,12 @@ SPOT_REFERENCE_CASES = (
 def _case(shape, sparsity, init_type, key_kind, seed):
   return dict(
       testcase_name=f"_{shape[0]}x{shape[1]}_{sparsity}_{init_type}_{key_kind}",
-      shape=shape, sparsity=sparsity, init_type=init_type, key_kind=key_kind,
-      seed=seed)
+      shape=shape,
+      sparsity=sparsity,
+      init_type=init_type,
+      key_kind=key_kind,
+      seed=seed,
+  )
 
 
 def _quick_reference_cases():
@@ -85,8 +100,11 @@ def _slow_reference_cases():
   two shapes.
   """
   cases = []
-  for i, (shape, init_type, kind) in enumerate(itertools.product(
-      REFERENCE_SHAPES, ("uniform", "normal"), ("typed", "raw"))):
+  for i, (shape, init_type, kind) in enumerate(
+      itertools.product(
+          REFERENCE_SHAPES, ("uniform", "normal"), ("typed", "raw")
+      )
+  ):
     sparsity = SPARSITIES[(i + i // 4) % len(SPARSITIES)]
     cases.append(_case(shape, sparsity, init_type, kind, seed=100 + i))
   for i, c in enumerate(SPOT_REFERENCE_CASES):
@@ -109,7 +127,6 @@ def assert_matches_reference(actual, expected, init_type: str) -> None:
   test_utils.assert_same_matrix(actual, expected, init_type)
 
 
-
 class ReferenceEqualityTest(parameterized.TestCase):
 
   def check_against_reference(self, shape, sparsity, init_type, key_kind, seed):
@@ -117,8 +134,9 @@ class ReferenceEqualityTest(parameterized.TestCase):
     actual = alberta.sparse_init(key, shape, sparsity, init_type)
     expected = reference_sparse_init(key, shape, sparsity, init_type)
     assert_matches_reference(actual, expected, init_type)
-    np.testing.assert_array_equal(test_utils.zeros_per_row(actual),
-                                  alberta.num_zeros(shape[1], sparsity))
+    np.testing.assert_array_equal(
+        test_utils.zeros_per_row(actual), alberta.num_zeros(shape[1], sparsity)
+    )
 
   @parameterized.named_parameters(*_quick_reference_cases())
   def test_matches_reference(self, **case):
@@ -138,7 +156,9 @@ class ReferenceEqualityTest(parameterized.TestCase):
   def test_sparsity_sweep_matches_reference(self, shape, init_type, key_kind):
     for sparsity in SPARSITIES:
       with self.subTest(sparsity=sparsity):
-        self.check_against_reference(shape, sparsity, init_type, key_kind, seed=1234)
+        self.check_against_reference(
+            shape, sparsity, init_type, key_kind, seed=1234
+        )
 
   @parameterized.named_parameters(
       ("_float32_fan_in_5", np.float32(0.9), (3, 5)),
@@ -147,13 +167,16 @@ class ReferenceEqualityTest(parameterized.TestCase):
       ("_float16_fan_in_25", np.float16(0.9), (3, 25)),
       ("_float16_fan_in_15", np.float16(0.7), (3, 15)),
   )
-  def test_numpy_scalar_sparsity_gives_the_reference_matrix(self, sparsity, shape):
+  def test_numpy_scalar_sparsity_gives_the_reference_matrix(
+      self, sparsity, shape
+  ):
     # The reference evaluates int(sparsity * fan_in + 0.5) in the scalar's own
     # type: np.float32(0.9) * 5 rounds to 4.5 in float32, so 5 zeros a row,
     # where float(np.float32(0.9)) * 5 + 0.5 < 5 in binary64.
     self.check_against_reference(shape, sparsity, "uniform", "typed", seed=0)
-    self.assertEqual(alberta.num_zeros(shape[1], sparsity),
-                     int(sparsity * shape[1] + 0.5))
+    self.assertEqual(
+        alberta.num_zeros(shape[1], sparsity), int(sparsity * shape[1] + 0.5)
+    )
     self.assertEqual(alberta.num_zeros(5, np.float32(0.9)), 5)
 
   def test_a_numpy_scalar_whose_arithmetic_overflows_is_refused(self):
@@ -165,7 +188,9 @@ class ReferenceEqualityTest(parameterized.TestCase):
     # the reference's rounding ("nearest"): 9 zeros in every row.
     key = jax.random.key(42)
     out = alberta.sparse_init(key, (128, 10))
-    assert_matches_reference(out, reference_sparse_init(key, (128, 10)), "uniform")
+    assert_matches_reference(
+        out, reference_sparse_init(key, (128, 10)), "uniform"
+    )
     np.testing.assert_array_equal(test_utils.zeros_per_row(out), 9)
 
 
@@ -196,19 +221,35 @@ class NumZerosTest(parameterized.TestCase):
 
   def test_rules_are_the_references_and_the_papers_in_binary64(self):
     for fan_in in range(0, 70):
-      for sparsity in np.linspace(0.0, 1.0, 41).tolist() + [0.07, 0.1, 0.3, 0.7, 0.9]:
-        self.assertEqual(alberta.num_zeros(fan_in, sparsity, "nearest"),
-                         int(sparsity * fan_in + 0.5))
-        self.assertEqual(alberta.num_zeros(fan_in, sparsity, "ceil"),
-                         math.ceil(sparsity * fan_in))
+      for sparsity in np.linspace(0.0, 1.0, 41).tolist() + [
+          0.07,
+          0.1,
+          0.3,
+          0.7,
+          0.9,
+      ]:
+        self.assertEqual(
+            alberta.num_zeros(fan_in, sparsity, "nearest"),
+            int(sparsity * fan_in + 0.5),
+        )
+        self.assertEqual(
+            alberta.num_zeros(fan_in, sparsity, "ceil"),
+            math.ceil(sparsity * fan_in),
+        )
 
   def test_returns_python_int(self):
     self.assertIs(type(alberta.num_zeros(10, 0.5)), int)
-    self.assertIs(type(alberta.num_zeros(np.int64(10), np.float32(0.5), "ceil")), int)
+    self.assertIs(
+        type(alberta.num_zeros(np.int64(10), np.float32(0.5), "ceil")), int
+    )
 
-  @parameterized.named_parameters(("_nearest", "nearest", 7), ("_ceil", "ceil", 8))
+  @parameterized.named_parameters(
+      ("_nearest", "nearest", 7), ("_ceil", "ceil", 8)
+  )
   def test_rounding_sets_the_zero_count_of_every_row(self, rounding, k):
-    out = alberta.sparse_init(jax.random.key(0), SHAPE, SPARSITY, rounding=rounding)
+    out = alberta.sparse_init(
+        jax.random.key(0), SHAPE, SPARSITY, rounding=rounding
+    )
     np.testing.assert_array_equal(test_utils.zeros_per_row(out), k)
 
   def test_ceil_keeps_the_reference_values_and_adds_zeros(self):
@@ -217,10 +258,13 @@ class NumZerosTest(parameterized.TestCase):
     # per row here.
     key = jax.random.key(3)
     nearest = np.asarray(alberta.sparse_init(key, SHAPE, SPARSITY))
-    ceil = np.asarray(alberta.sparse_init(key, SHAPE, SPARSITY, rounding="ceil"))
+    ceil = np.asarray(
+        alberta.sparse_init(key, SHAPE, SPARSITY, rounding="ceil")
+    )
     self.assertTrue(np.all((ceil == 0) >= (nearest == 0)))
     np.testing.assert_array_equal(
-        test_utils.zeros_per_row(ceil) - test_utils.zeros_per_row(nearest), 1)
+        test_utils.zeros_per_row(ceil) - test_utils.zeros_per_row(nearest), 1
+    )
     kept = ceil != 0
     np.testing.assert_array_equal(ceil[kept], nearest[kept])
 
@@ -249,13 +293,15 @@ class ShapeTest(parameterized.TestCase):
     key = jax.random.key(11)
     fan_in = math.prod(shape[1:])
     nd = np.asarray(alberta.sparse_init(key, shape, SPARSITY, init_type))
-    flat = np.asarray(alberta.sparse_init(key, (shape[0], fan_in), SPARSITY,
-                                          init_type))
+    flat = np.asarray(
+        alberta.sparse_init(key, (shape[0], fan_in), SPARSITY, init_type)
+    )
     self.assertEqual(nd.shape, shape)
     test_utils.assert_same_bits(nd, flat.reshape(shape))
     # The fan-in of an output unit is all of its trailing axes together.
-    np.testing.assert_array_equal(test_utils.zeros_per_row(nd),
-                                  alberta.num_zeros(fan_in, SPARSITY))
+    np.testing.assert_array_equal(
+        test_utils.zeros_per_row(nd), alberta.num_zeros(fan_in, SPARSITY)
+    )
 
   def test_shape_may_be_a_list_or_numpy_ints(self):
     key = jax.random.key(0)
@@ -278,10 +324,14 @@ class ShapeTest(parameterized.TestCase):
       out = alberta.sparse_init(key, shape, 0.5, dtype=dtype)
       self.assertEqual(out.shape, shape)
       self.assertEqual(out.dtype, jnp.dtype(dtype))
-      jitted = jax.jit(lambda k, dtype=dtype: alberta.sparse_init(k, shape, dtype=dtype))(key)
+      jitted = jax.jit(
+          lambda k, dtype=dtype: alberta.sparse_init(k, shape, dtype=dtype)
+      )(key)
       self.assertEqual(jitted.shape, shape)
       self.assertEqual(jitted.dtype, jnp.dtype(dtype))
-    batched = jax.vmap(lambda k: alberta.sparse_init(k, shape))(jax.random.split(key, 3))
+    batched = jax.vmap(lambda k: alberta.sparse_init(k, shape))(
+        jax.random.split(key, 3)
+    )
     self.assertEqual(batched.shape, (3, *shape))
 
 
@@ -297,7 +347,9 @@ class DtypeTest(parameterized.TestCase):
     out = alberta.sparse_init(key, SHAPE, SPARSITY, init_type, dtype=dtype)
     ref = alberta.sparse_init(key, SHAPE, SPARSITY, init_type)
     self.assertEqual(out.dtype, jnp.dtype(dtype))
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(ref.astype(dtype)))
+    np.testing.assert_array_equal(
+        np.asarray(out), np.asarray(ref.astype(dtype))
+    )
     # Casting keeps every masked zero; a kept weight would flush to zero in
     # float16 only below 2**-25 (probability ~1e-7 each), and this key has none.
     np.testing.assert_array_equal(test_utils.zeros_per_row(out), 7)
@@ -306,7 +358,9 @@ class DtypeTest(parameterized.TestCase):
     key = jax.random.key(9)
     ref = np.asarray(alberta.sparse_init(key, SHAPE, SPARSITY, "normal"))
     with jax.enable_x64(True):
-      out = alberta.sparse_init(key, SHAPE, SPARSITY, "normal", dtype=jnp.float64)
+      out = alberta.sparse_init(
+          key, SHAPE, SPARSITY, "normal", dtype=jnp.float64
+      )
       self.assertEqual(out.dtype, jnp.float64)
       np.testing.assert_array_equal(np.asarray(out), ref.astype(np.float64))
 
@@ -319,10 +373,13 @@ class DtypeTest(parameterized.TestCase):
       warnings.simplefilter("always")
       out = alberta.sparse_init(key, SHAPE, SPARSITY, dtype=jnp.float64)
     self.assertEqual(out.dtype, jnp.float32)
-    self.assertTrue(any("float64" in str(w.message) for w in caught),
-                    [str(w.message) for w in caught])
-    np.testing.assert_array_equal(np.asarray(out),
-                                  np.asarray(alberta.sparse_init(key, SHAPE, SPARSITY)))
+    self.assertTrue(
+        any("float64" in str(w.message) for w in caught),
+        [str(w.message) for w in caught],
+    )
+    np.testing.assert_array_equal(
+        np.asarray(out), np.asarray(alberta.sparse_init(key, SHAPE, SPARSITY))
+    )
 
 
 class TransformTest(parameterized.TestCase):
@@ -330,12 +387,15 @@ class TransformTest(parameterized.TestCase):
   # Each compiles a program of its own; in the default run
   # `test_vmap_over_typed_keys_stacks_per_key_results` compares a jitted
   # (and vmapped) program with the eager one.
-  @parameterized.named_parameters(("_uniform", "uniform"), ("_normal", "normal"))
+  @parameterized.named_parameters(
+      ("_uniform", "uniform"), ("_normal", "normal")
+  )
   @test_utils.slow
   def test_jit_equals_eager(self, init_type):
     key = jax.random.key(21)
-    init = functools.partial(alberta.sparse_init, shape=SHAPE, sparsity=SPARSITY,
-                             init_type=init_type)
+    init = functools.partial(
+        alberta.sparse_init, shape=SHAPE, sparsity=SPARSITY, init_type=init_type
+    )
     test_utils.assert_same_bits(jax.jit(init)(key), init(key))
 
   def test_vmap_over_typed_keys_stacks_per_key_results(self):
@@ -350,13 +410,16 @@ class TransformTest(parameterized.TestCase):
   def check_vmap_over_keys(self, key_kind):
     # Normal values: the ones a different fusion under jit could change.
     keys = jax.random.split(KEY_FNS[key_kind](8), 5)
-    init = functools.partial(alberta.sparse_init, shape=SHAPE, sparsity=SPARSITY,
-                             init_type="normal")
+    init = functools.partial(
+        alberta.sparse_init, shape=SHAPE, sparsity=SPARSITY, init_type="normal"
+    )
     batched = np.asarray(jax.jit(jax.vmap(init))(keys))
     self.assertEqual(batched.shape, (5, *SHAPE))
     for i in range(5):
       # A raw key and the typed key wrapping the same words give one matrix.
-      key = keys[i] if key_kind == "typed" else jax.random.wrap_key_data(keys[i])
+      key = (
+          keys[i] if key_kind == "typed" else jax.random.wrap_key_data(keys[i])
+      )
       test_utils.assert_same_bits(batched[i], init(key))
     # Each key its own mask: no two batch members share a zero pattern.
     patterns = {(batched[i] == 0).tobytes() for i in range(5)}
@@ -366,8 +429,9 @@ class TransformTest(parameterized.TestCase):
 class MethodTest(parameterized.TestCase):
 
   def test_counter_method_is_accepted_and_keeps_the_zero_count(self):
-    out = alberta.sparse_init(jax.random.key(1), SHAPE, SPARSITY, method="counter",
-                              rounding="ceil")
+    out = alberta.sparse_init(
+        jax.random.key(1), SHAPE, SPARSITY, method="counter", rounding="ceil"
+    )
     self.assertEqual(out.shape, SHAPE)
     self.assertEqual(out.dtype, jnp.float32)
     np.testing.assert_array_equal(test_utils.zeros_per_row(out), 8)
@@ -378,29 +442,37 @@ class MethodTest(parameterized.TestCase):
     key = jax.random.key(1)
     np.testing.assert_array_equal(
         np.asarray(alberta.sparse_init(key, SHAPE, SPARSITY)),
-        np.asarray(alberta.sparse_init(key, SHAPE, SPARSITY, method="permutation")))
+        np.asarray(
+            alberta.sparse_init(key, SHAPE, SPARSITY, method="permutation")
+        ),
+    )
 
 
 class ChexBoundaryTest(absltest.TestCase):
   """The core checks its generator's output with chex, at trace time only."""
 
   def test_wrong_shape_from_the_generator_is_caught(self):
-    with mock.patch.object(blocks, "generate_matrix",
-                           return_value=jnp.zeros((SHAPE[0], SHAPE[1] + 1))):
+    with mock.patch.object(
+        blocks,
+        "generate_matrix",
+        return_value=jnp.zeros((SHAPE[0], SHAPE[1] + 1)),
+    ):
       with self.assertRaisesRegex(AssertionError, "assert_shape"):
         alberta.sparse_init(jax.random.key(0), SHAPE, SPARSITY)
 
   def test_wrong_dtype_from_the_generator_is_caught(self):
-    with mock.patch.object(blocks, "generate_matrix",
-                           return_value=jnp.zeros(SHAPE, jnp.float16)):
+    with mock.patch.object(
+        blocks, "generate_matrix", return_value=jnp.zeros(SHAPE, jnp.float16)
+    ):
       with self.assertRaisesRegex(AssertionError, "assert_type"):
         alberta.sparse_init(jax.random.key(0), SHAPE, SPARSITY)
 
   def test_asserts_cost_nothing_under_jit(self):
     # Shape and dtype asserts are static: the jitted program contains no
     # host callback or runtime check, only the generator's own ops.
-    jaxpr = jax.make_jaxpr(
-        lambda k: alberta.sparse_init(k, SHAPE, SPARSITY))(jax.random.key(0))
+    jaxpr = jax.make_jaxpr(lambda k: alberta.sparse_init(k, SHAPE, SPARSITY))(
+        jax.random.key(0)
+    )
     text = str(jaxpr)
     self.assertNotIn("callback", text)
     self.assertNotIn("debug", text)
@@ -408,8 +480,11 @@ class ChexBoundaryTest(absltest.TestCase):
 
 def _no_work():
   """Makes any call of the one-device generator fail the test."""
-  return mock.patch.object(blocks, "generate_matrix",
-                           side_effect=AssertionError("work started before the check"))
+  return mock.patch.object(
+      blocks,
+      "generate_matrix",
+      side_effect=AssertionError("work started before the check"),
+  )
 
 
 class BadInputTest(parameterized.TestCase):
@@ -439,8 +514,9 @@ class BadInputTest(parameterized.TestCase):
       ("_numpy_nan", np.float32("nan"), ValueError),
   )
   def test_bad_sparsity(self, sparsity, error):
-    self.assert_rejected(error, rf"sparsity.*{re.escape(repr(sparsity))}",
-                         sparsity=sparsity)
+    self.assert_rejected(
+        error, rf"sparsity.*{re.escape(repr(sparsity))}", sparsity=sparsity
+    )
 
   @parameterized.named_parameters(
       ("_rank0", (), ValueError),
@@ -457,11 +533,15 @@ class BadInputTest(parameterized.TestCase):
       ("_none", None, TypeError),
   )
   def test_bad_shape(self, shape, error):
-    self.assert_rejected(error, rf"shape.*{re.escape(repr(shape))}", shape=shape)
+    self.assert_rejected(
+        error, rf"shape.*{re.escape(repr(shape))}", shape=shape
+    )
 
   def test_huge_fan_in_is_rejected(self):
     # Row/column indices are uint32: a fan-in of 2**32 cannot be addressed.
-    self.assert_rejected(ValueError, r"fan_in.*4294967296", shape=(1, 2**16, 2**16))
+    self.assert_rejected(
+        ValueError, r"fan_in.*4294967296", shape=(1, 2**16, 2**16)
+    )
 
   @parameterized.named_parameters(
       ("_init_type", "init_type", "gaussian"),
@@ -473,8 +553,9 @@ class BadInputTest(parameterized.TestCase):
       ("_rounding_int", "rounding", 1),
   )
   def test_unknown_choice(self, name, value):
-    self.assert_rejected(ValueError, rf"{name}.*{re.escape(repr(value))}",
-                         **{name: value})
+    self.assert_rejected(
+        ValueError, rf"{name}.*{re.escape(repr(value))}", **{name: value}
+    )
 
   @parameterized.named_parameters(
       ("_int32", jnp.int32, "int32"),
@@ -489,7 +570,12 @@ class BadInputTest(parameterized.TestCase):
   @parameterized.named_parameters(
       ("_python_int", 0, TypeError, r"key.*\b0\b"),
       ("_none", None, TypeError, r"key.*None"),
-      ("_float_array", jnp.zeros((2,), jnp.float32), TypeError, r"key.*float32"),
+      (
+          "_float_array",
+          jnp.zeros((2,), jnp.float32),
+          TypeError,
+          r"key.*float32",
+      ),
       ("_numpy_float", np.zeros((2,), np.float64), TypeError, r"key.*float64"),
       ("_int_array", jnp.zeros((2,), jnp.int32), TypeError, r"key.*int32"),
       ("_wrong_length", jnp.zeros((4,), jnp.uint32), TypeError, r"key.*\(4,\)"),

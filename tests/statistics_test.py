@@ -51,15 +51,28 @@ K = 200
 
 @functools.lru_cache(maxsize=None)
 def _draw(method, init_type, seed, shape, sparsity, rounding) -> np.ndarray:
-  out = np.asarray(alberta.sparse_init(jax.random.key(seed), shape, sparsity,
-                                       init_type, method=method,
-                                       rounding=rounding))
+  out = np.asarray(
+      alberta.sparse_init(
+          jax.random.key(seed),
+          shape,
+          sparsity,
+          init_type,
+          method=method,
+          rounding=rounding,
+      )
+  )
   out.flags.writeable = False  # shared by the tests that draw it
   return out
 
 
-def draw(method, init_type="uniform", seed=0, shape=(FAN_OUT, FAN_IN),
-         sparsity=SPARSITY, rounding="nearest") -> np.ndarray:
+def draw(
+    method,
+    init_type="uniform",
+    seed=0,
+    shape=(FAN_OUT, FAN_IN),
+    sparsity=SPARSITY,
+    rounding="nearest",
+) -> np.ndarray:
   """`sparse_init`'s matrix, computed once per argument tuple (read-only)."""
   return _draw(method, init_type, seed, tuple(shape), sparsity, rounding)
 
@@ -121,10 +134,12 @@ class StatisticsSuite(metaclass=parameterized.TestGeneratorMetaclass):
       ("_half_normal", (FAN_OUT, FAN_IN), SPARSITY, "normal", "nearest"),
       ("_conv_layout", (16, 8, 3, 3), 0.9, "uniform", "ceil"),
   )
-  def test_every_output_unit_has_exactly_k_zeros(self, shape, sparsity, init_type,
-                                                 rounding):
-    self.check_every_output_unit_has_exactly_k_zeros(shape, sparsity,
-                                                     init_type, rounding)
+  def test_every_output_unit_has_exactly_k_zeros(
+      self, shape, sparsity, init_type, rounding
+  ):
+    self.check_every_output_unit_has_exactly_k_zeros(
+        shape, sparsity, init_type, rounding
+    )
 
   # Shapes no other test draws (a program each).
   @parameterized.named_parameters(
@@ -133,17 +148,23 @@ class StatisticsSuite(metaclass=parameterized.TestGeneratorMetaclass):
   )
   @test_utils.slow
   def test_every_output_unit_has_exactly_k_zeros_at_other_shapes(
-      self, shape, sparsity, init_type, rounding):
-    self.check_every_output_unit_has_exactly_k_zeros(shape, sparsity,
-                                                     init_type, rounding)
+      self, shape, sparsity, init_type, rounding
+  ):
+    self.check_every_output_unit_has_exactly_k_zeros(
+        shape, sparsity, init_type, rounding
+    )
 
-  def check_every_output_unit_has_exactly_k_zeros(self, shape, sparsity,
-                                                  init_type, rounding):
-    out = self.draw(init_type, seed=1, shape=shape, sparsity=sparsity,
-                    rounding=rounding)
+  def check_every_output_unit_has_exactly_k_zeros(
+      self, shape, sparsity, init_type, rounding
+  ):
+    out = self.draw(
+        init_type, seed=1, shape=shape, sparsity=sparsity, rounding=rounding
+    )
     fan_in = math.prod(shape[1:])
-    np.testing.assert_array_equal(test_utils.zeros_per_row(out),
-                                  alberta.num_zeros(fan_in, sparsity, rounding))
+    np.testing.assert_array_equal(
+        test_utils.zeros_per_row(out),
+        alberta.num_zeros(fan_in, sparsity, rounding),
+    )
 
   # --- Values. ---------------------------------------------------------------
 
@@ -180,8 +201,9 @@ class StatisticsSuite(metaclass=parameterized.TestGeneratorMetaclass):
       ("_normal_fan_in_4096", "normal", 4096, 120_000 // 4096, 30),
   )
   @test_utils.slow
-  def test_kept_values_are_lecun_at_other_fan_ins(self, init_type, fan_in,
-                                                  n_rows, seed):
+  def test_kept_values_are_lecun_at_other_fan_ins(
+      self, init_type, fan_in, n_rows, seed
+  ):
     self.check_kept_values_are_lecun(init_type, fan_in, n_rows, seed)
 
   def check_kept_values_are_lecun(self, init_type, fan_in, n_rows, seed):
@@ -219,12 +241,17 @@ class StatisticsSuite(metaclass=parameterized.TestGeneratorMetaclass):
     v = v.astype(np.float64) * np.sqrt(3 * FAN_IN)  # unit variance
     # Lag-1 correlation pooled over ~2e5 pairs is ~N(0, 1 / pairs):
     # |z| < 4.42 fails with probability 1e-5 each (two-sided).
-    for a, b in ((v[:, 1:], v[:, :-1]), (v[1:], v[:-1]),
-                 (v[1:, 1:], v[:-1, :-1])):
+    for a, b in (
+        (v[:, 1:], v[:, :-1]),
+        (v[1:], v[:-1]),
+        (v[1:, 1:], v[:-1, :-1]),
+    ):
       z = np.mean(a * b) * np.sqrt(a.size)
       self.assertLess(abs(z), 4.42)
 
-  @parameterized.named_parameters(("_uniform", "uniform"), ("_normal", "normal"))
+  @parameterized.named_parameters(
+      ("_uniform", "uniform"), ("_normal", "normal")
+  )
   def test_mask_is_independent_of_values(self, init_type):
     out = self.draw(init_type, seed=23)
     zeros = zero_mask(out)
@@ -236,10 +263,13 @@ class StatisticsSuite(metaclass=parameterized.TestGeneratorMetaclass):
     # The weights the mask removes and the ones it keeps come from the same
     # distribution: two-sample KS (102400 each), false-failure rate ALPHA.
     self.assertGreater(
-        stats.ks_2samp(values[zeros], values[~zeros]).pvalue, ALPHA)
+        stats.ks_2samp(values[zeros], values[~zeros]).pvalue, ALPHA
+    )
     # Sign and mask: 2x2 contingency chi-square, false-failure rate ALPHA.
-    table = [[np.sum(zeros & (values < 0)), np.sum(zeros & (values >= 0))],
-             [np.sum(~zeros & (values < 0)), np.sum(~zeros & (values >= 0))]]
+    table = [
+        [np.sum(zeros & (values < 0)), np.sum(zeros & (values >= 0))],
+        [np.sum(~zeros & (values < 0)), np.sum(~zeros & (values >= 0))],
+    ]
     self.assertGreater(stats.chi2_contingency(table).pvalue, ALPHA)
 
   # --- Zero sets. ------------------------------------------------------------
@@ -248,19 +278,25 @@ class StatisticsSuite(metaclass=parameterized.TestGeneratorMetaclass):
     # 5 inputs, 2 zeros: each row's zero set is one of C(5, 2) = 10 subsets.
     self.check_every_k_subset_equally_frequent(5, 2, 8000, seed=7)
 
-  @parameterized.parameters((5, 2, 50_000), (6, 3, 60_000), (4, 1, 20_000),
-                            (8, 4, 70_000))
+  @parameterized.parameters(
+      (5, 2, 50_000), (6, 3, 60_000), (4, 1, 20_000), (8, 4, 70_000)
+  )
   @test_utils.slow
-  def test_every_k_subset_equally_frequent_in_big_samples(self, fan_in, k,
-                                                          n_rows):
+  def test_every_k_subset_equally_frequent_in_big_samples(
+      self, fan_in, k, n_rows
+  ):
     self.check_every_k_subset_equally_frequent(fan_in, k, n_rows, seed=20)
 
   def check_every_k_subset_equally_frequent(self, fan_in, k, n_rows, seed):
-    zeros = zero_mask(self.draw(seed=seed, shape=(n_rows, fan_in),
-                                sparsity=sparsity_for(fan_in, k)))
+    zeros = zero_mask(
+        self.draw(
+            seed=seed, shape=(n_rows, fan_in), sparsity=sparsity_for(fan_in, k)
+        )
+    )
     codes = (zeros.astype(np.int64) << np.arange(fan_in)).sum(axis=1)
-    subsets = [sum(1 << c for c in s)
-               for s in itertools.combinations(range(fan_in), k)]
+    subsets = [
+        sum(1 << c for c in s) for s in itertools.combinations(range(fan_in), k)
+    ]
     counts = np.bincount(codes, minlength=1 << fan_in)
     self.assertEqual(counts[subsets].sum(), n_rows)  # no other pattern occurs
     # Rows are independent, so the subset counts are multinomial: Pearson
@@ -285,8 +321,11 @@ class StatisticsSuite(metaclass=parameterized.TestGeneratorMetaclass):
   def test_column_and_pair_frequencies_within_binomial_bounds(self):
     # The matrix of test_adjacent_rows_are_independent(64, 16).
     fan_in, k, n_rows = 64, 16, 20_001
-    zeros = zero_mask(self.draw(seed=21, shape=(n_rows, fan_in),
-                                sparsity=sparsity_for(fan_in, k)))
+    zeros = zero_mask(
+        self.draw(
+            seed=21, shape=(n_rows, fan_in), sparsity=sparsity_for(fan_in, k)
+        )
+    )
     # Column c is zero in each row with probability k / n, independently
     # across rows: Binomial(n_rows, k / n). Bonferroni over 64 columns.
     col = zeros.sum(axis=0)
@@ -314,7 +353,8 @@ class StatisticsSuite(metaclass=parameterized.TestGeneratorMetaclass):
     overlaps = (mask[0::2] & mask[1::2]).sum(axis=1)
     dist = stats.hypergeom(FAN_IN, K, K)
     z = (overlaps.sum() - len(overlaps) * dist.mean()) / math.sqrt(
-        len(overlaps) * dist.var())
+        len(overlaps) * dist.var()
+    )
     self.assertLess(abs(z), stats.norm.isf(ALPHA / 2), z)
     # No two rows of the matrix share a zero set: P(any of the C(512, 2)
     # pairs equal) < 512**2 / C(400, 200) ~ 1e-114.
@@ -333,11 +373,16 @@ class StatisticsSuite(metaclass=parameterized.TestGeneratorMetaclass):
     # hypergeometric(fan_in, k, k). Chi-square over the bins expecting >= 20
     # (the rest pooled into one): false-failure rate ALPHA.
     n_rows = 20_001
-    zeros = zero_mask(self.draw(seed=22, shape=(n_rows, fan_in),
-                                sparsity=sparsity_for(fan_in, k)))
+    zeros = zero_mask(
+        self.draw(
+            seed=22, shape=(n_rows, fan_in), sparsity=sparsity_for(fan_in, k)
+        )
+    )
     np.testing.assert_array_equal(zeros.sum(axis=1), k)
     overlap = (zeros[1:] & zeros[:-1]).sum(axis=1)
-    expected = stats.hypergeom(fan_in, k, k).pmf(np.arange(k + 1)) * (n_rows - 1)
+    expected = stats.hypergeom(fan_in, k, k).pmf(np.arange(k + 1)) * (
+        n_rows - 1
+    )
     observed = np.bincount(overlap, minlength=k + 1)
     big = expected >= 20
     obs = np.append(observed[big], observed[~big].sum())
@@ -352,8 +397,10 @@ class StatisticsSuite(metaclass=parameterized.TestGeneratorMetaclass):
   def test_different_keys_give_different_independent_masks(self):
     # 20 keys, (16, 100) with 90 zeros per row: two keys' masks coincide with
     # probability C(100, 90)**-16 ~ 1e-207.
-    masks = [zero_mask(self.draw(seed=100 + i, shape=(16, 100), sparsity=0.9))
-             for i in range(20)]
+    masks = [
+        zero_mask(self.draw(seed=100 + i, shape=(16, 100), sparsity=0.9))
+        for i in range(20)
+    ]
     self.assertLen({m.tobytes() for m in masks}, 20)
     # And they are independent: the row-wise overlap of key 0's and key 1's
     # masks, 16 rows ~ Hypergeom(100, 90, 90) each (mean 81, var 0.818);
@@ -398,8 +445,7 @@ class ColumnStatisticTest(absltest.TestCase):
     # The statistic is not vacuous: the same counts with one input's zeros
     # moved to another (a biased mask: 200 rows changed) give p < ALPHA
     # (T ~ 33 on 4 degrees of freedom, p ~ 1e-6).
-    mask = zero_mask(draw("permutation", seed=6, shape=(8000, 5),
-                          sparsity=0.4))
+    mask = zero_mask(draw("permutation", seed=6, shape=(8000, 5), sparsity=0.4))
     biased = mask.copy()
     rows = np.flatnonzero(biased[:, 0] & ~biased[:, 1])[:200]
     biased[rows, 0], biased[rows, 1] = False, True

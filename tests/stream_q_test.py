@@ -38,9 +38,20 @@ from tests import test_utils
 
 _SCRIPT = os.path.join(test_utils.ROOT, "scripts", "stream_q.py")
 
-_SHORT = dict(env="Breakout-MinAtar", steps=300, seeds=2, seed=0, lr=1.0,
-              kappa=2.0, gamma=0.99, lamda=0.8, exploration_fraction=0.2,
-              segments=3, curve_points=10, random_steps=200)
+_SHORT = dict(
+    env="Breakout-MinAtar",
+    steps=300,
+    seeds=2,
+    seed=0,
+    lr=1.0,
+    kappa=2.0,
+    gamma=0.99,
+    lamda=0.8,
+    exploration_fraction=0.2,
+    segments=3,
+    curve_points=10,
+    random_steps=200,
+)
 
 
 class ObGDTest(absltest.TestCase):
@@ -55,21 +66,29 @@ class ObGDTest(absltest.TestCase):
     # alpha = lr / M;  w = w + alpha * delta * z.
     alpha = 1.0 / 17.584
     new_params, new_trace, step = obgd.update(
-        params, trace, grad, jnp.float32(2.0), jnp.bool_(False), config)
+        params, trace, grad, jnp.float32(2.0), jnp.bool_(False), config
+    )
     np.testing.assert_allclose(step, alpha, rtol=1e-6)
     np.testing.assert_allclose(new_trace["w"], [1.396, 3.0], rtol=1e-6)
     np.testing.assert_allclose(
         new_params["w"],
-        [1.0 + alpha * 2.0 * 1.396, -2.0 + alpha * 2.0 * 3.0], rtol=1e-6)
+        [1.0 + alpha * 2.0 * 1.396, -2.0 + alpha * 2.0 * 3.0],
+        rtol=1e-6,
+    )
 
   def test_bound_uses_at_least_unit_td_error(self):
     # |delta| = 0.25 < 1 counts as 1: M = 2 * 0.5 * 1 * 4 = 4, alpha = 0.5 / 4.
     config = obgd.ObGDConfig(lr=0.5, gamma=1.0, lamda=1.0, kappa=2.0)
     params = {"a": jnp.zeros((2,)), "b": jnp.ones(())}
     grad = {"a": jnp.array([1.0, -1.0]), "b": jnp.float32(2.0)}
-    new_params, _, step = obgd.update(params, obgd.init_trace(params), grad,
-                                      jnp.float32(-0.25), jnp.bool_(False),
-                                      config)
+    new_params, _, step = obgd.update(
+        params,
+        obgd.init_trace(params),
+        grad,
+        jnp.float32(-0.25),
+        jnp.bool_(False),
+        config,
+    )
     np.testing.assert_allclose(step, 0.125, rtol=1e-6)
     np.testing.assert_allclose(new_params["a"], [-0.03125, 0.03125], rtol=1e-6)
     np.testing.assert_allclose(new_params["b"], 1.0 - 0.0625, rtol=1e-6)
@@ -80,8 +99,13 @@ class ObGDTest(absltest.TestCase):
     params = {"w": jnp.zeros((2,))}
     grad = {"w": jnp.array([0.1, 0.0])}
     new_params, new_trace, step = obgd.update(
-        params, obgd.init_trace(params), grad, jnp.float32(0.5),
-        jnp.bool_(True), config)
+        params,
+        obgd.init_trace(params),
+        grad,
+        jnp.float32(0.5),
+        jnp.bool_(True),
+        config,
+    )
     self.assertEqual(float(step), 1.0)
     np.testing.assert_allclose(new_params["w"], [0.05, 0.0], rtol=1e-6)
     np.testing.assert_array_equal(new_trace["w"], [0.0, 0.0])
@@ -99,12 +123,16 @@ class NormalizersTest(absltest.TestCase):
       if i == 0:  # One sample: mean x, variance 1 by definition.
         np.testing.assert_allclose(out, 0.0, atol=1e-6)
     np.testing.assert_allclose(stats.mean, stream.mean(axis=0), rtol=1e-5)
-    np.testing.assert_allclose(normalizers.variance(stats),
-                               stream.var(axis=0, ddof=1), rtol=1e-4)
     np.testing.assert_allclose(
-        out, (stream[-1] - stream.mean(axis=0))
+        normalizers.variance(stats), stream.var(axis=0, ddof=1), rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        out,
+        (stream[-1] - stream.mean(axis=0))
         / np.sqrt(stream.var(axis=0, ddof=1) + normalizers.EPSILON),
-        rtol=1e-4, atol=1e-5)
+        rtol=1e-4,
+        atol=1e-5,
+    )
 
   def test_reward_scale_is_the_return_traces_standard_deviation(self):
     rng = np.random.default_rng(1)
@@ -122,11 +150,14 @@ class NormalizersTest(absltest.TestCase):
     traces = np.asarray(traces)
     np.testing.assert_allclose(scaler.trace, traces[-1], rtol=1e-5)
     np.testing.assert_allclose(scaler.stats.mean, traces.mean(), rtol=1e-5)
-    np.testing.assert_allclose(normalizers.variance(scaler.stats),
-                               traces.var(ddof=1), rtol=1e-4)
     np.testing.assert_allclose(
-        out, rewards[-1] / np.sqrt(traces.var(ddof=1) + normalizers.EPSILON),
-        rtol=1e-4)
+        normalizers.variance(scaler.stats), traces.var(ddof=1), rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        out,
+        rewards[-1] / np.sqrt(traces.var(ddof=1) + normalizers.EPSILON),
+        rtol=1e-4,
+    )
 
 
 class AgentTest(absltest.TestCase):
@@ -144,12 +175,15 @@ class AgentTest(absltest.TestCase):
 
   def test_epsilon_falls_linearly_then_stays(self):
     config = agent.AgentConfig(total_steps=1000)
-    np.testing.assert_allclose(agent.epsilon(jnp.int32(1), config),
-                               1.0 - 0.99 / 200, rtol=1e-6)
-    np.testing.assert_allclose(agent.epsilon(jnp.int32(100), config), 0.505,
-                               rtol=1e-6)
-    np.testing.assert_allclose(agent.epsilon(jnp.int32(200), config), 0.01,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        agent.epsilon(jnp.int32(1), config), 1.0 - 0.99 / 200, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        agent.epsilon(jnp.int32(100), config), 0.505, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        agent.epsilon(jnp.int32(200), config), 0.01, rtol=1e-5
+    )
     np.testing.assert_allclose(agent.epsilon(jnp.int32(900), config), 0.01)
 
 
@@ -158,8 +192,9 @@ class ShortRunTest(test_utils.TempDirMixin, parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.results = {s: stream_q.run(dict(_SHORT, sparsity=s))
-                   for s in (0.9, 0.0)}
+    cls.results = {
+        s: stream_q.run(dict(_SHORT, sparsity=s)) for s in (0.9, 0.0)
+    }
 
   @parameterized.parameters(0.9, 0.0)
   def test_shapes(self, sparsity):
@@ -179,8 +214,11 @@ class ShortRunTest(test_utils.TempDirMixin, parameterized.TestCase):
 
   def test_sparse_kernels_have_k_zeros_per_output_unit(self):
     params = self.results[0.9]["initial_params"]
-    for layer, fan_in, fan_out in (("conv2_d", 36, 16), ("linear", 1024, 128),
-                                   ("linear_1", 128, 3)):
+    for layer, fan_in, fan_out in (
+        ("conv2_d", 36, 16),
+        ("linear", 1024, 128),
+        ("linear_1", 128, 3),
+    ):
       kernels = np.asarray(params[layer]["w"])  # (seeds, ..., in, out)
       k = alberta.num_zeros(fan_in, 0.9, rounding="ceil")
       self.assertEqual(k, math.ceil(0.9 * fan_in))
@@ -203,23 +241,42 @@ class ShortRunTest(test_utils.TempDirMixin, parameterized.TestCase):
     out = os.path.join(self.dir, "run.json")
     png = os.path.join(self.dir, "run.png")
     proc = subprocess.run(
-        [sys.executable, _SCRIPT, "--steps=200", "--seeds=2", "--segments=2",
-         "--random_steps=100", "--curve_points=5", "--sparsity=0.9",
-         f"--json={out}", f"--plot={png}"],
-        env=test_utils.subprocess_env(), capture_output=True, text=True,
-        timeout=600, check=False)
+        [
+            sys.executable,
+            _SCRIPT,
+            "--steps=200",
+            "--seeds=2",
+            "--segments=2",
+            "--random_steps=100",
+            "--curve_points=5",
+            "--sparsity=0.9",
+            f"--json={out}",
+            f"--plot={png}",
+        ],
+        env=test_utils.subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
     with open(out) as f:
       results = json.load(f)
-    self.assertEqual(sorted(results), ["args", "device", "episodes",
-                                       "learning_curves", "summary"])
+    self.assertEqual(
+        sorted(results),
+        ["args", "device", "episodes", "learning_curves", "summary"],
+    )
     self.assertEqual(results["args"]["env"], "Breakout-MinAtar")
     self.assertEqual(results["args"]["steps"], 200)
     self.assertEqual(results["args"]["sparsity"], 0.9)
     summary = results["summary"]
-    for key in ("final_return_mean", "final_return_stderr",
-                "final_return_per_seed", "steps_per_second",
-                "random_return_mean"):
+    for key in (
+        "final_return_mean",
+        "final_return_stderr",
+        "final_return_per_seed",
+        "steps_per_second",
+        "random_return_mean",
+    ):
       self.assertIn(key, summary)
     self.assertGreater(summary["steps_per_second"], 0)
     self.assertLen(results["learning_curves"]["mean_return"], 2)
@@ -231,8 +288,9 @@ class ShortRunTest(test_utils.TempDirMixin, parameterized.TestCase):
     for s, results in self.results.items():
       paths.append(os.path.join(self.dir, f"{s}.json"))
       with open(paths[-1], "w") as f:
-        json.dump({k: v for k, v in results.items() if k != "initial_params"},
-                  f)
+        json.dump(
+            {k: v for k, v in results.items() if k != "initial_params"}, f
+        )
     text = stream_q_report.table(stream_q_report.load(paths))
     row = text.splitlines()[-1]
     sparse = self.results[0.9]["summary"]["final_return_mean"]
@@ -252,8 +310,12 @@ class ShortRunTest(test_utils.TempDirMixin, parameterized.TestCase):
     out = os.path.join(self.dir, "missing", "run.json")
     proc = subprocess.run(
         [sys.executable, _SCRIPT, "--steps=100", f"--json={out}"],
-        env=test_utils.subprocess_env(), capture_output=True, text=True,
-        timeout=120, check=False)
+        env=test_utils.subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     self.assertNotEqual(proc.returncode, 0)
     self.assertIn("--json", proc.stderr)
     self.assertFalse(os.path.exists(os.path.dirname(out)))

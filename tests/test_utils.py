@@ -50,7 +50,8 @@ def slow(test):
   """Marks a test (function or class) slow: skipped unless `SLOW_ENV=1`."""
   test = unittest.skipUnless(
       slow_tests_enabled(),
-      f"slow test: set {SLOW_ENV}=1 to run it (.ci/run does)")(test)
+      f"slow test: set {SLOW_ENV}=1 to run it (.ci/run does)",
+  )(test)
   if pytest is not None:
     test = pytest.mark.slow(test)
   return test
@@ -103,8 +104,9 @@ def assert_same_matrix(actual, expected, init_type: str) -> None:
   if init_type == "uniform":
     np.testing.assert_array_equal(as_bits(actual), as_bits(expected))
   else:
-    np.testing.assert_array_max_ulp(actual, expected,
-                                    maxulp=bits.NORMAL_MAX_ULPS)
+    np.testing.assert_array_max_ulp(
+        actual, expected, maxulp=bits.NORMAL_MAX_ULPS
+    )
 
 
 def zeros_per_row(matrix) -> np.ndarray:
@@ -131,8 +133,9 @@ def counter_model_round(x: np.ndarray, k_value, a, b, n: int) -> np.ndarray:
   """
   partner = (np.int64(k_value) - x) % n
   v = np.maximum(x, partner)
-  swap = ((np.uint64(a) * v.astype(np.uint64) + np.uint64(b))
-          % np.uint64(1 << 32)) >> np.uint64(31)
+  swap = (
+      (np.uint64(a) * v.astype(np.uint64) + np.uint64(b)) % np.uint64(1 << 32)
+  ) >> np.uint64(31)
   return np.where(swap == 1, partner, x)
 
 
@@ -154,8 +157,11 @@ def single_device_env() -> dict[str, str]:
   """
   env = subprocess_env()
   env["JAX_PLATFORMS"] = "cpu"
-  env["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
-                            env.get("XLA_FLAGS", "")).strip()
+  env["XLA_FLAGS"] = re.sub(
+      r"--xla_force_host_platform_device_count=\d+",
+      "",
+      env.get("XLA_FLAGS", ""),
+  ).strip()
   return env
 
 
@@ -166,8 +172,9 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def communicate_all(procs: list[subprocess.Popen],
-                    timeout: float) -> list[tuple[str, str]]:
+def communicate_all(
+    procs: list[subprocess.Popen], timeout: float
+) -> list[tuple[str, str]]:
   """Each process's (stdout, stderr), in order; none is left running.
 
   A process still running when another's wait fails (a timeout) is killed.
@@ -206,8 +213,9 @@ def threefry(k, hi, lo):
 
   JAX's primitive (`threefry2x32_p`), which `bits.threefry_fused` writes out.
   """
-  hi, lo = jnp.broadcast_arrays(jnp.asarray(hi, jnp.uint32),
-                                jnp.asarray(lo, jnp.uint32))
+  hi, lo = jnp.broadcast_arrays(
+      jnp.asarray(hi, jnp.uint32), jnp.asarray(lo, jnp.uint32)
+  )
   k1 = jnp.broadcast_to(k[0], ())
   k2 = jnp.broadcast_to(k[1], ())
   return tuple(threefry2x32_p.bind(k1, k2, hi, lo))
@@ -232,6 +240,6 @@ def round_keys(key, rows, n: int):
 
 def counter_value_bits(key, rows, cols):
   """The counter method's 32 value bits of elements `(rows[i], cols[...])`."""
-  return counter.hash_values(counter.row_words(key, rows, 1, rounds=False).value,
-                             cols)
-
+  return counter.hash_values(
+      counter.row_words(key, rows, 1, rounds=False).value, cols
+  )

@@ -39,9 +39,13 @@ def _train(loss, params, tx, batches):
 
 def _batches(x_shape, y_dim, seed):
   keys = jax.random.split(jax.random.key(seed), _STEPS)
-  return [(jax.random.normal(k, x_shape),
-           jax.random.normal(jax.random.fold_in(k, 1), (x_shape[0], y_dim)))
-          for k in keys]
+  return [
+      (
+          jax.random.normal(k, x_shape),
+          jax.random.normal(jax.random.fold_in(k, 1), (x_shape[0], y_dim)),
+      )
+      for k in keys
+  ]
 
 
 class KeepZerosTest(parameterized.TestCase):
@@ -83,8 +87,7 @@ class KeepZerosTest(parameterized.TestCase):
 
     tx = optax.chain(alberta.keep_zeros(), optax.adam(1e-2))
     trained, _ = _train(loss, params, tx, _batches((32, 16), 32, 0))
-    self.assert_zeros_kept_and_rest_moved(params, trained, ["['w']"],
-                                          ["['b']"])
+    self.assert_zeros_kept_and_rest_moved(params, trained, ["['w']"], ["['b']"])
 
   def test_flax_cnn_after_adamw(self):
     class CNN(nn.Module):
@@ -103,11 +106,11 @@ class KeepZerosTest(parameterized.TestCase):
       return jnp.mean((model.apply({"params": params}, x) - y) ** 2)
 
     # Weight decay too: a zero weight decays to zero.
-    tx = optax.chain(optax.adamw(1e-2, weight_decay=1e-2),
-                     alberta.keep_zeros())
+    tx = optax.chain(optax.adamw(1e-2, weight_decay=1e-2), alberta.keep_zeros())
     trained, _ = _train(loss, params, tx, _batches((16, 6, 6, 2), 3, 1))
-    self.assert_zeros_kept_and_rest_moved(params, trained, ["['kernel']"],
-                                          ["['bias']"])
+    self.assert_zeros_kept_and_rest_moved(
+        params, trained, ["['kernel']"], ["['bias']"]
+    )
 
   def test_without_it_the_zeros_fill_in(self):
     # The paper's method: init-only; the first update fills the zeros in.
@@ -118,23 +121,33 @@ class KeepZerosTest(parameterized.TestCase):
     self.assertTrue((optax.apply_updates(params, updates)["w"] != 0).all())
 
   def test_masks_are_packed_bits_of_the_selected_kernels(self):
-    params = {"layer": {"w": alberta.sparse_init(_KEY, (20, 7), 0.5).T,
-                        "b": jnp.zeros(20)}}
+    params = {
+        "layer": {
+            "w": alberta.sparse_init(_KEY, (20, 7), 0.5).T,
+            "b": jnp.zeros(20),
+        }
+    }
     state = alberta.keep_zeros().init(params)
     packed = state.masks["layer"]["w"]
     self.assertEqual(packed.dtype, jnp.uint8)
     self.assertEqual(packed.shape, (math_ceil_div(7 * 20, 8),))
     np.testing.assert_array_equal(
         np.unpackbits(np.asarray(packed), count=140).reshape(7, 20),
-        np.asarray(params["layer"]["w"]) != 0)
+        np.asarray(params["layer"]["w"]) != 0,
+    )
     self.assertEqual(state.masks["layer"]["b"].shape, (0,))
 
   def test_include_selects_as_sparsify_does(self):
-    params = {"a": {"w": jnp.zeros((3, 4))}, "b": {"w": jnp.zeros((3, 4))},
-              "proj": jnp.zeros((3, 4))}
+    params = {
+        "a": {"w": jnp.zeros((3, 4))},
+        "b": {"w": jnp.zeros((3, 4))},
+        "proj": jnp.zeros((3, 4)),
+    }
     tx = alberta.keep_zeros(
-        include=lambda path, leaf: ("in_out" if path == "proj"
-                                    else path != "b/w" and None))
+        include=lambda path, leaf: (
+            "in_out" if path == "proj" else path != "b/w" and None
+        )
+    )
     grads = jax.tree.map(jnp.ones_like, params)
     updates, _ = jax.jit(tx.update)(grads, tx.init(params))
     np.testing.assert_array_equal(updates["a"]["w"], 0)

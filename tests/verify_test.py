@@ -32,37 +32,53 @@ _K = alberta.num_zeros(_SHAPE[1], _SPARSITY)  # 36 zeros, 12 kept per row.
 
 
 def _mesh_2d():
-  return jax.make_mesh((4, 2), ("rows", "cols"),
-                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  return jax.make_mesh(
+      (4, 2), ("rows", "cols"), axis_types=(jax.sharding.AxisType.Auto,) * 2
+  )
 
 
 def _dense_sharding():
   return jax.sharding.NamedSharding(
-      _mesh_2d(), jax.sharding.PartitionSpec("rows", "cols"))
+      _mesh_2d(), jax.sharding.PartitionSpec("rows", "cols")
+  )
 
 
 def _rows_sharding():
-  mesh = jax.make_mesh((8,), ("rows",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = jax.make_mesh(
+      (8,), ("rows",), axis_types=(jax.sharding.AxisType.Auto,)
+  )
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("rows"))
 
 
-def _matrix(method: str, init_type: str = "uniform", sharded: bool = True,
-            dtype=jnp.float32, seed: int = 0):
+def _matrix(
+    method: str,
+    init_type: str = "uniform",
+    sharded: bool = True,
+    dtype=jnp.float32,
+    seed: int = 0,
+):
   key = jax.random.key(seed)
   if sharded:
     return alberta.sharded_sparse_init(
-        key, _SHAPE, _SPARSITY, init_type, sharding=_dense_sharding(),
-        dtype=dtype, method=method)
-  return alberta.sparse_init(key, _SHAPE, _SPARSITY, init_type, dtype=dtype,
-                             method=method)
+        key,
+        _SHAPE,
+        _SPARSITY,
+        init_type,
+        sharding=_dense_sharding(),
+        dtype=dtype,
+        method=method,
+    )
+  return alberta.sparse_init(
+      key, _SHAPE, _SPARSITY, init_type, dtype=dtype, method=method
+  )
 
 
 def _ell(sharded: bool = True, init_type: str = "uniform"):
   key = jax.random.key(0)
   if sharded:
     return alberta.sharded_sparse_init_ell(
-        key, _SHAPE, _SPARSITY, init_type, sharding=_rows_sharding())
+        key, _SHAPE, _SPARSITY, init_type, sharding=_rows_sharding()
+    )
   return alberta.sparse_init_ell(key, _SHAPE, _SPARSITY, init_type)
 
 
@@ -80,8 +96,12 @@ class VerifyPassesTest(parameterized.TestCase):
   @parameterized.parameters(
       (method, init_type, sharded)
       for method in ("counter", "permutation")
-      for init_type, sharded in (("uniform", True), ("normal", True),
-                                 ("uniform", False)))
+      for init_type, sharded in (
+          ("uniform", True),
+          ("normal", True),
+          ("uniform", False),
+      )
+  )
   def test_library_matrix_passes(self, method, init_type, sharded):
     self.check_library_matrix_passes(method, init_type, sharded)
 
@@ -94,16 +114,19 @@ class VerifyPassesTest(parameterized.TestCase):
     matrix = _matrix(method, init_type, sharded)
     report = alberta.verify(matrix, _SPARSITY, init_type, method=method)
     self.assertTrue(report.passed, msg=report)
-    self.assertEqual((report.format, report.shape, report.rows),
-                     ("dense", _SHAPE, _SHAPE[0]))
+    self.assertEqual(
+        (report.format, report.shape, report.rows), ("dense", _SHAPE, _SHAPE[0])
+    )
     self.assertEqual(report.zeros_per_row, _K)
     # Exact for both: with 768 kept weights, a chance zero has probability
     # 768 * 2**-23 < 1e-4, and these keys hold none.
-    self.assertEqual((report.min_zeros_per_row, report.max_zeros_per_row),
-                     (_K, _K))
+    self.assertEqual(
+        (report.min_zeros_per_row, report.max_zeros_per_row), (_K, _K)
+    )
     self.assertEqual((report.nonfinite, report.out_of_bound), (0, 0))
-    self.assertEqual(report.excess_zero_allowance,
-                     0 if method == "counter" else 13)
+    self.assertEqual(
+        report.excess_zero_allowance, 0 if method == "counter" else 13
+    )
     self.assertGreater(report.max_abs, 0)
     self.assertLessEqual(report.max_abs, report.value_bound)
     self.assertIsNone(report.nonzeros_per_row)
@@ -123,8 +146,9 @@ class VerifyPassesTest(parameterized.TestCase):
     with jax.enable_x64(dtype == "float64"):
       for method in ("counter", "permutation"):
         matrix = _matrix(method, "normal", sharded=False, dtype=dtype)
-        report = alberta.verify(matrix, _SPARSITY, "normal", method=method,
-                                dtype=dtype)
+        report = alberta.verify(
+            matrix, _SPARSITY, "normal", method=method, dtype=dtype
+        )
         self.assertTrue(report.passed, msg=report)
         self.assertEqual(report.dtype, dtype)
 
@@ -135,14 +159,23 @@ class VerifyPassesTest(parameterized.TestCase):
     self.assertTrue(report.passed, msg=report)
     self.assertEqual((report.format, report.method), ("ell", "counter"))
     self.assertEqual(report.nonzeros_per_row, _SHAPE[1] - _K)
-    self.assertEqual((report.min_zeros_per_row, report.max_zeros_per_row),
-                     (_K, _K))
-    self.assertEqual((report.indices_out_of_range, report.rows_unsorted,
-                      report.rows_with_repeats), (0, 0, 0))
+    self.assertEqual(
+        (report.min_zeros_per_row, report.max_zeros_per_row), (_K, _K)
+    )
+    self.assertEqual(
+        (
+            report.indices_out_of_range,
+            report.rows_unsorted,
+            report.rows_with_repeats,
+        ),
+        (0, 0, 0),
+    )
 
   def test_n_dimensional_shape_is_flattened_like_sparse_init(self):
     shape = (8, 4, 6)  # fan_in 24
-    matrix = alberta.sparse_init(jax.random.key(1), shape, 0.5, method="counter")
+    matrix = alberta.sparse_init(
+        jax.random.key(1), shape, 0.5, method="counter"
+    )
     report = alberta.verify(matrix, 0.5, method="counter")
     self.assertTrue(report.passed, msg=report)
     self.assertEqual(report.shape, (8, 24))
@@ -157,65 +190,85 @@ class VerifyPassesTest(parameterized.TestCase):
 
 class VerifyCatchesCorruptionTest(parameterized.TestCase):
 
-  @parameterized.product(method=("counter", "permutation"),
-                         init_type=("uniform", "normal"))
+  @parameterized.product(
+      method=("counter", "permutation"), init_type=("uniform", "normal")
+  )
   def test_dense_corruption(self, method, init_type):
     good = _matrix(method, init_type)
     sharding = _dense_sharding()
-    bound = float(verify_lib.value_bound(
-        make_spec(_SHAPE, _SPARSITY, init_type, method, "nearest")[0],
-        jnp.float32))
+    bound = float(
+        verify_lib.value_bound(
+            make_spec(_SHAPE, _SPARSITY, init_type, method, "nearest")[0],
+            jnp.float32,
+        )
+    )
     zero_col = _first_where(good, 5, zero=True)
     kept_col = _first_where(good, 7, zero=False)
     cases = dict(
-        missing_zero=(good.at[5, zero_col].set(1e-3),
-                      r"1 row with fewer than k=36 zeros \(min 35\) "
-                      r"\(first: row 5\)"),
-        nan=(good.at[7, kept_col].set(jnp.nan),
-             r"1 non-finite value \(first in row 7\)"),
-        inf=(good.at[7, kept_col].set(-jnp.inf),
-             r"1 non-finite value \(first in row 7\)"),
-        out_of_bound=(good.at[7, kept_col].set(bound * 1.001),
-                      r"1 value above the bound .* \(max \|value\| .*, first "
-                      r"in row 7\)"),
+        missing_zero=(
+            good.at[5, zero_col].set(1e-3),
+            r"1 row with fewer than k=36 zeros \(min 35\) " r"\(first: row 5\)",
+        ),
+        nan=(
+            good.at[7, kept_col].set(jnp.nan),
+            r"1 non-finite value \(first in row 7\)",
+        ),
+        inf=(
+            good.at[7, kept_col].set(-jnp.inf),
+            r"1 non-finite value \(first in row 7\)",
+        ),
+        out_of_bound=(
+            good.at[7, kept_col].set(bound * 1.001),
+            r"1 value above the bound .* \(max \|value\| .*, first "
+            r"in row 7\)",
+        ),
         # Four rows of zeros: 48 excess zeros, beyond any allowance (13).
-        zeroed_rows=(good.at[4:8].set(0.0),
-                     r"4 rows with more than k=36 zeros .*first: row 4"
-                     if method == "counter" else
-                     r"48 zeros beyond k=36 per row \(in 4 rows, first: row "
-                     r"4; max 48 in a row\), more than the 13"),
+        zeroed_rows=(
+            good.at[4:8].set(0.0),
+            r"4 rows with more than k=36 zeros .*first: row 4"
+            if method == "counter"
+            else r"48 zeros beyond k=36 per row \(in 4 rows, first: row "
+            r"4; max 48 in a row\), more than the 13",
+        ),
     )
     if method == "counter":
       # One extra zero: the counter method never keeps a zero weight.
       cases["extra_zero"] = (
           good.at[9, _first_where(good, 9, zero=False)].set(0.0),
           r"1 row with more than k=36 zeros \(max 37; method='counter' never "
-          r"keeps a zero weight\) \(first: row 9\)")
+          r"keeps a zero weight\) \(first: row 9\)",
+      )
     for name, (matrix, message) in cases.items():
       with self.subTest(name):
         matrix = jax.device_put(matrix, sharding)
-        with self.assertRaisesRegex(verify_lib.VerificationError,
-                                    "failed verification: " + message):
+        with self.assertRaisesRegex(
+            verify_lib.VerificationError, "failed verification: " + message
+        ):
           alberta.verify(matrix, _SPARSITY, init_type, method=method)
         # The same findings without raising.
-        report = alberta.verify(matrix, _SPARSITY, init_type, method=method,
-                                raise_on_failure=False)
+        report = alberta.verify(
+            matrix, _SPARSITY, init_type, method=method, raise_on_failure=False
+        )
         self.assertFalse(report.passed)
         self.assertLen(report.failures, 1, msg=report.failures)
 
   def test_counter_counts_one_extra_zero(self):
     good = _matrix("counter")
     matrix = good.at[9, _first_where(good, 9, zero=False)].set(0.0)
-    report = alberta.verify(matrix, _SPARSITY, method="counter",
-                            raise_on_failure=False)
-    self.assertEqual((report.rows_above_k, report.excess_zeros,
-                      report.max_zeros_per_row), (1, 1, _K + 1))
+    report = alberta.verify(
+        matrix, _SPARSITY, method="counter", raise_on_failure=False
+    )
+    self.assertEqual(
+        (report.rows_above_k, report.excess_zeros, report.max_zeros_per_row),
+        (1, 1, _K + 1),
+    )
 
   def test_permutation_allowance_accepts_chance_zeros_and_no_more(self):
     good = np.array(_matrix("permutation", sharded=False))
     allowance = verify_lib.excess_zero_allowance(
         make_spec(_SHAPE, _SPARSITY, "uniform", "permutation", "nearest")[0],
-        np.float32)
+        np.float32,
+    )
     self.assertEqual(allowance, 13)
     # Zero the first kept weight of rows 0, 1, ...: `n` excess zeros.
     kept = [(r, _first_where(good, r, zero=False)) for r in range(_SHAPE[0])]
@@ -224,8 +277,12 @@ class VerifyCatchesCorruptionTest(parameterized.TestCase):
         matrix = good.copy()
         for r, c in kept[:n]:
           matrix[r, c] = 0
-        report = alberta.verify(jnp.asarray(matrix), _SPARSITY,
-                                method="permutation", raise_on_failure=False)
+        report = alberta.verify(
+            jnp.asarray(matrix),
+            _SPARSITY,
+            method="permutation",
+            raise_on_failure=False,
+        )
         self.assertEqual(report.excess_zeros, n)
         self.assertEqual(report.rows_above_k, n)
         self.assertEqual(report.passed, passed, msg=report.failures)
@@ -233,46 +290,68 @@ class VerifyCatchesCorruptionTest(parameterized.TestCase):
   def test_ell_corruption(self):
     values, indices = _ell()
     rows = _rows_sharding()
-    bound = float(verify_lib.value_bound(
-        make_spec(_SHAPE, _SPARSITY, "uniform", "counter", "nearest")[0],
-        jnp.float32))
+    bound = float(
+        verify_lib.value_bound(
+            make_spec(_SHAPE, _SPARSITY, "uniform", "counter", "nearest")[0],
+            jnp.float32,
+        )
+    )
     cases = dict(
-        duplicate=((values, indices.at[5, 1].set(indices[5, 0])),
-                   r"1 row with a repeated index \(first: row 5\)"),
-        unsorted=((values, indices.at[6, 0:2].set(indices[6, 1::-1])),
-                  r"1 row with indices not in ascending order \(first: row "
-                  r"6\)"),
-        too_large=((values, indices.at[9, -1].set(48)),
-                   r"1 index outside \[0, fan_in=48\) \(first in row 9\)"),
-        negative=((values, indices.at[10, 0].set(-1)),
-                  r"1 index outside \[0, fan_in=48\) \(first in row 10\)"),
-        nan=((values.at[7, 0].set(jnp.nan), indices),
-             r"1 non-finite value \(first in row 7\)"),
-        out_of_bound=((values.at[7, 0].set(bound * 1.001), indices),
-                      r"1 value above the bound"),
+        duplicate=(
+            (values, indices.at[5, 1].set(indices[5, 0])),
+            r"1 row with a repeated index \(first: row 5\)",
+        ),
+        unsorted=(
+            (values, indices.at[6, 0:2].set(indices[6, 1::-1])),
+            r"1 row with indices not in ascending order \(first: row " r"6\)",
+        ),
+        too_large=(
+            (values, indices.at[9, -1].set(48)),
+            r"1 index outside \[0, fan_in=48\) \(first in row 9\)",
+        ),
+        negative=(
+            (values, indices.at[10, 0].set(-1)),
+            r"1 index outside \[0, fan_in=48\) \(first in row 10\)",
+        ),
+        nan=(
+            (values.at[7, 0].set(jnp.nan), indices),
+            r"1 non-finite value \(first in row 7\)",
+        ),
+        out_of_bound=(
+            (values.at[7, 0].set(bound * 1.001), indices),
+            r"1 value above the bound",
+        ),
         # A stored 0.0 is one more zero in the dense row.
-        zero_value=((values.at[3, 2].set(0.0), indices),
-                    r"1 row with more than k=36 zeros \(max 37; "
-                    r"method='counter'.*first: row 3"),
+        zero_value=(
+            (values.at[3, 2].set(0.0), indices),
+            r"1 row with more than k=36 zeros \(max 37; "
+            r"method='counter'.*first: row 3",
+        ),
         # A width of nnz + 1 is one zero short in every row.
-        missing_zero=((jnp.ones((64, 13)) * 0.01,
-                       jnp.broadcast_to(jnp.arange(13), (64, 13))),
-                      r"64 rows with fewer than k=36 zeros \(min 35\) "
-                      r"\(first: row 0\)"),
+        missing_zero=(
+            (
+                jnp.ones((64, 13)) * 0.01,
+                jnp.broadcast_to(jnp.arange(13), (64, 13)),
+            ),
+            r"64 rows with fewer than k=36 zeros \(min 35\) "
+            r"\(first: row 0\)",
+        ),
     )
     for name, ((v, i), message) in cases.items():
       with self.subTest(name):
         v, i = jax.device_put(v, rows), jax.device_put(i, rows)
-        with self.assertRaisesRegex(verify_lib.VerificationError,
-                                    "ELL arrays of shape .* failed "
-                                    "verification: " + message):
+        with self.assertRaisesRegex(
+            verify_lib.VerificationError,
+            "ELL arrays of shape .* failed verification: " + message,
+        ):
           alberta.verify((v, i), _SPARSITY, shape=_SHAPE)
 
   def test_dtype_mismatch_fails(self):
     # The float16 matrix of test_every_dtype_passes.
     matrix = _matrix("counter", "normal", sharded=False, dtype=jnp.float16)
-    with self.assertRaisesRegex(verify_lib.VerificationError,
-                                "dtype is float16, expected float32"):
+    with self.assertRaisesRegex(
+        verify_lib.VerificationError, "dtype is float16, expected float32"
+    ):
       alberta.verify(matrix, _SPARSITY, method="counter", dtype=jnp.float32)
 
   def test_verification_error_is_a_value_error_with_the_report(self):
@@ -297,13 +376,16 @@ class VerifyArgumentsTest(parameterized.TestCase):
     with self.assertRaisesRegex(TypeError, "indices must be integers"):
       alberta.verify((values, values), _SPARSITY, shape=_SHAPE)
     with self.assertRaisesRegex(ValueError, "method='counter'"):
-      alberta.verify((values, indices), _SPARSITY, shape=_SHAPE,
-                     method="permutation")
+      alberta.verify(
+          (values, indices), _SPARSITY, shape=_SHAPE, method="permutation"
+      )
     with self.assertRaisesRegex(ValueError, r"pair, got a sequence of 3"):
       alberta.verify((values, indices, indices), _SPARSITY, shape=_SHAPE)
     with self.assertRaisesRegex(ValueError, r"shape=\(64, 40\)"):
       alberta.verify(matrix, _SPARSITY, shape=(64, 40))
-    with self.assertRaisesRegex(TypeError, "matrix: dtype must be one of .*int32"):
+    with self.assertRaisesRegex(
+        TypeError, "matrix: dtype must be one of .*int32"
+    ):
       alberta.verify(matrix.astype(jnp.int32), _SPARSITY)
     with self.assertRaisesRegex(TypeError, "must be an array"):
       alberta.verify(0.5, _SPARSITY)
@@ -317,19 +399,25 @@ class VerifyArgumentsTest(parameterized.TestCase):
     self.assertTrue(report.passed)
     self.assertEqual(report.rows, 0)
     # A width of 0 ELL arrays at sparsity 1: every column absent.
-    report = alberta.verify((jnp.zeros((4, 0)), jnp.zeros((4, 0), jnp.int32)),
-                            1.0, shape=(4, 10))
+    report = alberta.verify(
+        (jnp.zeros((4, 0)), jnp.zeros((4, 0), jnp.int32)), 1.0, shape=(4, 10)
+    )
     self.assertTrue(report.passed, msg=report)
     self.assertEqual(report.min_zeros_per_row, 10)
-    with self.assertRaisesRegex(verify_lib.VerificationError,
-                                r"4 rows with more than k=10 zeros \(max 20"):
-      alberta.verify((jnp.zeros((4, 0)), jnp.zeros((4, 0), jnp.int32)), 0.5,
-                     shape=(4, 20))
+    with self.assertRaisesRegex(
+        verify_lib.VerificationError,
+        r"4 rows with more than k=10 zeros \(max 20",
+    ):
+      alberta.verify(
+          (jnp.zeros((4, 0)), jnp.zeros((4, 0), jnp.int32)), 0.5, shape=(4, 20)
+      )
 
   def test_value_bound(self):
     spec = make_spec(_SHAPE, _SPARSITY, "uniform", "counter", "nearest")[0]
-    self.assertEqual(float(verify_lib.value_bound(spec, jnp.float32)),
-                     float(np.float32(1 / np.sqrt(48))))
+    self.assertEqual(
+        float(verify_lib.value_bound(spec, jnp.float32)),
+        float(np.float32(1 / np.sqrt(48))),
+    )
     spec = make_spec(_SHAPE, _SPARSITY, "normal", "counter", "nearest")[0]
     # sqrt(2) erfinv(1 - 2**-23) ~ 5.42 standard deviations, and a few ulps.
     normal = float(verify_lib.value_bound(spec, jnp.float32)) * np.sqrt(48)

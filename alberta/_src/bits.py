@@ -42,13 +42,18 @@ def check_partitionable() -> None:
         "alberta reproduces jax.random's bits tile by tile, which requires "
         "jax.config.jax_threefry_partitionable=True (the JAX default); it is "
         "False in this process. Re-enable it with "
-        "jax.config.update('jax_threefry_partitionable', True).")
+        "jax.config.update('jax_threefry_partitionable', True)."
+    )
 
 
 def _broadcast_u32(*xs) -> list[Array]:
   """`jnp.broadcast_arrays` of `xs` as uint32, in `lax` operations."""
-  xs = [lax.convert_element_type(x, _U32) if getattr(x, "dtype", None) != _U32
-        else x for x in xs]
+  xs = [
+      lax.convert_element_type(x, _U32)
+      if getattr(x, "dtype", None) != _U32
+      else x
+      for x in xs
+  ]
   shape = lax.broadcast_shapes(*(np.shape(x) for x in xs))
   out = []
   for x in xs:
@@ -63,8 +68,9 @@ def _broadcast_u32(*xs) -> list[Array]:
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 
 
-def threefry_fused(k: tuple[Array, Array], hi: Array, lo: Array
-                   ) -> tuple[Array, Array]:
+def threefry_fused(
+    k: tuple[Array, Array], hi: Array, lo: Array
+) -> tuple[Array, Array]:
   """`threefry`, written out as elementwise operations (the same words).
 
   Threefry-2x32 with 20 rounds and a key injection every 4 (Salmon et al.,
@@ -79,8 +85,9 @@ def threefry_fused(k: tuple[Array, Array], hi: Array, lo: Array
 
 
 @jax.jit
-def _threefry_rounds(k1: Array, k2: Array, hi: Array, lo: Array
-                     ) -> tuple[Array, Array]:
+def _threefry_rounds(
+    k1: Array, k2: Array, hi: Array, lo: Array
+) -> tuple[Array, Array]:
   """`threefry_fused` of four uint32 operands of one shape.
 
   Jitted so that each shape is traced once per process, and only once lowered
@@ -95,8 +102,10 @@ def _threefry_rounds(k1: Array, k2: Array, hi: Array, lo: Array
   for i in range(5):
     for r in _ROTATIONS[i % 2]:
       x0 = add(x0, x1)
-      x1 = lax.bitwise_or(lax.shift_left(x1, np.uint32(r)),
-                          lax.shift_right_logical(x1, np.uint32(32 - r)))
+      x1 = lax.bitwise_or(
+          lax.shift_left(x1, np.uint32(r)),
+          lax.shift_right_logical(x1, np.uint32(32 - r)),
+      )
       x1 = xor(x0, x1)
     x0 = add(x0, ks[(i + 1) % 3])
     x1 = add(add(x1, ks[(i + 2) % 3]), np.uint32(i + 1))
@@ -128,8 +137,9 @@ def opaque_ones(x: Array) -> Array:
   the constant once, outside a loop, and keep it alive through the loop.
   """
   first = lax.slice(x.reshape(x.shape[0], -1), (0, 0), (x.shape[0], 1))
-  return lax.bitwise_or(lax.shift_right_logical(first, np.uint32(31)),
-                        np.uint32(1)).reshape(x.shape[0])
+  return lax.bitwise_or(
+      lax.shift_right_logical(first, np.uint32(31)), np.uint32(1)
+  ).reshape(x.shape[0])
 
 
 def mul_add_u64(a: Array, b: int, c: Array | int = 0) -> tuple[Array, Array]:
@@ -158,8 +168,10 @@ def mul_add_u64(a: Array, b: int, c: Array | int = 0) -> tuple[Array, Array]:
   mid_carry = u32(lt(mid, lh))
   lo = add(ll, shl(mid, np.uint32(16)))
   lo_carry = u32(lt(lo, ll))
-  hi = add(add(add(hh, shr(mid, np.uint32(16))), shl(mid_carry, np.uint32(16))),
-           lo_carry)
+  hi = add(
+      add(add(hh, shr(mid, np.uint32(16))), shl(mid_carry, np.uint32(16))),
+      lo_carry,
+  )
   if isinstance(c, int) and c == 0:
     return hi, lo
   return add_u64(*_broadcast_u32(hi, lo, c))
@@ -178,9 +190,12 @@ def sum_u64(values: Array) -> tuple[Array, Array]:
   depend on the order of the reduction, hence not on the sharding.
   """
   values = values.reshape(-1)
-  return lax.reduce((jnp.zeros_like(values), values), (_U32(0), _U32(0)),
-                    lambda a, b: add_u64(lax.add(a[0], b[0]), a[1], b[1]),
-                    (0,))
+  return lax.reduce(
+      (jnp.zeros_like(values), values),
+      (_U32(0), _U32(0)),
+      lambda a, b: add_u64(lax.add(a[0], b[0]), a[1], b[1]),
+      (0,),
+  )
 
 
 def join_u64(hi: int | np.integer, lo: int | np.integer) -> int:
@@ -207,10 +222,13 @@ def avalanche(x: Array, mixer: tuple[int, ...] = LOWBIAS32) -> Array:
 
 def bits_to_unit_float(bits: Array) -> Array:
   """Maps uint32 bits to float32 in [0, 1) as `jax.random.uniform` does."""
-  mantissa = lax.bitwise_or(lax.shift_right_logical(bits, np.uint32(9)),
-                            np.float32(1.0).view(np.uint32))
-  return lax.sub(lax.bitcast_convert_type(mantissa, jnp.float32),
-                 np.float32(1.0))
+  mantissa = lax.bitwise_or(
+      lax.shift_right_logical(bits, np.uint32(9)),
+      np.float32(1.0).view(np.uint32),
+  )
+  return lax.sub(
+      lax.bitcast_convert_type(mantissa, jnp.float32), np.float32(1.0)
+  )
 
 
 def bits_to_uniform(bits: Array, minval: float, maxval: float) -> Array:
@@ -250,9 +268,11 @@ def bits_to_open_unit(bits: Array) -> Array:
   symmetric (mean exactly 0) and does not contain 0.
   """
   odd = lax.convert_element_type((bits >> 9) << 1, jnp.int32) - jnp.int32(
-      2**_OPEN_BITS - 1)
+      2**_OPEN_BITS - 1
+  )
   return lax.convert_element_type(odd, jnp.float32) * jnp.float32(
-      2.0**-_OPEN_BITS)
+      2.0**-_OPEN_BITS
+  )
 
 
 def bits_to_open_uniform(bits: Array, scale: float) -> Array:

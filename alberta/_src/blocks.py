@@ -29,8 +29,14 @@ _U32 = jnp.uint32
 # is rounded twice, while under jit (as inside `jax.random.uniform`) XLA fuses
 # it into one FMA, so an eager tile would differ from the reference by an ulp.
 @functools.partial(jax.jit, static_argnames=("spec", "n_rows", "n_cols"))
-def row_block(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
-              col_start: Array | int = 0, n_cols: int | None = None) -> Array:
+def row_block(
+    key: Array,
+    spec: SparseSpec,
+    row_start: Array | int,
+    n_rows: int,
+    col_start: Array | int = 0,
+    n_cols: int | None = None,
+) -> Array:
   """Rows `[row_start, +n_rows)` x columns `[col_start, +n_cols)`, float32.
 
   Args:
@@ -46,24 +52,35 @@ def row_block(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
   """
   bits.check_partitionable()
   n_cols = spec.fan_in if n_cols is None else n_cols
-  rows = lax.add(lax.convert_element_type(row_start, _U32),
-                 lax.iota(_U32, n_rows))
+  rows = lax.add(
+      lax.convert_element_type(row_start, _U32), lax.iota(_U32, n_rows)
+  )
   method = METHODS[spec.method]
-  keep, value_bits = method.tile_bits(keys.key_words(key), spec, rows,
-                                      col_start, n_cols)
+  keep, value_bits = method.tile_bits(
+      keys.key_words(key), spec, rows, col_start, n_cols
+  )
   values = method.values(spec, value_bits)
   # The reference multiplies by a 0/1 mask, so a masked negative weight is
   # -0.0.
   # Under jit XLA rewrites that multiply into a select (+0.0); spell it out.
-  sign = lax.bitwise_and(lax.bitcast_convert_type(values, _U32),
-                         np.uint32(0x80000000))
+  sign = lax.bitwise_and(
+      lax.bitcast_convert_type(values, _U32), np.uint32(0x80000000)
+  )
   return lax.select(keep, values, lax.bitcast_convert_type(sign, jnp.float32))
 
 
-def _block(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
-           col_start: Array | int, n_cols: int, dtype: Any) -> Array:
+def _block(
+    key: Array,
+    spec: SparseSpec,
+    row_start: Array | int,
+    n_rows: int,
+    col_start: Array | int,
+    n_cols: int,
+    dtype: Any,
+) -> Array:
   return bits.cast_nonzero(
-      row_block(key, spec, row_start, n_rows, col_start, n_cols), dtype)
+      row_block(key, spec, row_start, n_rows, col_start, n_cols), dtype
+  )
 
 
 def _empty(spec: SparseSpec, n_rows: int, n_cols: int, dtype: Any) -> Array:
@@ -86,20 +103,25 @@ def _temp_fraction(spec: SparseSpec) -> float:
 
 # The dense matrix: `row_block`'s tiles cast to the output dtype; a chunk's
 # temporaries are its method's.
-DENSE = driver.Layout(block=_block, empty=_empty,
-                      out_bytes_per_row=_out_bytes_per_row,
-                      temp_bytes_per_row=_temp_bytes_per_row,
-                      temp_fraction=_temp_fraction)
+DENSE = driver.Layout(
+    block=_block,
+    empty=_empty,
+    out_bytes_per_row=_out_bytes_per_row,
+    temp_bytes_per_row=_temp_bytes_per_row,
+    temp_fraction=_temp_fraction,
+)
 
 
-def default_chunk_rows(spec: SparseSpec, n_rows: int, n_cols: int,
-                       dtype: jnp.dtype) -> int:
+def default_chunk_rows(
+    spec: SparseSpec, n_rows: int, n_cols: int, dtype: jnp.dtype
+) -> int:
   """The default chunk of a dense `[n_rows, n_cols]` tile."""
   return driver.default_chunk_rows(DENSE, spec, n_rows, n_cols, dtype)
 
 
-def host_loop_chunk_rows(spec: SparseSpec, n_rows: int, n_cols: int,
-                         dtype: jnp.dtype) -> int:
+def host_loop_chunk_rows(
+    spec: SparseSpec, n_rows: int, n_cols: int, dtype: jnp.dtype
+) -> int:
   """The default chunk of `generate_host_loop`.
 
   Where a chunk is a finished tile before it is copied into the output
@@ -107,13 +129,19 @@ def host_loop_chunk_rows(spec: SparseSpec, n_rows: int, n_cols: int,
   its temporaries.
   """
   return driver.default_chunk_rows(
-      DENSE, spec, n_rows, n_cols, dtype,
-      chunk_is_temporary=METHODS[spec.method].separate_tile)
+      DENSE,
+      spec,
+      n_rows,
+      n_cols,
+      dtype,
+      chunk_is_temporary=METHODS[spec.method].separate_tile,
+  )
 
 
 @functools.lru_cache(maxsize=64)
-def _chunk_program(spec: SparseSpec, n_cols: int, dtype: jnp.dtype,
-                   chunk_rows: int):
+def _chunk_program(
+    spec: SparseSpec, n_cols: int, dtype: jnp.dtype, chunk_rows: int
+):
   """The jitted step of `generate_host_loop`.
 
   `(out, chunk, key, row, col, start) -> (out, chunk)`. Writes the chunk of
@@ -125,12 +153,18 @@ def _chunk_program(spec: SparseSpec, n_cols: int, dtype: jnp.dtype,
   alive at a time, its buffer reused, and each step waits for the previous
   one through its donated arguments, not on the host.
   """
+
   def tile(key, row, col):
     return generate(key, spec, row, chunk_rows, col, n_cols, dtype, chunk_rows)
 
   if not METHODS[spec.method].separate_tile:
-    return jax.jit(lambda out, chunk, key, row, col, start: (_write(
-        out, tile(key, row, col), start), chunk), donate_argnums=0)
+    return jax.jit(
+        lambda out, chunk, key, row, col, start: (
+            _write(out, tile(key, row, col), start),
+            chunk,
+        ),
+        donate_argnums=0,
+    )
 
   def step(out, chunk, key, row, col, start):
     del chunk  # Its buffer holds the new chunk (donated, kept).
@@ -145,9 +179,16 @@ def _write(out: Array, tile: Array, start: Array) -> Array:
   return lax.dynamic_update_slice_in_dim(out, tile, start, axis=0)
 
 
-def generate_host_loop(key: Array, spec: SparseSpec, row_start: int,
-                       n_rows: int, col_start: int, n_cols: int,
-                       dtype: jnp.dtype, chunk_rows: int | None = None) -> Array:
+def generate_host_loop(
+    key: Array,
+    spec: SparseSpec,
+    row_start: int,
+    n_rows: int,
+    col_start: int,
+    n_cols: int,
+    dtype: jnp.dtype,
+    chunk_rows: int | None = None,
+) -> Array:
   """`generate` for a concrete key at top level, as a host loop of programs.
 
   Same tile, bit for bit: a tile is a pure function of its coordinates, so
@@ -179,23 +220,28 @@ def generate_host_loop(key: Array, spec: SparseSpec, row_start: int,
   col = np.uint32(col_start)
   # The chunk's own buffer, where it is generated apart: donated to each step,
   # which generates the next chunk into it.
-  chunk = (jnp.zeros((chunk_rows, n_cols), dtype)
-           if METHODS[spec.method].separate_tile else None)
+  chunk = (
+      jnp.zeros((chunk_rows, n_cols), dtype)
+      if METHODS[spec.method].separate_tile
+      else None
+  )
   for start in driver.chunk_starts(n_rows, chunk_rows):
-    out, chunk = step(out, chunk, key, np.uint32(row_start + start), col,
-                      np.uint32(start))
+    out, chunk = step(
+        out, chunk, key, np.uint32(row_start + start), col, np.uint32(start)
+    )
   return out
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _matrix_in_one_program(key: Array, spec: SparseSpec, dtype: jnp.dtype,
-                           chunk_rows: int | None) -> Array:
-  return generate(key, spec, 0, spec.fan_out, 0, spec.fan_in, dtype,
-                  chunk_rows)
+def _matrix_in_one_program(
+    key: Array, spec: SparseSpec, dtype: jnp.dtype, chunk_rows: int | None
+) -> Array:
+  return generate(key, spec, 0, spec.fan_out, 0, spec.fan_in, dtype, chunk_rows)
 
 
-def generate_matrix(key: Array, spec: SparseSpec, dtype: jnp.dtype,
-                    chunk_rows: int | None) -> Array:
+def generate_matrix(
+    key: Array, spec: SparseSpec, dtype: jnp.dtype, chunk_rows: int | None
+) -> Array:
   """The whole `spec.shape` matrix on one device: the chunk policy.
 
   One program whose chunks (if any) are a loop in the graph, unless the
@@ -214,17 +260,29 @@ def generate_matrix(key: Array, spec: SparseSpec, dtype: jnp.dtype,
   Returns:
     The `spec.shape` matrix in `dtype`.
   """
-  decided = (chunk_rows if chunk_rows is not None else
-             default_chunk_rows(spec, spec.fan_out, spec.fan_in, dtype))
+  decided = (
+      chunk_rows
+      if chunk_rows is not None
+      else default_chunk_rows(spec, spec.fan_out, spec.fan_in, dtype)
+  )
   if decided < spec.fan_out and driver.at_top_level(key):
-    return generate_host_loop(key, spec, 0, spec.fan_out, 0, spec.fan_in,
-                              dtype, chunk_rows)
+    return generate_host_loop(
+        key, spec, 0, spec.fan_out, 0, spec.fan_in, dtype, chunk_rows
+    )
   return _matrix_in_one_program(key, spec, dtype, chunk_rows)
 
 
-def generate(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
-             col_start: Array | int, n_cols: int, dtype: jnp.dtype,
-             chunk_rows: int | None = None) -> Array:
+def generate(
+    key: Array,
+    spec: SparseSpec,
+    row_start: Array | int,
+    n_rows: int,
+    col_start: Array | int,
+    n_cols: int,
+    dtype: jnp.dtype,
+    chunk_rows: int | None = None,
+) -> Array:
   """A `[n_rows, n_cols]` tile in `dtype`, built `chunk_rows` rows at a time."""
-  return driver.generate(DENSE, key, spec, row_start, n_rows, col_start,
-                         n_cols, dtype, chunk_rows)
+  return driver.generate(
+      DENSE, key, spec, row_start, n_rows, col_start, n_cols, dtype, chunk_rows
+  )

@@ -31,13 +31,17 @@ MAX_DIM = 2**32 - 1
 def check_sparsity(sparsity: Any) -> float:
   """Returns `sparsity` as a Python float, or raises if it is not in [0, 1]."""
   if isinstance(sparsity, (bool, np.bool_)) or not isinstance(
-      sparsity, numbers.Real):
+      sparsity, numbers.Real
+  ):
     raise TypeError(
         f"sparsity must be a real number in [0, 1], got {sparsity!r} "
-        f"of type {type(sparsity).__name__}.")
+        f"of type {type(sparsity).__name__}."
+    )
   value = float(sparsity)
   if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-    raise ValueError(f"sparsity must be a real number in [0, 1], got {sparsity!r}.")
+    raise ValueError(
+        f"sparsity must be a real number in [0, 1], got {sparsity!r}."
+    )
   return value
 
 
@@ -60,7 +64,9 @@ def check_rounding(rounding: Any) -> str:
   return check_choice("rounding", rounding, ROUNDINGS)
 
 
-def check_shape(shape: Any, *, min_rank: int = 2, name: str = "shape") -> tuple[int, ...]:
+def check_shape(
+    shape: Any, *, min_rank: int = 2, name: str = "shape"
+) -> tuple[int, ...]:
   """Returns `shape` as a tuple of non-negative Python ints, or raises."""
   if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
     raise TypeError(f"{name} must be a sequence of integers, got {shape!r}.")
@@ -69,17 +75,20 @@ def check_shape(shape: Any, *, min_rank: int = 2, name: str = "shape") -> tuple[
     if isinstance(d, (bool, np.bool_)) or not isinstance(d, numbers.Integral):
       raise TypeError(
           f"{name} must contain only integers, got {shape!r} "
-          f"(element {d!r} of type {type(d).__name__}).")
+          f"(element {d!r} of type {type(d).__name__})."
+      )
     if d < 0:
-      raise ValueError(f"{name} must not have negative dimensions, got {shape!r}.")
-    if d > MAX_DIM:
       raise ValueError(
-          f"{name} dimensions must be below 2**32, got {shape!r}.")
+          f"{name} must not have negative dimensions, got {shape!r}."
+      )
+    if d > MAX_DIM:
+      raise ValueError(f"{name} dimensions must be below 2**32, got {shape!r}.")
     dims.append(int(d))
   if len(dims) < min_rank:
     raise ValueError(
         f"{name} must have rank >= {min_rank} (fan_out, fan_in, ...), "
-        f"got {shape!r} of rank {len(dims)}.")
+        f"got {shape!r} of rank {len(dims)}."
+    )
   return tuple(dims)
 
 
@@ -103,19 +112,21 @@ def check_dtype(dtype: Any) -> np.dtype:
     dt = jnp.dtype(dtype)
   except TypeError as e:
     raise TypeError(
-        f"dtype must be one of {accepted}, got {dtype!r}, which is not a "
-        f"dtype.") from e
+        f"dtype must be one of {accepted}, got {dtype!r}, which is not a dtype."
+    ) from e
   if not dt.isnative:
     raise TypeError(
         f"dtype must be one of {accepted} in the machine's byte order, got "
         f"{dtype!r} (byte order {dt.byteorder!r}); pass {dt.name!r}, or use "
-        f"dtype.newbyteorder('=').")
+        "dtype.newbyteorder('=')."
+    )
   if dt.name not in DTYPES:
     shown = repr(dtype) if dt.name in repr(dtype) else f"{dtype!r} ({dt.name})"
     raise TypeError(
         f"dtype must be one of {accepted}, got {shown}; narrower floats "
-        f"(float8, float4 types) would round kept weights to zero and break "
-        f"the exact zero count per output unit.")
+        "(float8, float4 types) would round kept weights to zero and break "
+        "the exact zero count per output unit."
+    )
   # Without jax_enable_x64, JAX has no float64 arrays: truncate to float32 and
   # warn, as jax.random and jax.numpy do, instead of failing the dtype assert.
   canonical = jax.dtypes.canonicalize_dtype(dt)
@@ -123,7 +134,9 @@ def check_dtype(dtype: Any) -> np.dtype:
     warnings.warn(
         f"dtype {dt} requested but not available, truncated to {canonical}; "
         f"set jax_enable_x64 (e.g. `with jax.enable_x64(True):`) for {dt}.",
-        UserWarning, stacklevel=3)
+        UserWarning,
+        stacklevel=3,
+    )
   return np.dtype(canonical)
 
 
@@ -160,7 +173,9 @@ def num_zeros(fan_in: int, sparsity: float, rounding: str = "nearest") -> int:
     >>> alberta.num_zeros(100, 0.55, "nearest"), alberta.num_zeros(100, 0.55, "ceil")
     (55, 56)
   """
-  if isinstance(fan_in, (bool, np.bool_)) or not isinstance(fan_in, numbers.Integral):
+  if isinstance(fan_in, (bool, np.bool_)) or not isinstance(
+      fan_in, numbers.Integral
+  ):
     raise TypeError(f"fan_in must be an integer, got {fan_in!r}.")
   if fan_in < 0:
     raise ValueError(f"fan_in must be non-negative, got {fan_in!r}.")
@@ -177,8 +192,9 @@ def num_zeros(fan_in: int, sparsity: float, rounding: str = "nearest") -> int:
     except (FloatingPointError, OverflowError) as e:
       raise ValueError(
           f"sparsity={sparsity!r} is a {type(sparsity).__name__} scalar, in "
-          f"whose arithmetic the zero count's sparsity * fan_in overflows at "
-          f"fan_in={fan_in}; pass sparsity as a Python float.") from e
+          "whose arithmetic the zero count's sparsity * fan_in overflows at "
+          f"fan_in={fan_in}; pass sparsity as a Python float."
+      ) from e
   return min(int(k), fan_in)
 
 
@@ -187,8 +203,11 @@ def check_chunk_rows(chunk_rows: Any) -> int | None:
   if chunk_rows is None:
     return None
   if isinstance(chunk_rows, (bool, np.bool_)) or not isinstance(
-      chunk_rows, numbers.Integral):
-    raise TypeError(f"chunk_rows must be None or a positive int, got {chunk_rows!r}.")
+      chunk_rows, numbers.Integral
+  ):
+    raise TypeError(
+        f"chunk_rows must be None or a positive int, got {chunk_rows!r}."
+    )
   if chunk_rows <= 0:
     raise ValueError(f"chunk_rows must be a positive int, got {chunk_rows!r}.")
   return int(chunk_rows)
@@ -208,14 +227,17 @@ def user_stacklevel() -> int:
   the framework's layers, raised it.
   """
   frame, level = sys._getframe(1), 1  # pylint: disable=protected-access
-  while frame.f_back is not None and frame.f_globals.get(
-      "__name__", "").split(".")[0] in _LIBRARY_PACKAGES:
+  while (
+      frame.f_back is not None
+      and frame.f_globals.get("__name__", "").split(".")[0] in _LIBRARY_PACKAGES
+  ):
     frame, level = frame.f_back, level + 1
   return level
 
 
-def warn_if_all_zero(what: str, fan_out: int, fan_in: int, k: int,
-                     sparsity: float, rounding: str) -> None:
+def warn_if_all_zero(
+    what: str, fan_out: int, fan_in: int, k: int, sparsity: float, rounding: str
+) -> None:
   """Warns (a `UserWarning`) when every input of every output unit is zeroed.
 
   `k == fan_in` makes a (non-empty) matrix all zeros: with
@@ -235,5 +257,7 @@ def warn_if_all_zero(what: str, fan_out: int, fan_in: int, k: int,
       f"sparse init of {what} zeroes all {fan_in} inputs of every output "
       f"unit: num_zeros({fan_in}, sparsity={sparsity!r}, "
       f"rounding={rounding!r}) == fan_in, so the result is all zeros. Lower "
-      f"the sparsity to keep some inputs.", UserWarning,
-      stacklevel=user_stacklevel())
+      "the sparsity to keep some inputs.",
+      UserWarning,
+      stacklevel=user_stacklevel(),
+  )

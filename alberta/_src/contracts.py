@@ -27,8 +27,9 @@ def returns(x: Any, shape: Sequence[int], dtype: Any) -> Any:
   return x
 
 
-def returns_pair(pair: tuple[Any, Any], shape: Sequence[int],
-                 dtypes: tuple[Any, Any]) -> tuple[Any, Any]:
+def returns_pair(
+    pair: tuple[Any, Any], shape: Sequence[int], dtypes: tuple[Any, Any]
+) -> tuple[Any, Any]:
   """`pair`, after asserting both arrays' `shape` and their `dtypes`."""
   import chex  # pylint: disable=g-import-not-at-top
 

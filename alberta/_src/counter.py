@@ -149,8 +149,11 @@ def num_rounds(n: int) -> int:
     num, den = n + 1, 2 * n
   else:
     num, den = n + 2, 2 * n
-  r = max(0, math.floor((-_TV_BOUND_LOG2 + math.log2(pairs))
-                        / math.log2(den / num)) - 2)
+  r = max(
+      0,
+      math.floor((-_TV_BOUND_LOG2 + math.log2(pairs)) / math.log2(den / num))
+      - 2,
+  )
   while pairs * num**r * 2**-_TV_BOUND_LOG2 > den**r:
     r += 1
   return r
@@ -159,12 +162,13 @@ def num_rounds(n: int) -> int:
 class RowWords(NamedTuple):
   """A block's per-row Threefry words (see the module docstring, "Keys")."""
 
-  value: tuple[Array, Array]          # `(s1, s2)`, each `[rows]`
+  value: tuple[Array, Array]  # `(s1, s2)`, each `[rows]`
   rounds: tuple[Array, Array, Array]  # `(K, a, b)`, each `[rows, R]`
 
 
-def row_words(key: tuple[Array, Array], rows: Array, n: int,
-              rounds: bool = True) -> RowWords:
+def row_words(
+    key: tuple[Array, Array], rows: Array, n: int, rounds: bool = True
+) -> RowWords:
   """Every per-row word of `rows` for row length `n`: one Threefry call.
 
   Threefry counters `(hi, lo) = (row, j)` under the matrix's key words:
@@ -187,30 +191,37 @@ def row_words(key: tuple[Array, Array], rows: Array, n: int,
   r = num_rounds(n) if rounds else 0
   j = jnp.arange(2 * r + 1, dtype=_U32)
   w1, w2 = bits.threefry_fused(key, rows[:, None], j[None, :])
-  hi, lo = w1[:, 1:r + 1], w2[:, 1:r + 1]
+  hi, lo = w1[:, 1 : r + 1], w2[:, 1 : r + 1]
   # (hi 2**32 + lo) n / 2**64: the top word of a 96-bit product.
   hi_hi, hi_lo = bits.mul_add_u64(hi, n)
   lo_hi, _ = bits.mul_add_u64(lo, n)
   ks = hi_hi + ((hi_lo + lo_hi) < hi_lo).astype(_U32)
-  return RowWords((w1[:, 0], w2[:, 0]), (ks, w1[:, r + 1:], w2[:, r + 1:]))
+  return RowWords((w1[:, 0], w2[:, 0]), (ks, w1[:, r + 1 :], w2[:, r + 1 :]))
 
 
-def _round(x: Array, k: Array, kn: Array | None, a: Array, b: Array,
-           n: int) -> Array:
+def _round(
+    x: Array, k: Array, kn: Array | None, a: Array, b: Array, n: int
+) -> Array:
   """One swap-or-not round; `kn` is `k + n`, used (and valid) when `n <= 2**31`."""
   if n <= _HALF:
-    t = kn - x                             # K + n - x, in (0, 2n] <= 2**32
+    t = kn - x  # K + n - x, in (0, 2n] <= 2**32
     partner = jnp.minimum(t, t - _U32(n))  # (K - x) mod n: t - n wraps if t < n
   else:
-    t = k - x                              # wraps (mod 2**32) when x > K
+    t = k - x  # wraps (mod 2**32) when x > K
     partner = jnp.where(x > k, t + _U32(n), t)  # exact mod 2**32: result < n
-  v = jnp.maximum(x, partner)              # the pair's representative
+  v = jnp.maximum(x, partner)  # the pair's representative
   swap = (a * v + b).astype(jnp.int32) < 0  # top bit of a*v + b mod 2**32
   return jnp.where(swap, partner, x)
 
 
-def permute(x: Array, material, n: int, *, inverse: bool = False,
-            rolled: bool | None = None) -> Array:
+def permute(
+    x: Array,
+    material,
+    n: int,
+    *,
+    inverse: bool = False,
+    rolled: bool | None = None,
+) -> Array:
   """Applies the rows' permutations `pi_r` (or their inverses) to `x[r, :]`.
 
   `x` holds values in `[0, n)`, `n <= 2**32 - 1`; `material` is `row_words(...).rounds`.
@@ -227,24 +238,33 @@ def permute(x: Array, material, n: int, *, inverse: bool = False,
   if not rolled or n_rounds <= 1:
     order = range(n_rounds)
     for i in (reversed(order) if inverse else order):
-      x = _round(x, ks[:, i:i + 1], kn[:, i:i + 1], as_[:, i:i + 1],
-                 bs[:, i:i + 1], n)
+      x = _round(
+          x,
+          ks[:, i : i + 1],
+          kn[:, i : i + 1],
+          as_[:, i : i + 1],
+          bs[:, i : i + 1],
+          n,
+      )
     return x
 
   def body(i, x):
     i = n_rounds - 1 - i if inverse else i
-    k, k_n, a, b = (lax.dynamic_slice_in_dim(m, i, 1, axis=1)
-                    for m in (ks, kn, as_, bs))
+    k, k_n, a, b = (
+        lax.dynamic_slice_in_dim(m, i, 1, axis=1) for m in (ks, kn, as_, bs)
+    )
     return _round(x, k, k_n, a, b, n)
 
   return lax.fori_loop(0, n_rounds, body, x)
 
 
-def keep_mask(key: tuple[Array, Array], k: int, n: int, rows: Array,
-              cols: Array) -> Array:
+def keep_mask(
+    key: tuple[Array, Array], k: int, n: int, rows: Array, cols: Array
+) -> Array:
   """Boolean keep-mask of `rows[:, None]` x `cols[None, :]`: `pi_r(c) >= k`."""
-  return _keep(row_words(key, rows, n, 0 < k < n).rounds, k, n,
-               rows.shape[0], cols)
+  return _keep(
+      row_words(key, rows, n, 0 < k < n).rounds, k, n, rows.shape[0], cols
+  )
 
 
 def _keep(material, k: int, n: int, n_rows: int, cols: Array) -> Array:
@@ -267,9 +287,12 @@ def hash_values(value_words: tuple[Array, Array], cols: Array) -> Array:
   return bits.avalanche(bits.avalanche(cols ^ s1[:, None]) + s2[:, None])
 
 
-def block_bits(key: tuple[Array, Array], k: int, n: int, rows: Array,
-               cols: Array) -> tuple[Array, Array]:
+def block_bits(
+    key: tuple[Array, Array], k: int, n: int, rows: Array, cols: Array
+) -> tuple[Array, Array]:
   """`keep_mask(...)` and the value bits of a block from one Threefry call."""
   words = row_words(key, rows, n, 0 < k < n)
-  return (_keep(words.rounds, k, n, rows.shape[0], cols),
-          hash_values(words.value, cols))
+  return (
+      _keep(words.rounds, k, n, rows.shape[0], cols),
+      hash_values(words.value, cols),
+  )

@@ -43,11 +43,21 @@ class Call(NamedTuple):
   chunk_rows: int | None
 
 
-def prepare(name: str, key: Any, shape: Any, sparsity: Any, init_type: Any,
-            method: Any, rounding: Any, dtype: Any, chunk_rows: Any = None, *,
-            two_d: bool = False,
-            check_spec: Callable[[SparseSpec, str], None] | None = None,
-            what: str | None = None) -> Call:
+def prepare(
+    name: str,
+    key: Any,
+    shape: Any,
+    sparsity: Any,
+    init_type: Any,
+    method: Any,
+    rounding: Any,
+    dtype: Any,
+    chunk_rows: Any = None,
+    *,
+    two_d: bool = False,
+    check_spec: Callable[[SparseSpec, str], None] | None = None,
+    what: str | None = None,
+) -> Call:
   """Validates a public call's arguments, in plain Python, before any work.
 
   In this order: the key, the matrix arguments (`make_spec`), `check_spec`
@@ -75,11 +85,22 @@ def prepare(name: str, key: Any, shape: Any, sparsity: Any, init_type: Any,
   if two_d and len(shape) != 2:
     raise ValueError(
         f"{name} takes a 2-D shape (fan_out, fan_in), got {shape!r}; pass "
-        f"(fan_out, prod(shape[1:])) and reshape the result for other layouts.")
-  call = Call(spec, shape, checks.check_dtype(dtype),
-              checks.check_chunk_rows(chunk_rows))
-  checks.warn_if_all_zero(what or f"shape {shape}", spec.fan_out,
-                          spec.fan_in, spec.k, sparsity, rounding)
+        "(fan_out, prod(shape[1:])) and reshape the result for other layouts."
+    )
+  call = Call(
+      spec,
+      shape,
+      checks.check_dtype(dtype),
+      checks.check_chunk_rows(chunk_rows),
+  )
+  checks.warn_if_all_zero(
+      what or f"shape {shape}",
+      spec.fan_out,
+      spec.fan_in,
+      spec.k,
+      sparsity,
+      rounding,
+  )
   return call
 
 
@@ -100,6 +121,7 @@ class Layout:
       temporaries may take.
     outputs: the number of arrays in the pytree (1: a bare array).
   """
+
   block: Callable[..., Any]
   empty: Callable[[SparseSpec, int, int, Any], Any]
   out_bytes_per_row: Callable[[SparseSpec, int, Any], int]
@@ -117,8 +139,9 @@ _UNCHUNKED_BYTES = 4 * 2**20
 _TEMP_CAP_BYTES = 256 * 2**20
 
 
-def chunk_rows_for(n_rows: int, out_bytes: int, temp_bytes_per_row: int,
-                   temp_fraction: float) -> int:
+def chunk_rows_for(
+    n_rows: int, out_bytes: int, temp_bytes_per_row: int, temp_fraction: float
+) -> int:
   """Equal chunks whose temporaries stay below `temp_fraction` of the output.
 
   The whole tile when that fits. Otherwise the fewest chunks that fit, of
@@ -134,9 +157,15 @@ def chunk_rows_for(n_rows: int, out_bytes: int, temp_bytes_per_row: int,
   return math.ceil(n_rows / n_chunks)
 
 
-def default_chunk_rows(layout: Layout, spec: SparseSpec, n_rows: int,
-                       n_cols: int, dtype: Any, *,
-                       chunk_is_temporary: bool = False) -> int:
+def default_chunk_rows(
+    layout: Layout,
+    spec: SparseSpec,
+    n_rows: int,
+    n_cols: int,
+    dtype: Any,
+    *,
+    chunk_is_temporary: bool = False,
+) -> int:
   """The default chunk of an `[n_rows, n_cols]` tile of `layout`.
 
   With `chunk_is_temporary` (a chunk generated apart before it is copied into
@@ -146,12 +175,17 @@ def default_chunk_rows(layout: Layout, spec: SparseSpec, n_rows: int,
   temp = layout.temp_bytes_per_row(spec)
   if chunk_is_temporary:
     temp += per_row
-  return chunk_rows_for(n_rows, n_rows * per_row, temp,
-                        layout.temp_fraction(spec))
+  return chunk_rows_for(
+      n_rows, n_rows * per_row, temp, layout.temp_fraction(spec)
+  )
 
 
-def fill_rows(block: Callable[[Array | int, int], Any], n_rows: int,
-              chunk_rows: int, empty: Any) -> Any:
+def fill_rows(
+    block: Callable[[Array | int, int], Any],
+    n_rows: int,
+    chunk_rows: int,
+    empty: Any,
+) -> Any:
   """Builds `n_rows` rows as `block(start, n)`, `chunk_rows` rows at a time.
 
   Chunks are written in place into `empty` (a pytree of `[n_rows, ...]`
@@ -172,17 +206,22 @@ def fill_rows(block: Callable[[Array | int, int], Any], n_rows: int,
     tile = block(start, chunk_rows)
     return jax.tree.map(
         lambda o, t: lax.dynamic_update_slice_in_dim(o, t, start, axis=0),
-        out, tile)
+        out,
+        tile,
+    )
 
-  return lax.fori_loop(_U32(0), _U32(math.ceil(n_rows / chunk_rows)), body,
-                       empty)
+  return lax.fori_loop(
+      _U32(0), _U32(math.ceil(n_rows / chunk_rows)), body, empty
+  )
 
 
 def chunk_starts(n_rows: int, chunk_rows: int) -> list[int]:
   """First rows of the chunks of `fill_rows`, the last one shifted back."""
   chunk_rows = min(chunk_rows, n_rows)
-  return [min(i * chunk_rows, n_rows - chunk_rows)
-          for i in range(math.ceil(n_rows / chunk_rows))]
+  return [
+      min(i * chunk_rows, n_rows - chunk_rows)
+      for i in range(math.ceil(n_rows / chunk_rows))
+  ]
 
 
 def at_top_level(*args: Any) -> bool:
@@ -198,9 +237,17 @@ def at_top_level(*args: Any) -> bool:
   return not isinstance(lax.full((), 0, _U32), jax.core.Tracer)
 
 
-def generate(layout: Layout, key: Array, spec: SparseSpec,
-             row_start: Array | int, n_rows: int, col_start: Array | int,
-             n_cols: int, dtype: Any, chunk_rows: int | None = None) -> Any:
+def generate(
+    layout: Layout,
+    key: Array,
+    spec: SparseSpec,
+    row_start: Array | int,
+    n_rows: int,
+    col_start: Array | int,
+    n_cols: int,
+    dtype: Any,
+    chunk_rows: int | None = None,
+) -> Any:
   """`layout`'s rows `[row_start, +n_rows)` in `dtype`, `chunk_rows` at a time.
 
   None: `default_chunk_rows`. Empty outputs are returned as zeros, unbuilt.
@@ -212,8 +259,9 @@ def generate(layout: Layout, key: Array, spec: SparseSpec,
     chunk_rows = default_chunk_rows(layout, spec, n_rows, n_cols, dtype)
 
   def block(start, n):
-    return layout.block(key, spec, row_start + start, n, col_start, n_cols,
-                        dtype)
+    return layout.block(
+        key, spec, row_start + start, n, col_start, n_cols, dtype
+    )
 
   return fill_rows(block, n_rows, chunk_rows, empty)
 
@@ -226,8 +274,9 @@ def _axis_names(entry: Any) -> tuple[str, ...]:
   return (entry,)
 
 
-def tile_layout(shape: tuple[int, int], sharding: Any) -> tuple[
-    tuple[tuple[str, ...], tuple[str, ...]], tuple[int, int]]:
+def tile_layout(
+    shape: tuple[int, int], sharding: Any
+) -> tuple[tuple[tuple[str, ...], tuple[str, ...]], tuple[int, int]]:
   """Mesh axes splitting rows and columns, and the per-device tile shape.
 
   Raises:
@@ -237,12 +286,14 @@ def tile_layout(shape: tuple[int, int], sharding: Any) -> tuple[
   """
   if not isinstance(sharding, NamedSharding):
     raise TypeError(
-        f"sharding must be a jax.sharding.NamedSharding, got {sharding!r}.")
+        f"sharding must be a jax.sharding.NamedSharding, got {sharding!r}."
+    )
   partition = tuple(sharding.spec)
   if len(partition) > 2:
     raise ValueError(
         f"sharding's PartitionSpec {sharding.spec} names {len(partition)} "
-        f"dimensions; the matrix has 2 (fan_out, fan_in).")
+        "dimensions; the matrix has 2 (fan_out, fan_in)."
+    )
   partition = partition + (None,) * (2 - len(partition))
   names = tuple(_axis_names(e) for e in partition)
   tile = []
@@ -250,35 +301,52 @@ def tile_layout(shape: tuple[int, int], sharding: Any) -> tuple[
     parts = math.prod(sharding.mesh.shape[a] for a in axes)
     if size % parts:
       raise ValueError(
-          f"sharding {sharding.spec} over mesh {dict(sharding.mesh.shape)} splits "
-          f"{dim}={size} into {parts} parts, which does not divide it; shape "
-          f"{shape!r} must be divisible by the mesh along each split dimension.")
+          f"sharding {sharding.spec} over mesh {dict(sharding.mesh.shape)}"
+          f" splits {dim}={size} into {parts} parts, which does not divide it;"
+          f" shape {shape!r} must be divisible by the mesh along each split"
+          " dimension."
+      )
     tile.append(size // parts)
   return names, (tile[0], tile[1])
 
 
-def sharded(layout: Layout, key: Any, spec: SparseSpec, dtype: np.dtype,
-            sharding: NamedSharding, chunk_rows: int | None) -> Any:
+def sharded(
+    layout: Layout,
+    key: Any,
+    spec: SparseSpec,
+    dtype: np.dtype,
+    sharding: NamedSharding,
+    chunk_rows: int | None,
+) -> Any:
   """`layout`'s arrays of the whole matrix, laid out as `sharding`.
 
   Arrays with no elements are placed, not generated: a jitted program lays
   out zero-size outputs with the global shape on every device (JAX 0.10),
   while `jax.device_put` gives each device its own, empty, tile.
   """
-  empty = functools.partial(layout.empty, spec, spec.fan_out, spec.fan_in,
-                            dtype)
+  empty = functools.partial(
+      layout.empty, spec, spec.fan_out, spec.fan_in, dtype
+  )
   # The outputs' shapes alone: building them here would allocate the whole
   # matrix on one device.
-  if any(math.prod(leaf.shape) == 0
-         for leaf in jax.tree.leaves(jax.eval_shape(empty))):
+  if any(
+      math.prod(leaf.shape) == 0
+      for leaf in jax.tree.leaves(jax.eval_shape(empty))
+  ):
     return jax.device_put(empty(), sharding)
   return sharded_program(layout, spec, dtype, sharding, chunk_rows)(
-      keys.key_array(key))
+      keys.key_array(key)
+  )
 
 
 @functools.lru_cache(maxsize=64)
-def sharded_program(layout: Layout, spec: SparseSpec, dtype: np.dtype,
-                    sharding: NamedSharding, chunk_rows: int | None):
+def sharded_program(
+    layout: Layout,
+    spec: SparseSpec,
+    dtype: np.dtype,
+    sharding: NamedSharding,
+    chunk_rows: int | None,
+):
   """The jitted program `key_array -> layout's arrays laid out as sharding`.
 
   Each device generates its own tile (`generate`), at the global offsets of
@@ -292,15 +360,25 @@ def sharded_program(layout: Layout, spec: SparseSpec, dtype: np.dtype,
     row_index = lax.axis_index(names[0]) if names[0] else 0
     col_index = lax.axis_index(names[1]) if names[1] else 0
     return generate(
-        layout, key_data, spec,
-        jnp.asarray(row_index, _U32) * np.uint32(tile_rows), tile_rows,
-        jnp.asarray(col_index, _U32) * np.uint32(tile_cols), tile_cols, dtype,
-        chunk_rows)
+        layout,
+        key_data,
+        spec,
+        jnp.asarray(row_index, _U32) * np.uint32(tile_rows),
+        tile_rows,
+        jnp.asarray(col_index, _U32) * np.uint32(tile_cols),
+        tile_cols,
+        dtype,
+        chunk_rows,
+    )
 
   def each(x):
     return x if layout.outputs == 1 else (x,) * layout.outputs
 
-  mapped = jax.shard_map(local, mesh=sharding.mesh, in_specs=PartitionSpec(),
-                         out_specs=each(PartitionSpec(*names)),
-                         check_vma=False)
+  mapped = jax.shard_map(
+      local,
+      mesh=sharding.mesh,
+      in_specs=PartitionSpec(),
+      out_specs=each(PartitionSpec(*names)),
+      check_vma=False,
+  )
   return jax.jit(mapped, out_shardings=each(sharding))

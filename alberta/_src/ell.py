@@ -54,20 +54,23 @@ def _check_method(spec: SparseSpec, name: str) -> None:
   if spec.method != "counter":
     raise ValueError(
         f"{name} needs method='counter', got method={spec.method!r}: the "
-        f"permutation method's mask comes from sorting a random permutation of "
-        f"each whole row, so its nonzero columns cannot be listed without "
-        f"building the row. Use method='counter' (the same distribution, "
-        f"other numbers), or sparse_init(..., method='permutation') for the "
-        f"reference's dense matrix.")
+        "permutation method's mask comes from sorting a random permutation of "
+        "each whole row, so its nonzero columns cannot be listed without "
+        "building the row. Use method='counter' (the same distribution, "
+        "other numbers), or sparse_init(..., method='permutation') for the "
+        "reference's dense matrix."
+    )
   if spec.fan_in > _MAX_FAN_IN:
     raise ValueError(
         f"{name} stores column indices as int32, so fan_in must be below "
-        f"2**31, got fan_in={spec.fan_in}.")
+        f"2**31, got fan_in={spec.fan_in}."
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "n_rows"))
-def nonzero_block(key: Array, spec: SparseSpec, row_start: Array | int,
-                  n_rows: int) -> tuple[Array, Array]:
+def nonzero_block(
+    key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int
+) -> tuple[Array, Array]:
   """The kept weights of rows `[row_start, +n_rows)` and their columns.
 
   Args:
@@ -88,12 +91,15 @@ def nonzero_block(key: Array, spec: SparseSpec, row_start: Array | int,
   if spec.k == 0:
     cols = jnp.broadcast_to(jnp.arange(n, dtype=_U32), (n_rows, n))
   else:
-    ranks = jnp.broadcast_to(jnp.arange(spec.k, n, dtype=_U32),
-                             (n_rows, nnz(spec)))
-    cols = jnp.sort(counter.permute(ranks, words.rounds, n, inverse=True),
-                    axis=1)
-  values = methods.values_from_bits(spec,
-                                    counter.hash_values(words.value, cols))
+    ranks = jnp.broadcast_to(
+        jnp.arange(spec.k, n, dtype=_U32), (n_rows, nnz(spec))
+    )
+    cols = jnp.sort(
+        counter.permute(ranks, words.rounds, n, inverse=True), axis=1
+    )
+  values = methods.values_from_bits(
+      spec, counter.hash_values(words.value, cols)
+  )
   return values, cols.astype(jnp.int32)
 
 
@@ -106,19 +112,28 @@ def _temp_bytes_per_row(spec: SparseSpec) -> int:
   return 5 * nnz(spec) + 32 * max(counter.num_rounds(spec.fan_in), 1)
 
 
-def _block(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
-           col_start: Array | int, n_cols: int, dtype: Any
-           ) -> tuple[Array, Array]:
+def _block(
+    key: Array,
+    spec: SparseSpec,
+    row_start: Array | int,
+    n_rows: int,
+    col_start: Array | int,
+    n_cols: int,
+    dtype: Any,
+) -> tuple[Array, Array]:
   del col_start, n_cols  # A row's nonzeros are a whole ELL row.
   values, indices = nonzero_block(key, spec, row_start, n_rows)
   return bits.cast_nonzero(values, dtype), indices
 
 
-def _empty(spec: SparseSpec, n_rows: int, n_cols: int, dtype: Any
-           ) -> tuple[Array, Array]:
+def _empty(
+    spec: SparseSpec, n_rows: int, n_cols: int, dtype: Any
+) -> tuple[Array, Array]:
   del n_cols
-  return (jnp.zeros((n_rows, nnz(spec)), dtype),
-          jnp.zeros((n_rows, nnz(spec)), jnp.int32))
+  return (
+      jnp.zeros((n_rows, nnz(spec)), dtype),
+      jnp.zeros((n_rows, nnz(spec)), jnp.int32),
+  )
 
 
 def _out_bytes_per_row(spec: SparseSpec, n_cols: int, dtype: Any) -> int:
@@ -133,10 +148,14 @@ def _temp_fraction(spec: SparseSpec) -> float:
 
 
 # The ELL arrays: `(values, indices)`, each `[n_rows, nnz]`; no column tiles.
-ELL = driver.Layout(block=_block, empty=_empty,
-                    out_bytes_per_row=_out_bytes_per_row,
-                    temp_bytes_per_row=_temp_bytes_per_row,
-                    temp_fraction=_temp_fraction, outputs=2)
+ELL = driver.Layout(
+    block=_block,
+    empty=_empty,
+    out_bytes_per_row=_out_bytes_per_row,
+    temp_bytes_per_row=_temp_bytes_per_row,
+    temp_fraction=_temp_fraction,
+    outputs=2,
+)
 
 
 def default_chunk_rows(spec: SparseSpec, n_rows: int, dtype: jnp.dtype) -> int:
@@ -144,17 +163,24 @@ def default_chunk_rows(spec: SparseSpec, n_rows: int, dtype: jnp.dtype) -> int:
   return driver.default_chunk_rows(ELL, spec, n_rows, spec.fan_in, dtype)
 
 
-def generate(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
-             dtype: jnp.dtype, chunk_rows: int | None = None
-             ) -> tuple[Array, Array]:
+def generate(
+    key: Array,
+    spec: SparseSpec,
+    row_start: Array | int,
+    n_rows: int,
+    dtype: jnp.dtype,
+    chunk_rows: int | None = None,
+) -> tuple[Array, Array]:
   """The ELL arrays of rows `[row_start, +n_rows)`, `chunk_rows` at a time."""
-  return driver.generate(ELL, key, spec, row_start, n_rows, 0, spec.fan_in,
-                         dtype, chunk_rows)
+  return driver.generate(
+      ELL, key, spec, row_start, n_rows, 0, spec.fan_in, dtype, chunk_rows
+  )
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _sparse_init_ell_2d(key: Array, spec: SparseSpec, dtype: jnp.dtype,
-                        chunk_rows: int | None) -> tuple[Array, Array]:
+def _sparse_init_ell_2d(
+    key: Array, spec: SparseSpec, dtype: jnp.dtype, chunk_rows: int | None
+) -> tuple[Array, Array]:
   return generate(key, spec, 0, spec.fan_out, dtype, chunk_rows)
 
 
@@ -211,12 +237,23 @@ def sparse_init_ell(
     True
   """
   spec, _, dtype, _ = driver.prepare(
-      "sparse_init_ell", key, shape, sparsity, init_type, method, rounding,
-      dtype, check_spec=_check_method)
+      "sparse_init_ell",
+      key,
+      shape,
+      sparsity,
+      init_type,
+      method,
+      rounding,
+      dtype,
+      check_spec=_check_method,
+  )
   if spec.fan_out == 0 or nnz(spec) == 0:
     return _empty(spec, spec.fan_out, spec.fan_in, dtype)
-  return contracts.returns_pair(_sparse_init_ell_2d(key, spec, dtype, None),
-                               (spec.fan_out, nnz(spec)), (dtype, jnp.int32))
+  return contracts.returns_pair(
+      _sparse_init_ell_2d(key, spec, dtype, None),
+      (spec.fan_out, nnz(spec)),
+      (dtype, jnp.int32),
+  )
 
 
 def sharded_sparse_init_ell(
@@ -257,28 +294,43 @@ def sharded_sparse_init_ell(
       int.
   """
   spec, shape, dtype, chunk_rows = driver.prepare(
-      "sharded_sparse_init_ell", key, shape, sparsity, init_type, method,
-      rounding, dtype, chunk_rows, two_d=True, check_spec=_check_method)
+      "sharded_sparse_init_ell",
+      key,
+      shape,
+      sparsity,
+      init_type,
+      method,
+      rounding,
+      dtype,
+      chunk_rows,
+      two_d=True,
+      check_spec=_check_method,
+  )
   # Before `tile_layout`, so that a column split is named as such even where
   # the mesh would not divide fan_in either.
   partition = tuple(getattr(sharding, "spec", ()))
   if len(partition) == 2 and partition[1] not in (None, ()):
     rows_only = PartitionSpec(
-        partition[0] if partition[0] not in (None, ()) else partition[1])
+        partition[0] if partition[0] not in (None, ()) else partition[1]
+    )
     raise ValueError(
-        f"sharded_sparse_init_ell splits rows only, but the PartitionSpec "
+        "sharded_sparse_init_ell splits rows only, but the PartitionSpec "
         f"{sharding.spec} splits axis 1 (the columns): the ELL arrays are "
-        f"[fan_out, nnz] and the nonzeros of a row belong together. Split the "
-        f"rows instead, e.g. {rows_only}.")
+        "[fan_out, nnz] and the nonzeros of a row belong together. Split the "
+        f"rows instead, e.g. {rows_only}."
+    )
   driver.tile_layout(shape, sharding)
   return contracts.returns_pair(
       driver.sharded(ELL, key, spec, dtype, sharding, chunk_rows),
-      (spec.fan_out, nnz(spec)), (dtype, jnp.int32))
+      (spec.fan_out, nnz(spec)),
+      (dtype, jnp.int32),
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("fan_in", "ascending"))
-def _index_faults(indices: Array, fan_in: int, ascending: bool) -> tuple[
-    Array, Array, Array, Array, Array]:
+def _index_faults(
+    indices: Array, fan_in: int, ascending: bool
+) -> tuple[Array, Array, Array, Array, Array]:
   """The first out-of-range index, and the first row not strictly ascending.
 
   Returns `(row, col, value)` of the first index outside `[0, fan_in)` in
@@ -298,13 +350,18 @@ def _index_faults(indices: Array, fan_in: int, ascending: bool) -> tuple[
   ordered = indices if ascending else jnp.sort(indices, axis=1)
   wrong = ordered[:, 1:] <= ordered[:, :-1]
   wrong_row = jnp.argmax(jnp.any(wrong, axis=1))
-  return (jnp.where(jnp.any(row_bad), row, -1), col, value,
-          jnp.where(jnp.any(wrong), wrong_row, -1),
-          jnp.argmax(wrong[wrong_row]))
+  return (
+      jnp.where(jnp.any(row_bad), row, -1),
+      col,
+      value,
+      jnp.where(jnp.any(wrong), wrong_row, -1),
+      jnp.argmax(wrong[wrong_row]),
+  )
 
 
-def _check_ell(values: Any, indices: Any, shape: Any, name: str,
-               ascending: bool) -> tuple[int, ...]:
+def _check_ell(
+    values: Any, indices: Any, shape: Any, name: str, ascending: bool
+) -> tuple[int, ...]:
   """Validates ELL arrays for `to_dense` / `to_bcoo`, before any work.
 
   Shapes and dtypes always. The index values too when they are concrete: each
@@ -322,42 +379,56 @@ def _check_ell(values: Any, indices: Any, shape: Any, name: str,
   fan_out, fan_in = shape[0], math.prod(shape[1:])
   if not (hasattr(values, "shape") and hasattr(values, "dtype")):
     raise TypeError(
-        f"{name}: values must be an array, got {type(values).__name__}.")
+        f"{name}: values must be an array, got {type(values).__name__}."
+    )
   if not (hasattr(indices, "shape") and hasattr(indices, "dtype")):
     raise TypeError(
-        f"{name}: indices must be an array, got {type(indices).__name__}.")
-  if (values.ndim != 2 or values.shape != indices.shape
-      or values.shape[0] != fan_out):
+        f"{name}: indices must be an array, got {type(indices).__name__}."
+    )
+  if (
+      values.ndim != 2
+      or values.shape != indices.shape
+      or values.shape[0] != fan_out
+  ):
     raise ValueError(
         f"{name}: values and indices must both be [fan_out, nnz] with "
         f"fan_out={fan_out} from shape {shape!r}; got {values.shape} and "
-        f"{indices.shape}.")
+        f"{indices.shape}."
+    )
   if values.shape[1] > fan_in:
     raise ValueError(
         f"{name}: {values.shape[1]} nonzeros per row do not fit in "
-        f"fan_in={fan_in} of shape {shape!r}.")
+        f"fan_in={fan_in} of shape {shape!r}."
+    )
   if not jnp.issubdtype(indices.dtype, jnp.integer):
     raise TypeError(
-        f"{name}: indices must be integers, got dtype {indices.dtype}.")
+        f"{name}: indices must be integers, got dtype {indices.dtype}."
+    )
   if indices.size == 0 or isinstance(indices, jax.core.Tracer):
     return shape
   row, col, value, wrong_row, wrong_col = (
-      int(v) for v in jax.device_get(
-          _index_faults(indices, fan_in=fan_in, ascending=ascending)))
+      int(v)
+      for v in jax.device_get(
+          _index_faults(indices, fan_in=fan_in, ascending=ascending)
+      )
+  )
   if row >= 0:
     raise ValueError(
         f"{name}: indices[{row}, {col}] = {value} is outside [0, "
-        f"fan_in={fan_in}) of shape {shape!r}.")
+        f"fan_in={fan_in}) of shape {shape!r}."
+    )
   if wrong_row >= 0:
     found = jax.device_get(indices[wrong_row]).tolist()
     if ascending:
       raise ValueError(
           f"{name}: indices must be strictly ascending within each row, but "
           f"row {wrong_row} has indices[{wrong_row}, {wrong_col + 1}] = "
-          f"{found[wrong_col + 1]} after {found[wrong_col]}.")
+          f"{found[wrong_col + 1]} after {found[wrong_col]}."
+      )
     raise ValueError(
         f"{name}: indices must be distinct within each row, but row "
-        f"{wrong_row} repeats {sorted(found)[wrong_col]}.")
+        f"{wrong_row} repeats {sorted(found)[wrong_col]}."
+    )
   return shape
 
 
@@ -381,8 +452,9 @@ def to_dense(values: Array, indices: Array, shape: Sequence[int]) -> Array:
     TypeError: `indices` are not integers.
   """
   shape = _check_ell(values, indices, shape, "to_dense", ascending=False)
-  return contracts.returns(_scatter(values, indices, shape), shape,
-                           values.dtype)
+  return contracts.returns(
+      _scatter(values, indices, shape), shape, values.dtype
+  )
 
 
 # `to_dense` and `to_bcoo` build their arrays in one compiled program each:
@@ -396,7 +468,9 @@ def _scatter(values: Array, indices: Array, shape: tuple[int, ...]) -> Array:
   return dense.reshape(shape)
 
 
-def to_bcoo(values: Array, indices: Array, shape: Sequence[int]) -> jsparse.BCOO:
+def to_bcoo(
+    values: Array, indices: Array, shape: Sequence[int]
+) -> jsparse.BCOO:
   """The ELL arrays as a `jax.experimental.sparse.BCOO` matrix of `shape`.
 
   A plain (unbatched) BCOO with `fan_out * nnz` stored entries, sorted and
@@ -421,17 +495,23 @@ def to_bcoo(values: Array, indices: Array, shape: Sequence[int]) -> jsparse.BCOO
     TypeError: `indices` are not integers.
   """
   shape = _check_ell(values, indices, shape, "to_bcoo", ascending=True)
-  return jsparse.BCOO(_bcoo_arrays(values, indices, shape), shape=shape,
-                      indices_sorted=True, unique_indices=True)
+  return jsparse.BCOO(
+      _bcoo_arrays(values, indices, shape),
+      shape=shape,
+      indices_sorted=True,
+      unique_indices=True,
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("shape",))
-def _bcoo_arrays(values: Array, indices: Array, shape: tuple[int, ...]
-                 ) -> tuple[Array, Array]:
+def _bcoo_arrays(
+    values: Array, indices: Array, shape: tuple[int, ...]
+) -> tuple[Array, Array]:
   """`to_bcoo`'s data and `[fan_out * nnz, len(shape)]` coordinates."""
   indices = indices.astype(jnp.int32)
-  rows = jnp.broadcast_to(jnp.arange(shape[0], dtype=jnp.int32)[:, None],
-                          indices.shape)
+  rows = jnp.broadcast_to(
+      jnp.arange(shape[0], dtype=jnp.int32)[:, None], indices.shape
+  )
   coords = (rows,) + tuple(jnp.unravel_index(indices, shape[1:]))
   coords = jnp.stack([c.astype(jnp.int32) for c in coords], axis=-1)
   return values.reshape(-1), coords.reshape(-1, len(shape))

@@ -40,9 +40,15 @@ class SparseInit(hk.initializers.Initializer):
     [58]
   """
 
-  def __init__(self, sparsity: float = 0.9, init_type: str = "uniform", *,
-               fan_in_axes: Sequence[int] | None = None,
-               method: str = "permutation", rounding: str = "nearest"):
+  def __init__(
+      self,
+      sparsity: float = 0.9,
+      init_type: str = "uniform",
+      *,
+      fan_in_axes: Sequence[int] | None = None,
+      method: str = "permutation",
+      rounding: str = "nearest",
+  ):
     """Constructs the initializer; every argument is checked here.
 
     Args:
@@ -64,8 +70,16 @@ class SparseInit(hk.initializers.Initializer):
   def __repr__(self) -> str:
     return f"alberta.SparseInit({layouts.options_repr(self)})"
 
-  def __call__(self, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+  def __call__(
+      self, shape: Sequence[int], dtype: Any = jnp.float32
+  ) -> jax.Array:
     return layouts.sparse_kernel(
-        hk.next_rng_key(), shape, dtype, sparsity=self.sparsity,
-        init_type=self.init_type, method=self.method, rounding=self.rounding,
-        fan_in_axes=self.fan_in_axes)
+        hk.next_rng_key(),
+        shape,
+        dtype,
+        sparsity=self.sparsity,
+        init_type=self.init_type,
+        method=self.method,
+        rounding=self.rounding,
+        fan_in_axes=self.fan_in_axes,
+    )

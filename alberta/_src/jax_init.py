@@ -15,29 +15,46 @@ from alberta._src import layouts
 class _Sparse:
   """A sparse initializer `init(key, shape, dtype=jnp.float32)`; see `sparse`."""
 
-  def __init__(self, sparsity: float, init_type: str,
-               fan_in_axes: tuple[int, ...] | None, method: str,
-               rounding: str):
+  def __init__(
+      self,
+      sparsity: float,
+      init_type: str,
+      fan_in_axes: tuple[int, ...] | None,
+      method: str,
+      rounding: str,
+  ):
     self.sparsity = sparsity
     self.init_type = init_type
     self.fan_in_axes = fan_in_axes
     self.method = method
     self.rounding = rounding
 
-  def __call__(self, key: jax.Array, shape: Sequence[int],
-               dtype: Any = jnp.float32) -> jax.Array:
+  def __call__(
+      self, key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32
+  ) -> jax.Array:
     return layouts.sparse_kernel(
-        key, shape, dtype, sparsity=self.sparsity, init_type=self.init_type,
-        method=self.method, rounding=self.rounding,
-        fan_in_axes=self.fan_in_axes)
+        key,
+        shape,
+        dtype,
+        sparsity=self.sparsity,
+        init_type=self.init_type,
+        method=self.method,
+        rounding=self.rounding,
+        fan_in_axes=self.fan_in_axes,
+    )
 
   def __repr__(self) -> str:
     return f"alberta.initializers.sparse({layouts.options_repr(self)})"
 
 
-def sparse(sparsity: float = 0.9, init_type: str = "uniform", *,
-           fan_in_axes: Sequence[int] | None = None,
-           method: str = "permutation", rounding: str = "nearest") -> Initializer:
+def sparse(
+    sparsity: float = 0.9,
+    init_type: str = "uniform",
+    *,
+    fan_in_axes: Sequence[int] | None = None,
+    method: str = "permutation",
+    rounding: str = "nearest",
+) -> Initializer:
   """Builds a sparse initializer `init(key, shape, dtype=jnp.float32)`.
 
   Same distribution and layout rule as `SparseInit`: for a Flax kernel
@@ -74,5 +91,10 @@ def sparse(sparsity: float = 0.9, init_type: str = "uniform", *,
     (64, 256)
   """
   sparsity = layouts.check_options(sparsity, init_type, method, rounding)
-  return _Sparse(sparsity, init_type, layouts.check_fan_in_axes(fan_in_axes),
-                 method, rounding)
+  return _Sparse(
+      sparsity,
+      init_type,
+      layouts.check_fan_in_axes(fan_in_axes),
+      method,
+      rounding,
+  )

@@ -30,23 +30,30 @@ def check_fan_in_axes(fan_in_axes: Any) -> tuple[int, ...] | None:
   """Validates `fan_in_axes` (None, or a non-empty sequence of distinct ints)."""
   if fan_in_axes is None:
     return None
-  if isinstance(fan_in_axes, (str, bytes)) or not isinstance(fan_in_axes, Sequence):
+  if isinstance(fan_in_axes, (str, bytes)) or not isinstance(
+      fan_in_axes, Sequence
+  ):
     raise TypeError(
-        f"fan_in_axes must be None or a sequence of ints, got {fan_in_axes!r}.")
+        f"fan_in_axes must be None or a sequence of ints, got {fan_in_axes!r}."
+    )
   axes = []
   for a in fan_in_axes:
     if isinstance(a, (bool, np.bool_)) or not isinstance(a, numbers.Integral):
       raise TypeError(
-          f"fan_in_axes must contain only ints, got {fan_in_axes!r}.")
+          f"fan_in_axes must contain only ints, got {fan_in_axes!r}."
+      )
     axes.append(int(a))
   if not axes or len(set(axes)) != len(axes):
     raise ValueError(
-        f"fan_in_axes must be non-empty and without repeats, got {fan_in_axes!r}.")
+        "fan_in_axes must be non-empty and without repeats, got"
+        f" {fan_in_axes!r}."
+    )
   return tuple(axes)
 
 
-def check_options(sparsity: Any, init_type: Any, method: Any,
-                  rounding: Any) -> Any:
+def check_options(
+    sparsity: Any, init_type: Any, method: Any, rounding: Any
+) -> Any:
   """Construction-time checks shared by `SparseInit` and `initializers.sparse`.
 
   Returns `sparsity` as given (a NumPy scalar keeps its type: the zero count
@@ -74,8 +81,9 @@ def options_repr(init: Any) -> str:
   return ", ".join(parts)
 
 
-def fan_in_and_out_axes(shape: tuple[int, ...],
-              fan_in_axes: tuple[int, ...] | None) -> tuple[list[int], list[int]]:
+def fan_in_and_out_axes(
+    shape: tuple[int, ...], fan_in_axes: tuple[int, ...] | None
+) -> tuple[list[int], list[int]]:
   ndim = len(shape)
   if fan_in_axes is None:
     return list(range(ndim - 1)), [ndim - 1]
@@ -83,22 +91,35 @@ def fan_in_and_out_axes(shape: tuple[int, ...],
   for a in fan_in_axes:
     if not -ndim <= a < ndim:
       raise ValueError(
-          f"fan_in_axes {fan_in_axes!r} out of range for a kernel of shape {shape!r}.")
+          f"fan_in_axes {fan_in_axes!r} out of range for a kernel of shape"
+          f" {shape!r}."
+      )
     axes.append(a % ndim)
   if len(set(axes)) != len(axes):
     raise ValueError(
-        f"fan_in_axes {fan_in_axes!r} repeat an axis of a kernel of shape {shape!r}.")
+        f"fan_in_axes {fan_in_axes!r} repeat an axis of a kernel of shape"
+        f" {shape!r}."
+    )
   out_axes = [a for a in range(ndim) if a not in axes]
   if not out_axes:
     raise ValueError(
-        f"fan_in_axes {fan_in_axes!r} leave no output axis in shape {shape!r}.")
+        f"fan_in_axes {fan_in_axes!r} leave no output axis in shape {shape!r}."
+    )
   return axes, out_axes
 
 
-def sparse_kernel(key: Array, shape: Any, dtype: Any, *, sparsity: float,
-                  init_type: str, method: str, rounding: str,
-                  fan_in_axes: tuple[int, ...] | None,
-                  name: str | None = None) -> Array:
+def sparse_kernel(
+    key: Array,
+    shape: Any,
+    dtype: Any,
+    *,
+    sparsity: float,
+    init_type: str,
+    method: str,
+    rounding: str,
+    fan_in_axes: tuple[int, ...] | None,
+    name: str | None = None,
+) -> Array:
   """A sparse kernel of `shape` whose fan-in axes are `fan_in_axes`.
 
   Args:
@@ -125,10 +146,19 @@ def sparse_kernel(key: Array, shape: Any, dtype: Any, *, sparsity: float,
   what = f"kernel of shape {shape}"
   if name is not None:
     what = f"kernel {name!r} of shape {shape}"
-  matrix = one_device.sparse_matrix(key, (n_out, fan_in), sparsity, init_type,
-                              dtype=dtype, method=method, rounding=rounding,
-                              chunk_rows=None, what=what)
+  matrix = one_device.sparse_matrix(
+      key,
+      (n_out, fan_in),
+      sparsity,
+      init_type,
+      dtype=dtype,
+      method=method,
+      rounding=rounding,
+      chunk_rows=None,
+      what=what,
+  )
   order = out_axes + axes
   kernel = matrix.reshape([shape[a] for a in order])
-  return contracts.returns(jnp.transpose(kernel, np.argsort(order)), shape,
-                           dtype)
+  return contracts.returns(
+      jnp.transpose(kernel, np.argsort(order)), shape, dtype
+  )

@@ -35,14 +35,23 @@ _U32 = jnp.uint32
 _NO_VALUES = "uniform"
 
 
-def _block(key: Array, spec: SparseSpec, row_start: Array | int, n_rows: int,
-           col_start: Array | int, n_cols: int, dtype: Any) -> Array:
+def _block(
+    key: Array,
+    spec: SparseSpec,
+    row_start: Array | int,
+    n_rows: int,
+    col_start: Array | int,
+    n_cols: int,
+    dtype: Any,
+) -> Array:
   del dtype  # Always bool.
   bits.check_partitionable()
-  rows = lax.add(lax.convert_element_type(row_start, _U32),
-                 lax.iota(_U32, n_rows))
-  return METHODS[spec.method].tile_mask(keys.key_words(key), spec, rows,
-                                        col_start, n_cols)
+  rows = lax.add(
+      lax.convert_element_type(row_start, _U32), lax.iota(_U32, n_rows)
+  )
+  return METHODS[spec.method].tile_mask(
+      keys.key_words(key), spec, rows, col_start, n_cols
+  )
 
 
 def _empty(spec: SparseSpec, n_rows: int, n_cols: int, dtype: Any) -> Array:
@@ -58,14 +67,27 @@ def _out_bytes_per_row(spec: SparseSpec, n_cols: int, dtype: Any) -> int:
 # The keep-mask, `[n_rows, n_cols]` bool: `True` where the matrix keeps a
 # weight. Chunked as the dense matrix is: the method's temporaries, which
 # count the value bits too, are an upper bound on the mask's.
-MASK = dataclasses.replace(blocks.DENSE, block=_block, empty=_empty,
-                           out_bytes_per_row=_out_bytes_per_row)
+MASK = dataclasses.replace(
+    blocks.DENSE,
+    block=_block,
+    empty=_empty,
+    out_bytes_per_row=_out_bytes_per_row,
+)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _mask_2d(key: Array, spec: SparseSpec, chunk_rows: int | None) -> Array:
-  return driver.generate(MASK, key, spec, 0, spec.fan_out, 0, spec.fan_in,
-                         np.dtype(bool), chunk_rows)
+  return driver.generate(
+      MASK,
+      key,
+      spec,
+      0,
+      spec.fan_out,
+      0,
+      spec.fan_in,
+      np.dtype(bool),
+      chunk_rows,
+  )
 
 
 def sparse_mask(
@@ -124,12 +146,20 @@ def sparse_mask(
   """
   name = "sparse_mask"
   spec, shape, _, chunk_rows = driver.prepare(
-      name, key, shape, sparsity, _NO_VALUES, method, rounding, jnp.float32,
-      chunk_rows, two_d=sharding is not None)
+      name,
+      key,
+      shape,
+      sparsity,
+      _NO_VALUES,
+      method,
+      rounding,
+      jnp.float32,
+      chunk_rows,
+      two_d=sharding is not None,
+  )
   if sharding is not None:
     driver.tile_layout(shape, sharding)
-    mask = driver.sharded(MASK, key, spec, np.dtype(bool), sharding,
-                          chunk_rows)
+    mask = driver.sharded(MASK, key, spec, np.dtype(bool), sharding, chunk_rows)
   elif spec.fan_out == 0 or spec.fan_in == 0:
     mask = jnp.zeros(shape, bool)
   else:

@@ -34,10 +34,12 @@ _U32 = jnp.uint32
 # `(key words, spec, rows, col_start, n_cols) -> (keep, value_bits)`.
 TileBits = Callable[
     [tuple[Array, Array], "SparseSpec", Array, "Array | int", int],
-    tuple[Array, Array]]
+    tuple[Array, Array],
+]
 # `(key words, spec, rows, col_start, n_cols) -> keep`.
 TileMask = Callable[
-    [tuple[Array, Array], "SparseSpec", Array, "Array | int", int], Array]
+    [tuple[Array, Array], "SparseSpec", Array, "Array | int", int], Array
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Method:
       of `tile_bits` for the same arguments, bit for bit, at the cost of the
       mask alone: no value bits are drawn.
   """
+
   tile_bits: TileBits
   values: Callable[["SparseSpec", Array], Array]
   temp_bytes_per_row: Callable[["SparseSpec"], int]
@@ -70,17 +73,21 @@ class Method:
 
 
 def _columns(col_start: Array | int, n_cols: int) -> Array:
-  return lax.add(lax.convert_element_type(col_start, _U32),
-                 lax.iota(_U32, n_cols))
+  return lax.add(
+      lax.convert_element_type(col_start, _U32), lax.iota(_U32, n_cols)
+  )
 
 
 def _permutation_tile_bits(words, spec, rows, col_start, n_cols):
   """Bits as the reference splits them: `init_key, mask_key = split(key)`."""
   init_key, mask_key = keys.split2(words)
-  value_bits = permutation.value_bits(init_key, spec, rows,
-                                      _columns(col_start, n_cols))
-  return permutation.mask_block(mask_key, spec, rows, col_start,
-                                n_cols), value_bits
+  value_bits = permutation.value_bits(
+      init_key, spec, rows, _columns(col_start, n_cols)
+  )
+  return (
+      permutation.mask_block(mask_key, spec, rows, col_start, n_cols),
+      value_bits,
+  )
 
 
 def _permutation_tile_mask(words, spec, rows, col_start, n_cols):
@@ -119,14 +126,16 @@ def _permutation_temp_bytes_per_row(spec: SparseSpec) -> int:
 
 def _counter_tile_bits(words, spec, rows, col_start, n_cols):
   """No key split: all of a row's words come from one Threefry call."""
-  return counter.block_bits(words, spec.k, spec.fan_in, rows,
-                            _columns(col_start, n_cols))
+  return counter.block_bits(
+      words, spec.k, spec.fan_in, rows, _columns(col_start, n_cols)
+  )
 
 
 def _counter_tile_mask(words, spec, rows, col_start, n_cols):
   """`counter.keep_mask`: the round words alone, not the value words."""
-  return counter.keep_mask(words, spec.k, spec.fan_in, rows,
-                           _columns(col_start, n_cols))
+  return counter.keep_mask(
+      words, spec.k, spec.fan_in, rows, _columns(col_start, n_cols)
+  )
 
 
 def _counter_values(spec: SparseSpec, value_bits: Array) -> Array:
@@ -166,14 +175,22 @@ def _counter_temp_bytes_per_row(spec: SparseSpec) -> int:
 # dominated by its sorts; fused into the write it is 1.7x faster on two cores
 # than on one, and as a separate program it is 1.7x slower than fused.
 METHODS = {
-    "permutation": Method(_permutation_tile_bits, _permutation_values,
-                          _permutation_temp_bytes_per_row,
-                          temp_fraction=1 / 8, separate_tile=False,
-                          tile_mask=_permutation_tile_mask),
-    "counter": Method(_counter_tile_bits, _counter_values,
-                      _counter_temp_bytes_per_row,
-                      temp_fraction=1 / 4, separate_tile=True,
-                      tile_mask=_counter_tile_mask),
+    "permutation": Method(
+        _permutation_tile_bits,
+        _permutation_values,
+        _permutation_temp_bytes_per_row,
+        temp_fraction=1 / 8,
+        separate_tile=False,
+        tile_mask=_permutation_tile_mask,
+    ),
+    "counter": Method(
+        _counter_tile_bits,
+        _counter_values,
+        _counter_temp_bytes_per_row,
+        temp_fraction=1 / 4,
+        separate_tile=True,
+        tile_mask=_counter_tile_mask,
+    ),
 }
 
 

@@ -64,6 +64,7 @@ class Kernel:
     fan_in_axes: the axes of an output unit's inputs (`sparse_kernel`'s).
     sparsity: its own sparsity from `include`, or None (the call's).
   """
+
   index: int
   path: str
   shape: tuple[int, ...]
@@ -86,6 +87,7 @@ class Leaves:
     tables: whether each leaf sits in an Equinox `Embedding` (a table).
     unflatten: `leaves -> tree`, the same structure with new leaves.
   """
+
   leaves: list[Any]
   paths: list[str]
   tables: list[bool]
@@ -107,8 +109,11 @@ def path_string(path: Sequence[Any]) -> str:
   kernel's path ends in `kernel` as in linen.
   """
   entries = list(path)
-  if entries and isinstance(entries[-1], jax.tree_util.GetAttrKey) and (
-      entries[-1].name == "value"):
+  if (
+      entries
+      and isinstance(entries[-1], jax.tree_util.GetAttrKey)
+      and (entries[-1].name == "value")
+  ):
     entries = entries[:-1]
   return "/".join(_entry_name(e) for e in entries)
 
@@ -122,7 +127,8 @@ def _is_table_module(x: Any) -> bool:
 def flatten(tree: Any) -> Leaves:
   """`tree`'s leaves with their paths, an Equinox `Embedding`'s marked."""
   top, treedef = jax.tree_util.tree_flatten_with_path(
-      tree, is_leaf=_is_table_module)
+      tree, is_leaf=_is_table_module
+  )
   leaves, paths, tables, spans = [], [], [], []
   for path, leaf in top:
     if _is_table_module(leaf):
@@ -139,23 +145,32 @@ def flatten(tree: Any) -> Leaves:
       tables.append(False)
 
   def unflatten(new: list[Any]) -> Any:
-    top_new = [new[start] if inner_def is None
-               else inner_def.unflatten(new[start:start + n])
-               for start, n, inner_def in spans]
+    top_new = [
+        new[start]
+        if inner_def is None
+        else inner_def.unflatten(new[start : start + n])
+        for start, n, inner_def in spans
+    ]
     return treedef.unflatten(top_new)
 
   return Leaves(leaves, paths, tables, unflatten)
 
 
 def _is_array_like(leaf: Any) -> bool:
-  return hasattr(leaf, "shape") and hasattr(leaf, "dtype") and not isinstance(
-      leaf, (str, bytes))
+  return (
+      hasattr(leaf, "shape")
+      and hasattr(leaf, "dtype")
+      and not isinstance(leaf, (str, bytes))
+  )
 
 
 def _may_be_kernel(leaf: Any) -> bool:
   """A floating array of rank >= 2."""
-  return (_is_array_like(leaf) and len(leaf.shape) >= 2
-          and jnp.issubdtype(leaf.dtype, jnp.floating))
+  return (
+      _is_array_like(leaf)
+      and len(leaf.shape) >= 2
+      and jnp.issubdtype(leaf.dtype, jnp.floating)
+  )
 
 
 def _default_layout(path: str, leaf: Any, table: bool) -> str | None:
@@ -165,8 +180,9 @@ def _default_layout(path: str, leaf: Any, table: bool) -> str | None:
   return _LAYOUT_OF_NAME.get(path.rsplit("/", 1)[-1])
 
 
-def _fan_in_axes(layout: Any, path: str, shape: tuple[int, ...],
-                 name: str) -> tuple[int, ...] | None:
+def _fan_in_axes(
+    layout: Any, path: str, shape: tuple[int, ...], name: str
+) -> tuple[int, ...] | None:
   """`sparse_kernel`'s `fan_in_axes` for a layout, checked against `shape`."""
   if layout == "in_out":
     return None
@@ -180,8 +196,9 @@ def _fan_in_axes(layout: Any, path: str, shape: tuple[int, ...],
   return axes
 
 
-def _interpret(answer: Any, path: str, name: str
-               ) -> tuple[bool | None, float | None, Any]:
+def _interpret(
+    answer: Any, path: str, name: str
+) -> tuple[bool | None, float | None, Any]:
   """`include`'s answer: (selected, or None: the default; sparsity; layout)."""
   if answer is None:
     return None, None, None
@@ -193,12 +210,14 @@ def _interpret(answer: Any, path: str, name: str
     except (TypeError, ValueError) as e:
       raise ValueError(
           f"{name}: include returned sparsity {answer!r} for leaf {path!r}, "
-          f"which is not a real number in [0, 1].") from e
+          "which is not a real number in [0, 1]."
+      ) from e
   if isinstance(answer, str):
     if answer not in LAYOUTS:
       raise ValueError(
           f"{name}: include returned {answer!r} for leaf {path!r}; a layout "
-          f"is one of {list(LAYOUTS)} or a tuple of fan-in axes.")
+          f"is one of {list(LAYOUTS)} or a tuple of fan-in axes."
+      )
     return True, None, answer
   if isinstance(answer, tuple):
     if len(answer) == 2 and isinstance(answer[1], (str, tuple)):
@@ -207,20 +226,25 @@ def _interpret(answer: Any, path: str, name: str
       if sparsity is None or layout is None:
         raise ValueError(
             f"{name}: include returned {answer!r} for leaf {path!r}; a pair "
-            f"is (sparsity, layout).")
+            "is (sparsity, layout)."
+        )
       return True, sparsity, layout
-    if answer and all(isinstance(a, numbers.Integral) and not isinstance(
-        a, (bool, np.bool_)) for a in answer):
+    if answer and all(
+        isinstance(a, numbers.Integral) and not isinstance(a, (bool, np.bool_))
+        for a in answer
+    ):
       return True, None, answer
   raise TypeError(
       f"{name}: include returned {answer!r} of type {type(answer).__name__} "
       f"for leaf {path!r}; it must return None (the default choice), "
       f"True/False, a sparsity in [0, 1], a layout ({', '.join(LAYOUTS)} or "
-      f"a tuple of fan-in axes) or a (sparsity, layout) pair.")
+      "a tuple of fan-in axes) or a (sparsity, layout) pair."
+  )
 
 
-def select(tree: Any, include: Include | None, name: str
-           ) -> tuple[Leaves, list[Kernel]]:
+def select(
+    tree: Any, include: Include | None, name: str
+) -> tuple[Leaves, list[Kernel]]:
   """The kernels of `tree`, by name or by `include` (see `sparsify`).
 
   Every choice is checked here, before any work: a selected leaf must be a
@@ -238,11 +262,13 @@ def select(tree: Any, include: Include | None, name: str
   if include is not None and not callable(include):
     raise TypeError(
         f"{name}: include must be None or a callable (path, leaf) -> choice, "
-        f"got {include!r}.")
+        f"got {include!r}."
+    )
   flat = flatten(tree)
   selected = []
   for index, (leaf, path, table) in enumerate(
-      zip(flat.leaves, flat.paths, flat.tables)):
+      zip(flat.leaves, flat.paths, flat.tables)
+  ):
     if not _is_array_like(leaf):
       continue
     layout = _default_layout(path, leaf, table)
@@ -265,25 +291,37 @@ def select(tree: Any, include: Include | None, name: str
     if len(shape) < 2:
       raise ValueError(
           f"{name}: leaf {path!r} of shape {shape} was selected, but a kernel "
-          f"has rank >= 2 (its inputs and its outputs).")
+          "has rank >= 2 (its inputs and its outputs)."
+      )
     if not jnp.issubdtype(leaf.dtype, jnp.floating):
       raise TypeError(
           f"{name}: leaf {path!r} of dtype {leaf.dtype} was selected, but "
-          f"only floating kernels are initialized.")
+          "only floating kernels are initialized."
+      )
     if layout is None:
       raise ValueError(
           f"{name}: leaf {path!r} of shape {shape} was selected, but its name "
-          f"does not say its layout (w and kernel are in_out, weight is "
-          f"out_in); have include return 'in_out', 'out_in' or its fan-in "
-          f"axes for it.")
+          "does not say its layout (w and kernel are in_out, weight is "
+          "out_in); have include return 'in_out', 'out_in' or its fan-in "
+          "axes for it."
+      )
     dtype = checks.check_dtype(leaf.dtype)
-    selected.append(Kernel(index, path, shape, dtype,
-                           _fan_in_axes(layout, path, shape, name), sparsity))
+    selected.append(
+        Kernel(
+            index,
+            path,
+            shape,
+            dtype,
+            _fan_in_axes(layout, path, shape, name),
+            sparsity,
+        )
+    )
   return flat, selected
 
 
-def erk_sparsities(shapes: Sequence[Sequence[int]],
-                   sparsity: float) -> list[float]:
+def erk_sparsities(
+    shapes: Sequence[Sequence[int]], sparsity: float
+) -> list[float]:
   """The Erdős–Rényi-kernel per-layer sparsities (Evci et al. 2020).
 
   Layer `l` gets density `eps * sum(shape_l) / prod(shape_l)` (for a dense
@@ -312,7 +350,8 @@ def erk_sparsities(shapes: Sequence[Sequence[int]],
     if not free:
       break
     eps = (sum(sizes[i] for i in free) - target_zeros) / sum(
-        raw[i] * sizes[i] for i in free)
+        raw[i] * sizes[i] for i in free
+    )
     largest = max(raw[i] for i in free)
     if eps * largest <= 1:
       break
@@ -344,11 +383,13 @@ def _check_options(options: dict[str, Any], sparsity: float) -> dict[str, Any]:
   if unknown:
     raise TypeError(
         f"sparsify got unexpected option(s) {unknown}; its options are "
-        f"sparse_init's {list(_OPTIONS)} (each leaf keeps its own dtype).")
+        f"sparse_init's {list(_OPTIONS)} (each leaf keeps its own dtype)."
+    )
   full = dict(init_type="uniform", method="permutation", rounding="nearest")
   full.update(options)
-  layouts.check_options(sparsity, full["init_type"], full["method"],
-                        full["rounding"])
+  layouts.check_options(
+      sparsity, full["init_type"], full["method"], full["rounding"]
+  )
   return full
 
 
@@ -360,9 +401,15 @@ def _placed_like(new: Array, leaf: Any) -> Array:
   return new
 
 
-def sparsify(key: Array, params: Any, sparsity: float = 0.9, *,
-             include: Include | None = None, distribution: str = "uniform",
-             **options: Any) -> Any:
+def sparsify(
+    key: Array,
+    params: Any,
+    sparsity: float = 0.9,
+    *,
+    include: Include | None = None,
+    distribution: str = "uniform",
+    **options: Any,
+) -> Any:
   """`params` with every selected kernel replaced by a sparse initialization.
 
   A whole model at once: the parameters of a Haiku transform, Flax linen's
@@ -452,10 +499,19 @@ def sparsify(key: Array, params: Any, sparsity: float = 0.9, *,
   share_of = dict(zip((k.index for k in allotted), shares))
   leaves = list(flat.leaves)
   for kernel in selected:
-    s = kernel.sparsity if kernel.sparsity is not None else share_of[
-        kernel.index]
+    s = (
+        kernel.sparsity
+        if kernel.sparsity is not None
+        else share_of[kernel.index]
+    )
     new = layouts.sparse_kernel(
-        leaf_key(key, kernel.path), kernel.shape, kernel.dtype, sparsity=s,
-        fan_in_axes=kernel.fan_in_axes, name=kernel.path, **options)
+        leaf_key(key, kernel.path),
+        kernel.shape,
+        kernel.dtype,
+        sparsity=s,
+        fan_in_axes=kernel.fan_in_axes,
+        name=kernel.path,
+        **options,
+    )
     leaves[kernel.index] = _placed_like(new, leaves[kernel.index])
   return flat.unflatten(leaves)

@@ -79,19 +79,44 @@ def sparse_init(
     >>> bool(jnp.abs(w).max() < 1 / jnp.sqrt(128))
     True
   """
-  return sparse_matrix(key, shape, sparsity, init_type, dtype=dtype,
-                       method=method, rounding=rounding, chunk_rows=chunk_rows)
+  return sparse_matrix(
+      key,
+      shape,
+      sparsity,
+      init_type,
+      dtype=dtype,
+      method=method,
+      rounding=rounding,
+      chunk_rows=chunk_rows,
+  )
 
 
-def sparse_matrix(key: Array, shape: Any, sparsity: Any, init_type: Any, *,
-                  dtype: Any, method: Any, rounding: Any, chunk_rows: Any,
-                  what: str | None = None) -> Array:
+def sparse_matrix(
+    key: Array,
+    shape: Any,
+    sparsity: Any,
+    init_type: Any,
+    *,
+    dtype: Any,
+    method: Any,
+    rounding: Any,
+    chunk_rows: Any,
+    what: str | None = None,
+) -> Array:
   """`sparse_init`, whose `k == fan_in` warning names `what` (a kernel)."""
   spec, shape, dtype, chunk_rows = driver.prepare(
-      "sparse_init", key, shape, sparsity, init_type, method, rounding, dtype,
-      chunk_rows, what=what)
+      "sparse_init",
+      key,
+      shape,
+      sparsity,
+      init_type,
+      method,
+      rounding,
+      dtype,
+      chunk_rows,
+      what=what,
+  )
   if spec.fan_out == 0 or spec.fan_in == 0:
     return contracts.returns(jnp.zeros(shape, dtype), shape, dtype)
   out = blocks.generate_matrix(key, spec, dtype, chunk_rows)
   return contracts.returns(out, spec.shape, dtype).reshape(shape)
-

@@ -104,8 +104,11 @@ def _prefix_sums(counts: Array, total: int) -> Array:
   if c * c > 64 * total or total >= 2**24:
     return lax.cumsum(counts, axis=1)
   tri = np.triu(np.ones((c, c), np.float32))
-  sums = lax.dot(lax.convert_element_type(counts, jnp.float32), tri,
-                 precision=lax.Precision.HIGHEST)
+  sums = lax.dot(
+      lax.convert_element_type(counts, jnp.float32),
+      tri,
+      precision=lax.Precision.HIGHEST,
+  )
   return lax.convert_element_type(sums, jnp.int32)
 
 
@@ -136,23 +139,38 @@ def _places(row_bits: Array, elem_bits: Array) -> tuple[Array, Array]:
   step = 1 << (m.bit_length() - 1)
 
   def search_step(i, pos):
-    cand = lax.add(pos, lax.convert_element_type(
-        lax.shift_right_logical(np.int32(step), i), place))
-    probe = shuffle.take_rows(q_bits, lax.convert_element_type(
-        lax.sub(lax.min(cand, place(m)), place(1)), jnp.int32))
-    return lax.select(lax.bitwise_and(lax.le(cand, place(m)),
-                                      lax.lt(probe, row_bits)), cand, pos)
+    cand = lax.add(
+        pos,
+        lax.convert_element_type(
+            lax.shift_right_logical(np.int32(step), i), place
+        ),
+    )
+    probe = shuffle.take_rows(
+        q_bits,
+        lax.convert_element_type(
+            lax.sub(lax.min(cand, place(m)), place(1)), jnp.int32
+        ),
+    )
+    return lax.select(
+        lax.bitwise_and(lax.le(cand, place(m)), lax.lt(probe, row_bits)),
+        cand,
+        pos,
+    )
 
   pos = lax.fori_loop(np.int32(0), np.int32(m.bit_length()), search_step, pos)
-  at = shuffle.take_rows(q_bits, lax.convert_element_type(
-      lax.min(pos, place(m - 1)), jnp.int32))
+  at = shuffle.take_rows(
+      q_bits, lax.convert_element_type(lax.min(pos, place(m - 1)), jnp.int32)
+  )
   found = lax.bitwise_and(lax.lt(pos, place(m)), lax.eq(at, row_bits))
-  shared = lax.eq(lax.slice_in_dim(q_bits, 0, m - 1, axis=1),
-                  lax.slice_in_dim(q_bits, 1, m, axis=1))
+  shared = lax.eq(
+      lax.slice_in_dim(q_bits, 0, m - 1, axis=1),
+      lax.slice_in_dim(q_bits, 1, m, axis=1),
+  )
   # Per row, one fused pass each (`shuffle.count_pairs`, a variadic reduction).
   exact = lax.bitwise_and(
       lax.eq(shuffle.count_pairs(found, found), np.int32(2 * m)),
-      lax.eq(shuffle.count_pairs(shared, shared), np.int32(0)))
+      lax.eq(shuffle.count_pairs(shared, shared), np.int32(0)),
+  )
   return pos, exact
 
 
@@ -171,14 +189,23 @@ def _exact_ranks(row_bits: Array, elems: Array) -> Array:
   mine = lax.broadcast_in_dim(shuffle.take_rows(row_bits, elems), shape, (0, 1))
   return shuffle.count_pairs(
       lax.lt(row, mine),
-      lax.bitwise_and(lax.eq(row, mine),
-                      lax.lt(lax.broadcasted_iota(jnp.int32, shape, 2),
-                             lax.broadcast_in_dim(elems, shape, (0, 1)))))
+      lax.bitwise_and(
+          lax.eq(row, mine),
+          lax.lt(
+              lax.broadcasted_iota(jnp.int32, shape, 2),
+              lax.broadcast_in_dim(elems, shape, (0, 1)),
+          ),
+      ),
+  )
 
 
-def _searched_mask(k1: Array, k2: Array, n: int, k: int,
-                   sort_bits: Callable[[Array, Array, Array], Array] = shuffle.hash32
-                   ) -> Array:
+def _searched_mask(
+    k1: Array,
+    k2: Array,
+    n: int,
+    k: int,
+    sort_bits: Callable[[Array, Array, Array], Array] = shuffle.hash32,
+) -> Array:
   """`shuffle.followed_mask` with no sort of the row: the row placed among the followed.
 
   Same arguments and result. Each round places each of the row's `n` elements among the `m` followed elements'
@@ -200,36 +227,54 @@ def _searched_mask(k1: Array, k2: Array, n: int, k: int,
   """
   n_rows = k1.shape[0]
   zeros_followed, m, _, elems = shuffle.followed_elements(n_rows, n, k)
-  offsets = lax.mul(lax.broadcasted_iota(jnp.int32, (n_rows, n), 0),
-                    np.int32(m + 1))
+  offsets = lax.mul(
+      lax.broadcasted_iota(jnp.int32, (n_rows, n), 0), np.int32(m + 1)
+  )
 
   def one_round(key, elems):
     _, key, sub = shuffle.split_round(key)
     row_bits = shuffle.round_row_bits(sub, n, sort_bits)
     ins, exact = _places(row_bits, shuffle.take_rows(row_bits, elems))
-    counts = jnp.zeros((n_rows * (m + 1),), jnp.int32).at[
-        lax.add(lax.convert_element_type(ins, jnp.int32),
-                offsets).reshape(-1)].add(
-            np.int32(1), mode="promise_in_bounds").reshape(n_rows, m + 1)
-    ranks = lax.sub(_prefix_sums(lax.slice_in_dim(counts, 0, m, axis=1),
-                                 total=n), np.int32(1))
+    counts = (
+        jnp.zeros((n_rows * (m + 1),), jnp.int32)
+        .at[
+            lax.add(lax.convert_element_type(ins, jnp.int32), offsets).reshape(
+                -1
+            )
+        ]
+        .add(np.int32(1), mode="promise_in_bounds")
+        .reshape(n_rows, m + 1)
+    )
+    ranks = lax.sub(
+        _prefix_sums(lax.slice_in_dim(counts, 0, m, axis=1), total=n),
+        np.int32(1),
+    )
 
     def fix_row(carry):
       # The first row left whose bits tie: its ranks by comparisons.
       ranks, todo, left = carry
       r = lax.convert_element_type(jnp.argmax(todo), jnp.int32)
-      fixed = _exact_ranks(lax.dynamic_slice_in_dim(row_bits, r, 1),
-                           lax.dynamic_slice_in_dim(elems, r, 1))
-      return (lax.dynamic_update_slice_in_dim(ranks, fixed, r, 0),
-              lax.dynamic_update_slice_in_dim(todo, np.zeros(1, bool), r, 0),
-              lax.sub(left, np.int32(1)))
+      fixed = _exact_ranks(
+          lax.dynamic_slice_in_dim(row_bits, r, 1),
+          lax.dynamic_slice_in_dim(elems, r, 1),
+      )
+      return (
+          lax.dynamic_update_slice_in_dim(ranks, fixed, r, 0),
+          lax.dynamic_update_slice_in_dim(todo, np.zeros(1, bool), r, 0),
+          lax.sub(left, np.int32(1)),
+      )
 
     # The count of rows left, carried: the loop's condition is one compare
     # (an `any` of the flags would be a reduction, compiled on its own).
-    left = lax.sub(np.int32(n_rows),
-                   shuffle.count_pairs(exact, lax.full_like(exact, False)))
-    ranks, _, _ = lax.while_loop(lambda c: lax.gt(c[2], np.int32(0)), fix_row,
-                                 (ranks, lax.bitwise_not(exact), left))
+    left = lax.sub(
+        np.int32(n_rows),
+        shuffle.count_pairs(exact, lax.full_like(exact, False)),
+    )
+    ranks, _, _ = lax.while_loop(
+        lambda c: lax.gt(c[2], np.int32(0)),
+        fix_row,
+        (ranks, lax.bitwise_not(exact), left),
+    )
     return key, ranks
 
   key = (k1.reshape(-1, 1, 1), k2.reshape(-1, 1, 1))
@@ -237,8 +282,9 @@ def _searched_mask(k1: Array, k2: Array, n: int, k: int,
     key, elems = one_round(key, elems)
   row_idx = lax.broadcasted_iota(jnp.int32, (n_rows, m), 0)
   base = jnp.full((n_rows, n), zeros_followed)
-  return base.at[row_idx, elems].set(not zeros_followed, unique_indices=True,
-                                     mode="promise_in_bounds")
+  return base.at[row_idx, elems].set(
+      not zeros_followed, unique_indices=True, mode="promise_in_bounds"
+  )
 
 
 def uses_compare(n: int, k: int) -> bool:
@@ -269,8 +315,11 @@ def default_path(n: int, k: int) -> str:
   return "search" if min(k, n - k) * n <= _SEARCH_MAX else "sort"
 
 
-_PATHS = {"compare": shuffle.compared_mask, "search": _searched_mask,
-          "sort": shuffle.followed_mask}
+_PATHS = {
+    "compare": shuffle.compared_mask,
+    "search": _searched_mask,
+    "sort": shuffle.followed_mask,
+}
 
 
 def _groups(n_rows: int, n: int, matrix_elements: int) -> int:
@@ -292,9 +341,14 @@ def _groups(n_rows: int, n: int, matrix_elements: int) -> int:
   return max(1, min(_MAX_GROUPS, 2 * cores, n_rows * n // _MIN_GROUP))
 
 
-def mask_block(mask_key: tuple[Array, Array], spec: SparseSpec, rows: Array,
-               col_start: Array | int, n_cols: int,
-               path: str | None = None) -> Array:
+def mask_block(
+    mask_key: tuple[Array, Array],
+    spec: SparseSpec,
+    rows: Array,
+    col_start: Array | int,
+    n_cols: int,
+    path: str | None = None,
+) -> Array:
   """Boolean keep-mask of `rows` x columns `[col_start, col_start + n_cols)`.
 
   `path`: "compare" (`shuffle.compared_mask`), "search" (`_searched_mask`) or "sort"
@@ -308,28 +362,33 @@ def mask_block(mask_key: tuple[Array, Array], spec: SparseSpec, rows: Array,
   if path is None:
     path = default_path(n, k)
   if path not in _PATHS:
-    raise ValueError(
-        f"path must be one of {sorted(_PATHS)}, got {path!r}")
+    raise ValueError(f"path must be one of {sorted(_PATHS)}, got {path!r}")
   k1, k2 = shuffle.row_keys(mask_key, rows)
   followed = _PATHS[path]
   n_groups = _groups(n_rows, n, spec.fan_out * spec.fan_in)
   bounds = [n_rows * g // n_groups for g in range(n_groups + 1)]
-  mask = jnp.concatenate([
-      followed(k1[a:b], k2[a:b], n, k)
-      for a, b in zip(bounds[:-1], bounds[1:])], axis=0)
+  mask = jnp.concatenate(
+      [
+          followed(k1[a:b], k2[a:b], n, k)
+          for a, b in zip(bounds[:-1], bounds[1:])
+      ],
+      axis=0,
+  )
   if n_cols != n:
     mask = lax.dynamic_slice_in_dim(mask, col_start, n_cols, axis=1)
   return mask
 
 
-def value_bits(init_key: tuple[Array, Array], spec: SparseSpec, rows: Array,
-               cols: Array) -> Array:
+def value_bits(
+    init_key: tuple[Array, Array], spec: SparseSpec, rows: Array, cols: Array
+) -> Array:
   """The reference's 32 weight bits of elements `rows[:, None]` x `cols[None, :]`.
 
   `jax.random.bits`' Threefry counters for a `(fan_out, fan_in)` array (`row * fan_in +
   col`), hashed by the unrolled `shuffle.threefry` (one fused pass on the CPU).
   """
-  hi, lo = bits.mul_add_u64(rows.reshape(-1, 1), spec.fan_in,
-                            cols.reshape(1, -1))
+  hi, lo = bits.mul_add_u64(
+      rows.reshape(-1, 1), spec.fan_in, cols.reshape(1, -1)
+  )
   b1, b2 = shuffle.threefry(init_key[0], init_key[1], hi, lo)
   return lax.bitwise_xor(b1, b2)

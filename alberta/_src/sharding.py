@@ -67,23 +67,39 @@ def sharded_sparse_init(
     True
   """
   spec, shape, dtype, chunk_rows = driver.prepare(
-      "sharded_sparse_init", key, shape, sparsity, init_type, method, rounding,
-      dtype, chunk_rows, two_d=True)
+      "sharded_sparse_init",
+      key,
+      shape,
+      sparsity,
+      init_type,
+      method,
+      rounding,
+      dtype,
+      chunk_rows,
+      two_d=True,
+  )
   driver.tile_layout(shape, sharding)
   return contracts.returns(
       driver.sharded(blocks.DENSE, key, spec, dtype, sharding, chunk_rows),
-      shape, dtype)
+      shape,
+      dtype,
+  )
 
 
 @functools.lru_cache(maxsize=64)
-def _pmap_fn(spec: SparseSpec, dtype: np.dtype, devices: tuple[Any, ...],
-             chunk_rows: int | None):
+def _pmap_fn(
+    spec: SparseSpec,
+    dtype: np.dtype,
+    devices: tuple[Any, ...],
+    chunk_rows: int | None,
+):
   rows = spec.fan_out // len(devices)
 
   def local(index, key_data):
     start = jnp.asarray(index, jnp.uint32) * np.uint32(rows)
-    return blocks.generate(key_data, spec, start, rows, 0, spec.fan_in, dtype,
-                           chunk_rows)
+    return blocks.generate(
+        key_data, spec, start, rows, 0, spec.fan_in, dtype, chunk_rows
+    )
 
   return jax.pmap(local, in_axes=(0, None), devices=devices)
 
@@ -114,26 +130,40 @@ def pmap_sparse_init(
     `[d * fan_out // n_devices, (d + 1) * fan_out // n_devices)`.
   """
   spec, shape, dtype, chunk_rows = driver.prepare(
-      "pmap_sparse_init", key, shape, sparsity, init_type, method, rounding,
-      dtype, chunk_rows, two_d=True)
+      "pmap_sparse_init",
+      key,
+      shape,
+      sparsity,
+      init_type,
+      method,
+      rounding,
+      dtype,
+      chunk_rows,
+      two_d=True,
+  )
   devices = tuple(jax.local_devices() if devices is None else devices)
   if not devices:
     raise ValueError(f"devices must not be empty, got {devices!r}.")
-  repeated = list(dict.fromkeys(
-      str(d) for i, d in enumerate(devices) if d in devices[:i]))
+  repeated = list(
+      dict.fromkeys(str(d) for i, d in enumerate(devices) if d in devices[:i])
+  )
   if repeated:
     raise ValueError(
-        f"devices must be distinct: each gets its own block of rows, but "
+        "devices must be distinct: each gets its own block of rows, but "
         f"{', '.join(repeated)} {'appears' if len(repeated) == 1 else 'appear'}"
-        f" more than once in devices={list(devices)!r}.")
+        f" more than once in devices={list(devices)!r}."
+    )
   if spec.fan_out % len(devices):
     raise ValueError(
         f"fan_out={spec.fan_out} of shape {shape!r} is not divisible by the "
-        f"number of devices, {len(devices)}.")
+        f"number of devices, {len(devices)}."
+    )
   index = np.arange(len(devices), dtype=np.int32)
   return contracts.returns(
       _pmap_fn(spec, dtype, devices, chunk_rows)(index, keys.key_array(key)),
-      (len(devices), spec.fan_out // len(devices), spec.fan_in), dtype)
+      (len(devices), spec.fan_out // len(devices), spec.fan_in),
+      dtype,
+  )
 
 
 def replicated_to_host(tree: Any) -> Any:

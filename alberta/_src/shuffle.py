@@ -34,8 +34,6 @@ def num_rounds(n: int) -> int:
   return int(np.ceil(3 * np.log(max(1, n)) / np.log(uint32max)))
 
 
-
-
 def threefry(k1: Array, k2: Array, hi: Array, lo: Array) -> tuple[Array, Array]:
   """`bits.threefry_fused` with the key words given apart (they broadcast)."""
   return bits.threefry_fused((k1, k2), hi, lo)
@@ -56,15 +54,20 @@ def hash32(k1: Array, k2: Array, counters: Array) -> Array:
   `k1`, `k2`: `[R]` key words; `counters`: `[R, c]` uint32 Threefry counters (all below 2**32).
   Partitionable threefry: the XOR of the two output words of Threefry counter `i`.
   """
-  b1, b2 = threefry(k1.reshape(-1, 1), k2.reshape(-1, 1), np.uint32(0),
-                     counters)
+  b1, b2 = threefry(
+      k1.reshape(-1, 1), k2.reshape(-1, 1), np.uint32(0), counters
+  )
   return lax.bitwise_xor(b1, b2)
 
 
 def split_rows(k1: Array, k2: Array):
   """`key, subkey = jax.random.split(key)` for a batch of `[R]` key words."""
-  b1, b2 = threefry(k1[:, None], k2[:, None], jnp.zeros((), _U32),
-                     jnp.arange(2, dtype=_U32)[None, :])
+  b1, b2 = threefry(
+      k1[:, None],
+      k2[:, None],
+      jnp.zeros((), _U32),
+      jnp.arange(2, dtype=_U32)[None, :],
+  )
   return (b1[:, 0], b2[:, 0]), (b1[:, 1], b2[:, 1])
 
 
@@ -101,8 +104,13 @@ def max_tie_rows(n_rows: int, m: int, n: int) -> int:
   return int(min(n_rows, math.ceil(mu + 6 * math.sqrt(mu) + 8)))
 
 
-def ranks(sorted_bits: Array, elems: Array, elem_bits: Array,
-          row_bits_of: Callable[[Array], Array], tie_rows: int) -> Array:
+def ranks(
+    sorted_bits: Array,
+    elems: Array,
+    elem_bits: Array,
+    row_bits_of: Callable[[Array], Array],
+    tie_rows: int,
+) -> Array:
   """Stable-sort ranks of elements `elems[r, s]` of each row (exact, ties too).
 
   Args:
@@ -129,14 +137,17 @@ def ranks(sorted_bits: Array, elems: Array, elem_bits: Array,
   def fix_some(carry):
     # The first `tie_rows` rows with a tied element; in each, its first one.
     rank, tied = carry
-    (rows,) = jnp.nonzero(jnp.any(tied, axis=1), size=tie_rows,
-                          fill_value=n_rows)
+    (rows,) = jnp.nonzero(
+        jnp.any(tied, axis=1), size=tie_rows, fill_value=n_rows
+    )
     valid = rows < n_rows
     safe = jnp.where(valid, rows, 0)
     slot = jnp.argmax(tied[safe], axis=1).astype(jnp.int32)
     elem = elems[safe, slot]
     b = elem_bits[safe, slot]
-    equal_before = (row_bits_of(safe) == b[:, None]) & (cols[None, :] < elem[:, None])
+    equal_before = (row_bits_of(safe) == b[:, None]) & (
+        cols[None, :] < elem[:, None]
+    )
     count = jnp.sum(equal_before, axis=1, dtype=jnp.int32)
     rank = rank.at[rows, slot].add(count, mode="drop")
     tied = tied.at[rows, slot].set(False, mode="drop")
@@ -146,9 +157,14 @@ def ranks(sorted_bits: Array, elems: Array, elem_bits: Array,
   return rank
 
 
-def followed_mask(k1: Array, k2: Array, n: int, k: int,
-                   sort_bits: Callable[[Array, Array, Array], Array] = hash32,
-                   tie_rows: int | None = None) -> Array:
+def followed_mask(
+    k1: Array,
+    k2: Array,
+    n: int,
+    k: int,
+    sort_bits: Callable[[Array, Array, Array], Array] = hash32,
+    tie_rows: int | None = None,
+) -> Array:
   """`permutation(key_r, n) >= k` for `[R]` row key words, all `n` columns.
 
   Args:
@@ -165,8 +181,9 @@ def followed_mask(k1: Array, k2: Array, n: int, k: int,
   zeros_followed = k <= n - k
   m = min(k, n - k)
   first = 0 if zeros_followed else k
-  elems = jnp.broadcast_to(jnp.arange(first, first + m, dtype=jnp.int32),
-                           (n_rows, m))
+  elems = jnp.broadcast_to(
+      jnp.arange(first, first + m, dtype=jnp.int32), (n_rows, m)
+  )
   cols = jnp.broadcast_to(jnp.arange(n, dtype=_U32), (n_rows, n))
   if tie_rows is None:
     tie_rows = max_tie_rows(n_rows, m, n)
@@ -177,18 +194,21 @@ def followed_mask(k1: Array, k2: Array, n: int, k: int,
     elem_bits = sort_bits(*sub, elems.astype(_U32))
 
     def row_bits_of(rows, sub=sub):
-      return sort_bits(sub[0][rows], sub[1][rows], cols[:rows.shape[0]])
+      return sort_bits(sub[0][rows], sub[1][rows], cols[: rows.shape[0]])
 
     elems = ranks(sorted_bits, elems, elem_bits, row_bits_of, tie_rows)
-  row_idx = jnp.broadcast_to(jnp.arange(n_rows, dtype=jnp.int32)[:, None],
-                             elems.shape)
+  row_idx = jnp.broadcast_to(
+      jnp.arange(n_rows, dtype=jnp.int32)[:, None], elems.shape
+  )
   base = jnp.full((n_rows, n), zeros_followed)
-  return base.at[row_idx, elems].set(not zeros_followed, unique_indices=True,
-                                     mode="promise_in_bounds")
+  return base.at[row_idx, elems].set(
+      not zeros_followed, unique_indices=True, mode="promise_in_bounds"
+  )
 
 
-def followed_elements(n_rows: int, n: int,
-                      k: int) -> tuple[bool, int, int, Array]:
+def followed_elements(
+    n_rows: int, n: int, k: int
+) -> tuple[bool, int, int, Array]:
   """The elements a path follows through the rounds, for rows of `n`, `k` zeros.
 
   The zeros start at positions `[0, k)` and the kept elements at `[k, n)`;
@@ -202,8 +222,9 @@ def followed_elements(n_rows: int, n: int,
   zeros_followed = k <= n - k
   m = min(k, n - k)
   first = 0 if zeros_followed else k
-  elems = lax.add(lax.broadcasted_iota(jnp.int32, (n_rows, m), 1),
-                  np.int32(first))
+  elems = lax.add(
+      lax.broadcasted_iota(jnp.int32, (n_rows, m), 1), np.int32(first)
+  )
   return zeros_followed, m, first, elems
 
 
@@ -224,14 +245,21 @@ def count_pairs(a: Array, b: Array) -> Array:
   def add(x, y):
     return x[0] + y[0], x[1] + y[1]
 
-  sa, sb = lax.reduce((lax.convert_element_type(a, jnp.int32),
-                       lax.convert_element_type(b, jnp.int32)),
-                      (zero, zero), add, (a.ndim - 1,))
+  sa, sb = lax.reduce(
+      (
+          lax.convert_element_type(a, jnp.int32),
+          lax.convert_element_type(b, jnp.int32),
+      ),
+      (zero, zero),
+      add,
+      (a.ndim - 1,),
+  )
   return lax.add(sa, sb)
 
 
-def split_round(key: tuple[Array, Array]) -> tuple[
-    Array, tuple[Array, Array], Array]:
+def split_round(
+    key: tuple[Array, Array],
+) -> tuple[Array, tuple[Array, Array], Array]:
   """One sort round's `key, sub = split(key)` for `[R, 1, 1]` key words.
 
   Returns the `[R, 2, 2]` split words, the next key's `[R, 1, 1]` words and
@@ -243,12 +271,15 @@ def split_round(key: tuple[Array, Array]) -> tuple[
   """
   n_rows = key[0].shape[0]
   which = lax.broadcasted_iota(_U32, (n_rows, 2, 2), 1)
-  is_first_word = lax.eq(lax.broadcasted_iota(_U32, (n_rows, 2, 2), 2),
-                         np.uint32(0))
+  is_first_word = lax.eq(
+      lax.broadcasted_iota(_U32, (n_rows, 2, 2), 2), np.uint32(0)
+  )
   b1, b2 = threefry(*key, np.uint32(0), which)
   split = bits.materialized(lax.select(is_first_word, b1, b2))
-  key = (lax.slice(split, (0, 0, 0), (n_rows, 1, 1)),
-         lax.slice(split, (0, 0, 1), (n_rows, 1, 2)))
+  key = (
+      lax.slice(split, (0, 0, 0), (n_rows, 1, 1)),
+      lax.slice(split, (0, 0, 1), (n_rows, 1, 2)),
+  )
   return split, key, lax.index_in_dim(split, 1, axis=1, keepdims=False)
 
 
@@ -263,18 +294,27 @@ def round_sub_keys(k1: Array, k2: Array, n: int):
     yield split, sub
 
 
-def round_row_bits(sub: Array, n: int,
-                    sort_bits: Callable[[Array, Array, Array], Array]) -> Array:
+def round_row_bits(
+    sub: Array, n: int, sort_bits: Callable[[Array, Array, Array], Array]
+) -> Array:
   """A round's `[R, n]` sort bits from its `[R, 2]` subkey, computed once."""
   all_cols = lax.broadcasted_iota(_U32, (sub.shape[0], n), 1)
-  return bits.materialized(sort_bits(
-      lax.index_in_dim(sub, 0, axis=1, keepdims=False),
-      lax.index_in_dim(sub, 1, axis=1, keepdims=False), all_cols))
+  return bits.materialized(
+      sort_bits(
+          lax.index_in_dim(sub, 0, axis=1, keepdims=False),
+          lax.index_in_dim(sub, 1, axis=1, keepdims=False),
+          all_cols,
+      )
+  )
 
 
-def compared_mask(k1: Array, k2: Array, n: int, k: int,
-                   sort_bits: Callable[[Array, Array, Array], Array] = hash32
-                   ) -> Array:
+def compared_mask(
+    k1: Array,
+    k2: Array,
+    n: int,
+    k: int,
+    sort_bits: Callable[[Array, Array, Array], Array] = hash32,
+) -> Array:
   """`followed_mask` by comparisons only: no sort, search, loop or scatter.
 
   Same arguments and result. Each round computes the ranks of the `m`
@@ -302,9 +342,14 @@ def compared_mask(k1: Array, k2: Array, n: int, k: int,
       # would be one too, which XLA computes once outside a loop over chunks
       # and keeps alive through it (half the output's bytes at fan_in 1024).
       # Times ones it cannot fold, it is computed in the fused sums below.
-      elems = lax.mul(elems, lax.broadcast_in_dim(
-          lax.convert_element_type(bits.opaque_ones(split), jnp.int32),
-          (n_rows, m), (0,)))
+      elems = lax.mul(
+          elems,
+          lax.broadcast_in_dim(
+              lax.convert_element_type(bits.opaque_ones(split), jnp.int32),
+              (n_rows, m),
+              (0,),
+          ),
+      )
     else:
       elem_bits = jnp.take_along_axis(row_bits, elems, axis=1)
     row_bits = lax.broadcast_in_dim(row_bits, (n_rows, m, n), (0, 2))
@@ -312,18 +357,26 @@ def compared_mask(k1: Array, k2: Array, n: int, k: int,
     elems_mn = lax.broadcast_in_dim(elems, (n_rows, m, n), (0, 1))
     elems = count_pairs(
         lax.lt(row_bits, elem_bits),
-        lax.bitwise_and(lax.eq(row_bits, elem_bits), lax.lt(cols_mn, elems_mn)))
+        lax.bitwise_and(lax.eq(row_bits, elem_bits), lax.lt(cols_mn, elems_mn)),
+    )
+
   # Column `c` is hit iff some rank equals `c`. Up to 32 ranks, a plain `any`
   # (fused with the caller's use of the mask); beyond, in two halves.
   def rank_is_col(ranks):
     shape = (n_rows, n, ranks.shape[1])
-    return lax.eq(lax.broadcast_in_dim(ranks, shape, (0, 2)),
-                  lax.broadcasted_iota(jnp.int32, shape, 1))
+    return lax.eq(
+        lax.broadcast_in_dim(ranks, shape, (0, 2)),
+        lax.broadcasted_iota(jnp.int32, shape, 1),
+    )
 
   if m <= _REDUCE_WINDOW:
     hit = lax.reduce_or(rank_is_col(elems), (2,))
   else:
     half = -(-m // 2)
-    hit = lax.gt(count_pairs(rank_is_col(elems[:, :half]),
-                              rank_is_col(elems[:, m - half:])), np.int32(0))
+    hit = lax.gt(
+        count_pairs(
+            rank_is_col(elems[:, :half]), rank_is_col(elems[:, m - half :])
+        ),
+        np.int32(0),
+    )
   return lax.ne(hit, np.bool_(zeros_followed))

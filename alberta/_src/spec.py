@@ -21,6 +21,7 @@ class SparseSpec:
     method: "permutation" (the reference's algorithm) or "counter"
       (sort-free).
   """
+
   fan_out: int
   fan_in: int
   k: int
@@ -37,8 +38,9 @@ class SparseSpec:
     return (self.fan_out, self.fan_in)
 
 
-def make_spec(shape: Any, sparsity: Any, init_type: Any, method: Any,
-              rounding: Any) -> tuple[SparseSpec, tuple[int, ...]]:
+def make_spec(
+    shape: Any, sparsity: Any, init_type: Any, method: Any, rounding: Any
+) -> tuple[SparseSpec, tuple[int, ...]]:
   """Validates the arguments of a sparse-init call and builds its spec.
 
   Args:

@@ -16,7 +16,8 @@ try:
 except ImportError as e:  # pragma: no cover (optax is in the test extra)
   raise ImportError(
       "alberta.keep_zeros needs optax: pip install optax (or, from "
-      "alberta's clone, pip install -e '.[optax]').") from e
+      "alberta's clone, pip install -e '.[optax]')."
+  ) from e
 
 from alberta._src import networks
 
@@ -35,11 +36,13 @@ class KeepZerosState(NamedTuple):
       to a byte (`jnp.packbits`, uint8 of `ceil(size / 8)` bytes, 1/32 of a
       float32 kernel); for every other leaf an empty uint8 array.
   """
+
   masks: Any
 
 
-def keep_zeros(include: networks.Include | None = None
-               ) -> optax.GradientTransformation:
+def keep_zeros(
+    include: networks.Include | None = None,
+) -> optax.GradientTransformation:
   """An optax transformation that keeps every initial zero of a kernel at zero.
 
   `init(params)` records which weights of each selected kernel are zero in
@@ -90,8 +93,9 @@ def keep_zeros(include: networks.Include | None = None
   """
   if include is not None and not callable(include):
     raise TypeError(
-        f"keep_zeros: include must be None or a callable (path, leaf) -> "
-        f"choice, got {include!r}.")
+        "keep_zeros: include must be None or a callable (path, leaf) -> "
+        f"choice, got {include!r}."
+    )
 
   def init_fn(params: Any) -> KeepZerosState:
     flat, selected = networks.select(params, include, "keep_zeros")
@@ -101,8 +105,9 @@ def keep_zeros(include: networks.Include | None = None
       masks[kernel.index] = jnp.packbits((weights != 0).reshape(-1))
     return KeepZerosState(flat.unflatten(masks))
 
-  def update_fn(updates: Any, state: KeepZerosState,
-                params: Any = None) -> tuple[Any, KeepZerosState]:
+  def update_fn(
+      updates: Any, state: KeepZerosState, params: Any = None
+  ) -> tuple[Any, KeepZerosState]:
     del params
     flat = networks.flatten(updates)
     masks = networks.flatten(state.masks).leaves
@@ -110,9 +115,12 @@ def keep_zeros(include: networks.Include | None = None
       raise ValueError(
           f"keep_zeros: the updates have {len(flat.leaves)} leaves but the "
           f"state was initialized with params of {len(masks)}; update must "
-          f"get updates shaped like the params given to init.")
-    out = [update if mask.shape == _NO_MASK else _masked(update, mask)
-           for update, mask in zip(flat.leaves, masks)]
+          "get updates shaped like the params given to init."
+      )
+    out = [
+        update if mask.shape == _NO_MASK else _masked(update, mask)
+        for update, mask in zip(flat.leaves, masks)
+    ]
     return flat.unflatten(out), state
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -89,6 +89,7 @@ class VerificationReport:
       a sorted row, exactly the rows with a repeated index).
     failures: one message per violated check; empty when `passed`.
   """
+
   format: str
   shape: tuple[int, int]
   method: str
@@ -169,12 +170,20 @@ def excess_zero_allowance(spec: SparseSpec, dtype: Any) -> int:
 def _first(row_flags: Array) -> Array:
   """The first row where `row_flags` holds, or -1."""
   return jnp.where(jnp.any(row_flags), jnp.argmax(row_flags), -1).astype(
-      jnp.int32)
+      jnp.int32
+  )
 
 
 @functools.partial(jax.jit, static_argnames=("fan_in", "check_indices"))
-def _stats(values: Array, indices: Array | None, bound: Array, k: Array, *,
-           fan_in: int, check_indices: bool) -> dict[str, Any]:
+def _stats(
+    values: Array,
+    indices: Array | None,
+    bound: Array,
+    k: Array,
+    *,
+    fan_in: int,
+    check_indices: bool,
+) -> dict[str, Any]:
   """Every check of a `[rows, width]` block of values in one pass per row.
 
   A dense matrix is the case `width == fan_in` without indices. Per row, one
@@ -188,18 +197,24 @@ def _stats(values: Array, indices: Array | None, bound: Array, k: Array, *,
   u32 = jnp.uint32
   magnitude = jnp.abs(values)
   finite = jnp.isfinite(values)
-  operands = ((values == 0).astype(u32), (~finite).astype(u32),
-              (finite & (magnitude > bound)).astype(u32),
-              jnp.where(finite, magnitude, 0).astype(jnp.float32))
+  operands = (
+      (values == 0).astype(u32),
+      (~finite).astype(u32),
+      (finite & (magnitude > bound)).astype(u32),
+      jnp.where(finite, magnitude, 0).astype(jnp.float32),
+  )
   zeros, nonfinite, over, largest = lax.reduce(
-      operands, (u32(0), u32(0), u32(0), jnp.float32(0)),
+      operands,
+      (u32(0), u32(0), u32(0), jnp.float32(0)),
       lambda a, b: (a[0] + b[0], a[1] + b[1], a[2] + b[2], lax.max(a[3], b[3])),
-      (1,))
+      (1,),
+  )
   zeros = zeros + u32(fan_in - values.shape[1])
   k = k.astype(u32)
   excess = jnp.maximum(zeros, k) - k
   stats = dict(
-      min_zeros=jnp.min(zeros), max_zeros=jnp.max(zeros),
+      min_zeros=jnp.min(zeros),
+      max_zeros=jnp.max(zeros),
       rows_below_k=jnp.sum(zeros < k, dtype=u32),
       first_below_k=_first(zeros < k),
       rows_above_k=jnp.sum(zeros > k, dtype=u32),
@@ -207,8 +222,10 @@ def _stats(values: Array, indices: Array | None, bound: Array, k: Array, *,
       excess_zeros=bits.sum_u64(excess),
       nonfinite=bits.sum_u64(nonfinite),
       first_nonfinite=_first(nonfinite > 0),
-      out_of_bound=bits.sum_u64(over), first_out_of_bound=_first(over > 0),
-      max_abs=jnp.max(largest))
+      out_of_bound=bits.sum_u64(over),
+      first_out_of_bound=_first(over > 0),
+      max_abs=jnp.max(largest),
+  )
   if check_indices:
     out_of_range = indices < 0
     if fan_in <= jnp.iinfo(indices.dtype).max:
@@ -222,15 +239,18 @@ def _stats(values: Array, indices: Array | None, bound: Array, k: Array, *,
         rows_unsorted=jnp.sum(unsorted, dtype=u32),
         first_unsorted=_first(unsorted),
         rows_with_repeats=jnp.sum(repeats, dtype=u32),
-        first_repeat=_first(repeats))
+        first_repeat=_first(repeats),
+    )
   return stats
 
 
 def _host(stats: dict[str, Any]) -> dict[str, Any]:
   """The scalars on the host; a `bits.sum_u64` pair becomes one exact int."""
   local = sharding.replicated_to_host(stats)
-  return {name: bits.join_u64(*value) if isinstance(value, tuple)
-          else value.item() for name, value in local.items()}
+  return {
+      name: bits.join_u64(*value) if isinstance(value, tuple) else value.item()
+      for name, value in local.items()
+  }
 
 
 def _n(count: int, noun: str, plural: str | None = None) -> str:
@@ -303,13 +323,15 @@ def verify(
   if ell:
     if len(matrix) != 2:
       raise ValueError(
-          f"matrix must be a dense array or a (values, indices) pair, got a "
-          f"sequence of {len(matrix)} items.")
+          "matrix must be a dense array or a (values, indices) pair, got a "
+          f"sequence of {len(matrix)} items."
+      )
     values, indices = matrix
     if shape is None:
       raise ValueError(
           "verify needs shape=(fan_out, fan_in) for ELL arrays: their width "
-          "is nnz, not the matrix's fan_in.")
+          "is nnz, not the matrix's fan_in."
+      )
     for name, array in (("values", values), ("indices", indices)):
       if not hasattr(array, "shape") or not hasattr(array, "dtype"):
         raise TypeError(f"{name} must be an array, got {type(array).__name__}.")
@@ -319,8 +341,9 @@ def verify(
     values, indices = matrix, None
     if not hasattr(values, "shape") or not hasattr(values, "dtype"):
       raise TypeError(
-          f"matrix must be an array or a (values, indices) pair, got "
-          f"{type(values).__name__}.")
+          "matrix must be an array or a (values, indices) pair, got "
+          f"{type(values).__name__}."
+      )
     if shape is None:
       shape = tuple(values.shape)
   if method is None:
@@ -328,22 +351,29 @@ def verify(
   spec, shape = make_spec(shape, sparsity, init_type, method, rounding)
   if ell and spec.method != "counter":
     raise ValueError(
-        f"ELL arrays come only from method='counter' (sparse_init_ell has no "
-        f"other), got method={method!r}.")
+        "ELL arrays come only from method='counter' (sparse_init_ell has no "
+        f"other), got method={method!r}."
+    )
   try:
     checks.check_dtype(values.dtype)
   except TypeError as e:
     raise TypeError(f"{'values' if ell else 'matrix'}: {e}") from None
   if ell:
-    if (values.ndim != 2 or tuple(values.shape) != tuple(indices.shape) or
-        values.shape[0] != spec.fan_out or values.shape[1] > spec.fan_in):
+    if (
+        values.ndim != 2
+        or tuple(values.shape) != tuple(indices.shape)
+        or values.shape[0] != spec.fan_out
+        or values.shape[1] > spec.fan_in
+    ):
       raise ValueError(
-          f"values and indices must both be [fan_out, nnz] with "
+          "values and indices must both be [fan_out, nnz] with "
           f"fan_out={spec.fan_out} and nnz <= fan_in={spec.fan_in} from shape "
-          f"{shape!r}; got {tuple(values.shape)} and {tuple(indices.shape)}.")
+          f"{shape!r}; got {tuple(values.shape)} and {tuple(indices.shape)}."
+      )
   elif tuple(values.shape) != shape:
     raise ValueError(
-        f"matrix has shape {tuple(values.shape)}, but shape={shape!r}.")
+        f"matrix has shape {tuple(values.shape)}, but shape={shape!r}."
+    )
   failures = []
   if dtype is not None:
     dtype = checks.check_dtype(dtype)
@@ -353,73 +383,114 @@ def verify(
   bound = value_bound(spec, values.dtype)
   allowance = excess_zero_allowance(spec, values.dtype)
   width = values.shape[1] if ell else spec.fan_in
-  common = dict(format="ell" if ell else "dense", shape=spec.shape,
-                method=spec.method, dtype=jnp.dtype(values.dtype).name,
-                rows=spec.fan_out, zeros_per_row=spec.k,
-                excess_zero_allowance=allowance,
-                value_bound=float(np.asarray(bound, np.float32)))
+  common = dict(
+      format="ell" if ell else "dense",
+      shape=spec.shape,
+      method=spec.method,
+      dtype=jnp.dtype(values.dtype).name,
+      rows=spec.fan_out,
+      zeros_per_row=spec.k,
+      excess_zero_allowance=allowance,
+      value_bound=float(np.asarray(bound, np.float32)),
+  )
   if ell:
     common.update(nonzeros_per_row=width)
   if spec.fan_out == 0 or width == 0:
     # Nothing stored: each row's zeros are its absent columns.
     zeros = spec.fan_in - width
-    found = dict(min_zeros=zeros, max_zeros=zeros,
-                 rows_below_k=spec.fan_out if zeros < spec.k else 0,
-                 first_below_k=0, rows_above_k=spec.fan_out if zeros > spec.k
-                 else 0, first_above_k=0,
-                 excess_zeros=spec.fan_out * max(zeros - spec.k, 0),
-                 nonfinite=0, out_of_bound=0, max_abs=0.0)
+    found = dict(
+        min_zeros=zeros,
+        max_zeros=zeros,
+        rows_below_k=spec.fan_out if zeros < spec.k else 0,
+        first_below_k=0,
+        rows_above_k=spec.fan_out if zeros > spec.k else 0,
+        first_above_k=0,
+        excess_zeros=spec.fan_out * max(zeros - spec.k, 0),
+        nonfinite=0,
+        out_of_bound=0,
+        max_abs=0.0,
+    )
     if spec.fan_out == 0:
       found.update(min_zeros=0, max_zeros=0)
     if ell:
-      found.update(indices_out_of_range=0, rows_unsorted=0,
-                   rows_with_repeats=0)
+      found.update(indices_out_of_range=0, rows_unsorted=0, rows_with_repeats=0)
   else:
     if not ell:
       values = values.reshape(spec.fan_out, spec.fan_in)
-    found = _host(_stats(values, indices, bound, np.uint32(spec.k),
-                         fan_in=spec.fan_in, check_indices=ell))
+    found = _host(
+        _stats(
+            values,
+            indices,
+            bound,
+            np.uint32(spec.k),
+            fan_in=spec.fan_in,
+            check_indices=ell,
+        )
+    )
 
   k = spec.k
   if found["rows_below_k"]:
-    failures.append(_rows(found["rows_below_k"],
-                          f"with fewer than k={k} zeros (min "
-                          f"{found['min_zeros']})", found["first_below_k"]))
+    failures.append(
+        _rows(
+            found["rows_below_k"],
+            f"with fewer than k={k} zeros (min {found['min_zeros']})",
+            found["first_below_k"],
+        )
+    )
   if spec.method == "counter":
     if found["rows_above_k"]:
       failures.append(
-          _rows(found["rows_above_k"], f"with more than k={k} zeros (max "
-                f"{found['max_zeros']}; method='counter' never keeps a zero "
-                f"weight)", found["first_above_k"]))
+          _rows(
+              found["rows_above_k"],
+              f"with more than k={k} zeros (max "
+              f"{found['max_zeros']}; method='counter' never keeps a zero "
+              "weight)",
+              found["first_above_k"],
+          )
+      )
   elif found["excess_zeros"] > allowance:
     failures.append(
         f"{_n(found['excess_zeros'], 'zero')} beyond k={k} per row (in "
         f"{_n(found['rows_above_k'], 'row')}, first: row "
         f"{found['first_above_k']}; "
         f"max {found['max_zeros']} in a row), more than the {allowance} that "
-        f"kept weights rounding to zero explain at a "
-        f"{EXCESS_ZERO_FALSE_ALARM_RATE:g} false-alarm rate")
+        "kept weights rounding to zero explain at a "
+        f"{EXCESS_ZERO_FALSE_ALARM_RATE:g} false-alarm rate"
+    )
   if found["nonfinite"]:
-    failures.append(f"{_n(found['nonfinite'], 'non-finite value')} (first in "
-                    f"row {found['first_nonfinite']})")
+    failures.append(
+        f"{_n(found['nonfinite'], 'non-finite value')} (first in "
+        f"row {found['first_nonfinite']})"
+    )
   if found["out_of_bound"]:
     failures.append(
         f"{_n(found['out_of_bound'], 'value')} above the bound "
         f"{common['value_bound']:.9g} in magnitude (max |value| "
-        f"{found['max_abs']:.9g}, first in row {found['first_out_of_bound']})")
+        f"{found['max_abs']:.9g}, first in row {found['first_out_of_bound']})"
+    )
   if ell:
     if found["indices_out_of_range"]:
       failures.append(
           f"{_n(found['indices_out_of_range'], 'index', 'indices')} outside "
           f"[0, fan_in={spec.fan_in}) (first in row "
-          f"{found['first_out_of_range']})")
+          f"{found['first_out_of_range']})"
+      )
     if found["rows_unsorted"]:
-      failures.append(_rows(found["rows_unsorted"],
-                            "with indices not in ascending order",
-                            found["first_unsorted"]))
+      failures.append(
+          _rows(
+              found["rows_unsorted"],
+              "with indices not in ascending order",
+              found["first_unsorted"],
+          )
+      )
     if found["rows_with_repeats"]:
-      failures.append(_rows(found["rows_with_repeats"],
-                            "with a repeated index", found["first_repeat"]))
+      failures.append(
+          _rows(
+              found["rows_with_repeats"],
+              "with a repeated index",
+              found["first_repeat"],
+          )
+      )
 
   report = VerificationReport(
       min_zeros_per_row=int(found["min_zeros"]),
@@ -433,10 +504,15 @@ def verify(
       indices_out_of_range=found.get("indices_out_of_range"),
       rows_unsorted=found.get("rows_unsorted"),
       rows_with_repeats=found.get("rows_with_repeats"),
-      failures=tuple(failures), **common)
+      failures=tuple(failures),
+      **common,
+  )
   if failures and raise_on_failure:
     kind = "ELL arrays" if ell else "matrix"
     raise VerificationError(
         f"{kind} of shape {tuple(spec.shape)} failed verification: "
-        + "; ".join(failures) + ".", report)
+        + "; ".join(failures)
+        + ".",
+        report,
+    )
   return report

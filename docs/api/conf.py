@@ -10,8 +10,9 @@ root:
 import os
 import sys
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__),
-                                                "..", "..")))
+sys.path.insert(
+    0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+)
 
 import alberta  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 

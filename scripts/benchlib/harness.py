@@ -51,7 +51,8 @@ def use_cpu_devices(n: int, cpu_only: bool = False) -> None:
   # An inherited --xla_force_host_platform_device_count (e.g. from the test
   # environment) would contradict jax_num_cpu_devices: ours wins.
   os.environ["XLA_FLAGS"] = layer.without_forced_devices(
-      os.environ.get("XLA_FLAGS", ""))
+      os.environ.get("XLA_FLAGS", "")
+  )
   if cpu_only:
     jax.config.update("jax_platforms", "cpu")
   jax.config.update("jax_num_cpu_devices", n)
@@ -107,13 +108,18 @@ class RssProbe:
     else:
       peak = self._maxrss()
       delta = peak - self.before if peak > self.maxrss_before else None
-    return {"rss_mode": self.mode, "rss_before_bytes": self.before,
-            "rss_peak_bytes": peak, "rss_peak_delta_bytes": delta}
+    return {
+        "rss_mode": self.mode,
+        "rss_before_bytes": self.before,
+        "rss_peak_bytes": peak,
+        "rss_peak_delta_bytes": delta,
+    }
 
 
 @dataclasses.dataclass(frozen=True)
 class Repeats:
   """Timed runs per method; `slow` of them if the warm-up took over `slow_s`."""
+
   normal: int = 5
   slow: int = 2
   slow_s: float = 3.0
@@ -133,8 +139,12 @@ def _nbytes(x: Any) -> int:
   return int(x.numel() * x.element_size())  # a torch tensor
 
 
-def time_runs(run: Callable[[], Any], probe: RssProbe, repeats: Repeats,
-              keep_output: bool = False) -> tuple[dict[str, Any], Any]:
+def time_runs(
+    run: Callable[[], Any],
+    probe: RssProbe,
+    repeats: Repeats,
+    keep_output: bool = False,
+) -> tuple[dict[str, Any], Any]:
   """One warm-up run, then timed runs, each output freed before the next.
 
   With `keep_output` the last run's output is returned (for the agreement
@@ -157,9 +167,16 @@ def time_runs(run: Callable[[], Any], probe: RssProbe, repeats: Repeats,
     if i < n - 1 or not keep_output:
       del out
   memory = probe.stop()
-  return ({"first_run_s": first, "times_s": times, "repeats": n,
-           "output_bytes": output_bytes, "memory": memory},
-          out if keep_output else None)
+  return (
+      {
+          "first_run_s": first,
+          "times_s": times,
+          "repeats": n,
+          "output_bytes": output_bytes,
+          "memory": memory,
+      },
+      out if keep_output else None,
+  )
 
 
 def compiled_memory(compiled: Any) -> dict[str, Any]:
@@ -170,10 +187,12 @@ def compiled_memory(compiled: Any) -> dict[str, Any]:
     return {"compiled_error": repr(e)}
   if stats is None:
     return {"compiled_error": "memory_analysis() returned None"}
-  return {"compiled_output_bytes": int(stats.output_size_in_bytes),
-          "compiled_temp_bytes": int(stats.temp_size_in_bytes),
-          "compiled_argument_bytes": int(stats.argument_size_in_bytes),
-          "compiled_alias_bytes": int(stats.alias_size_in_bytes)}
+  return {
+      "compiled_output_bytes": int(stats.output_size_in_bytes),
+      "compiled_temp_bytes": int(stats.temp_size_in_bytes),
+      "compiled_argument_bytes": int(stats.argument_size_in_bytes),
+      "compiled_alias_bytes": int(stats.alias_size_in_bytes),
+  }
 
 
 def summarize(record: dict[str, Any], entries: int) -> dict[str, Any]:
@@ -196,13 +215,24 @@ def summarize(record: dict[str, Any], entries: int) -> dict[str, Any]:
   return record
 
 
-def time_jax(name: str, fn: Callable[[Any], Any], key: Any,
-             shape: tuple[int, int], probe: RssProbe, repeats: Repeats,
-             keep_output: bool = False,
-             **extra: Any) -> tuple[dict[str, Any], Any]:
+def time_jax(
+    name: str,
+    fn: Callable[[Any], Any],
+    key: Any,
+    shape: tuple[int, int],
+    probe: RssProbe,
+    repeats: Repeats,
+    keep_output: bool = False,
+    **extra: Any,
+) -> tuple[dict[str, Any], Any]:
   """Compiles `fn(key)` ahead of time, then times the compiled program."""
-  record = {"method": name, "shape": list(shape), "devices": 1, "status": "ok",
-            **extra}
+  record = {
+      "method": name,
+      "shape": list(shape),
+      "devices": 1,
+      "status": "ok",
+      **extra,
+  }
   t0 = time.perf_counter()
   compiled = jax.jit(fn).lower(key).compile()
   record["compile_s"] = time.perf_counter() - t0
@@ -212,22 +242,36 @@ def time_jax(name: str, fn: Callable[[Any], Any], key: Any,
   return summarize(record, math.prod(shape)), kept
 
 
-def skipped(name: str, shape: tuple[int, int], reason: str,
-            **extra: Any) -> dict[str, Any]:
+def skipped(
+    name: str, shape: tuple[int, int], reason: str, **extra: Any
+) -> dict[str, Any]:
   """The record of a method that was not timed, with the reason."""
-  return {"method": name, "shape": list(shape), "devices": 1,
-          "status": "skipped", "reason": reason, **extra}
+  return {
+      "method": name,
+      "shape": list(shape),
+      "devices": 1,
+      "status": "skipped",
+      "reason": reason,
+      **extra,
+  }
 
 
 def compare(a: Any, b: Any) -> dict[str, Any]:
   """Agreement of two float32 matrices: bits, and values up to zero's sign."""
   a, b = np.asarray(a), np.asarray(b)
   if a.shape != b.shape or a.dtype != b.dtype:
-    return {"bitwise_equal": False, "equal_up_to_zero_sign": False,
-            "detail": f"{a.shape}/{a.dtype} vs {b.shape}/{b.dtype}"}
+    return {
+        "bitwise_equal": False,
+        "equal_up_to_zero_sign": False,
+        "detail": f"{a.shape}/{a.dtype} vs {b.shape}/{b.dtype}",
+    }
   # For floats `==` holds for equal bits and for -0.0 == +0.0 only.
-  return {"bitwise_equal": bool(np.array_equal(a.view(np.uint32),
-                                               b.view(np.uint32))),
-          "equal_up_to_zero_sign": bool(np.array_equal(a, b)),
-          "signed_zero_mismatches": int(np.sum(
-              (a == 0) & (b == 0) & (np.signbit(a) != np.signbit(b))))}
+  return {
+      "bitwise_equal": bool(
+          np.array_equal(a.view(np.uint32), b.view(np.uint32))
+      ),
+      "equal_up_to_zero_sign": bool(np.array_equal(a, b)),
+      "signed_zero_mismatches": int(
+          np.sum((a == 0) & (b == 0) & (np.signbit(a) != np.signbit(b)))
+      ),
+  }

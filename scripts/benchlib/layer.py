@@ -51,6 +51,7 @@ _MLP_STEADY_CALLS = 20
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """The layer cases' sizes and repetitions (the benchmark's flags)."""
+
   shape: tuple[int, int] = (8192, 1024)
   chunk_rows: int = 1024
   processes: int = 3  # Fresh processes per measurement; the minimum is kept.
@@ -69,6 +70,7 @@ def _since(start: tuple[float, float]) -> dict[str, float]:
 def _steady(fn: Callable[[], Any], n: int) -> float:
   """Median seconds per call of `fn` after one warm-up call."""
   import jax  # pylint: disable=g-import-not-at-top
+
   jax.block_until_ready(fn())
   times = []
   for _ in range(n):
@@ -83,11 +85,16 @@ def _child_import(task: dict[str, Any]) -> dict[str, Any]:
   preloaded = "jax" in sys.modules  # The parent refuses a warm import.
   start = _clock()
   import jax  # pylint: disable=g-import-not-at-top,unused-import
+
   jax_time = _since(start)
   start = _clock()
   import alberta  # pylint: disable=g-import-not-at-top,unused-import
-  return {"jax": jax_time, "alberta_extra": _since(start),
-          "jax_preloaded": preloaded}
+
+  return {
+      "jax": jax_time,
+      "alberta_extra": _since(start),
+      "jax_preloaded": preloaded,
+  }
 
 
 def enable_compilation_cache(directory: str) -> None:
@@ -96,6 +103,7 @@ def enable_compilation_cache(directory: str) -> None:
   The settings docs/PERFORMANCE.md and the README give; before any compile.
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   jax.config.update("jax_compilation_cache_dir", directory)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
@@ -110,19 +118,23 @@ def _child_mlp(task: dict[str, Any]) -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import alberta  # pylint: disable=g-import-not-at-top
+
   if task.get("cache_dir"):
     enable_compilation_cache(task["cache_dir"])
   name = task["init"]
   if name.startswith("sparse_"):
-    w_init = alberta.SparseInit(0.9, method=name[len("sparse_"):])
+    w_init = alberta.SparseInit(0.9, method=name[len("sparse_") :])
   elif name == "uniform":
+
     def w_init(shape, dtype):
-      scale = 1.0 / shape[0]**0.5
+      scale = 1.0 / shape[0] ** 0.5
       return jax.random.uniform(hk.next_rng_key(), shape, dtype, -scale, scale)
+
   else:
     w_init = None  # Haiku's default.
   net = hk.transform(
-      lambda x: hk.nets.MLP([256, 256, 256, 4], w_init=w_init)(x))
+      lambda x: hk.nets.MLP([256, 256, 256, 4], w_init=w_init)(x)
+  )
   key, x = jax.random.key(0), jnp.ones((1, 64))
   init = jax.jit(net.init) if task["jit"] else net.init
   start = _clock()
@@ -140,10 +152,15 @@ def _child_cache(task: dict[str, Any]) -> dict[str, Any]:
   new cache directory; the cold one must have written to it.
   """
   import tempfile  # pylint: disable=g-import-not-at-top
+
   run = spawn(os.path.abspath(sys.argv[0]))
   with tempfile.TemporaryDirectory(prefix="alberta_cache_") as directory:
-    mlp = {"case": "mlp", "init": task["init"], "jit": True,
-           "cache_dir": directory}
+    mlp = {
+        "case": "mlp",
+        "init": task["init"],
+        "jit": True,
+        "cache_dir": directory,
+    }
     cold = run(mlp)["first"]
     if not os.listdir(directory):
       raise RuntimeError(f"{task}: the cold run wrote no cache entry")
@@ -156,15 +173,21 @@ def _child_chunk(task: dict[str, Any]) -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import alberta  # pylint: disable=g-import-not-at-top
+
   shape, method = tuple(task["shape"]), task["method"]
   chunk, key = task["chunk_rows"], jax.random.key(0)
   runs = {
-      "whole": lambda: alberta.sparse_init(key, shape, method=method,
-                                           chunk_rows=shape[0]),
-      "host_loop": lambda: alberta.sparse_init(key, shape, method=method,
-                                               chunk_rows=chunk),
-      "in_graph": lambda f=jax.jit(lambda k: alberta.sparse_init(
-          k, shape, method=method, chunk_rows=chunk)): f(key),
+      "whole": lambda: alberta.sparse_init(
+          key, shape, method=method, chunk_rows=shape[0]
+      ),
+      "host_loop": lambda: alberta.sparse_init(
+          key, shape, method=method, chunk_rows=chunk
+      ),
+      "in_graph": lambda f=jax.jit(
+          lambda k: alberta.sparse_init(
+              k, shape, method=method, chunk_rows=chunk
+          )
+      ): f(key),
   }
   out = {name: _steady(run, task["repeats"]) for name, run in runs.items()}
   bits = [np.asarray(run()).view(np.uint32) for run in runs.values()]
@@ -177,43 +200,57 @@ def _child_cores(task: dict[str, Any]) -> dict[str, Any]:
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
   import jax  # pylint: disable=g-import-not-at-top
   import alberta  # pylint: disable=g-import-not-at-top
+
   key, shape = jax.random.key(0), tuple(task["shape"])
-  return {"steady": _steady(lambda: alberta.sparse_init(
-      key, shape, method=task["method"]), task["repeats"]),
-          "cores": len(os.sched_getaffinity(0))}
+  return {
+      "steady": _steady(
+          lambda: alberta.sparse_init(key, shape, method=task["method"]),
+          task["repeats"],
+      ),
+      "cores": len(os.sched_getaffinity(0)),
+  }
 
 
-_CHILDREN = {"import": _child_import, "mlp": _child_mlp,
-             "cache": _child_cache, "chunk": _child_chunk,
-             "cores": _child_cores}
+_CHILDREN = {
+    "import": _child_import,
+    "mlp": _child_mlp,
+    "cache": _child_cache,
+    "chunk": _child_chunk,
+    "cores": _child_cores,
+}
 
 
 def child_task(argv: Sequence[str]) -> dict[str, Any] | None:
   """The task of a `--layer_child=<JSON>` argument in `argv`, if any."""
   for arg in argv[1:]:
     if arg.startswith(CHILD_FLAG):
-      return json.loads(arg[len(CHILD_FLAG):])
+      return json.loads(arg[len(CHILD_FLAG) :])
   return None
 
 
 def run_task(task: dict[str, Any]) -> dict[str, Any]:
   """Runs one measurement in this process (a child's whole work)."""
   if task.get("case") not in _CHILDREN:
-    raise ValueError(f"unknown layer case {task.get('case')!r} in {task}; "
-                     f"expected one of {sorted(_CHILDREN)}")
+    raise ValueError(
+        f"unknown layer case {task.get('case')!r} in {task}; "
+        f"expected one of {sorted(_CHILDREN)}"
+    )
   return _CHILDREN[task["case"]](task)
 
 
 def without_forced_devices(xla_flags: str) -> str:
   """`XLA_FLAGS` less any --xla_force_host_platform_device_count."""
-  return re.sub(r"--xla_force_host_platform_device_count=\S*", "",
-                xla_flags).strip()
+  return re.sub(
+      r"--xla_force_host_platform_device_count=\S*", "", xla_flags
+  ).strip()
 
 
 def child_env() -> dict[str, str]:
   """The parent's environment, less any forced count of CPU devices."""
-  return {**os.environ,
-          "XLA_FLAGS": without_forced_devices(os.environ.get("XLA_FLAGS", ""))}
+  return {
+      **os.environ,
+      "XLA_FLAGS": without_forced_devices(os.environ.get("XLA_FLAGS", "")),
+  }
 
 
 def spawn(script: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
@@ -222,7 +259,11 @@ def spawn(script: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
   def run(task: dict[str, Any]) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, script, CHILD_FLAG + json.dumps(task)],
-        capture_output=True, text=True, env=child_env(), check=False)
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        check=False,
+    )
     if proc.returncode:
       raise RuntimeError(f"layer child {task} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -243,22 +284,45 @@ def tasks(cases: Sequence[str], settings: Settings) -> list[dict[str, Any]]:
   if "import" in cases:
     out.append({"case": "import"})
   if "mlp" in cases:
-    out += [{"case": "mlp", "init": i, "jit": j} for j in (True, False)
-            for i in INITS]
+    out += [
+        {"case": "mlp", "init": i, "jit": j}
+        for j in (True, False)
+        for i in INITS
+    ]
   if "cache" in cases:
     out += [{"case": "cache", "init": i} for i in CACHE_INITS]
   if "chunk" in cases:
-    out += [{"case": "chunk", "method": m, "shape": shape, "repeats": repeats,
-             "chunk_rows": settings.chunk_rows} for m in METHODS]
+    out += [
+        {
+            "case": "chunk",
+            "method": m,
+            "shape": shape,
+            "repeats": repeats,
+            "chunk_rows": settings.chunk_rows,
+        }
+        for m in METHODS
+    ]
   if "cores" in cases:
-    out += [{"case": "cores", "method": m, "cores": c, "shape": shape,
-             "repeats": repeats} for m in METHODS for c in ("1", "all")]
+    out += [
+        {
+            "case": "cores",
+            "method": m,
+            "cores": c,
+            "shape": shape,
+            "repeats": repeats,
+        }
+        for m in METHODS
+        for c in ("1", "all")
+    ]
   return out
 
 
-def measure(cases: Sequence[str], settings: Settings,
-            run: Callable[[dict[str, Any]], dict[str, Any]],
-            log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def measure(
+    cases: Sequence[str],
+    settings: Settings,
+    run: Callable[[dict[str, Any]], dict[str, Any]],
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
   """Each task of `cases` run `settings.processes` times: its minimum figures.
 
   Returns `{"task": ..., "result": ...}` records; `run` runs one task (in a
@@ -267,10 +331,13 @@ def measure(cases: Sequence[str], settings: Settings,
   return measure_tasks(tasks(cases, settings), settings.processes, run, log)
 
 
-def measure_tasks(task_list: Sequence[dict[str, Any]], processes: int,
-                  run: Callable[[dict[str, Any]], dict[str, Any]],
-                  log: Callable[[str], None] = print,
-                  what: str = "layer") -> list[dict[str, Any]]:
+def measure_tasks(
+    task_list: Sequence[dict[str, Any]],
+    processes: int,
+    run: Callable[[dict[str, Any]], dict[str, Any]],
+    log: Callable[[str], None] = print,
+    what: str = "layer",
+) -> list[dict[str, Any]]:
   """Each task run `processes` times by `run`: its minimum figures (`measure`).
 
   Refuses a result whose child found JAX already imported.
@@ -304,10 +371,13 @@ def rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
   imp = get(case="import")
   if imp:
     out.append(_row("import jax (s)", f"{imp['jax']['wall']:.2f}"))
-    out.append(_row("import alberta, extra (s)",
-                    f"{imp['alberta_extra']['wall']:.2f}",
-                    f"{imp['alberta_extra']['wall'] / imp['jax']['wall']:.2f}x"
-                    " jax"))
+    out.append(
+        _row(
+            "import alberta, extra (s)",
+            f"{imp['alberta_extra']['wall']:.2f}",
+            f"{imp['alberta_extra']['wall'] / imp['jax']['wall']:.2f}x jax",
+        )
+    )
   jit = {i: get(case="mlp", init=i, jit=True) for i in INITS}
   eager = {i: get(case="mlp", init=i, jit=False) for i in INITS}
   if all(jit.values()) and all(eager.values()):
@@ -316,44 +386,61 @@ def rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
         ("first jit(net.init), cpu s", lambda i: jit[i]["first"]["cpu"]),
         ("steady jit(net.init), ms", lambda i: 1e3 * jit[i]["steady"]),
         ("eager net.init, wall s", lambda i: eager[i]["first"]["wall"]),
-        ("eager net.init, cpu s", lambda i: eager[i]["first"]["cpu"]))
+        ("eager net.init, cpu s", lambda i: eager[i]["first"]["cpu"]),
+    )
     for i in INITS:
       for label, value in figures:
-        out.append(_row(f"MLP {i}: {label}", f"{value(i):.3g}",
-                        f"{value(i) / value('haiku_default'):.2f}x "
-                        "haiku_default"))
+        out.append(
+            _row(
+                f"MLP {i}: {label}",
+                f"{value(i):.3g}",
+                f"{value(i) / value('haiku_default'):.2f}x haiku_default",
+            )
+        )
   for i in CACHE_INITS:
     cache = get(case="cache", init=i)
     if not cache:
       continue
     for clock in ("wall", "cpu"):
       cold, warm = cache["cold"][clock], cache["warm"][clock]
-      out.append(_row(
-          f"MLP {i}: first jit(net.init), persistent cache cold / warm, "
-          f"{clock} s", f"{cold:.3g} / {warm:.3g}",
-          f"{warm / cold:.2f}x cold"))
+      out.append(
+          _row(
+              f"MLP {i}: first jit(net.init), persistent cache cold / warm, "
+              f"{clock} s",
+              f"{cold:.3g} / {warm:.3g}",
+              f"{warm / cold:.2f}x cold",
+          )
+      )
   for r in records:
     task, res = r["task"], r["result"]
     if task["case"] != "chunk":
       continue
     where = f"{task['method']} {task['shape'][0]}x{task['shape'][1]}"
     for kind, label in (("host_loop", "top level"), ("in_graph", "jax.jit")):
-      out.append(_row(
-          f"{where}, chunk_rows={task['chunk_rows']} at {label} (ms)",
-          f"{1e3 * res[kind]:.1f}",
-          f"{res['whole'] / res[kind]:.2f}x the throughput of one piece "
-          f"({1e3 * res['whole']:.1f} ms)"))
+      out.append(
+          _row(
+              f"{where}, chunk_rows={task['chunk_rows']} at {label} (ms)",
+              f"{1e3 * res[kind]:.1f}",
+              f"{res['whole'] / res[kind]:.2f}x the throughput of one piece "
+              f"({1e3 * res['whole']:.1f} ms)",
+          )
+      )
   for method in METHODS:
     one, every = get(case="cores", method=method, cores="1"), get(
-        case="cores", method=method, cores="all")
+        case="cores", method=method, cores="all"
+    )
     if one and every:
-      shape = next(r["task"]["shape"] for r in records
-                   if r["task"]["case"] == "cores")
-      out.append(_row(
-          f"sparse_init {method} {shape[0]}x{shape[1]}, 1 core / "
-          f"{every['cores']} (ms)",
-          f"{1e3 * one['steady']:.1f} / {1e3 * every['steady']:.1f}",
-          f"{one['steady'] / every['steady']:.2f}x speed-up"))
+      shape = next(
+          r["task"]["shape"] for r in records if r["task"]["case"] == "cores"
+      )
+      out.append(
+          _row(
+              f"sparse_init {method} {shape[0]}x{shape[1]}, 1 core / "
+              f"{every['cores']} (ms)",
+              f"{1e3 * one['steady']:.1f} / {1e3 * every['steady']:.1f}",
+              f"{one['steady'] / every['steady']:.2f}x speed-up",
+          )
+      )
   return out
 
 

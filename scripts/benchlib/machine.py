@@ -38,9 +38,14 @@ def _mem_total() -> int | None:
 
 def _git_commit() -> str | None:
   try:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
-                         text=True, timeout=10, check=False,
-                         cwd=os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        ["git", "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+        cwd=os.path.dirname(os.path.abspath(__file__)),
+    )
   except (OSError, subprocess.SubprocessError):
     return None
   return out.stdout.strip() or None
@@ -58,14 +63,21 @@ def environment(command: str, torch_timed: bool = False) -> dict[str, Any]:
     The run's environment record.
   """
   import jaxlib  # pylint: disable=g-import-not-at-top
+
   if torch_timed:
     import torch  # pylint: disable=g-import-not-at-top
   devices = jax.devices()
-  usable = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count())
+  usable = (
+      len(os.sched_getaffinity(0))
+      if hasattr(os, "sched_getaffinity")
+      else os.cpu_count()
+  )
   return {
-      "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
-          timespec="seconds"),
+      "date_utc": (
+          datetime.datetime.now(datetime.timezone.utc).isoformat(
+              timespec="seconds"
+          )
+      ),
       "command": command,
       "git_commit": _git_commit(),
       "python": sys.version.split()[0],

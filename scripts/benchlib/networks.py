@@ -52,20 +52,27 @@ def _resnet50():
   import haiku as hk  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   net = hk.transform_with_state(
-      lambda x: hk.nets.ResNet50(1000)(x, is_training=True))
+      lambda x: hk.nets.ResNet50(1000)(x, is_training=True)
+  )
   return net, jax.random.key(0), jnp.ones(_IMAGE)
 
 
 def _kernels(params: Any) -> list[Any]:
   """The ResNet's kernels (Haiku's `w`), the leaves `sparsify` replaces."""
   import jax  # pylint: disable=g-import-not-at-top
-  return [leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
-          if getattr(path[-1], "key", None) == "w"]
+
+  return [
+      leaf
+      for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+      if getattr(path[-1], "key", None) == "w"
+  ]
 
 
 def _first_and_steady(fn: Callable[[], Any], repeats: int) -> dict[str, Any]:
   import jax  # pylint: disable=g-import-not-at-top
+
   start = layer._clock()  # pylint: disable=protected-access
   jax.block_until_ready(fn())
   first = layer._since(start)  # pylint: disable=protected-access
@@ -78,11 +85,13 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
   preloaded = "jax" in sys.modules
   net, key, image = _resnet50()
   import jax  # pylint: disable=g-import-not-at-top
+
   init = jax.jit(net.init)
   if task["case"] == "model_init":
     out = _first_and_steady(lambda: init(key, image), task["repeats"])
   elif task["case"] == "sparsify":
     import alberta  # pylint: disable=g-import-not-at-top
+
     params, _ = jax.block_until_ready(init(key, image))
     method = task["method"]
 
@@ -95,7 +104,8 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     kernels = _kernels(sparsify(key, params))
     out["kernels"] = len(kernels)
     out["kernel_zero_fraction"] = float(
-        sum((w == 0).sum() for w in kernels) / sum(w.size for w in kernels))
+        sum((w == 0).sum() for w in kernels) / sum(w.size for w in kernels)
+    )
   else:
     raise ValueError(f"unknown sparsify case {task['case']!r} in {task}")
   params, _ = init(key, image)
@@ -110,14 +120,25 @@ def spawn() -> Callable[[dict[str, Any]], dict[str, Any]]:
   def run(task: dict[str, Any]) -> dict[str, Any]:
     env = layer.child_env()
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(_ROOT), env.get("PYTHONPATH")) if p)
+        p for p in (str(_ROOT), env.get("PYTHONPATH")) if p
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "scripts.benchlib.networks",
-         CHILD_FLAG + json.dumps(task)],
-        capture_output=True, text=True, env=env, cwd=_ROOT, check=False)
+        [
+            sys.executable,
+            "-m",
+            "scripts.benchlib.networks",
+            CHILD_FLAG + json.dumps(task),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=_ROOT,
+        check=False,
+    )
     if proc.returncode:
-      raise RuntimeError(f"sparsify child {task} failed:\n"
-                         f"{proc.stderr[-4000:]}")
+      raise RuntimeError(
+          f"sparsify child {task} failed:\n{proc.stderr[-4000:]}"
+      )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
   return run
@@ -126,36 +147,57 @@ def spawn() -> Callable[[dict[str, Any]], dict[str, Any]]:
 def tasks(settings: Settings) -> list[dict[str, Any]]:
   """Every measurement, as child tasks, in the report's order."""
   out = [{"case": "model_init", "repeats": settings.repeats}]
-  out += [{"case": "sparsify", "method": m, "jit": j,
-           "repeats": settings.repeats} for m in METHODS for j in (False, True)]
+  out += [
+      {"case": "sparsify", "method": m, "jit": j, "repeats": settings.repeats}
+      for m in METHODS
+      for j in (False, True)
+  ]
   return out
 
 
-def measure(cases: Sequence[str], settings: Settings,
-            run: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-            log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def measure(
+    cases: Sequence[str],
+    settings: Settings,
+    run: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
   """`tasks`, each run `settings.processes` times, minimum kept; [] without
   "sparsify" in `cases`."""
   if "sparsify" not in cases:
     return []
-  return layer.measure_tasks(tasks(settings), settings.processes,
-                            run or spawn(), log, what="sparsify")
+  return layer.measure_tasks(
+      tasks(settings), settings.processes, run or spawn(), log, what="sparsify"
+  )
 
 
 def rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
   """The table's rows (`report.LAYER_COLUMNS`), ratios to the model's init."""
-  by = {(r["task"]["case"], r["task"].get("method"), r["task"].get("jit")):
-        r["result"] for r in records}
+  by = {
+      (r["task"]["case"], r["task"].get("method"), r["task"].get("jit")): r[
+          "result"
+      ]
+      for r in records
+  }
   model = by.get(("model_init", None, None))
   if model is None:
     return []
   out = [
-      {"measurement": "ResNet-50 jit(net.init), first call, wall s",
-       "value": f"{model['first']['wall']:.3g}", "ratio": ""},
-      {"measurement": "ResNet-50 jit(net.init), first call, cpu s",
-       "value": f"{model['first']['cpu']:.3g}", "ratio": ""},
-      {"measurement": "ResNet-50 jit(net.init), steady, s",
-       "value": f"{model['steady']:.3g}", "ratio": ""}]
+      {
+          "measurement": "ResNet-50 jit(net.init), first call, wall s",
+          "value": f"{model['first']['wall']:.3g}",
+          "ratio": "",
+      },
+      {
+          "measurement": "ResNet-50 jit(net.init), first call, cpu s",
+          "value": f"{model['first']['cpu']:.3g}",
+          "ratio": "",
+      },
+      {
+          "measurement": "ResNet-50 jit(net.init), steady, s",
+          "value": f"{model['steady']:.3g}",
+          "ratio": "",
+      },
+  ]
   for method in METHODS:
     for jit in (False, True):
       res = by.get(("sparsify", method, jit))
@@ -165,53 +207,70 @@ def rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
       for label, value, base in (
           ("first call, wall s", res["first"]["wall"], model["first"]["wall"]),
           ("first call, cpu s", res["first"]["cpu"], model["first"]["cpu"]),
-          ("steady, s", res["steady"], model["steady"])):
-        out.append({"measurement": f"{what}: {label}",
-                    "value": f"{value:.3g}",
-                    "ratio": f"{value / base:.2f}x the model's init"})
+          ("steady, s", res["steady"], model["steady"]),
+      ):
+        out.append({
+            "measurement": f"{what}: {label}",
+            "value": f"{value:.3g}",
+            "ratio": f"{value / base:.2f}x the model's init",
+        })
   return out
 
 
 def intro(records: Sequence[dict[str, Any]], processes: int) -> str:
   """What the table shows."""
-  sizes = next((r["result"] for r in records
-                if r["task"]["case"] == "sparsify"), None)
+  sizes = next(
+      (r["result"] for r in records if r["task"]["case"] == "sparsify"), None
+  )
   what = ""
   if sizes:
     zero = 100 * sizes["kernel_zero_fraction"]
-    what = (f" ({sizes['parameters'] / 1e6:.1f}M parameters, "
-            f"{sizes['kernels']} kernels, {zero:.1f}% of their weights zero "
-            "after sparsify)")
-  return (f"`alberta.sparsify(key, params, {SPARSITY})` on Haiku's ResNet-50"
-          f"{what}, against the model's own `jax.jit(net.init)` on a "
-          f"{'x'.join(map(str, _IMAGE))} image; each figure the minimum over "
-          f"{processes} fresh process{'es' if processes != 1 else ''}")
+    what = (
+        f" ({sizes['parameters'] / 1e6:.1f}M parameters, "
+        f"{sizes['kernels']} kernels, {zero:.1f}% of their weights zero "
+        "after sparsify)"
+    )
+  return (
+      f"`alberta.sparsify(key, params, {SPARSITY})` on Haiku's ResNet-50"
+      f"{what}, against the model's own `jax.jit(net.init)` on a "
+      f"{'x'.join(map(str, _IMAGE))} image; each figure the minimum over "
+      f"{processes} fresh process{'es' if processes != 1 else ''}"
+  )
 
 
 def summary(records: Sequence[dict[str, Any]], processes: int) -> str:
   """The table for the terminal."""
-  return "\n".join(["", f"{intro(records, processes)}:",
-                    report.table(rows(records), report.LAYER_COLUMNS)])
+  return "\n".join([
+      "",
+      f"{intro(records, processes)}:",
+      report.table(rows(records), report.LAYER_COLUMNS),
+  ])
 
 
-def markdown(records: Sequence[dict[str, Any]], env: dict[str, Any],
-             processes: int) -> str:
+def markdown(
+    records: Sequence[dict[str, Any]], env: dict[str, Any], processes: int
+) -> str:
   """The table for docs/, after the command that regenerates it; "" if none."""
   if not records:
     return ""
-  lines = ["", f"{intro(records, processes)}, from the same command:", "",
-           *report.command_block(env["command"]),
-           *report.markdown_table(rows(records), report.LAYER_COLUMNS)]
+  lines = [
+      "",
+      f"{intro(records, processes)}, from the same command:",
+      "",
+      *report.command_block(env["command"]),
+      *report.markdown_table(rows(records), report.LAYER_COLUMNS),
+  ]
   return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str]) -> None:
   for arg in argv[1:]:
     if arg.startswith(CHILD_FLAG):
-      print(json.dumps(run_task(json.loads(arg[len(CHILD_FLAG):]))))
+      print(json.dumps(run_task(json.loads(arg[len(CHILD_FLAG) :]))))
       return
-  raise SystemExit(f"usage: python -m scripts.benchlib.networks "
-                   f"{CHILD_FLAG}<JSON task>")
+  raise SystemExit(
+      f"usage: python -m scripts.benchlib.networks {CHILD_FLAG}<JSON task>"
+  )
 
 
 if __name__ == "__main__":

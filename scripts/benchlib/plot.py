@@ -14,8 +14,9 @@ import numpy as np
 _METHOD_ALIASES = {"seed": "reference"}
 
 
-def merged(paths: Sequence[str]) -> tuple[list[dict[str, Any]],
-                                          list[dict[str, Any]]]:
+def merged(
+    paths: Sequence[str],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
   """Results and sharded results of several --json files, later ones winning.
 
   A later file's record replaces an earlier one's for the same method, shape,
@@ -29,8 +30,9 @@ def merged(paths: Sequence[str]) -> tuple[list[dict[str, Any]],
     for part, by_key in by_part.items():
       for r in result[part]:
         r = {**r, "method": _METHOD_ALIASES.get(r["method"], r["method"])}
-        by_key[(r["method"], tuple(r["shape"]), r.get("sparsity"),
-                r["devices"])] = r
+        by_key[
+            (r["method"], tuple(r["shape"]), r.get("sparsity"), r["devices"])
+        ] = r
   return list(by_part["results"].values()), list(by_part["sharded"].values())
 
 
@@ -38,8 +40,12 @@ def _label(r: dict[str, Any]) -> str:
   return r["method"] if r["method"] != "ell" else f"ell s={r['sparsity']:g}"
 
 
-def plot(path: str, records: Sequence[dict[str, Any]],
-         sharded: Sequence[dict[str, Any]], backend: str) -> None:
+def plot(
+    path: str,
+    records: Sequence[dict[str, Any]],
+    sharded: Sequence[dict[str, Any]],
+    backend: str,
+) -> None:
   """Writes the benchmark's figure to `path` (PNG).
 
   Panels: time per entry against matrix entries, log-log (o square, ^ tall,
@@ -48,6 +54,7 @@ def plot(path: str, records: Sequence[dict[str, Any]],
   `backend`.
   """
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
@@ -61,19 +68,30 @@ def plot(path: str, records: Sequence[dict[str, Any]],
   ax = axes[0]
   for m in labels:
     rs = [r for r in ok if _label(r) == m]
-    square = sorted((r for r in rs if r["shape"][0] == r["shape"][1]),
-                    key=lambda r: math.prod(r["shape"]))
+    square = sorted(
+        (r for r in rs if r["shape"][0] == r["shape"][1]),
+        key=lambda r: math.prod(r["shape"]),
+    )
     if square:
-      ax.plot([math.prod(r["shape"]) for r in square],
-              [r["ns_per_entry_min"] for r in square], "o-", color=colors[m],
-              label=m)
+      ax.plot(
+          [math.prod(r["shape"]) for r in square],
+          [r["ns_per_entry_min"] for r in square],
+          "o-",
+          color=colors[m],
+          label=m,
+      )
     for r in rs:
       if r["shape"][0] == r["shape"][1]:
         continue
       marker = "^" if r["shape"][0] > r["shape"][1] else ">"
-      ax.plot([math.prod(r["shape"])], [r["ns_per_entry_min"]], marker,
-              color=colors[m], markersize=8,
-              label=None if square else m)
+      ax.plot(
+          [math.prod(r["shape"])],
+          [r["ns_per_entry_min"]],
+          marker,
+          color=colors[m],
+          markersize=8,
+          label=None if square else m,
+      )
   ax.set_xscale("log")
   ax.set_yscale("log")
   ax.set_xlabel("matrix entries (fan_out x fan_in)")
@@ -83,14 +101,17 @@ def plot(path: str, records: Sequence[dict[str, Any]],
   ax.legend(fontsize=7, ncol=2, framealpha=0.6)
 
   ax = axes[1]
-  shapes = sorted({tuple(r["shape"]) for r in ok},
-                  key=lambda shape: (math.prod(shape), shape))
+  shapes = sorted(
+      {tuple(r["shape"]) for r in ok},
+      key=lambda shape: (math.prod(shape), shape),
+  )
   width = 0.8 / max(len(shapes), 1)
   for j, shape in enumerate(shapes):
     xs, compiled, rss = [], [], []
     for i, m in enumerate(labels):
-      r = next((r for r in ok if _label(r) == m and tuple(r["shape"]) == shape),
-               None)
+      r = next(
+          (r for r in ok if _label(r) == m and tuple(r["shape"]) == shape), None
+      )
       if r is None:
         continue
       xs.append(i + (j - (len(shapes) - 1) / 2) * width)
@@ -98,8 +119,13 @@ def plot(path: str, records: Sequence[dict[str, Any]],
       rss.append(r["memory"].get("rss_delta_over_output", np.nan))
     name = "x".join(map(str, shape))
     ax.bar(xs, compiled, width * 0.9, label=f"{name} compiled")
-    ax.plot(xs, rss, "k_", markersize=10,
-            label="process RSS delta" if j == 0 else None)
+    ax.plot(
+        xs,
+        rss,
+        "k_",
+        markersize=10,
+        label="process RSS delta" if j == 0 else None,
+    )
   ax.axhline(1.0, color="gray", lw=0.8, ls="--")
   ax.set_xticks(range(len(labels)))
   ax.set_xticklabels(labels, rotation=30, ha="right")
@@ -112,15 +138,28 @@ def plot(path: str, records: Sequence[dict[str, Any]],
 
   if sharded:
     ax = axes[2]
-    for shape in sorted({tuple(r["shape"]) for r in sharded
-                         if r["status"] == "ok"}, key=math.prod):
+    for shape in sorted(
+        {tuple(r["shape"]) for r in sharded if r["status"] == "ok"},
+        key=math.prod,
+    ):
       for method in sorted({r["method"] for r in sharded}):
-        rs = sorted((r for r in sharded if r["status"] == "ok"
-                     and tuple(r["shape"]) == shape and r["method"] == method),
-                    key=lambda r: r["devices"])
+        rs = sorted(
+            (
+                r
+                for r in sharded
+                if r["status"] == "ok"
+                and tuple(r["shape"]) == shape
+                and r["method"] == method
+            ),
+            key=lambda r: r["devices"],
+        )
         if rs:
-          ax.plot([r["devices"] for r in rs], [r["min_s"] for r in rs], "o-",
-                  label=f"{method} {'x'.join(map(str, shape))}")
+          ax.plot(
+              [r["devices"] for r in rs],
+              [r["min_s"] for r in rs],
+              "o-",
+              label=f"{method} {'x'.join(map(str, shape))}",
+          )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("devices")

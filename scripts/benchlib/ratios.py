@@ -16,19 +16,42 @@ from typing import Any
 # faster than it, and near `jax.random.uniform`'s cost): the benchmark reports
 # each as met or missed and never fails on one.
 SPECS = (
-    ("reference", "permutation",
-     "permutation speed-up over the reference (jitted), same numbers",
-     lambda x: x >= 1, ">= 1"),
-    ("permutation", "counter", "counter speed-up over permutation",
-     None, None),
-    ("reference", "counter", "counter speed-up over the reference (jitted)",
-     lambda x: x >= 20, ">= 20"),
-    ("torch_original", "counter", "counter speed-up over torch_original",
-     lambda x: x > 1, "> 1"),
-    ("counter", "dense_uniform", "counter time / dense_uniform time",
-     lambda x: x <= 1.5, "<= 1.5"),
-    ("counter", "fill", "counter time / fill time (bandwidth floor)",
-     None, None),
+    (
+        "reference",
+        "permutation",
+        "permutation speed-up over the reference (jitted), same numbers",
+        lambda x: x >= 1,
+        ">= 1",
+    ),
+    ("permutation", "counter", "counter speed-up over permutation", None, None),
+    (
+        "reference",
+        "counter",
+        "counter speed-up over the reference (jitted)",
+        lambda x: x >= 20,
+        ">= 20",
+    ),
+    (
+        "torch_original",
+        "counter",
+        "counter speed-up over torch_original",
+        lambda x: x > 1,
+        "> 1",
+    ),
+    (
+        "counter",
+        "dense_uniform",
+        "counter time / dense_uniform time",
+        lambda x: x <= 1.5,
+        "<= 1.5",
+    ),
+    (
+        "counter",
+        "fill",
+        "counter time / fill time (bandwidth floor)",
+        None,
+        None,
+    ),
 )
 
 
@@ -37,8 +60,12 @@ def ratios(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   by = {}
   for r in records:
     # `ell` and its dense baselines at other sparsities are compared below.
-    if (r["status"] == "ok" and r["devices"] == 1 and r["method"] != "ell"
-        and "role" not in r):
+    if (
+        r["status"] == "ok"
+        and r["devices"] == 1
+        and r["method"] != "ell"
+        and "role" not in r
+    ):
       by[(r["method"], tuple(r["shape"]))] = r
   shapes = list(dict.fromkeys(tuple(r["shape"]) for r in records))
   out = []
@@ -49,10 +76,14 @@ def ratios(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         continue
       ratio = a["min_s"] / b["min_s"]
       out.append({
-          "shape": list(shape), "numerator": num, "denominator": den,
-          "what": what, "ratio_min": ratio,
+          "shape": list(shape),
+          "numerator": num,
+          "denominator": den,
+          "what": what,
+          "ratio_min": ratio,
           "ratio_median": a["median_s"] / b["median_s"],
-          "target": target, "met": None if test is None else bool(test(ratio)),
+          "target": target,
+          "met": None if test is None else bool(test(ratio)),
       })
     out.extend(_ell_ratios(records, shape))
   return out
@@ -65,28 +96,50 @@ def _compiled_peak(r: dict[str, Any]) -> int | None:
   return m["compiled_output_bytes"] + m["compiled_temp_bytes"]
 
 
-def _ell_ratios(records: Sequence[dict[str, Any]],
-                shape: tuple[int, int]) -> list[dict[str, Any]]:
+def _ell_ratios(
+    records: Sequence[dict[str, Any]], shape: tuple[int, int]
+) -> list[dict[str, Any]]:
   """`ell` against the dense `counter` matrix at the same sparsity."""
-  dense = {r["sparsity"]: r for r in records
-           if r["method"] == "counter" and r["status"] == "ok"
-           and r["devices"] == 1 and tuple(r["shape"]) == shape}
+  dense = {
+      r["sparsity"]: r
+      for r in records
+      if r["method"] == "counter"
+      and r["status"] == "ok"
+      and r["devices"] == 1
+      and tuple(r["shape"]) == shape
+  }
   out = []
   for r in records:
-    if (r["method"] != "ell" or r["status"] != "ok"
-        or tuple(r["shape"]) != shape or r["sparsity"] not in dense):
+    if (
+        r["method"] != "ell"
+        or r["status"] != "ok"
+        or tuple(r["shape"]) != shape
+        or r["sparsity"] not in dense
+    ):
       continue
     d = dense[r["sparsity"]]
-    base = {"shape": list(shape), "numerator": "ell", "denominator": "counter",
-            "sparsity": r["sparsity"], "target": None, "met": None}
-    out.append({**base,
-                "what": f"ell time / dense counter time, s={r['sparsity']:g}",
-                "ratio_min": r["min_s"] / d["min_s"],
-                "ratio_median": r["median_s"] / d["median_s"]})
+    base = {
+        "shape": list(shape),
+        "numerator": "ell",
+        "denominator": "counter",
+        "sparsity": r["sparsity"],
+        "target": None,
+        "met": None,
+    }
+    out.append({
+        **base,
+        "what": f"ell time / dense counter time, s={r['sparsity']:g}",
+        "ratio_min": r["min_s"] / d["min_s"],
+        "ratio_median": r["median_s"] / d["median_s"],
+    })
     if _compiled_peak(r) and _compiled_peak(d):
       ratio = _compiled_peak(r) / _compiled_peak(d)
       what = f"ell memory / dense counter memory, s={r['sparsity']:g}"
-      out.append({**base, "what": what,
-                  "ratio_min": ratio, "ratio_median": ratio,
-                  "measure": "compiled output + temp bytes"})
+      out.append({
+          **base,
+          "what": what,
+          "ratio_min": ratio,
+          "ratio_median": ratio,
+          "measure": "compiled output + temp bytes",
+      })
   return out

@@ -36,8 +36,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 CASES = ("wide",)
-INITS = ("haiku_default", "sparse_permutation", "sparse_counter", "reference",
-         "floor")
+INITS = (
+    "haiku_default",
+    "sparse_permutation",
+    "sparse_counter",
+    "reference",
+    "floor",
+)
 # First-call and steady-state targets of the default method, against Haiku's
 # default (`width -> (first, steady)`).
 TARGETS = {1024: (1.5, 2.5), 2048: (1.5, 3.5), 4096: (1.5, 3.5)}
@@ -47,6 +52,7 @@ _STEADY_CALLS = 5  # After the first call; 2 where the first took over 1 s.
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """The wide cases' widths and repetitions (the benchmark's flags)."""
+
   widths: tuple[int, ...] = (1024, 2048, 4096)
   processes: int = 3  # Fresh processes per figure (the reference: 1).
 
@@ -64,16 +70,19 @@ def _w_init(name: str) -> Any:
   """The `w_init` of the MLP's layers (None: Haiku's default)."""
   import haiku as hk  # pylint: disable=g-import-not-at-top
   import alberta  # pylint: disable=g-import-not-at-top
+
   if name.startswith("sparse_"):
-    return alberta.SparseInit(0.9, method=name[len("sparse_"):])
+    return alberta.SparseInit(0.9, method=name[len("sparse_") :])
   if name == "reference":
     from third_party.alberta_framework import initializers  # pylint: disable=g-import-not-at-top
 
     def reference_init(shape, dtype):
       del dtype  # float32, as the reference draws.
       # Haiku's kernel is (in, out); the reference's matrix (fan_out, fan_in).
-      return initializers.sparse_init(hk.next_rng_key(),
-                                      (shape[1], shape[0]), 0.9).T
+      return initializers.sparse_init(
+          hk.next_rng_key(), (shape[1], shape[0]), 0.9
+      ).T
+
     return reference_init
   return None
 
@@ -85,6 +94,7 @@ def _floor_program(width: int) -> Callable[[Any], Any]:
   from jax import lax  # pylint: disable=g-import-not-at-top
   from alberta._src import bits  # pylint: disable=g-import-not-at-top
   from alberta._src import shuffle  # pylint: disable=g-import-not-at-top
+
   passes = 1 + shuffle.num_rounds(width)
 
   def init(words):
@@ -95,7 +105,8 @@ def _floor_program(width: int) -> Callable[[Any], Any]:
       out = None
       for p in range(passes):
         b1, b2 = bits.threefry_fused(
-            (words[0] + np.uint32(layer), words[1] + np.uint32(p)), rows, cols)
+            (words[0] + np.uint32(layer), words[1] + np.uint32(p)), rows, cols
+        )
         word = lax.bitwise_xor(b1, b2)
         out = word if out is None else lax.bitwise_xor(out, word)
       layers.append(out)
@@ -109,14 +120,14 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
   import haiku as hk  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
   width = task["width"]
   if task["init"] == "floor":
     fn = _floor_program(width)
     args = (jnp.array([1, 2], jnp.uint32),)
   else:
     w_init = _w_init(task["init"])
-    net = hk.transform(
-        lambda x: hk.nets.MLP([width] * 3, w_init=w_init)(x))
+    net = hk.transform(lambda x: hk.nets.MLP([width] * 3, w_init=w_init)(x))
     fn = jax.jit(net.init)
     args = (jax.random.key(0), jnp.ones((1, width)))
   stages = {}
@@ -156,6 +167,7 @@ def _digest(params: Any) -> str:
   import hashlib  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   digest = hashlib.sha256()
   for leaf in jax.tree.leaves(params):
     leaf = np.asarray(leaf, np.float32)
@@ -165,8 +177,11 @@ def _digest(params: Any) -> str:
 
 def tasks(settings: Settings) -> list[dict[str, Any]]:
   """Every measurement, as child tasks, in the report's order."""
-  return [{"case": "wide", "init": i, "width": w}
-          for w in settings.widths for i in INITS]
+  return [
+      {"case": "wide", "init": i, "width": w}
+      for w in settings.widths
+      for i in INITS
+  ]
 
 
 def _min(a: Any, b: Any) -> Any:
@@ -175,9 +190,11 @@ def _min(a: Any, b: Any) -> Any:
   return min(a, b)
 
 
-def measure(settings: Settings,
-            run: Callable[[dict[str, Any]], dict[str, Any]],
-            log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def measure(
+    settings: Settings,
+    run: Callable[[dict[str, Any]], dict[str, Any]],
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
   """Each task run in `settings.processes` fresh processes (the reference once).
 
   Returns `{"task": ..., "result": ...}` records, each figure its minimum.
@@ -196,10 +213,11 @@ def measure(settings: Settings,
 def reference_agrees(records: Sequence[dict[str, Any]]) -> list[bool]:
   """Per width with both: the reference's MLP equals `SparseInit(0.9)`'s."""
   by = {(r["task"]["width"], r["task"]["init"]): r["result"] for r in records}
-  return [by[(w, "reference")]["digest"]
-          == by[(w, "sparse_permutation")]["digest"]
-          for w, i in by
-          if i == "reference" and (w, "sparse_permutation") in by]
+  return [
+      by[(w, "reference")]["digest"] == by[(w, "sparse_permutation")]["digest"]
+      for w, i in by
+      if i == "reference" and (w, "sparse_permutation") in by
+  ]
 
 
 def _row(measurement: str, value: str, ratio: str = "") -> dict[str, str]:
@@ -210,7 +228,10 @@ def _judged(ratio: float, target: float | None) -> str:
   text = f"{ratio:.2f}x haiku_default"
   if target is None:
     return text
-  return f"{text} (target <= {target}: {'met' if ratio <= target else '**missed**'})"
+  return (
+      f"{text} (target <= {target}:"
+      f" {'met' if ratio <= target else '**missed**'})"
+  )
 
 
 def rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
@@ -219,11 +240,17 @@ def rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
   out = []
   for width in sorted({w for w, _ in by}):
     if (width, "reference") in by and (width, "sparse_permutation") in by:
-      same = (by[(width, "reference")]["digest"]
-              == by[(width, "sparse_permutation")]["digest"])
-      out.append(_row(f"MLP 3x{width}: reference vs sparse_permutation "
-                      "parameters",
-                      "same" if same else "DIFFERENT", "up to the sign of zero"))
+      same = (
+          by[(width, "reference")]["digest"]
+          == by[(width, "sparse_permutation")]["digest"]
+      )
+      out.append(
+          _row(
+              f"MLP 3x{width}: reference vs sparse_permutation parameters",
+              "same" if same else "DIFFERENT",
+              "up to the sign of zero",
+          )
+      )
     base = by.get((width, "haiku_default"))
     if base is None:
       continue
@@ -235,19 +262,41 @@ def rows(records: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
       name = f"MLP 3x{width} {init}"
       default = init == "sparse_permutation"
       if init == "floor":
-        out.append(_row(f"{name}: steady, ms", f"{1e3 * res['steady']:.3g}",
-                        _judged(res["steady"] / base["steady"], None)))
+        out.append(
+            _row(
+                f"{name}: steady, ms",
+                f"{1e3 * res['steady']:.3g}",
+                _judged(res["steady"] / base["steady"], None),
+            )
+        )
         continue
       first = res["first"]["wall"]
-      out.append(_row(f"{name}: first jit(net.init), wall s", f"{first:.3g}",
-                      _judged(first / base["first"]["wall"],
-                              targets[0] if default else None)))
+      out.append(
+          _row(
+              f"{name}: first jit(net.init), wall s",
+              f"{first:.3g}",
+              _judged(
+                  first / base["first"]["wall"], targets[0] if default else None
+              ),
+          )
+      )
       st = res["stages"]
-      out.append(_row(f"{name}: trace / lower / compile / run, s",
-                      " / ".join(f"{st[k]:.2f}" for k in (
-                          "trace", "lower", "compile", "run"))))
-      out.append(_row(f"{name}: steady jit(net.init), ms",
-                      f"{1e3 * res['steady']:.3g}",
-                      _judged(res["steady"] / base["steady"],
-                              targets[1] if default else None)))
+      out.append(
+          _row(
+              f"{name}: trace / lower / compile / run, s",
+              " / ".join(
+                  f"{st[k]:.2f}" for k in ("trace", "lower", "compile", "run")
+              ),
+          )
+      )
+      out.append(
+          _row(
+              f"{name}: steady jit(net.init), ms",
+              f"{1e3 * res['steady']:.3g}",
+              _judged(
+                  res["steady"] / base["steady"],
+                  targets[1] if default else None,
+              ),
+          )
+      )
   return out

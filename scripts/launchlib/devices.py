@@ -30,7 +30,8 @@ def start_jax(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """
   # Before the first backend use: the backend probe logs as it starts.
   py_logging.getLogger("jax._src.xla_bridge").addFilter(
-      exits.QuietBackendProbe())
+      exits.QuietBackendProbe()
+  )
   f = flag_values
   if f.num_cpu_devices is not None:
     # Must precede the first backend use; it overrides XLA_FLAGS' count.
@@ -41,14 +42,21 @@ def start_jax(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     # with jaxlib (and is jax 0.10's default; older versions had none).
     if jax.config.jax_cpu_collectives_implementation in (None, "none"):
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    logging.info("Starting JAX's multi-process runtime (coordinator %s, "
-                 "%s processes, process %s).", *multi)
-    jax.distributed.initialize(coordinator_address=multi[0],
-                               num_processes=multi[1], process_id=multi[2])
+    logging.info(
+        "Starting JAX's multi-process runtime (coordinator %s, "
+        "%s processes, process %s).",
+        *multi,
+    )
+    jax.distributed.initialize(
+        coordinator_address=multi[0],
+        num_processes=multi[1],
+        process_id=multi[2],
+    )
 
 
-def make_mesh(flag_values: flags.FlagValues = flags.FLAGS
-              ) -> tuple[jax.sharding.Mesh, jax.sharding.NamedSharding]:
+def make_mesh(
+    flag_values: flags.FlagValues = flags.FLAGS,
+) -> tuple[jax.sharding.Mesh, jax.sharding.NamedSharding]:
   """The `--mesh` (default: every device on rows) and the output sharding.
 
   Returns:
@@ -69,7 +77,8 @@ def make_mesh(flag_values: flags.FlagValues = flags.FLAGS
           f"--mesh defaults to all {len(devices)} devices on rows, which does "
           f"not divide the {rows} rows of --shape={f.shape}; pass "
           f"--mesh (e.g. --mesh=N with N dividing {rows}) or another "
-          f"--shape.")
+          "--shape."
+      )
   else:
     mesh_shape = options.parse_ints(f.mesh, "mesh", (1, 2))
   needed = math.prod(mesh_shape)
@@ -77,17 +86,23 @@ def make_mesh(flag_values: flags.FlagValues = flags.FLAGS
     raise options.FlagError(
         f"--mesh={f.mesh} needs {needed} devices but only {len(devices)} "
         f"exist ({devices[0].platform}; on the CPU, --num_cpu_devices sets "
-        f"their number).")
+        "their number)."
+    )
   if needed < len(devices) and jax.process_count() > 1:
     raise options.FlagError(
         f"--mesh={f.mesh} uses {needed} of the {len(devices)} devices; "
-        f"a multi-process run must use them all.")
-  names = ("rows", "cols")[:len(mesh_shape)]
-  mesh = jax.make_mesh(mesh_shape, names,
-                       axis_types=(jax.sharding.AxisType.Auto,) * len(names),
-                       devices=devices[:needed])
+        "a multi-process run must use them all."
+    )
+  names = ("rows", "cols")[: len(mesh_shape)]
+  mesh = jax.make_mesh(
+      mesh_shape,
+      names,
+      axis_types=(jax.sharding.AxisType.Auto,) * len(names),
+      devices=devices[:needed],
+  )
   # ELL arrays are split by rows only (the validators refuse a column split;
   # a "cols" axis of size 1 just replicates).
   split = names[:1] if f.format == "ell" else names
-  return mesh, jax.sharding.NamedSharding(mesh,
-                                          jax.sharding.PartitionSpec(*split))
+  return mesh, jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec(*split)
+  )

@@ -42,8 +42,7 @@ def exit_now(status: int) -> NoReturn:
   or abandoned save, which would hold the interpreter's exit and print
   tracebacks while it shuts down.
   """
-  for handler in py_logging.getLogger().handlers + [
-      logging.get_absl_handler()]:
+  for handler in py_logging.getLogger().handlers + [logging.get_absl_handler()]:
     try:
       handler.flush()
     except Exception:  # pylint: disable=broad-except
@@ -90,8 +89,10 @@ class QuietOrbax:
   """
 
   def filter(self, record: py_logging.LogRecord) -> bool:
-    return (f"{os.sep}orbax{os.sep}" not in record.pathname or
-            logging.get_verbosity() >= 1)
+    return (
+        f"{os.sep}orbax{os.sep}" not in record.pathname
+        or logging.get_verbosity() >= 1
+    )
 
 
 class QuietBackendProbe:
@@ -104,8 +105,7 @@ class QuietBackendProbe:
   """
 
   def filter(self, record: py_logging.LogRecord) -> bool:
-    return (record.levelno >= py_logging.WARNING or
-            logging.get_verbosity() >= 1)
+    return record.levelno >= py_logging.WARNING or logging.get_verbosity() >= 1
 
 
 # absl's flags that print usage and exit (`absl.app`'s help flags).
@@ -118,8 +118,11 @@ def asks_for_help(argv: Sequence[str]) -> bool:
     if arg == "--":
       break
     name, _, value = arg.lstrip("-").partition("=")
-    if (arg.startswith("-") and name in _HELP_FLAGS and
-        value.lower() not in ("false", "0")):
+    if (
+        arg.startswith("-")
+        and name in _HELP_FLAGS
+        and value.lower() not in ("false", "0")
+    ):
       return True
   return False
 
@@ -182,8 +185,12 @@ class Interrupts:
     writer.setblocking(False)
     signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
     self._sockets = (reader, writer)  # Kept open for the process's life.
-    threading.Thread(target=self._watch, args=(reader,), daemon=True,
-                     name="init-large-interrupts").start()
+    threading.Thread(
+        target=self._watch,
+        args=(reader,),
+        daemon=True,
+        name="init-large-interrupts",
+    ).start()
 
   def watch_output(self, output: str, stale: Sequence[str]) -> None:
     """Staging directories of `output` not in `stale` are this run's."""
@@ -209,8 +216,9 @@ class Interrupts:
   def _watch(self, reader: socket.socket) -> None:
     deadline = None
     while True:
-      reader.settimeout(None if deadline is None else
-                        max(0.0, deadline - time.monotonic()))
+      reader.settimeout(
+          None if deadline is None else max(0.0, deadline - time.monotonic())
+      )
       try:
         received = reader.recv(64)
       except socket.timeout:
@@ -237,6 +245,7 @@ class Interrupts:
     if self.output is None:
       return []
     import alberta  # pylint: disable=g-import-not-at-top
+
     return alberta.checkpoint.remove_staging(self.output, keep=self._stale)
 
   def exit(self, forced: str | None = None) -> None:
@@ -256,10 +265,14 @@ class Interrupts:
       # The signal came during the commit's renames: the save completed.
       outcome = f"the checkpoint at --output={self.output} is complete"
     elif self.phase == "saving":
-      outcome = (f"the save was abandoned and its staging removed; nothing "
-                 f"was written at --output={self.output}")
+      outcome = (
+          "the save was abandoned and its staging removed; nothing "
+          f"was written at --output={self.output}"
+      )
     else:
       outcome = f"nothing was written at --output={self.output}"
-    stderr(f"interrupted by {name} while {self.phase}"
-           f"{f' (exiting at once: {forced})' if forced else ''}; {outcome}.")
+    stderr(
+        f"interrupted by {name} while {self.phase}"
+        f"{f' (exiting at once: {forced})' if forced else ''}; {outcome}."
+    )
     exit_now(128 + signum)

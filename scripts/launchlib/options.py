@@ -33,7 +33,8 @@ def parse_ints(text: str, flag: str, counts: Sequence[int]) -> tuple[int, ...]:
     names = {1: "N", 2: "ROWS,COLS" if flag == "shape" else "A,B"}
     wanted = " or ".join(names[c] for c in counts)
     raise flags.ValidationError(
-        f"--{flag}={text!r} must be {wanted}, positive integers.")
+        f"--{flag}={text!r} must be {wanted}, positive integers."
+    )
   return values
 
 
@@ -65,9 +66,11 @@ def _check_mesh_divides_shape(values: dict[str, Any]) -> str | None:
   mesh = parse_ints(values["mesh"], "mesh", (1, 2))
   for dim, size, parts in zip(("rows", "columns"), shape, mesh):
     if size % parts:
-      return (f"--mesh={values['mesh']} splits the {size} {dim} of "
-              f"--shape={values['shape']} into {parts} parts, which does not "
-              f"divide them.")
+      return (
+          f"--mesh={values['mesh']} splits the {size} {dim} of "
+          f"--shape={values['shape']} into {parts} parts, which does not "
+          "divide them."
+      )
   return None
 
 
@@ -76,18 +79,22 @@ def _check_ell_mesh(values: dict[str, Any]) -> str | None:
     return None
   mesh = parse_ints(values["mesh"], "mesh", (1, 2))
   if len(mesh) == 2 and mesh[1] > 1:
-    return (f"--mesh={values['mesh']} splits the columns over {mesh[1]} "
-            f"devices, but --format=ell keeps each row's nonzeros whole on "
-            f"one device: split the rows only (e.g. --mesh={mesh[0]}).")
+    return (
+        f"--mesh={values['mesh']} splits the columns over {mesh[1]} "
+        "devices, but --format=ell keeps each row's nonzeros whole on "
+        f"one device: split the rows only (e.g. --mesh={mesh[0]})."
+    )
   return None
 
 
 def _check_ell_method(values: dict[str, Any]) -> str | None:
   if values["format"] == "ell" and values["method"] != "counter":
-    return (f"--method={values['method']} cannot make --format=ell: the "
-            f"permutation method's zeros come from sorting each whole row, so "
-            f"its nonzeros cannot be listed without building the dense row. "
-            f"Use --method=counter (the default) or --format=dense.")
+    return (
+        f"--method={values['method']} cannot make --format=ell: the "
+        "permutation method's zeros come from sorting each whole row, so "
+        "its nonzeros cannot be listed without building the dense row. "
+        "Use --method=counter (the default) or --format=dense."
+    )
   return None
 
 
@@ -98,6 +105,7 @@ def _check_output(values: dict[str, Any]) -> str | None:
     return "--output must not be empty."
   # Imported here: the other flags are checked without starting JAX.
   import alberta  # pylint: disable=g-import-not-at-top
+
   try:
     # Refuses an existing path without --overwrite, and a symbolic link, a
     # file or a non-checkpoint directory even with it.
@@ -133,6 +141,7 @@ def _raising(check: Callable[[Any], str | None]) -> Callable[[Any], bool]:
     if problem:
       raise flags.ValidationError(problem)
     return True
+
   return validate
 
 
@@ -147,100 +156,161 @@ _VALIDATORS = (
     (("format", "method"), _check_ell_method, "--method is invalid"),
     (("output", "overwrite"), _check_output, "--output is invalid"),
     ("report", _check_report, "--report is invalid"),
-    (("num_processes", "process_id"), _check_process_id,
-     "--process_id is invalid"),
+    (
+        ("num_processes", "process_id"),
+        _check_process_id,
+        "--process_id is invalid",
+    ),
 )
 
 
 def define(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Defines the launcher's flags on `flag_values` and registers the checks."""
   flags.DEFINE_string(
-      "shape", "8192,8192", "Matrix shape ROWS,COLS = (fan_out, fan_in).",
-      flag_values=flag_values)
+      "shape",
+      "8192,8192",
+      "Matrix shape ROWS,COLS = (fan_out, fan_in).",
+      flag_values=flag_values,
+  )
   flags.DEFINE_float(
-      "sparsity", 0.9, "Fraction of each row's entries set to zero.",
-      lower_bound=0.0, upper_bound=1.0,
-      flag_values=flag_values)
+      "sparsity",
+      0.9,
+      "Fraction of each row's entries set to zero.",
+      lower_bound=0.0,
+      upper_bound=1.0,
+      flag_values=flag_values,
+  )
   flags.DEFINE_enum(
-      "init_type", "uniform", ["uniform", "normal"],
+      "init_type",
+      "uniform",
+      ["uniform", "normal"],
       "LeCun uniform or LeCun normal values.",
-      flag_values=flag_values)
+      flag_values=flag_values,
+  )
   flags.DEFINE_enum(
-      "rounding", "nearest", ["nearest", "ceil"],
+      "rounding",
+      "nearest",
+      ["nearest", "ceil"],
       "Zero-count rule: nearest (the reference) or ceil (the paper).",
-      flag_values=flag_values)
+      flag_values=flag_values,
+  )
   flags.DEFINE_enum(
-      "dtype", "float32", ["float32", "bfloat16", "float16"],
+      "dtype",
+      "float32",
+      ["float32", "bfloat16", "float16"],
       "Element type; values are generated in float32 and cast.",
-      flag_values=flag_values)
+      flag_values=flag_values,
+  )
   flags.DEFINE_enum(
-      "method", "counter", ["counter", "permutation"],
+      "method",
+      "counter",
+      ["counter", "permutation"],
       "Mask method: counter (sort-free, fast) or permutation (the "
       "reference's). Note that alberta.sparse_init's own default is "
       "permutation: the log and the report spell out the exact call, method "
       "included, that reproduces the matrix.",
-      flag_values=flag_values)
+      flag_values=flag_values,
+  )
   flags.DEFINE_enum(
-      "format", "dense", ["dense", "ell"],
+      "format",
+      "dense",
+      ["dense", "ell"],
       "Output layout: dense (the whole matrix, zeros included) or ell (each "
       "row's fan_in - k nonzero values and their ascending column indices, "
       "two [ROWS, fan_in - k] arrays; the zeros are never built). ell needs "
       "--method=counter and a mesh that splits rows only.",
-      flag_values=flag_values)
+      flag_values=flag_values,
+  )
   flags.DEFINE_integer(
-      "seed", 0, "The key is jax.random.key(seed). Limited to [0, 2**32): with "
+      "seed",
+      0,
+      "The key is jax.random.key(seed). Limited to [0, 2**32): with "
       "64-bit mode off, JAX keeps only a seed's low 32 bits.",
-      lower_bound=0, upper_bound=2**32 - 1,
-      flag_values=flag_values)
+      lower_bound=0,
+      upper_bound=2**32 - 1,
+      flag_values=flag_values,
+  )
   flags.DEFINE_string(
-      "mesh", None, "Device mesh: N (rows split over N devices) or A,B (rows "
+      "mesh",
+      None,
+      "Device mesh: N (rows split over N devices) or A,B (rows "
       "over A, columns over B). Default: every device on rows.",
-      flag_values=flag_values)
+      flag_values=flag_values,
+  )
   flags.DEFINE_integer(
-      "chunk_rows", None, "Rows generated per step on each device, as in "
+      "chunk_rows",
+      None,
+      "Rows generated per step on each device, as in "
       "sharded_sparse_init; default: chosen from the tile's memory.",
       lower_bound=1,
-      flag_values=flag_values)
+      flag_values=flag_values,
+  )
   flags.DEFINE_integer(
-      "num_cpu_devices", None, "On the CPU platform, the number of virtual "
+      "num_cpu_devices",
+      None,
+      "On the CPU platform, the number of virtual "
       "devices (laptops and tests). Ignored by GPU and TPU backends.",
       lower_bound=1,
-      flag_values=flag_values)
+      flag_values=flag_values,
+  )
   flags.DEFINE_string(
-      "output", None, "Checkpoint directory to save to. Without it the matrix "
+      "output",
+      None,
+      "Checkpoint directory to save to. Without it the matrix "
       "is generated, verified and reported, not saved.",
-      flag_values=flag_values)
+      flag_values=flag_values,
+  )
   flags.DEFINE_bool(
-      "overwrite", False, "Replace an existing --output (only an alberta "
+      "overwrite",
+      False,
+      "Replace an existing --output (only an alberta "
       "checkpoint or an empty directory is ever replaced, never a symbolic "
       "link).",
-      flag_values=flag_values)
+      flag_values=flag_values,
+  )
   flags.DEFINE_string(
-      "report", None, "Write a machine-readable JSON report to this file.",
-      flag_values=flag_values)
+      "report",
+      None,
+      "Write a machine-readable JSON report to this file.",
+      flag_values=flag_values,
+  )
   flags.DEFINE_string(
-      "coordinator_address", None, "Multi-host: HOST:PORT of process 0, for "
-      "jax.distributed.initialize.",
-      flag_values=flag_values)
+      "coordinator_address",
+      None,
+      "Multi-host: HOST:PORT of process 0, for jax.distributed.initialize.",
+      flag_values=flag_values,
+  )
   flags.DEFINE_integer(
-      "num_processes", None, "Multi-host: number of processes.", lower_bound=1,
-      flag_values=flag_values)
+      "num_processes",
+      None,
+      "Multi-host: number of processes.",
+      lower_bound=1,
+      flag_values=flag_values,
+  )
   flags.DEFINE_integer(
-      "process_id", None, "Multi-host: this process's index.", lower_bound=0,
-      flag_values=flag_values)
+      "process_id",
+      None,
+      "Multi-host: this process's index.",
+      lower_bound=0,
+      flag_values=flag_values,
+  )
   flags.DEFINE_bool(
-      "distributed", False, "Call jax.distributed.initialize() even without "
+      "distributed",
+      False,
+      "Call jax.distributed.initialize() even without "
       "the three flags above, letting JAX detect a managed cluster (Cloud "
       "TPU, SLURM, Open MPI, GKE).",
-      flag_values=flag_values)
+      flag_values=flag_values,
+  )
   for names, check, message in _VALIDATORS:
     if isinstance(names, str):
-      flags.register_validator(names, _raising(check), message=message,
-                               flag_values=flag_values)
+      flags.register_validator(
+          names, _raising(check), message=message, flag_values=flag_values
+      )
     else:
       flags.register_multi_flags_validator(
-          list(names), _raising(check), message=message,
-          flag_values=flag_values)
+          list(names), _raising(check), message=message, flag_values=flag_values
+      )
 
 
 def shape(flag_values: flags.FlagValues = flags.FLAGS) -> tuple[int, int]:

@@ -36,8 +36,11 @@ def nbytes(arrays: dict[str, Any]) -> int:
 
 def tree_bytes(path: str) -> int:
   """Bytes of every file under `path`."""
-  return sum(os.path.getsize(os.path.join(root, f))
-             for root, _, files in os.walk(path) for f in files)
+  return sum(
+      os.path.getsize(os.path.join(root, f))
+      for root, _, files in os.walk(path)
+      for f in files
+  )
 
 
 def progress_line(expected_bytes: int, estimated: bool):
@@ -54,11 +57,17 @@ def progress_line(expected_bytes: int, estimated: bool):
     fraction = min(bytes_on_disk / max(expected_bytes, 1), 0.99)
     filled = int(width * fraction)
     rate = bytes_on_disk / max(seconds, 1e-9) / 2**20
-    logging.info("writing shards [%s%s] %3d%%  %s of %s%s  %.0f s  %.0f MiB/s",
-                 "#" * filled, "." * (width - filled), int(100 * fraction),
-                 size(bytes_on_disk), "~" if estimated else "<= ",
-                 size(expected_bytes) + ("" if estimated else " uncompressed"),
-                 seconds, rate)
+    logging.info(
+        "writing shards [%s%s] %3d%%  %s of %s%s  %.0f s  %.0f MiB/s",
+        "#" * filled,
+        "." * (width - filled),
+        int(100 * fraction),
+        size(bytes_on_disk),
+        "~" if estimated else "<= ",
+        size(expected_bytes) + ("" if estimated else " uncompressed"),
+        seconds,
+        rate,
+    )
 
   return progress
 
@@ -82,8 +91,13 @@ class SaveProgress:
     clock: the seconds clock the elapsed time is read from.
   """
 
-  def __init__(self, expected_bytes: int, estimated: bool, every_s: float,
-               clock: Callable[[], float] = time.monotonic):
+  def __init__(
+      self,
+      expected_bytes: int,
+      estimated: bool,
+      every_s: float,
+      clock: Callable[[], float] = time.monotonic,
+  ):
     if not every_s > 0:
       raise ValueError(f"every_s must be positive, got {every_s!r}.")
     self._line = progress_line(expected_bytes, estimated)
@@ -102,8 +116,9 @@ class SaveProgress:
   def __enter__(self) -> SaveProgress:
     self._start = self._clock()
     self._line(0, 0.0)
-    self._thread = threading.Thread(target=self._tick, daemon=True,
-                                    name="init-large-save-progress")
+    self._thread = threading.Thread(
+        target=self._tick, daemon=True, name="init-large-save-progress"
+    )
     self._thread.start()
     return self
 
@@ -114,7 +129,8 @@ class SaveProgress:
   def _tick(self) -> None:
     ticks = 1
     while not self._done.wait(
-        max(0.0, self._start + ticks * self._every_s - self._clock())):
+        max(0.0, self._start + ticks * self._every_s - self._clock())
+    ):
       self._line(self._bytes, self._clock() - self._start)
       ticks += 1
 
@@ -124,27 +140,39 @@ def peak_memory(compiled: jax.stages.Compiled) -> dict[str, Any]:
   stats = {str(d.id): d.memory_stats() for d in jax.local_devices()}
   host_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
   if all(s and "peak_bytes_in_use" in s for s in stats.values()):
-    return dict(source="device.memory_stats() peak_bytes_in_use",
-                per_device_peak_bytes={d: s["peak_bytes_in_use"]
-                                       for d, s in stats.items()},
-                host_peak_rss_bytes=host_peak)
+    return dict(
+        source="device.memory_stats() peak_bytes_in_use",
+        per_device_peak_bytes={
+            d: s["peak_bytes_in_use"] for d, s in stats.items()
+        },
+        host_peak_rss_bytes=host_peak,
+    )
   analysis = compiled.memory_analysis()
-  per_device = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-                + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+  per_device = (
+      analysis.argument_size_in_bytes
+      + analysis.output_size_in_bytes
+      + analysis.temp_size_in_bytes
+      - analysis.alias_size_in_bytes
+  )
   return dict(
-      source=("compiled.memory_analysis() of the generation program "
-              "(arguments + output + temporaries); this platform has no "
-              "device memory counters"),
+      source=(
+          "compiled.memory_analysis() of the generation program "
+          "(arguments + output + temporaries); this platform has no "
+          "device memory counters"
+      ),
       per_device_peak_bytes={d: per_device for d in stats},
-      host_peak_rss_bytes=host_peak)
+      host_peak_rss_bytes=host_peak,
+  )
 
 
 def log_memory(memory: dict[str, Any]) -> None:
   """Logs `peak_memory`'s figures in one line."""
-  logging.info("Peak memory per device (%s): %s; host peak RSS %.2f GiB.",
-               memory["source"], {d: size(b) for d, b in
-                                  memory["per_device_peak_bytes"].items()},
-               memory["host_peak_rss_bytes"] / 2**30)
+  logging.info(
+      "Peak memory per device (%s): %s; host peak RSS %.2f GiB.",
+      memory["source"],
+      {d: size(b) for d, b in memory["per_device_peak_bytes"].items()},
+      memory["host_peak_rss_bytes"] / 2**30,
+  )
 
 
 def write_report(path: str, report: dict[str, Any]) -> None:

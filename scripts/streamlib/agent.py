@@ -24,6 +24,7 @@ from scripts.streamlib import obgd
 
 class AgentConfig(NamedTuple):
   """Stream Q(lambda)'s hyperparameters (the paper's values are defaults)."""
+
   total_steps: int
   optimizer: obgd.ObGDConfig = obgd.ObGDConfig()
   eps_start: float = 1.0
@@ -33,6 +34,7 @@ class AgentConfig(NamedTuple):
 
 class AgentState(NamedTuple):
   """Everything one seed's run carries from step to step."""
+
   params: Any
   trace: Any
   obs_stats: normalizers.RunningStats
@@ -51,22 +53,37 @@ def epsilon(t: jax.Array, config: AgentConfig) -> jax.Array:
   return jnp.maximum(config.eps_start + slope * t, config.eps_end)
 
 
-def init(key: jax.Array, env, env_params, network: hk.Transformed
-         ) -> AgentState:
+def init(
+    key: jax.Array, env, env_params, network: hk.Transformed
+) -> AgentState:
   """Initial parameters, zero trace, fresh statistics and a reset environment."""
   key, init_key, reset_key = jax.random.split(key, 3)
   raw_obs, env_state = env.reset_env(reset_key, env_params)
   raw_obs = raw_obs.astype(jnp.float32)
   params = network.init(init_key, raw_obs)
   obs, obs_stats = normalizers.normalize_observation(
-      normalizers.init_stats(raw_obs.shape), raw_obs)
-  return AgentState(params, obgd.init_trace(params), obs_stats,
-                    normalizers.init_reward_scaler(), env_state, obs, key,
-                    jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32))
+      normalizers.init_stats(raw_obs.shape), raw_obs
+  )
+  return AgentState(
+      params,
+      obgd.init_trace(params),
+      obs_stats,
+      normalizers.init_reward_scaler(),
+      env_state,
+      obs,
+      key,
+      jnp.zeros((), jnp.int32),
+      jnp.zeros((), jnp.float32),
+  )
 
 
-def step(state: AgentState, env, env_params, network: hk.Transformed,
-         config: AgentConfig) -> tuple[AgentState, jax.Array]:
+def step(
+    state: AgentState,
+    env,
+    env_params,
+    network: hk.Transformed,
+    config: AgentConfig,
+) -> tuple[AgentState, jax.Array]:
   """One environment step and one learning update.
 
   Returns:
@@ -74,7 +91,8 @@ def step(state: AgentState, env, env_params, network: hk.Transformed,
     step, NaN otherwise.
   """
   key, explore_key, action_key, step_key, reset_key = jax.random.split(
-      state.key, 5)
+      state.key, 5
+  )
   t = state.t + 1
   num_actions = env.num_actions
   q_values = network.apply(state.params, state.obs)
@@ -85,35 +103,48 @@ def step(state: AgentState, env, env_params, network: hk.Transformed,
   nongreedy = explore & (random_action != greedy)
 
   raw_next, env_next, reward, terminated, _ = env.step_env(
-      step_key, state.env_state, action, env_params)
+      step_key, state.env_state, action, env_params
+  )
   done = jnp.logical_or(terminated, env.is_truncated(env_next, env_params))
   reward = reward.astype(jnp.float32)
   done_f = done.astype(jnp.float32)
   next_obs, obs_stats = normalizers.normalize_observation(
-      state.obs_stats, raw_next.astype(jnp.float32))
+      state.obs_stats, raw_next.astype(jnp.float32)
+  )
   scaled_reward, reward_scaler = normalizers.scale_reward(
-      state.reward_scaler, reward, done_f, config.optimizer.gamma)
+      state.reward_scaler, reward, done_f, config.optimizer.gamma
+  )
 
   q_sa, grad = jax.value_and_grad(
-      lambda p: network.apply(p, state.obs)[action])(state.params)
+      lambda p: network.apply(p, state.obs)[action]
+  )(state.params)
   q_next = jnp.max(network.apply(state.params, next_obs))
-  delta = scaled_reward + config.optimizer.gamma * (1.0 - done_f) * q_next - q_sa
-  params, trace, _ = obgd.update(state.params, state.trace, grad, delta,
-                                 done | nongreedy, config.optimizer)
+  delta = (
+      scaled_reward + config.optimizer.gamma * (1.0 - done_f) * q_next - q_sa
+  )
+  params, trace, _ = obgd.update(
+      state.params, state.trace, grad, delta, done | nongreedy, config.optimizer
+  )
 
   # At an episode's end: reset, and normalize (and count) the reset
   # observation as well.
   raw_reset, env_reset = env.reset_env(reset_key, env_params)
   reset_obs, reset_stats = normalizers.normalize_observation(
-      obs_stats, raw_reset.astype(jnp.float32))
+      obs_stats, raw_reset.astype(jnp.float32)
+  )
   pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(done, x, y), a, b)
   episode_return = state.episode_return + reward
   new_state = AgentState(
-      params=params, trace=trace,
-      obs_stats=pick(reset_stats, obs_stats), reward_scaler=reward_scaler,
-      env_state=pick(env_reset, env_next), obs=jnp.where(done, reset_obs,
-                                                         next_obs),
-      key=key, t=t, episode_return=jnp.where(done, 0.0, episode_return))
+      params=params,
+      trace=trace,
+      obs_stats=pick(reset_stats, obs_stats),
+      reward_scaler=reward_scaler,
+      env_state=pick(env_reset, env_next),
+      obs=jnp.where(done, reset_obs, next_obs),
+      key=key,
+      t=t,
+      episode_return=jnp.where(done, 0.0, episode_return),
+  )
   return new_state, jnp.where(done, episode_return, jnp.nan)
 
 
@@ -124,7 +155,8 @@ def random_policy_step(carry, env, env_params):
   action = jax.random.randint(action_key, (), 0, env.num_actions)
   # gymnax 1.0's step: (obs, state, reward, terminated, truncated, info).
   _, env_state, reward, terminated, truncated, _ = env.step(
-      step_key, env_state, action, env_params)
+      step_key, env_state, action, env_params
+  )
   done = jnp.logical_or(terminated, truncated)
   episode_return = episode_return + reward.astype(jnp.float32)
   ended = jnp.where(done, episode_return, jnp.nan)

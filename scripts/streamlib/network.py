@@ -24,11 +24,13 @@ def q_network(num_actions: int, sparsity: float) -> hk.Transformed:
 
   def forward(obs: jax.Array) -> jax.Array:
     w_init = alberta.SparseInit(sparsity, rounding="ceil")
-    layer_norm = lambda axis: hk.LayerNorm(axis=axis, create_scale=False,
-                                           create_offset=False)
+    layer_norm = lambda axis: hk.LayerNorm(
+        axis=axis, create_scale=False, create_offset=False
+    )
     x = obs.astype(jnp.float32)[None]
-    x = hk.Conv2D(CHANNELS, 3, padding="VALID", w_init=w_init,
-                  b_init=jnp.zeros)(x)
+    x = hk.Conv2D(
+        CHANNELS, 3, padding="VALID", w_init=w_init, b_init=jnp.zeros
+    )(x)
     x = jax.nn.leaky_relu(layer_norm((1, 2, 3))(x))
     x = hk.Flatten()(x)
     x = hk.Linear(HIDDEN, w_init=w_init, b_init=jnp.zeros)(x)

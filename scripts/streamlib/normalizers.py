@@ -18,14 +18,18 @@ EPSILON = 1e-8
 
 class RunningStats(NamedTuple):
   """Welford's running statistics of a stream of arrays of one shape."""
+
   mean: jax.Array
   p: jax.Array  # Sum of squared deviations from the running mean.
   count: jax.Array  # Samples seen (float32: exact up to 2**24).
 
 
 def init_stats(shape=()) -> RunningStats:
-  return RunningStats(jnp.zeros(shape, jnp.float32),
-                      jnp.zeros(shape, jnp.float32), jnp.zeros((), jnp.float32))
+  return RunningStats(
+      jnp.zeros(shape, jnp.float32),
+      jnp.zeros(shape, jnp.float32),
+      jnp.zeros((), jnp.float32),
+  )
 
 
 def update_stats(stats: RunningStats, x: jax.Array) -> RunningStats:
@@ -38,12 +42,16 @@ def update_stats(stats: RunningStats, x: jax.Array) -> RunningStats:
 
 def variance(stats: RunningStats) -> jax.Array:
   """The unbiased sample variance; 1 while fewer than two samples are seen."""
-  return jnp.where(stats.count < 2.0, jnp.ones_like(stats.p),
-                   stats.p / jnp.maximum(stats.count - 1.0, 1.0))
+  return jnp.where(
+      stats.count < 2.0,
+      jnp.ones_like(stats.p),
+      stats.p / jnp.maximum(stats.count - 1.0, 1.0),
+  )
 
 
-def normalize_observation(stats: RunningStats, obs: jax.Array
-                          ) -> tuple[jax.Array, RunningStats]:
+def normalize_observation(
+    stats: RunningStats, obs: jax.Array
+) -> tuple[jax.Array, RunningStats]:
   """Adds `obs` to the statistics, then standardizes it with them."""
   stats = update_stats(stats, obs)
   return (obs - stats.mean) / jnp.sqrt(variance(stats) + EPSILON), stats
@@ -51,6 +59,7 @@ def normalize_observation(stats: RunningStats, obs: jax.Array
 
 class RewardScaler(NamedTuple):
   """The discounted return trace and its running statistics."""
+
   stats: RunningStats
   trace: jax.Array
 
@@ -59,9 +68,12 @@ def init_reward_scaler() -> RewardScaler:
   return RewardScaler(init_stats(), jnp.zeros((), jnp.float32))
 
 
-def scale_reward(scaler: RewardScaler, reward: jax.Array, done: jax.Array,
-                 gamma: float) -> tuple[jax.Array, RewardScaler]:
+def scale_reward(
+    scaler: RewardScaler, reward: jax.Array, done: jax.Array, gamma: float
+) -> tuple[jax.Array, RewardScaler]:
   """Divides `reward` by the running standard deviation of the return trace."""
   trace = scaler.trace * gamma * (1.0 - done) + reward
   stats = update_stats(scaler.stats, trace)
-  return reward / jnp.sqrt(variance(stats) + EPSILON), RewardScaler(stats, trace)
+  return reward / jnp.sqrt(variance(stats) + EPSILON), RewardScaler(
+      stats, trace
+  )

@@ -24,6 +24,7 @@ Params = Any
 
 class ObGDConfig(NamedTuple):
   """ObGD's hyperparameters (the paper's values are the defaults)."""
+
   lr: float = 1.0
   gamma: float = 0.99
   lamda: float = 0.8
@@ -35,17 +36,23 @@ def init_trace(params: Params) -> Params:
   return jax.tree.map(jnp.zeros_like, params)
 
 
-def effective_step_size(trace: Params, delta: jax.Array,
-                        config: ObGDConfig) -> jax.Array:
+def effective_step_size(
+    trace: Params, delta: jax.Array, config: ObGDConfig
+) -> jax.Array:
   """ObGD's step size `alpha` for the (already decayed and accumulated) trace."""
   z_l1 = sum(jnp.sum(jnp.abs(z)) for z in jax.tree.leaves(trace))
   bound = config.kappa * config.lr * jnp.maximum(jnp.abs(delta), 1.0) * z_l1
   return jnp.where(bound > 1.0, config.lr / bound, config.lr)
 
 
-def update(params: Params, trace: Params, grad: Params, delta: jax.Array,
-           reset: jax.Array, config: ObGDConfig
-           ) -> tuple[Params, Params, jax.Array]:
+def update(
+    params: Params,
+    trace: Params,
+    grad: Params,
+    delta: jax.Array,
+    reset: jax.Array,
+    config: ObGDConfig,
+) -> tuple[Params, Params, jax.Array]:
   """One ObGD step.
 
   Args:

@@ -51,12 +51,15 @@ def sparse_init(key, shape, sparsity=0.9, init_type="uniform"):
   # LeCun-scale initialization
   scale = 1.0 / fan_in**0.5
   if init_type == "uniform":
-    weights = jr.uniform(init_key, shape, dtype=jnp.float32, minval=-scale,
-                         maxval=scale)
+    weights = jr.uniform(
+        init_key, shape, dtype=jnp.float32, minval=-scale, maxval=scale
+    )
   elif init_type == "normal":
     weights = jr.normal(init_key, shape, dtype=jnp.float32) * scale
   else:
-    raise ValueError(f"init_type must be 'uniform' or 'normal', got '{init_type}'")
+    raise ValueError(
+        f"init_type must be 'uniform' or 'normal', got '{init_type}'"
+    )
 
   # Create sparsity mask: for each output neuron, zero out num_zeros inputs
   # Use vmap over output neurons with independent random permutations

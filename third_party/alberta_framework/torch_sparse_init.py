@@ -26,6 +26,7 @@ def torch_sparse_init(tensor, sparsity, type="uniform"):  # pylint: disable=rede
     `tensor`.
   """
   import torch  # pylint: disable=g-import-not-at-top
+
   fan_out, fan_in = tensor.shape
   num_zeros = int(math.ceil(sparsity * fan_in))
   with torch.no_grad():

@@ -53,16 +53,18 @@ def check_dtype(name: str, dtype: Any) -> np.dtype:
   if why:
     raise TypeError(
         f"arrays[{name!r}] has dtype {dtype.str} ({dtype.name}): {why}; "
-        f"alberta.checkpoint cannot checksum it. Save boolean, integer or "
-        f"floating arrays of 1, 2, 4 or 8 bytes per element, in native byte "
-        f"order.")
+        "alberta.checkpoint cannot checksum it. Save boolean, integer or "
+        "floating arrays of 1, 2, 4 or 8 bytes per element, in native byte "
+        "order."
+    )
   if dtype.itemsize == 8 and not jax.config.jax_enable_x64:
     raise TypeError(
         f"arrays[{name!r}] has dtype {dtype.name}, but jax_enable_x64 is off, "
         f"so JAX would hold it as a 32-bit {dtype.kind}-type array: other "
-        f"numbers than those stored. Enable it (`jax.config.update("
-        f"'jax_enable_x64', True)` or JAX_ENABLE_X64=1), or convert the "
-        f"array to a 32-bit dtype first.")
+        "numbers than those stored. Enable it (`jax.config.update("
+        "'jax_enable_x64', True)` or JAX_ENABLE_X64=1), or convert the "
+        "array to a 32-bit dtype first."
+    )
   return dtype
 
 
@@ -136,7 +138,10 @@ def summaries(arrays: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     fields = {"checksum": "".join(f"{int(w):08x}" for w in found["checksum"])}
     if "row_zeros" in found:
       low, high, total = found["row_zeros"]
-      fields["row_zeros"] = {"min": int(low), "max": int(high),
-                             "total": bits.join_u64(*total)}
+      fields["row_zeros"] = {
+          "min": int(low),
+          "max": int(high),
+          "total": bits.join_u64(*total),
+      }
     out[name] = fields
   return out

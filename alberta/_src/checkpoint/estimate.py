@@ -23,7 +23,7 @@ def _first_rows(x: Any, sample_bytes: int) -> np.ndarray:
   if x.ndim == 0:
     return np.asarray(x).reshape(1)
   row_bytes = max(1, math.prod(x.shape[1:]) * x.dtype.itemsize)
-  return np.asarray(x[:max(1, min(x.shape[0], sample_bytes // row_bytes))])
+  return np.asarray(x[: max(1, min(x.shape[0], sample_bytes // row_bytes))])
 
 
 def _stored_fraction(sample: np.ndarray) -> float:
@@ -49,8 +49,11 @@ def _stored_fraction(sample: np.ndarray) -> float:
   return max(0, sizes[0] - sizes[1]) / (sample.nbytes - one.nbytes)
 
 
-def estimate_stored_bytes(arrays: Array | np.ndarray | Mapping[str, Any], *,
-                          sample_bytes: int = 4 << 20) -> int | None:
+def estimate_stored_bytes(
+    arrays: Array | np.ndarray | Mapping[str, Any],
+    *,
+    sample_bytes: int = 4 << 20,
+) -> int | None:
   """Estimates the bytes `save(path, arrays)` writes for the arrays' data.
 
   `save` stores arrays through orbax-checkpoint, compressed, so what a matrix
@@ -78,16 +81,22 @@ def estimate_stored_bytes(arrays: Array | np.ndarray | Mapping[str, Any], *,
     TypeError: an entry of `arrays` is not an array.
     ValueError: `sample_bytes` is not a positive integer.
   """
-  if (isinstance(sample_bytes, bool) or not isinstance(sample_bytes, int) or
-      sample_bytes <= 0):
-    raise ValueError(f"sample_bytes must be a positive integer, not "
-                     f"{sample_bytes!r}.")
+  if (
+      isinstance(sample_bytes, bool)
+      or not isinstance(sample_bytes, int)
+      or sample_bytes <= 0
+  ):
+    raise ValueError(
+        f"sample_bytes must be a positive integer, not {sample_bytes!r}."
+    )
   if not isinstance(arrays, Mapping):
     arrays = {"matrix": arrays}
   for name, a in arrays.items():
     if not isinstance(a, (jax.Array, np.ndarray)):
-      raise TypeError(f"arrays[{name!r}] must be a jax.Array or a NumPy "
-                      f"array, not {type(a).__name__}.")
+      raise TypeError(
+          f"arrays[{name!r}] must be a jax.Array or a NumPy "
+          f"array, not {type(a).__name__}."
+      )
   total = 0.0
   for a in arrays.values():
     if not a.size:
@@ -98,4 +107,3 @@ def estimate_stored_bytes(arrays: Array | np.ndarray | Mapping[str, Any], *,
       return None  # No orbax, or a dtype it does not store.
     total += fraction * a.size * a.dtype.itemsize
   return int(round(total))
-

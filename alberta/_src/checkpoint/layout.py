@@ -30,8 +30,9 @@ def orbax() -> Any:
   except ImportError as e:
     raise ImportError(
         "alberta.checkpoint needs orbax-checkpoint, which is not installed; "
-        "install it with `pip install \"alberta[checkpoint]\"` (or "
-        "`pip install orbax-checkpoint`).") from e
+        'install it with `pip install "alberta[checkpoint]"` (or '
+        "`pip install orbax-checkpoint`)."
+    ) from e
   return ocp
 
 
@@ -51,10 +52,11 @@ def checkpointer(ocp: Any, local: bool = False) -> Any:
   if local:
     me = jax.process_index()
     options["multiprocessing_options"] = ocp.options.MultiprocessingOptions(
-        primary_host=me, active_processes={me})
+        primary_host=me, active_processes={me}
+    )
   return ocp.StandardCheckpointer(
-      temporary_path_class=ocp.path.atomicity.CommitFileTemporaryPath,
-      **options)
+      temporary_path_class=ocp.path.atomicity.CommitFileTemporaryPath, **options
+  )
 
 
 # What orbax reads of a checkpoint (its data store: manifest.ocdbt and d/).
@@ -72,35 +74,43 @@ def orbax_mismatch(ocp: Any, path: str, specs: Mapping[str, Any]) -> None:
   try:
     with checkpointer(ocp, local=True) as reader:
       tree = reader.metadata(path).item_metadata.tree
-    stored = {name: (tuple(m.shape), jnp.dtype(m.dtype).name)
-              for name, m in dict(tree).items()}
+    stored = {
+        name: (tuple(m.shape), jnp.dtype(m.dtype).name)
+        for name, m in dict(tree).items()
+    }
   except Exception as e:  # pylint: disable=broad-exception-caught
     raise ValueError(
         f"{path}: orbax cannot read the checkpoint's array metadata (from "
         f"{ORBAX_FILES}) ({type(e).__name__}: {e}); the checkpoint is "
-        f"damaged.") from e
+        "damaged."
+    ) from e
   if set(stored) != set(specs):
     raise ValueError(
         f"{file}: field 'arrays' lists {sorted(specs)}, but the checkpoint "
-        f"stores {sorted(stored)}.")
+        f"stores {sorted(stored)}."
+    )
   for name, spec in specs.items():
     shape, dtype = stored[name]
     if tuple(spec["shape"]) != shape:
       raise ValueError(
           f"{file}: field 'arrays.{name}.shape' is {spec['shape']}, but the "
-          f"checkpoint stores shape {list(shape)}.")
+          f"checkpoint stores shape {list(shape)}."
+      )
     if spec["dtype"] != dtype:
       raise ValueError(
           f"{file}: field 'arrays.{name}.dtype' is {spec['dtype']!r}, but the "
-          f"checkpoint stores {dtype!r} (it is never cast).")
+          f"checkpoint stores {dtype!r} (it is never cast)."
+      )
 
 
 def not_a_checkpoint(path: str) -> str | None:
   """Why `path` is not a complete alberta checkpoint; None when it is."""
   try:
-    info = metadata.parse(metadata.read_bytes(path),
-                          os.path.join(path, metadata.METADATA_FILE),
-                          verify=False)
+    info = metadata.parse(
+        metadata.read_bytes(path),
+        os.path.join(path, metadata.METADATA_FILE),
+        verify=False,
+    )
     orbax_mismatch(orbax(), path, info["arrays"])
   except (OSError, ValueError, ImportError) as e:
     return str(e)
@@ -164,27 +174,29 @@ def check_output(path: str | os.PathLike[str], overwrite: bool = False) -> str:
   if os.path.islink(path):
     raise FileExistsError(
         f"{path} is a symbolic link (to {os.readlink(path)}); refusing to "
-        f"save there, with or without overwrite=True (--overwrite): a "
-        f"checkpoint never replaces a link nor writes through it. Pass the "
-        f"link's target itself, or remove the link.")
+        "save there, with or without overwrite=True (--overwrite): a "
+        "checkpoint never replaces a link nor writes through it. Pass the "
+        "link's target itself, or remove the link."
+    )
   if os.path.lexists(path):
     if not overwrite:
       raise FileExistsError(
           f"{path} already exists; pass overwrite=True (--overwrite) to "
-          f"replace it, or choose another path.")
+          "replace it, or choose another path."
+      )
     why = not_replaceable(path)
     if why:
       raise FileExistsError(
           f"{path} exists and is not an alberta checkpoint nor an empty "
           f"directory ({why}); refusing to replace it even with "
-          f"overwrite=True (--overwrite).")
+          "overwrite=True (--overwrite)."
+      )
   # The staging directory is created in the parent (or its nearest existing
   # ancestor, when missing parents are created), so that is what must be
   # writable. os.access alone is not enough (root, read-only mounts).
   anchor = _nearest_existing(os.path.dirname(path))
   if not os.path.isdir(anchor):
-    raise PermissionError(
-        f"cannot create {path}: {anchor} is not a directory.")
+    raise PermissionError(f"cannot create {path}: {anchor} is not a directory.")
   if not os.access(anchor, os.W_OK | os.X_OK):
     raise PermissionError(f"cannot create {path}: {anchor} is not writable.")
   # Beside `path`, the probe takes a name `stale_staging` lists, so that a
@@ -193,12 +205,14 @@ def check_output(path: str | os.PathLike[str], overwrite: bool = False) -> str:
   if anchor == os.path.dirname(path):
     probe = staging.retired_path(path)
   else:
-    probe = os.path.join(anchor,
-                         f".alberta-probe-{os.getpid()}-{time.time_ns()}")
+    probe = os.path.join(
+        anchor, f".alberta-probe-{os.getpid()}-{time.time_ns()}"
+    )
   try:
     os.mkdir(probe)
     os.rmdir(probe)
   except OSError as e:
     raise PermissionError(
-        f"cannot create {path}: {anchor} is not writable ({e.strerror}).") from e
+        f"cannot create {path}: {anchor} is not writable ({e.strerror})."
+    ) from e
   return path

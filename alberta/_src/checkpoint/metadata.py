@@ -29,8 +29,14 @@ METADATA_FILE = "alberta.json"
 FORMAT_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
 DIGEST_FIELD = "metadata_sha256"
-RESERVED = ("format_version", "arrays", "alberta_version", "jax_version",
-            "orbax_version", DIGEST_FIELD)
+RESERVED = (
+    "format_version",
+    "arrays",
+    "alberta_version",
+    "jax_version",
+    "orbax_version",
+    DIGEST_FIELD,
+)
 _CHECKSUM_RE = re.compile(r"[0-9a-f]{16}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
@@ -40,8 +46,9 @@ class ChecksumError(ValueError):
 
 
 def canonical(info: Mapping[str, Any]) -> str:
-  return json.dumps(info, sort_keys=True, separators=(",", ":"),
-                    ensure_ascii=True)
+  return json.dumps(
+      info, sort_keys=True, separators=(",", ":"), ensure_ascii=True
+  )
 
 
 def metadata_sha256(info: Mapping[str, Any]) -> str:
@@ -55,29 +62,40 @@ def check_user_metadata(metadata: Any) -> dict[str, Any]:
   if metadata is None:
     return {}
   if not isinstance(metadata, Mapping):
-    raise TypeError(f"metadata must be a mapping of strings to JSON values, "
-                    f"not {type(metadata).__name__}.")
+    raise TypeError(
+        "metadata must be a mapping of strings to JSON values, "
+        f"not {type(metadata).__name__}."
+    )
   for key in metadata:
     if not isinstance(key, str):
-      raise TypeError(f"metadata keys must be strings, got {key!r} of type "
-                      f"{type(key).__name__}.")
+      raise TypeError(
+          f"metadata keys must be strings, got {key!r} of type "
+          f"{type(key).__name__}."
+      )
     if key in RESERVED:
       raise ValueError(
           f"metadata key {key!r} is reserved: alberta.json uses "
-          f"{', '.join(RESERVED)} for its own fields; rename it.")
+          f"{', '.join(RESERVED)} for its own fields; rename it."
+      )
   try:
     canonical(metadata)
   except (TypeError, ValueError) as e:
-    raise TypeError(f"metadata must be JSON-serializable (numbers, "
-                    f"strings, lists, string-keyed objects): {e}") from e
+    raise TypeError(
+        "metadata must be JSON-serializable (numbers, "
+        f"strings, lists, string-keyed objects): {e}"
+    ) from e
   return dict(metadata)
 
 
-def build(user: Mapping[str, Any], arrays: Mapping[str, Any],
-          versions: Mapping[str, str]) -> dict[str, Any]:
+def build(
+    user: Mapping[str, Any],
+    arrays: Mapping[str, Any],
+    versions: Mapping[str, str],
+) -> dict[str, Any]:
   """The content of `alberta.json`, as it will read back, digest included."""
-  info = dict(user, format_version=FORMAT_VERSION, arrays=dict(arrays),
-              **versions)
+  info = dict(
+      user, format_version=FORMAT_VERSION, arrays=dict(arrays), **versions
+  )
   # Hashed as it reads back (JSON turns tuples into lists).
   info = json.loads(canonical(info))
   info[DIGEST_FIELD] = metadata_sha256(info)
@@ -103,7 +121,8 @@ def read_bytes(checkpoint: str) -> bytes:
   """
   if not os.path.isdir(checkpoint):
     raise FileNotFoundError(
-        f"no alberta checkpoint at {checkpoint}: no such directory.")
+        f"no alberta checkpoint at {checkpoint}: no such directory."
+    )
   file = os.path.join(checkpoint, METADATA_FILE)
   try:
     fd = os.open(file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -111,11 +130,14 @@ def read_bytes(checkpoint: str) -> bytes:
     raise ValueError(
         f"{checkpoint} is not a complete alberta checkpoint: it has no "
         f"{METADATA_FILE} (a save in progress or interrupted never leaves "
-        f"one).") from None
+        "one)."
+    ) from None
   except OSError as e:
     what = "a symbolic link" if os.path.islink(file) else e.strerror
-    raise ValueError(f"{file} cannot be read: {what}; a checkpoint's "
-                     f"{METADATA_FILE} is a regular file.") from e
+    raise ValueError(
+        f"{file} cannot be read: {what}; a checkpoint's "
+        f"{METADATA_FILE} is a regular file."
+    ) from e
   with os.fdopen(fd, "rb") as f:
     if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
       raise ValueError(f"{file} is not a regular file.")
@@ -151,29 +173,46 @@ def _check_array(name: str, spec: Any, version: int, bad) -> None:
   if not isinstance(spec, dict):
     raise bad(where, f"must be an object with shape and dtype, not {spec!r}.")
   shape = spec.get("shape")
-  if (not isinstance(shape, list) or
-      not all(_is_int(d) and d >= 0 for d in shape)):
-    raise bad(f"{where}.shape", f"must be a list of non-negative integers, "
-              f"not {shape!r}.")
+  if not isinstance(shape, list) or not all(
+      _is_int(d) and d >= 0 for d in shape
+  ):
+    raise bad(
+        f"{where}.shape",
+        f"must be a list of non-negative integers, not {shape!r}.",
+    )
   dtype = _dtype_name(spec.get("dtype"))
   if dtype is None:
-    raise bad(f"{where}.dtype", f"must name a boolean, integer or floating "
-              f"dtype (e.g. 'float32'), not {spec.get('dtype')!r}.")
+    raise bad(
+        f"{where}.dtype",
+        "must name a boolean, integer or floating "
+        f"dtype (e.g. 'float32'), not {spec.get('dtype')!r}.",
+    )
   if version < 2:
     return
   checksum = spec.get("checksum")
   if not isinstance(checksum, str) or not _CHECKSUM_RE.fullmatch(checksum):
-    raise bad(f"{where}.checksum", f"must be 16 lowercase hexadecimal "
-              f"digits, not {checksum!r}.")
-  if (len(shape) == 2 and jnp.issubdtype(dtype, jnp.floating) and
-      shape[0] * shape[1]):
+    raise bad(
+        f"{where}.checksum",
+        f"must be 16 lowercase hexadecimal digits, not {checksum!r}.",
+    )
+  if (
+      len(shape) == 2
+      and jnp.issubdtype(dtype, jnp.floating)
+      and shape[0] * shape[1]
+  ):
     zeros, (rows, cols) = spec.get("row_zeros"), shape
-    if (not isinstance(zeros, dict) or set(zeros) != {"min", "max", "total"}
-        or not all(_is_int(v) for v in zeros.values()) or
-        not 0 <= zeros["min"] <= zeros["max"] <= cols or
-        not rows * zeros["min"] <= zeros["total"] <= rows * zeros["max"]):
-      raise bad(f"{where}.row_zeros", f"must be {{min, max, total}} zero "
-                f"counts consistent with shape {shape}, not {zeros!r}.")
+    if (
+        not isinstance(zeros, dict)
+        or set(zeros) != {"min", "max", "total"}
+        or not all(_is_int(v) for v in zeros.values())
+        or not 0 <= zeros["min"] <= zeros["max"] <= cols
+        or not rows * zeros["min"] <= zeros["total"] <= rows * zeros["max"]
+    ):
+      raise bad(
+          f"{where}.row_zeros",
+          "must be {min, max, total} zero "
+          f"counts consistent with shape {shape}, not {zeros!r}.",
+      )
 
 
 def validate(info: Any, file: str, verify: bool) -> dict[str, Any]:
@@ -183,8 +222,14 @@ def validate(info: Any, file: str, verify: bool) -> dict[str, Any]:
     return ValueError(f"{file}: field {field!r} {problem}")
 
   if not isinstance(info, dict):
-    kind = {list: "array", str: "string", bool: "boolean", int: "number",
-            float: "number", type(None): "null"}.get(type(info), "value")
+    kind = {
+        list: "array",
+        str: "string",
+        bool: "boolean",
+        int: "number",
+        float: "number",
+        type(None): "null",
+    }.get(type(info), "value")
     raise ValueError(f"{file} must hold a JSON object; it holds a JSON {kind}.")
   if "format_version" not in info:
     raise bad("format_version", "is missing.")
@@ -194,18 +239,23 @@ def validate(info: Any, file: str, verify: bool) -> dict[str, Any]:
   if version not in _READABLE_VERSIONS:
     raise ValueError(
         f"{file} has checkpoint format_version {version!r}; this alberta reads "
-        f"format_version {FORMAT_VERSION} (and 1 with verify=False).")
+        f"format_version {FORMAT_VERSION} (and 1 with verify=False)."
+    )
   if version < 2 and verify:
     raise ValueError(
         f"{file} has checkpoint format_version {version}, written before "
-        f"alberta recorded checksums, so its contents cannot be verified; "
-        f"pass verify=False to read it unverified, or save it again.")
+        "alberta recorded checksums, so its contents cannot be verified; "
+        "pass verify=False to read it unverified, or save it again."
+    )
   if "arrays" not in info:
     raise bad("arrays", "is missing.")
   arrays = info["arrays"]
   if not isinstance(arrays, dict):
-    raise bad("arrays", f"must be an object of array names to specs, not "
-              f"{type(arrays).__name__}.")
+    raise bad(
+        "arrays",
+        "must be an object of array names to specs, not "
+        f"{type(arrays).__name__}.",
+    )
   if not arrays:
     raise bad("arrays", "is empty: a checkpoint holds at least one array.")
   for name, spec in arrays.items():
@@ -213,11 +263,14 @@ def validate(info: Any, file: str, verify: bool) -> dict[str, Any]:
   if version >= 2:
     digest = info.get(DIGEST_FIELD)
     if not isinstance(digest, str) or not _SHA256_RE.fullmatch(digest):
-      raise bad(DIGEST_FIELD, f"must be 64 lowercase hexadecimal digits, "
-                f"not {digest!r}.")
+      raise bad(
+          DIGEST_FIELD,
+          f"must be 64 lowercase hexadecimal digits, not {digest!r}.",
+      )
     if verify and digest != metadata_sha256(info):
       raise ChecksumError(
           f"{file} does not match its own {DIGEST_FIELD}: the file was "
-          f"edited or corrupted after it was saved, so its metadata cannot be "
-          f"trusted. (verify=False reads it regardless.)")
+          "edited or corrupted after it was saved, so its metadata cannot be "
+          "trusted. (verify=False reads it regardless.)"
+      )
   return info

@@ -75,16 +75,25 @@ def renameat2(src: str, dst: str, flags: int) -> None:
       libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
       fn = getattr(libc, "renameat2", False)
       if fn:
-        fn.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
-                       ctypes.c_char_p, ctypes.c_uint)
+        fn.argtypes = (
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_uint,
+        )
         fn.restype = ctypes.c_int
     except OSError:
       fn = False
     _renameat2_fn = fn
   if not _renameat2_fn:
     raise Unsupported("libc has no renameat2")
-  if _renameat2_fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst),
-                   flags) == 0:
+  if (
+      _renameat2_fn(
+          _AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), flags
+      )
+      == 0
+  ):
     return
   err = ctypes.get_errno()
   if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
@@ -111,8 +120,7 @@ def _move_noreplace_portable(src: str, dst: str) -> None:
     with contextlib.suppress(OSError):
       if os.path.samestat(os.lstat(dst), reserved):
         os.rmdir(dst)
-    if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR,
-                   errno.EISDIR):
+    if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
       raise FileExistsError(errno.EEXIST, "File exists", dst) from e
     raise
 
@@ -149,17 +157,19 @@ def _retire(path: str) -> str | None:
 def _refused(path: str, why: str) -> FileExistsError:
   return FileExistsError(
       f"{path} exists and may not be replaced ({why}): it appeared or changed "
-      f"while the checkpoint was being written, so it is not an alberta "
-      f"checkpoint nor an empty directory. It was left untouched; nothing was "
-      f"saved.")
+      "while the checkpoint was being written, so it is not an alberta "
+      "checkpoint nor an empty directory. It was left untouched; nothing was "
+      "saved."
+  )
 
 
 def _taken(path: str) -> FileExistsError:
   return FileExistsError(
       f"{path} appeared while the checkpoint was being written (another save "
-      f"to the same path, or another program); it was left untouched and "
-      f"nothing was saved. Pass overwrite=True (--overwrite) to replace a "
-      f"checkpoint, or choose another path.")
+      "to the same path, or another program); it was left untouched and "
+      "nothing was saved. Pass overwrite=True (--overwrite) to replace a "
+      "checkpoint, or choose another path."
+  )
 
 
 def publish(staging: str, path: str, overwrite: bool) -> None:
@@ -173,7 +183,8 @@ def publish(staging: str, path: str, overwrite: bool) -> None:
   if os.path.islink(path):
     raise FileExistsError(
         f"{path} became a symbolic link while the checkpoint was being "
-        f"written; it was left untouched and nothing was saved.")
+        "written; it was left untouched and nothing was saved."
+    )
   try:
     renameat2(staging, path, _RENAME_EXCHANGE)
   except Unsupported:
@@ -184,12 +195,14 @@ def publish(staging: str, path: str, overwrite: bool) -> None:
     publish(staging, path, overwrite=False)
     return
   # What was at `path` is now under the staging name; ours is at `path`.
-  _retire_or_put_back(staging, path,
-                      lambda: renameat2(staging, path, _RENAME_EXCHANGE))
+  _retire_or_put_back(
+      staging, path, lambda: renameat2(staging, path, _RENAME_EXCHANGE)
+  )
 
 
-def _retire_or_put_back(aside: str, path: str,
-                        put_back: Callable[[], None]) -> None:
+def _retire_or_put_back(
+    aside: str, path: str, put_back: Callable[[], None]
+) -> None:
   """Deletes what was moved from `path` to `aside`, or puts it back, raising."""
   why = _retire(aside)
   if why is None:
@@ -199,7 +212,8 @@ def _retire_or_put_back(aside: str, path: str,
   except OSError as e:
     raise OSError(
         f"{path} could not be replaced ({why}), and putting it back failed "
-        f"({e.strerror}); it is now at {aside}.") from e
+        f"({e.strerror}); it is now at {aside}."
+    ) from e
   raise _refused(path, why)
 
 
@@ -211,8 +225,9 @@ def _publish_portable_overwrite(staging: str, path: str) -> None:
   except FileNotFoundError:
     publish(staging, path, overwrite=False)
     return
-  _retire_or_put_back(aside, path,
-                      lambda: _move_noreplace_portable(aside, path))
+  _retire_or_put_back(
+      aside, path, lambda: _move_noreplace_portable(aside, path)
+  )
   try:
     _move_noreplace_portable(staging, path)
   except FileExistsError:
@@ -235,8 +250,9 @@ def sigint_deferred() -> Iterator[None]:
     return
   received = []
   try:
-    previous = signal.signal(signal.SIGINT,
-                             lambda signum, frame: received.append(frame))
+    previous = signal.signal(
+        signal.SIGINT, lambda signum, frame: received.append(frame)
+    )
   except ValueError:  # Not the main interpreter.
     yield
     return

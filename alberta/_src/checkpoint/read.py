@@ -27,8 +27,9 @@ class ReplacedError(ValueError):
   """The checkpoint was replaced (or removed) while it was being read."""
 
 
-def restore_metadata(path: str | os.PathLike[str], *,
-                     verify: bool = True) -> dict[str, Any]:
+def restore_metadata(
+    path: str | os.PathLike[str], *, verify: bool = True
+) -> dict[str, Any]:
   """The metadata (`alberta.json`) of the checkpoint at `path`, validated.
 
   This reads `alberta.json` alone, without comparing it with the arrays
@@ -49,8 +50,9 @@ def restore_metadata(path: str | os.PathLike[str], *,
     ChecksumError: (a ValueError) `alberta.json` does not match its digest.
   """
   path = os.path.abspath(os.fspath(path))
-  return metadata_lib.parse(metadata_lib.read_bytes(path),
-                            os.path.join(path, _FILE), verify)
+  return metadata_lib.parse(
+      metadata_lib.read_bytes(path), os.path.join(path, _FILE), verify
+  )
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -71,13 +73,15 @@ def _changed(path: str, identity: tuple[int, int] | None, raw: bytes) -> bool:
     return True
 
 
-def _read(ocp: Any, path: str, specs: dict[str, Any], sharding: Any,
-          verify: bool) -> dict[str, Any]:
+def _read(
+    ocp: Any, path: str, specs: dict[str, Any], sharding: Any, verify: bool
+) -> dict[str, Any]:
   """The arrays as orbax reads them, checked against `specs`."""
   layout.orbax_mismatch(ocp, path, specs)
   target = {
-      name: jax.ShapeDtypeStruct(tuple(spec["shape"]), jnp.dtype(spec["dtype"]),
-                                 sharding=sharding)
+      name: jax.ShapeDtypeStruct(
+          tuple(spec["shape"]), jnp.dtype(spec["dtype"]), sharding=sharding
+      )
       for name, spec in specs.items()
   }
   try:
@@ -87,7 +91,8 @@ def _read(ocp: Any, path: str, specs: dict[str, Any], sharding: Any,
     raise ValueError(
         f"{path}: orbax cannot read the checkpoint's arrays (from "
         f"{layout.ORBAX_FILES}) ({type(e).__name__}: {e}); the checkpoint is "
-        f"damaged.") from e
+        "damaged."
+    ) from e
   if not verify:
     return arrays
   found = digest.summaries(arrays)
@@ -97,12 +102,18 @@ def _read(ocp: Any, path: str, specs: dict[str, Any], sharding: Any,
         raise metadata_lib.ChecksumError(
             f"{path}: array {name!r} read back with {field} "
             f"{found[name].get(field)}, but {_FILE} records "
-            f"{spec.get(field)}: the checkpoint's data is corrupted.")
+            f"{spec.get(field)}: the checkpoint's data is corrupted."
+        )
   return arrays
 
 
-def restore(path: str | os.PathLike[str], sharding: Any = None, *,
-            verify: bool = True, return_metadata: bool = False) -> Any:
+def restore(
+    path: str | os.PathLike[str],
+    sharding: Any = None,
+    *,
+    verify: bool = True,
+    return_metadata: bool = False,
+) -> Any:
   """Reads a checkpoint saved by `save` (or `scripts/init_large.py`).
 
   Args:
@@ -147,8 +158,9 @@ def restore(path: str | os.PathLike[str], sharding: Any = None, *,
     if jnp.dtype(spec["dtype"]).itemsize == 8 and not jax.config.jax_enable_x64:
       raise ValueError(
           f"{os.path.join(path, _FILE)}: array {name!r} is {spec['dtype']}, "
-          f"which JAX holds only with jax_enable_x64 on (else as 32 bits: "
-          f"other numbers); enable it to restore this checkpoint.")
+          "which JAX holds only with jax_enable_x64 on (else as 32 bits: "
+          "other numbers); enable it to restore this checkpoint."
+      )
   ocp = layout.orbax()
   if sharding is None:
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -158,12 +170,14 @@ def restore(path: str | os.PathLike[str], sharding: Any = None, *,
     if _changed(path, identity, raw):
       raise ReplacedError(
           f"{path} was replaced or removed while it was being read (another "
-          f"save published a new checkpoint there); read it again. "
-          f"({type(e).__name__}: {e})") from e
+          "save published a new checkpoint there); read it again. "
+          f"({type(e).__name__}: {e})"
+      ) from e
     raise
   if not verify and _changed(path, identity, raw):
     raise ReplacedError(
         f"{path} was replaced or removed while it was being read (another "
-        f"save published a new checkpoint there); read it again.")
+        "save published a new checkpoint there); read it again."
+    )
   result = arrays["matrix"] if set(arrays) == {"matrix"} else arrays
   return (result, info) if return_metadata else result

@@ -28,6 +28,7 @@ def shared_token() -> str:
   words = np.frombuffer(os.urandom(8), np.uint32)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     words = np.asarray(multihost_utils.broadcast_one_to_all(words))
   return "".join(f"{int(w):08x}" for w in words)
 
@@ -41,7 +42,8 @@ def retired_path(path: str) -> str:
   """A fresh private name beside `path` for what is being deleted."""
   parent, name = os.path.split(path)
   return os.path.join(
-      parent, f".{name}{_RETIRED_INFIX}{os.getpid()}-{time.time_ns()}")
+      parent, f".{name}{_RETIRED_INFIX}{os.getpid()}-{time.time_ns()}"
+  )
 
 
 def remove(entry: str) -> None:
@@ -76,14 +78,20 @@ def stale_staging(path: str | os.PathLike[str]) -> list[str]:
   except OSError:
     return []
   return sorted(
-      os.path.join(parent, e) for e in entries
-      if e.startswith(f".{name}{_STAGING_INFIX}") or
-      e.startswith(f".{name}{_RETIRED_INFIX}"))
+      os.path.join(parent, e)
+      for e in entries
+      if e.startswith(f".{name}{_STAGING_INFIX}")
+      or e.startswith(f".{name}{_RETIRED_INFIX}")
+  )
 
 
-def remove_staging(path: str | os.PathLike[str], *,
-                   keep: Iterable[str | os.PathLike[str]] = (),
-                   quiet_s: float = 0.5, timeout_s: float = 5.0) -> list[str]:
+def remove_staging(
+    path: str | os.PathLike[str],
+    *,
+    keep: Iterable[str | os.PathLike[str]] = (),
+    quiet_s: float = 0.5,
+    timeout_s: float = 5.0,
+) -> list[str]:
   """Removes the staging entries beside `path` until no new one appears.
 
   For a process whose save to `path` failed or was abandoned while orbax's
@@ -112,8 +120,9 @@ def remove_staging(path: str | os.PathLike[str], *,
   """
   for name, value in (("quiet_s", quiet_s), ("timeout_s", timeout_s)):
     if not value >= 0:  # Also refuses NaN.
-      raise ValueError(f"{name} must be a non-negative number of seconds, "
-                       f"not {value!r}.")
+      raise ValueError(
+          f"{name} must be a non-negative number of seconds, not {value!r}."
+      )
   keep = frozenset(os.path.abspath(os.fspath(k)) for k in keep)
   removed = []
   start = quiet_since = time.monotonic()

@@ -44,9 +44,13 @@ def _disk_full(error: BaseException, directory: str) -> bool:
   return False
 
 
-def _write_arrays(ocp: Any, staging: str, arrays: Mapping[str, Any],
-                  progress: Callable[[int, float], None] | None,
-                  progress_every_s: float) -> None:
+def _write_arrays(
+    ocp: Any,
+    staging: str,
+    arrays: Mapping[str, Any],
+    progress: Callable[[int, float], None] | None,
+    progress_every_s: float,
+) -> None:
   """Writes the arrays with orbax into `staging`, reporting progress.
 
   With `progress`, orbax runs in a worker thread and `progress` in the
@@ -92,12 +96,14 @@ def _write_arrays(ocp: Any, staging: str, arrays: Mapping[str, Any],
 def _check_storable(name: str, dtype: Any) -> None:
   """Raises unless TensorStore, which writes orbax's arrays, has `dtype`."""
   import tensorstore as ts  # pylint: disable=g-import-not-at-top
+
   try:
     ts.dtype(dtype.name)
   except ValueError as e:
     raise TypeError(
         f"arrays[{name!r}] has dtype {dtype.name}, which TensorStore (what "
-        f"orbax writes arrays with) cannot store ({e}).") from e
+        f"orbax writes arrays with) cannot store ({e})."
+    ) from e
 
 
 def _check_arrays(arrays: Any) -> dict[str, Any]:
@@ -107,23 +113,28 @@ def _check_arrays(arrays: Any) -> dict[str, Any]:
     raise ValueError("arrays is empty: a checkpoint holds at least one array.")
   for name, a in arrays.items():
     if not isinstance(name, str) or not name or "/" in name:
-      raise TypeError(f"array names must be non-empty strings without '/', "
-                      f"got {name!r}.")
+      raise TypeError(
+          f"array names must be non-empty strings without '/', got {name!r}."
+      )
     if not hasattr(a, "dtype") or not hasattr(a, "shape"):
-      raise TypeError(f"arrays[{name!r}] must be a jax.Array or a NumPy "
-                      f"array, not {type(a).__name__}.")
+      raise TypeError(
+          f"arrays[{name!r}] must be a jax.Array or a NumPy "
+          f"array, not {type(a).__name__}."
+      )
     _check_storable(name, digest.check_dtype(name, a.dtype))
     if not a.size:
       raise ValueError(
           f"arrays[{name!r}] has shape {tuple(a.shape)}, no elements: orbax "
-          f"cannot store an array without elements; save the shape in "
-          f"metadata instead.")
+          "cannot store an array without elements; save the shape in "
+          "metadata instead."
+      )
   return dict(arrays)
 
 
 def _barrier(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
     multihost_utils.sync_global_devices(name)
 
 
@@ -132,8 +143,8 @@ def _broadcast(status: int) -> int:
   if jax.process_count() == 1:
     return status
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return int(np.asarray(multihost_utils.broadcast_one_to_all(
-      np.int32(status))))
+
+  return int(np.asarray(multihost_utils.broadcast_one_to_all(np.int32(status))))
 
 
 def save(
@@ -194,14 +205,24 @@ def save(
   arrays = _check_arrays(arrays)
   user = metadata_lib.check_user_metadata(metadata)
   from alberta import __version__  # pylint: disable=g-import-not-at-top
+
   summaries = digest.summaries(arrays)
   info = metadata_lib.build(
       user,
-      {name: {"shape": [int(d) for d in a.shape],
+      {
+          name: {
+              "shape": [int(d) for d in a.shape],
               "dtype": digest.check_dtype(name, a.dtype).name,
-              **summaries[name]} for name, a in arrays.items()},
-      dict(alberta_version=__version__, jax_version=jax.__version__,
-           orbax_version=getattr(ocp, "__version__", "unknown")))
+              **summaries[name],
+          }
+          for name, a in arrays.items()
+      },
+      dict(
+          alberta_version=__version__,
+          jax_version=jax.__version__,
+          orbax_version=getattr(ocp, "__version__", "unknown"),
+      ),
+  )
 
   lead = jax.process_index() == 0
   parent = os.path.dirname(path)
@@ -219,7 +240,8 @@ def save(
       raise OSError(
           errno.ENOSPC,
           f"cannot save the checkpoint at {path}: No space left on device "
-          f"(nothing was saved; the partial checkpoint was removed)") from error
+          "(nothing was saved; the partial checkpoint was removed)",
+      ) from error
     raise error
 
   try:
@@ -234,29 +256,39 @@ def save(
   if lead:
     try:
       ours = os.lstat(staging)
-      metadata_lib.write(os.path.join(staging, metadata_lib.METADATA_FILE),
-                         info)
+      metadata_lib.write(
+          os.path.join(staging, metadata_lib.METADATA_FILE), info
+      )
       with publish.sigint_deferred():
         publish.publish(staging, path, overwrite)
       publish.fsync_dir(parent)
     except BaseException as e:  # pylint: disable=broad-exception-caught
       error = e
-      status = (1 if isinstance(e, FileExistsError) else
-                2 if _disk_full(e, parent) else 3)
+      status = (
+          1
+          if isinstance(e, FileExistsError)
+          else 2
+          if _disk_full(e, parent)
+          else 3
+      )
   status = _broadcast(status)
   if error is not None:
     fail(error, ours)
   if status == 2:
-    raise OSError(errno.ENOSPC,
-                  f"cannot save the checkpoint at {path}: No space left on "
-                  f"device (on process 0; nothing was saved)")
+    raise OSError(
+        errno.ENOSPC,
+        f"cannot save the checkpoint at {path}: No space left on "
+        "device (on process 0; nothing was saved)",
+    )
   if status == 1:
     raise FileExistsError(
         f"{path}: process 0 could not commit the checkpoint: something "
-        f"appeared at the path while it was being written (see process 0's "
-        f"error); nothing was saved.")
+        "appeared at the path while it was being written (see process 0's "
+        "error); nothing was saved."
+    )
   if status:
     raise RuntimeError(
         f"{path}: process 0 failed to commit the checkpoint (see its error); "
-        f"nothing was saved.")
+        "nothing was saved."
+    )
   return path
