@@ -11,7 +11,6 @@ a device listed twice, naming it.
 from tests import env  # noqa: F401
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 from absl.testing import parameterized

@@ -23,6 +23,10 @@ orbax-checkpoint is an optional dependency (`pip install
 judged or restored.
 """
 
+# Every import below is a re-export: alberta/checkpoint.py takes the public
+# calls from here.
+# ruff: noqa: F401
+
 from alberta._src.checkpoint.estimate import estimate_stored_bytes
 from alberta._src.checkpoint.layout import check_output
 from alberta._src.checkpoint.layout import is_checkpoint
