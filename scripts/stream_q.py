@@ -263,7 +263,7 @@ def learning_curves(returns: np.ndarray, points: int) -> dict:
   curves = []
   for row in returns:
     curve = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
       window = row[lo:hi]
       window = window[~np.isnan(window)]
       curve.append(float(window.mean()) if window.size else None)

@@ -101,7 +101,7 @@ def plot(runs: dict, path: str) -> None:
   fig, axes = plt.subplots(
       1, len(envs), figsize=(5 * len(envs), 3.8), squeeze=False
   )
-  for ax, env in zip(axes[0], envs):
+  for ax, env in zip(axes[0], envs, strict=True):
     for i, s in enumerate(sorted(runs[env], reverse=True)):
       results = runs[env][s]
       curves = results["learning_curves"]

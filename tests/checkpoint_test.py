@@ -574,7 +574,7 @@ class CommitRaceTest(_CheckpointDirMixin, parameterized.TestCase):
         for i in range(2)
     ]
     outputs = test_utils.communicate_all(procs, timeout=600)
-    for proc, (stdout, stderr) in zip(procs, outputs):
+    for proc, (stdout, stderr) in zip(procs, outputs, strict=True):
       self.assertEqual(proc.returncode, 3, msg=f"{stdout}\n{stderr}")
       self.assertIn(f"REFUSED {self.path}", stdout)
     self.assertIn("process 0 could not commit", outputs[1][0])

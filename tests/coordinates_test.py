@@ -157,7 +157,7 @@ class LargeFanInShuffleTest(parameterized.TestCase):
         for w in _threefry(mask_key, rows[:, None], j[None, :])
     )
     u = [
-        [(int(a) << 32) | int(b) for a, b in zip(w1[r], w2[r])]
+        [(int(a) << 32) | int(b) for a, b in zip(w1[r], w2[r], strict=True)]
         for r in range(2)
     ]
     np.testing.assert_array_equal(ks, [[(v * n) >> 64 for v in r] for r in u])

@@ -185,7 +185,7 @@ def exact_round_bit_counts(n: int) -> tuple[int, ...]:
       out[pattern] = count
     return out
 
-  for lo, hi in zip(cuts[:-1], cuts[1:]):
+  for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
     first, last = counts(lo), counts(hi - 1)
     if hi - lo >= 3:
       mid = (lo + hi - 1) // 2
@@ -318,7 +318,7 @@ class ZeroCountTest(parameterized.TestCase):
         for sparsity, rounding in cases
     ]
     counts = zero_counts(jax.random.key(3), 2**31 - 1, n_rows, fan_in, ks)
-    for (sparsity, rounding), k, count in zip(cases, ks, counts):
+    for (sparsity, rounding), k, count in zip(cases, ks, counts, strict=True):
       np.testing.assert_array_equal(
           count, k, err_msg=f"{sparsity=} {rounding=}"
       )
@@ -404,10 +404,12 @@ class ExactZeroSetLawTest(parameterized.TestCase):
               tuple(w[:, None] for w in words),
               n,
           )
-          for n, words in zip(ns, inputs)
+          for n, words in zip(ns, inputs, strict=True)
       ]
 
-    for n, (k_value, a, b), got in zip(ns, inputs, permute_all(inputs)):
+    for n, (k_value, a, b), got in zip(
+        ns, inputs, permute_all(inputs), strict=True
+    ):
       got = np.asarray(got)
       want = np.stack([
           test_utils.counter_model_round(

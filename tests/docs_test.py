@@ -104,7 +104,7 @@ class SnippetTest(absltest.TestCase):
     # Two at a time: each is a process of its own, mostly JAX's startup.
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
       results = list(pool.map(lambda s: _run_snippet(s[1]), snippets))
-    for (name, code), result in zip(snippets, results):
+    for (name, code), result in zip(snippets, results, strict=True):
       with self.subTest(name):
         self.assertEqual(
             result.returncode,

@@ -860,7 +860,7 @@ class LauncherTest(test_utils.TempDirMixin, parameterized.TestCase):
         for i in range(2)
     ]
     outputs = test_utils.communicate_all(procs, timeout=_TIMEOUT_S)
-    for proc, (stdout, stderr) in zip(procs, outputs):
+    for proc, (stdout, stderr) in zip(procs, outputs, strict=True):
       self.assertEqual(
           proc.returncode, 0, msg=f"stdout:\n{stdout}\nstderr:\n{stderr}"
       )

@@ -87,7 +87,7 @@ def _check(test, before, after, sparsity, kernels):
   test.assertEqual(flat_before.paths, flat_after.paths)
   seen = set()
   for path, old, new in zip(
-      flat_before.paths, flat_before.leaves, flat_after.leaves
+      flat_before.paths, flat_before.leaves, flat_after.leaves, strict=True
   ):
     if path in kernels:
       layout = kernels[path]
@@ -449,13 +449,13 @@ class ErkTest(parameterized.TestCase):
     # The allocation holds the global sparsity to within one weight per layer.
     self.assertLessEqual(
         abs(
-            sum(round(s * n) for s, n in zip(shares, sizes))
+            sum(round(s * n) for s, n in zip(shares, sizes, strict=True))
             - sparsity * sum(sizes)
         ),
         len(sizes),
     )
     total_zeros = 0
-    for name, shape, share in zip(names, _CNN_SHAPES, shares):
+    for name, shape, share in zip(names, _CNN_SHAPES, shares, strict=True):
       kernel = out["params"][name]["kernel"]
       self.assertEqual(kernel.shape, shape)
       fan_in = math.prod(shape[:-1])

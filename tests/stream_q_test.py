@@ -140,12 +140,12 @@ class NormalizersTest(absltest.TestCase):
     dones = (rng.random(300) < 0.05).astype(np.float32)
     gamma = 0.99
     traces, u = [], 0.0
-    for r, d in zip(rewards, dones):
+    for r, d in zip(rewards, dones, strict=True):
       u = u * gamma * (1.0 - d) + r
       traces.append(u)
     scaler = normalizers.init_reward_scaler()
     scale = jax.jit(normalizers.scale_reward, static_argnums=3)
-    for r, d in zip(rewards, dones):
+    for r, d in zip(rewards, dones, strict=True):
       out, scaler = scale(scaler, jnp.float32(r), jnp.float32(d), gamma)
     traces = np.asarray(traces)
     np.testing.assert_allclose(scaler.trace, traces[-1], rtol=1e-5)

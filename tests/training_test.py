@@ -59,7 +59,7 @@ class KeepZerosTest(parameterized.TestCase):
     sparsities here leave none, so nearly everything else must move.
     """
     flat = jax.tree_util.tree_flatten_with_path(before)[0]
-    for (path, w0), w1 in zip(flat, jax.tree.leaves(after)):
+    for (path, w0), w1 in zip(flat, jax.tree.leaves(after), strict=True):
       name = jax.tree_util.keystr(path)
       w0, w1 = np.asarray(w0), np.asarray(w1)
       if any(name.endswith(k) for k in kernels):

@@ -297,7 +297,7 @@ def tile_layout(
   partition = partition + (None,) * (2 - len(partition))
   names = tuple(_axis_names(e) for e in partition)
   tile = []
-  for dim, size, axes in zip(("fan_out", "fan_in"), shape, names):
+  for dim, size, axes in zip(("fan_out", "fan_in"), shape, names, strict=True):
     parts = math.prod(sharding.mesh.shape[a] for a in axes)
     if size % parts:
       raise ValueError(

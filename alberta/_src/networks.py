@@ -267,7 +267,7 @@ def select(
   flat = flatten(tree)
   selected = []
   for index, (leaf, path, table) in enumerate(
-      zip(flat.leaves, flat.paths, flat.tables)
+      zip(flat.leaves, flat.paths, flat.tables, strict=True)
   ):
     if not _is_array_like(leaf):
       continue
@@ -341,7 +341,7 @@ def erk_sparsities(
     Each layer's sparsity, `1 - density`, in [0, 1].
   """
   sizes = [math.prod(s) for s in shapes]
-  raw = [sum(s) / n if n else 0.0 for s, n in zip(shapes, sizes)]
+  raw = [sum(s) / n if n else 0.0 for s, n in zip(shapes, sizes, strict=True)]
   target_zeros = sparsity * sum(sizes)
   dense: set[int] = set()
   eps = 0.0
@@ -496,7 +496,7 @@ def sparsify(
     shares = erk_sparsities([k.shape for k in allotted], sparsity)
   else:
     shares = [sparsity] * len(allotted)
-  share_of = dict(zip((k.index for k in allotted), shares))
+  share_of = dict(zip((k.index for k in allotted), shares, strict=True))
   leaves = list(flat.leaves)
   for kernel in selected:
     s = (

@@ -370,7 +370,7 @@ def mask_block(
   mask = jnp.concatenate(
       [
           followed(k1[a:b], k2[a:b], n, k)
-          for a, b in zip(bounds[:-1], bounds[1:])
+          for a, b in zip(bounds[:-1], bounds[1:], strict=True)
       ],
       axis=0,
   )

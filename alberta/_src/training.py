@@ -119,7 +119,7 @@ def keep_zeros(
       )
     out = [
         update if mask.shape == _NO_MASK else _masked(update, mask)
-        for update, mask in zip(flat.leaves, masks)
+        for update, mask in zip(flat.leaves, masks, strict=True)
     ]
     return flat.unflatten(out), state
 

@@ -64,7 +64,8 @@ def _check_mesh_divides_shape(values: dict[str, Any]) -> str | None:
     return None  # The default mesh is checked once the devices are known.
   shape = parse_ints(values["shape"], "shape", (2,))
   mesh = parse_ints(values["mesh"], "mesh", (1, 2))
-  for dim, size, parts in zip(("rows", "columns"), shape, mesh):
+  # A one-number mesh (--mesh=N) splits the rows only: zip stops there.
+  for dim, size, parts in zip(("rows", "columns"), shape, mesh, strict=False):
     if size % parts:
       return (
           f"--mesh={values['mesh']} splits the {size} {dim} of "
