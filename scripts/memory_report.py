@@ -18,7 +18,7 @@ peak / output = (temp + output) / output. The initializers:
 Prints the command that regenerates the table, the settings and the table as
 Markdown (for docs/MEMORY.md); `--markdown=FILE` writes the same text there.
 
-Example:
+For example:
 
   python scripts/memory_report.py --shape=16384,2048 --markdown=/tmp/memory.md
 """

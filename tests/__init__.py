@@ -1,0 +1,1 @@
+"""The tests of alberta, its scripts and its documentation (absltest)."""

@@ -108,8 +108,8 @@ class MulAddU64Test(parameterized.TestCase):
     ):
       hi, lo = bits.mul_add_u64(jnp.asarray(a), b, jnp.asarray(c))
       got = [
-          (int(h) << 32) | int(l)
-          for h, l in zip(np.asarray(hi), np.asarray(lo), strict=True)
+          (int(high) << 32) | int(low)
+          for high, low in zip(np.asarray(hi), np.asarray(lo), strict=True)
       ]
       want = [int(x) * b + int(y) for x, y in zip(a, c, strict=True)]
       self.assertEqual(got, want, msg=f"multiplier {b}")

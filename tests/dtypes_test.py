@@ -346,7 +346,7 @@ class RefusedDtypeTest(parameterized.TestCase):
   def test_sparse_init(self, dtype, shown):
     for method in ("permutation", "counter"):
       self.assert_refused(
-          lambda: alberta.sparse_init(
+          lambda method=method: alberta.sparse_init(
               self.key, (8, 16), 0.5, dtype=dtype, method=method
           ),
           shown,

@@ -177,6 +177,9 @@ def _child_chunk(task: dict[str, Any]) -> dict[str, Any]:
 
   shape, method = tuple(task["shape"]), task["method"]
   chunk, key = task["chunk_rows"], jax.random.key(0)
+  in_graph = jax.jit(
+      lambda k: alberta.sparse_init(k, shape, method=method, chunk_rows=chunk)
+  )
   runs = {
       "whole": lambda: alberta.sparse_init(
           key, shape, method=method, chunk_rows=shape[0]
@@ -184,11 +187,7 @@ def _child_chunk(task: dict[str, Any]) -> dict[str, Any]:
       "host_loop": lambda: alberta.sparse_init(
           key, shape, method=method, chunk_rows=chunk
       ),
-      "in_graph": lambda f=jax.jit(
-          lambda k: alberta.sparse_init(
-              k, shape, method=method, chunk_rows=chunk
-          )
-      ): f(key),
+      "in_graph": lambda: in_graph(key),
   }
   out = {name: _steady(run, task["repeats"]) for name, run in runs.items()}
   bits = [np.asarray(run()).view(np.uint32) for run in runs.values()]

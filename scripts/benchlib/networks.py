@@ -161,8 +161,10 @@ def measure(
     run: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
-  """`tasks`, each run `settings.processes` times, minimum kept; [] without
-  "sparsify" in `cases`."""
+  """`tasks`, each run `settings.processes` times, minimum kept.
+
+  Returns [] without "sparsify" in `cases`.
+  """
   if "sparsify" not in cases:
     return []
   return layer.measure_tasks(

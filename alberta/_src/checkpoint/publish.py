@@ -67,7 +67,7 @@ _renameat2_fn: Any = None
 
 
 def renameat2(src: str, dst: str, flags: int) -> None:
-  """renameat2(2); raises Unsupported where libc or the filesystem lack it."""
+  """Linux's renameat2 system call; Unsupported where libc or the FS lack it."""
   global _renameat2_fn
   if _renameat2_fn is None:
     fn = False
