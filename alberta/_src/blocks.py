@@ -202,8 +202,10 @@ def generate_host_loop(
   Args:
     key: the matrix's PRNG key, concrete (not traced).
     spec: the matrix.
-    row_start, col_start: the tile's first global row and column (ints).
-    n_rows, n_cols: the tile's shape.
+    row_start: the tile's first global row (an int).
+    n_rows: the tile's number of rows.
+    col_start: the tile's first global column (an int).
+    n_cols: the tile's number of columns.
     dtype: the output dtype.
     chunk_rows: rows per chunk; None: `host_loop_chunk_rows`.
 

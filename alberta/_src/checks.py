@@ -248,8 +248,11 @@ def warn_if_all_zero(
 
   Args:
     what: the array, e.g. "shape (4, 5)" or "kernel 'mlp/w' of shape (5, 4)".
-    fan_out, fan_in, k, sparsity, rounding: the matrix's shape, its zero
-      count per output unit and the arguments that gave it.
+    fan_out: the matrix's number of output units (rows).
+    fan_in: the matrix's number of inputs per output unit (columns).
+    k: the zero count per output unit.
+    sparsity: the sparsity that gave `k`.
+    rounding: the rounding rule that gave `k`.
   """
   if fan_out == 0 or fan_in == 0 or k != fan_in:
     return

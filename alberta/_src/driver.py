@@ -68,8 +68,14 @@ def prepare(
 
   Args:
     name: the public function, named in the errors raised here.
-    key, shape, sparsity, init_type, method, rounding, dtype, chunk_rows: its
-      arguments.
+    key: the call's `key`.
+    shape: the call's `shape`.
+    sparsity: the call's `sparsity`.
+    init_type: the call's `init_type`.
+    method: the call's `method`.
+    rounding: the call's `rounding`.
+    dtype: the call's `dtype`.
+    chunk_rows: the call's `chunk_rows`.
     two_d: whether `shape` must be `(fan_out, fan_in)`.
     check_spec: `(spec, name)`, raises if the layout cannot hold `spec`.
     what: the array as the warning names it; default "shape {shape}".

@@ -278,7 +278,12 @@ def sharded_sparse_init_ell(
   Args:
     key: a threefry PRNG key, the same on every process.
     shape: `(fan_out, fan_in)`.
-    sparsity, init_type, dtype, method, rounding: as in `sparse_init_ell`.
+    sparsity: fraction of each output unit's inputs that are zero, as in
+      `sparse_init_ell`.
+    init_type: "uniform" or "normal", as in `sparse_init_ell`.
+    dtype: floating dtype of the values, as in `sparse_init_ell`.
+    method: must be "counter", as in `sparse_init_ell`.
+    rounding: the zero-count rule, as in `sparse_init_ell`.
     sharding: a `NamedSharding` whose `PartitionSpec` splits at most axis 0
       (the rows), e.g. `PartitionSpec("x")` or `PartitionSpec(("x", "y"))`; a
       row's nonzeros are a whole ELL row, so the columns cannot be split.

@@ -126,7 +126,11 @@ def sparse_kernel(
     key: PRNG key.
     shape: kernel shape, rank >= 2.
     dtype: floating dtype of the result.
-    sparsity, init_type, method, rounding: as in `sparse_init`.
+    sparsity: fraction of each output unit's inputs set to zero, as in
+      `sparse_init`.
+    init_type: "uniform" or "normal", as in `sparse_init`.
+    method: "permutation" or "counter", as in `sparse_init`.
+    rounding: the zero-count rule, as in `sparse_init`.
     fan_in_axes: the axes holding an output unit's inputs; default all but the
       last (Haiku and Flax kernels, `(..., in, out)`).
     name: the kernel's name in its model (its path), for the warning.

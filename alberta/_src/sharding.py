@@ -51,7 +51,12 @@ def sharded_sparse_init(
   Args:
     key: a threefry PRNG key, the same on every process.
     shape: `(fan_out, fan_in)`.
-    sparsity, init_type, dtype, method, rounding: as in `sparse_init`.
+    sparsity: fraction of each output unit's inputs set to zero, as in
+      `sparse_init`.
+    init_type: "uniform" or "normal", as in `sparse_init`.
+    dtype: floating dtype of the result, as in `sparse_init`.
+    method: "permutation" or "counter", as in `sparse_init`.
+    rounding: the zero-count rule, as in `sparse_init`.
     sharding: a `NamedSharding` whose `PartitionSpec` has at most two entries.
     chunk_rows: rows generated per step on each device; None: automatic.
 
@@ -121,7 +126,12 @@ def pmap_sparse_init(
   Args:
     key: a threefry PRNG key.
     shape: `(fan_out, fan_in)`, `fan_out` divisible by the number of devices.
-    sparsity, init_type, dtype, method, rounding: as in `sparse_init`.
+    sparsity: fraction of each output unit's inputs set to zero, as in
+      `sparse_init`.
+    init_type: "uniform" or "normal", as in `sparse_init`.
+    dtype: floating dtype of the result, as in `sparse_init`.
+    method: "permutation" or "counter", as in `sparse_init`.
+    rounding: the zero-count rule, as in `sparse_init`.
     devices: the devices; default `jax.local_devices()`.
     chunk_rows: rows generated per step on each device; None: automatic.
 
