@@ -310,6 +310,7 @@ def _torch_unavailable() -> str | None:
 
 
 def main(argv: Sequence[str]) -> None:
+  """Runs the cases the flags select and reports them (or redraws a plot)."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _PLOT_FROM.value:

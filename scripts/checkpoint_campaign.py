@@ -74,6 +74,7 @@ _SHAPE = (64, 48)
 
 
 def matrix(seed: int) -> jax.Array:
+  """The matrix of `seed`: `sparse_init` of `_SHAPE` at sparsity 0.9."""
   return alberta.sparse_init(jax.random.key(seed), _SHAPE, 0.9)
 
 
@@ -85,13 +86,16 @@ class Tally:
     self.violations: list[str] = []
 
   def add(self, group: str, outcome: str) -> None:
+    """Counts one case of `group` with `outcome`."""
     self.counts[group][outcome] += 1
 
   def violate(self, group: str, what: str) -> None:
+    """Counts and records a violation of `group`, described by `what`."""
     self.add(group, "VIOLATION")
     self.violations.append(f"{group}: {what}")
 
   def total(self) -> int:
+    """The number of cases counted, over every group."""
     return sum(sum(c.values()) for c in self.counts.values())
 
 
@@ -394,6 +398,10 @@ def dtypes(tally: Tally, work: str) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
+  """Runs every group and reports; the exit status (1: a violation).
+
+  With `--child`, runs that child (saver, reader or claim) on `--target`.
+  """
   del argv
   logging.set_verbosity(logging.ERROR)  # Orbax logs every save at INFO.
   if _CHILD.value:

@@ -94,6 +94,7 @@ def restore_times(
 
 
 def main(argv: Sequence[str]) -> None:
+  """Prints the table of restore times, without and with verification."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   shapes = [harness.parse_shape(s) for s in _SHAPE.value]

@@ -62,6 +62,7 @@ flags.adopt_module_key_flags(options)  # --helpshort lists them.
 
 
 def main(argv: Sequence[str]) -> int:
+  """Runs the launcher; the exit status, a flag error or interrupt included."""
   interrupts = exits.Interrupts()
   interrupts.install()
   try:

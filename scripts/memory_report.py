@@ -169,6 +169,7 @@ def measure(
 
 
 def main(argv: Sequence[str]) -> None:
+  """Prints the memory table (and writes it to `--markdown`)."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   harness.use_cpu_devices(_NUM_CPU_DEVICES.value, cpu_only=True)

@@ -272,6 +272,7 @@ def learning_curves(returns: np.ndarray, points: int) -> dict:
 
 
 def summarize(returns: np.ndarray, seconds: float) -> dict:
+  """The run's summary: final returns (mean, stderr, per seed) and speed."""
   finals = final_returns(returns)
   valid = finals[~np.isnan(finals)]
   stderr = (
@@ -299,6 +300,7 @@ def _write_atomically(path: str, write) -> None:
 
 
 def plot(results: dict, path: str) -> None:
+  """Writes the run's learning curves, each seed and their mean, as a PNG."""
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use("Agg")
@@ -373,6 +375,7 @@ def run(args: dict, progress: bool = False) -> dict:
 
 
 def main(argv):
+  """Trains the agent as the flags say, prints the result, writes the files."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   _check_path("json", FLAGS.json)

@@ -24,12 +24,15 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  # Defined when run, not on import: the tests import this module beside
-  # stream_q.py, which has its own `--plot`.
+  """Defines `--plot`: when run, not on import.
+
+  The tests import this module beside stream_q.py, which has its own `--plot`.
+  """
   flags.DEFINE_string("plot", None, "Write the learning curves here (PNG).")
 
 
 def load(paths: list[str]) -> dict:
+  """The runs of the JSON files `paths`, by environment and sparsity."""
   runs = collections.defaultdict(dict)
   for path in paths:
     with open(path) as f:
@@ -56,6 +59,7 @@ def _label(sparsity: float) -> str:
 
 
 def table(runs: dict) -> str:
+  """The Markdown table of final returns: an environment a row."""
   sparsities = sorted({s for by in runs.values() for s in by}, reverse=True)
   head = (
       ["environment", "steps x seeds"]
@@ -92,6 +96,7 @@ def table(runs: dict) -> str:
 
 
 def plot(runs: dict, path: str) -> None:
+  """Writes the learning curves, one panel per environment, as a PNG."""
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use("Agg")
@@ -148,6 +153,7 @@ def plot(runs: dict, path: str) -> None:
 
 
 def main(argv):
+  """Prints the table of the JSON files in `argv` (and plots to `--plot`)."""
   paths = argv[1:]
   if not paths:
     raise app.UsageError("give stream_q.py JSON files as arguments")

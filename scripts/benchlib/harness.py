@@ -95,6 +95,7 @@ class RssProbe:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
   def start(self) -> None:
+    """Starts: collects garbage, notes the RSS, resets the peak if it can."""
     gc.collect()
     self.before = self._status("VmRSS") or 0
     if self.mode == "clear_refs":
@@ -102,6 +103,7 @@ class RssProbe:
     self.maxrss_before = self._maxrss()
 
   def stop(self) -> dict[str, Any]:
+    """Ends it: the mode, the RSS before, the peak and their difference."""
     if self.mode == "clear_refs":
       peak = self._status("VmHWM")
       delta = peak - self.before

@@ -43,6 +43,8 @@ _IMAGE = (1, 32, 32, 3)
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
+  """How the network cases are measured."""
+
   processes: int = 3  # Fresh processes per measurement; the minimum is kept.
   repeats: int = 5  # Steady-state calls (median).
 
@@ -266,6 +268,7 @@ def markdown(
 
 
 def main(argv: Sequence[str]) -> None:
+  """Runs the task of a `CHILD_FLAG` argument and prints its result as JSON."""
   for arg in argv[1:]:
     if arg.startswith(CHILD_FLAG):
       print(json.dumps(run_task(json.loads(arg[len(CHILD_FLAG) :]))))

@@ -37,6 +37,7 @@ class Column:
   md_left: bool = False
 
   def cell(self, record: dict[str, Any], markdown: bool) -> str:
+    """The column's cell for `record`, formatted for Markdown or for text."""
     value = self.value(record)
     if value is None:
       return "" if markdown else "-"

@@ -89,6 +89,7 @@ class QuietOrbax:
   """
 
   def filter(self, record: py_logging.LogRecord) -> bool:
+    """Whether to keep `record`: not orbax's, or --verbosity >= 1."""
     return (
         f"{os.sep}orbax{os.sep}" not in record.pathname
         or logging.get_verbosity() >= 1
@@ -105,6 +106,7 @@ class QuietBackendProbe:
   """
 
   def filter(self, record: py_logging.LogRecord) -> bool:
+    """Whether to keep `record`: a warning or worse, or --verbosity >= 1."""
     return record.levelno >= py_logging.WARNING or logging.get_verbosity() >= 1
 
 

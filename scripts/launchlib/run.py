@@ -84,10 +84,12 @@ class Plan:
 
   @property
   def ell(self) -> bool:
+    """Whether the matrix is written as ELL arrays (`--format=ell`)."""
     return self.format == "ell"
 
   @property
   def nnz(self) -> int:
+    """The nonzeros per row, `fan_in - zeros_per_row`."""
     return self.shape[1] - self.zeros_per_row
 
   @property
@@ -103,6 +105,7 @@ class Plan:
 
   @property
   def chunk_rows_used(self) -> int | None:
+    """`chunk_rows` capped at a tile's rows; None: automatic."""
     return (
         None if self.chunk_rows is None else min(self.chunk_rows, self.tile[0])
     )

@@ -25,6 +25,7 @@ class RunningStats(NamedTuple):
 
 
 def init_stats(shape=()) -> RunningStats:
+  """Statistics of no sample yet, for arrays of `shape`."""
   return RunningStats(
       jnp.zeros(shape, jnp.float32),
       jnp.zeros(shape, jnp.float32),
@@ -65,6 +66,7 @@ class RewardScaler(NamedTuple):
 
 
 def init_reward_scaler() -> RewardScaler:
+  """A scaler with a zero return trace and no sample yet."""
   return RewardScaler(init_stats(), jnp.zeros((), jnp.float32))
 
 
