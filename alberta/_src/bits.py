@@ -307,8 +307,9 @@ def cast_nonzero(values: Array, dtype) -> Array:
   only in float16, to `|w| <= 2**-25` (half its smallest subnormal, which
   rounds to even, i.e. to 0). bfloat16 has float32's exponent range, so only
   float32 subnormals could round to zero, and XLA already reads those as zero
-  (no generated weight is one: they are at least 2**-39 in magnitude). Since masked weights are +-0.0 before the cast, kept weights
-  stay nonzero and masked ones keep their sign. For a `dtype` that holds every
+  (no generated weight is one: they are at least 2**-39 in magnitude). Since
+  masked weights are +-0.0 before the cast, kept weights stay nonzero and
+  masked ones keep their sign. For a `dtype` that holds every
   value of `values.dtype` (float32 to float32 or float64) it is the plain cast.
 
   Args:

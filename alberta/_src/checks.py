@@ -170,7 +170,8 @@ def num_zeros(fan_in: int, sparsity: float, rounding: str = "nearest") -> int:
   Examples:
     >>> alberta.num_zeros(128, 0.9)
     115
-    >>> alberta.num_zeros(100, 0.55, "nearest"), alberta.num_zeros(100, 0.55, "ceil")
+    >>> (alberta.num_zeros(100, 0.55, "nearest"),
+    ...  alberta.num_zeros(100, 0.55, "ceil"))
     (55, 56)
   """
   if isinstance(fan_in, (bool, np.bool_)) or not isinstance(

@@ -202,7 +202,7 @@ def row_words(
 def _round(
     x: Array, k: Array, kn: Array | None, a: Array, b: Array, n: int
 ) -> Array:
-  """One swap-or-not round; `kn` is `k + n`, used (and valid) when `n <= 2**31`."""
+  """One swap-or-not round; `kn = k + n` is used (and valid) if `n <= 2**31`."""
   if n <= _HALF:
     t = kn - x  # K + n - x, in (0, 2n] <= 2**32
     partner = jnp.minimum(t, t - _U32(n))  # (K - x) mod n: t - n wraps if t < n
@@ -224,11 +224,11 @@ def permute(
 ) -> Array:
   """Applies the rows' permutations `pi_r` (or their inverses) to `x[r, :]`.
 
-  `x` holds values in `[0, n)`, `n <= 2**32 - 1`; `material` is `row_words(...).rounds`.
-  The rounds are unrolled into one elementwise pass (spread over the cores on
-  large tiles) or, with `rolled` (default: tiles of at most
-  `_ROLLED_ELEMENTS`), a `fori_loop` over rounds, which compiles faster. Both
-  give the same bits (integer arithmetic).
+  `x` holds values in `[0, n)`, `n <= 2**32 - 1`; `material` is
+  `row_words(...).rounds`. The rounds are unrolled into one elementwise pass
+  (spread over the cores on large tiles) or, with `rolled` (default: tiles of
+  at most `_ROLLED_ELEMENTS`), a `fori_loop` over rounds, which compiles
+  faster. Both give the same bits (integer arithmetic).
   """
   ks, as_, bs = material
   n_rounds = ks.shape[1]

@@ -142,7 +142,8 @@ def _out_bytes_per_row(spec: SparseSpec, n_cols: int, dtype: Any) -> int:
 
 
 def _temp_fraction(spec: SparseSpec) -> float:
-  # The per-row sort's buffer grows with the chunk, as in the permutation method.
+  # The per-row sort's buffer grows with the chunk, as in the permutation
+  # method.
   del spec
   return 1 / 8
 
@@ -208,7 +209,8 @@ def sparse_init_ell(
   sign on its zeros).
 
   Args:
-    key: a threefry PRNG key, `jax.random.key(...)` or `jax.random.PRNGKey(...)`.
+    key: a threefry PRNG key, `jax.random.key(...)` or
+      `jax.random.PRNGKey(...)`.
     shape: `(fan_out, fan_in)`, or `(fan_out, *rest)` with fan-in `prod(rest)`;
       the indices then address the flattened fan-in (row-major over `rest`).
     sparsity: fraction of each output unit's inputs that are zero, in [0, 1].

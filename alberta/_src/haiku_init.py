@@ -34,7 +34,8 @@ class SparseInit(hk.initializers.Initializer):
     >>> import haiku as hk
     >>> def forward(x):
     ...   return hk.nets.MLP([256, 256, 4], w_init=alberta.SparseInit(0.9))(x)
-    >>> params = hk.transform(forward).init(jax.random.key(0), jnp.ones([1, 64]))
+    >>> params = hk.transform(forward).init(
+    ...     jax.random.key(0), jnp.ones([1, 64]))
     >>> w = params["mlp/~/linear_0"]["w"]   # (in, out): 64 inputs, 256 units
     >>> np.unique((w == 0).sum(axis=0)).tolist()
     [58]

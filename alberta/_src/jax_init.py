@@ -13,7 +13,7 @@ from alberta._src import layouts
 
 
 class _Sparse:
-  """A sparse initializer `init(key, shape, dtype=jnp.float32)`; see `sparse`."""
+  """A sparse initializer, `init(key, shape, dtype=jnp.float32)`; `sparse`'s."""
 
   def __init__(
       self,

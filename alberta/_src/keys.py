@@ -24,7 +24,7 @@ _U32 = jnp.uint32
 
 
 def check_key(key: Any) -> None:
-  """Raises unless `key` is a threefry2x32 JAX PRNG key (typed or raw uint32[2])."""
+  """Raises unless `key` is a threefry2x32 PRNG key (typed or raw uint32[2])."""
   dtype = getattr(key, "dtype", None)
   shape = getattr(key, "shape", None)
   if dtype is None or shape is None:

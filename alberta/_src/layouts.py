@@ -1,4 +1,4 @@
-"""Kernel layouts: sparse init for `(..., in, out)` Haiku/Flax kernels and others.
+"""Kernel layouts: sparse init of `(..., in, out)` Haiku/Flax kernels and more.
 
 The core works on the reference's `(fan_out, fan_in)` matrix. A kernel has
 output axes and fan-in axes; its sparse init is the core matrix of shape
@@ -27,7 +27,7 @@ Array = jax.Array
 
 
 def check_fan_in_axes(fan_in_axes: Any) -> tuple[int, ...] | None:
-  """Validates `fan_in_axes` (None, or a non-empty sequence of distinct ints)."""
+  """Validates `fan_in_axes`: None, or a non-empty sequence of distinct ints."""
   if fan_in_axes is None:
     return None
   if isinstance(fan_in_axes, (str, bytes)) or not isinstance(

@@ -123,7 +123,8 @@ def sparse_mask(
     [13]
 
   Args:
-    key: a threefry PRNG key, `jax.random.key(...)` or `jax.random.PRNGKey(...)`.
+    key: a threefry PRNG key, `jax.random.key(...)` or
+      `jax.random.PRNGKey(...)`.
     shape: `(fan_out, fan_in)`, or `(fan_out, *rest)` with fan-in `prod(rest)`
       as in `sparse_init`; with `sharding`, `(fan_out, fan_in)`.
     sparsity: fraction of each output unit's inputs that are zero, in [0, 1].

@@ -468,7 +468,8 @@ def sparsify(
     True
 
   Args:
-    key: a threefry PRNG key, `jax.random.key(...)` or `jax.random.PRNGKey(...)`.
+    key: a threefry PRNG key, `jax.random.key(...)` or
+      `jax.random.PRNGKey(...)`.
     params: a pytree of parameters (a Haiku or Flax params dict, an NNX
       `State`, an Equinox module, ...). Leaves that are not arrays pass
       through.

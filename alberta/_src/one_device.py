@@ -39,7 +39,8 @@ def sparse_init(
   reference under `jit`, 1 ulp against it run op by op).
 
   Args:
-    key: a threefry PRNG key, `jax.random.key(...)` or `jax.random.PRNGKey(...)`.
+    key: a threefry PRNG key, `jax.random.key(...)` or
+      `jax.random.PRNGKey(...)`.
     shape: `(fan_out, fan_in)`, or `(fan_out, *rest)` with fan-in
       `prod(rest)` (e.g. PyTorch's conv layout `(out, in, kh, kw)`); the result
       is the 2-D matrix reshaped.

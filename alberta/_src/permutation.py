@@ -1,6 +1,6 @@
-"""The reference's mask, `jax.random.permutation(row_key, fan_in) >= k`, without it.
+"""The reference's mask `permutation(row_key, fan_in) >= k`, without permuting.
 
-Reproduces `alberta_framework`'s `sparse_init` tile by tile. The reference draws
+Reproduces `alberta_framework`'s `sparse_init` tile by tile, which draws
 
     init_key, mask_key = split(key)
     weights = uniform(init_key, (fan_out, fan_in)) or normal(...)
@@ -30,18 +30,19 @@ the two sets is smaller, `m = min(k, n - k)` elements per row.
 For a followed element `p` with bits `b`, `rank(p) = L + E`, where
 `L = #{j : b_j < b}` is a binary search for `b` in the row's sorted bits (a
 plain one-operand sort, which XLA runs several times faster than the
-reference's key-value sort) and `E = #{j < p : b_j = b}` counts its ties. `E = 0` unless
-`b` occurs twice in the row, which the search sees (the next sorted bits equal
-`b`); such elements (about `m n / 2**32` a row) are corrected exactly by a
-loop that counts their ties over the whole row, a few rows per iteration, until
-none is left. So the mask equals the reference's bit for bit, ties included, and
-costs one sort of `n` unsigned ints, `m log n` gathers and a scatter per row
-and round, instead of a key-value sort. The blocks of very large matrices are
-split into a few independent row groups, which XLA:CPU runs on separate cores.
+reference's key-value sort) and `E = #{j < p : b_j = b}` counts its ties.
+`E = 0` unless `b` occurs twice in the row, which the search sees (the next
+sorted bits equal `b`); such elements (about `m n / 2**32` a row) are corrected
+exactly by a loop that counts their ties over the whole row, a few rows per
+iteration, until none is left. So the mask equals the reference's bit for bit,
+ties included, and costs one sort of `n` unsigned ints, `m log n` gathers and a
+scatter per row and round, instead of a key-value sort. The blocks of very
+large matrices are split into a few independent row groups, which XLA:CPU runs
+on separate cores.
 
 Short rows (`m n` per round up to `_COMPARE_MAX`, every Haiku-sized layer)
-take a second path, `shuffle.compared_mask`, that evaluates the same `rank(p)` by
-comparing `b` with the whole row, `m n` compares fused with their sum, and
+take a second path, `shuffle.compared_mask`, that evaluates the same `rank(p)`
+by comparing `b` with the whole row, `m n` compares fused with their sum, and
 marks the mask's columns by comparing them with the ranks: no sort, search,
 loop or scatter, so it compiles 4-5x faster (0.5 s against 2 s for a
 256 x 256 layer on the CPU) and, at these sizes, also runs faster.
@@ -206,20 +207,20 @@ def _searched_mask(
     k: int,
     sort_bits: Callable[[Array, Array, Array], Array] = shuffle.hash32,
 ) -> Array:
-  """`shuffle.followed_mask` with no sort of the row: the row placed among the followed.
+  """`shuffle.followed_mask` without sorting the row: placed among the followed.
 
-  Same arguments and result. Each round places each of the row's `n` elements among the `m` followed elements'
-  sorted bits (`_places`: `ins_j` of them have smaller bits than element
-  `j`), counts the elements at each place (a scatter-add into `m + 1` bins)
-  and takes the prefix sum: the `s`-th followed element in that order has
-  `#{j : ins_j <= s} - 1` elements before it, which is its stable-sort rank
-  when no bits tie with it. The rows where some do (`_places`' flag, about
-  `m n / 2**32` a row and round) are then ranked exactly by comparisons
-  (`_exact_ranks`, `m n` of them), one row per pass of a loop that runs as
-  many times as there are such rows, so the mask equals the reference's bit
-  for bit, ties included. It costs a
-  sort of `m` bits, `n log2(m + 1)` gathers from an `[R, m]` table and a
-  scatter-add of `n` per row and round, against the sort path's sort of `n`,
+  Same arguments and result. Each round places each of the row's `n` elements
+  among the `m` followed elements' sorted bits (`_places`: `ins_j` of them
+  have smaller bits than element `j`), counts the elements at each place (a
+  scatter-add into `m + 1` bins) and takes the prefix sum: the `s`-th followed
+  element in that order has `#{j : ins_j <= s} - 1` elements before it, which
+  is its stable-sort rank when no bits tie with it. The rows where some do
+  (`_places`' flag, about `m n / 2**32` a row and round) are then ranked
+  exactly by comparisons (`_exact_ranks`, `m n` of them), one row per pass of
+  a loop that runs as many times as there are such rows, so the mask equals
+  the reference's bit for bit, ties included. It costs a sort of `m` bits,
+  `n log2(m + 1)` gathers from an `[R, m]` table and a scatter-add of `n` per
+  row and round, against the sort path's sort of `n`,
   and compiles to a few small loops. The fast pass gives the ranks in
   ascending order, the exact one in the followed elements' order: only their
   set matters to the next round and to the mask, which marks the last
@@ -288,7 +289,7 @@ def _searched_mask(
 
 
 def uses_compare(n: int, k: int) -> bool:
-  """Whether `mask_block` takes `shuffle.compared_mask` for rows of `n`, `k` zeros.
+  """Whether `mask_block` takes `shuffle.compared_mask` for `n`, `k` zeros.
 
   When its `m n` comparisons per row and round, `m = min(k, n - k)`, are at
   most `_COMPARE_MAX` (static). Measured on the CPU (2 cores, per row): a
@@ -351,9 +352,9 @@ def mask_block(
 ) -> Array:
   """Boolean keep-mask of `rows` x columns `[col_start, col_start + n_cols)`.
 
-  `path`: "compare" (`shuffle.compared_mask`), "search" (`_searched_mask`) or "sort"
-  (`shuffle.followed_mask`); default `default_path`'s choice. All give the same mask,
-  bit for bit.
+  `path`: "compare" (`shuffle.compared_mask`), "search" (`_searched_mask`) or
+  "sort" (`shuffle.followed_mask`); default `default_path`'s choice. All give
+  the same mask, bit for bit.
   """
   n, k = spec.fan_in, spec.k
   n_rows = rows.shape[0]
@@ -382,10 +383,11 @@ def mask_block(
 def value_bits(
     init_key: tuple[Array, Array], spec: SparseSpec, rows: Array, cols: Array
 ) -> Array:
-  """The reference's 32 weight bits of elements `rows[:, None]` x `cols[None, :]`.
+  """The reference's 32 weight bits of elements `rows[:, None] x cols[None, :]`.
 
-  `jax.random.bits`' Threefry counters for a `(fan_out, fan_in)` array (`row * fan_in +
-  col`), hashed by the unrolled `shuffle.threefry` (one fused pass on the CPU).
+  `jax.random.bits`' Threefry counters for a `(fan_out, fan_in)` array
+  (`row * fan_in + col`), hashed by the unrolled `shuffle.threefry` (one fused
+  pass on the CPU).
   """
   hi, lo = bits.mul_add_u64(
       rows.reshape(-1, 1), spec.fan_in, cols.reshape(1, -1)

@@ -67,7 +67,8 @@ def sharded_sparse_init(
     >>> from jax.sharding import NamedSharding, PartitionSpec as P
     >>> mesh = jax.make_mesh((len(jax.devices()),), ("rows",))
     >>> w = alberta.sharded_sparse_init(
-    ...     jax.random.key(0), (64, 32), sharding=NamedSharding(mesh, P("rows")))
+    ...     jax.random.key(0), (64, 32),
+    ...     sharding=NamedSharding(mesh, P("rows")))
     >>> bool((w == alberta.sparse_init(jax.random.key(0), (64, 32))).all())
     True
   """

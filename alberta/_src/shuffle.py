@@ -51,8 +51,9 @@ def row_keys(mask_key: tuple[Array, Array], rows: Array) -> tuple[Array, Array]:
 def hash32(k1: Array, k2: Array, counters: Array) -> Array:
   """`jax.random.bits(key_r, 32, ...)` at `counters[r, :]`, key `r` per row.
 
-  `k1`, `k2`: `[R]` key words; `counters`: `[R, c]` uint32 Threefry counters (all below 2**32).
-  Partitionable threefry: the XOR of the two output words of Threefry counter `i`.
+  `k1`, `k2`: `[R]` key words; `counters`: `[R, c]` uint32 Threefry counters
+  (all below 2**32). Partitionable threefry: the XOR of the two output words of
+  Threefry counter `i`.
   """
   b1, b2 = threefry(
       k1.reshape(-1, 1), k2.reshape(-1, 1), np.uint32(0), counters
@@ -123,8 +124,9 @@ def ranks(
     tie_rows: rows corrected per pass of the tie loop (any >= 1 is exact).
 
   Returns:
-    `[R, m]` int32: `#{j : (row_bits[r, j], j) < (elem_bits[r, s], elems[r, s])}`,
-    the position a stable sort by `row_bits` moves element `elems[r, s]` to.
+    `[R, m]` int32:
+    `#{j : (row_bits[r, j], j) < (elem_bits[r, s], elems[r, s])}`, the
+    position a stable sort by `row_bits` moves element `elems[r, s]` to.
   """
   n_rows, n = sorted_bits.shape
   below = count_below(sorted_bits, elem_bits)

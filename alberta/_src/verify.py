@@ -152,11 +152,12 @@ def excess_zero_allowance(spec: SparseSpec, dtype: Any) -> int:
 
   A kept weight is zero by chance: uniform float32 values sit on a grid of
   2**-23 steps that contains 0 (probability 2**-23; a narrower dtype's cast
-  never flushes a kept weight to zero, it keeps the smallest subnormal). With `n = fan_out * (fan_in - k)` kept weights the count is a
-  sum of independent Bernoullis of mean `lam <= n p`, and Bernstein's
-  inequality bounds P(count >= lam + t) by exp(-t**2 / (2 (lam + t / 3))),
-  which is `EXCESS_ZERO_FALSE_ALARM_RATE` (1e-9) at the `t` used. The counter
-  method never keeps a zero: its allowance is 0.
+  never flushes a kept weight to zero, it keeps the smallest subnormal). With
+  `n = fan_out * (fan_in - k)` kept weights the count is a sum of independent
+  Bernoullis of mean `lam <= n p`, and Bernstein's inequality bounds
+  P(count >= lam + t) by exp(-t**2 / (2 (lam + t / 3))), which is
+  `EXCESS_ZERO_FALSE_ALARM_RATE` (1e-9) at the `t` used. The counter method
+  never keeps a zero: its allowance is 0.
   """
   if spec.method == "counter":
     return 0
