@@ -212,7 +212,12 @@ def run_agent(
 
 
 def run_random(env_name: str, steps: int, seeds: int, seed: int) -> np.ndarray:
-  """A uniform random policy's per-step ended-episode returns, (seeds, steps)."""
+  """A uniform random policy's returns of episodes ending at each step.
+
+  Returns:
+    A `(seeds, steps)` array: the return of the episode ending at each step,
+    NaN where none ends.
+  """
   env, env_params = gymnax.make(env_name)
 
   def one(key):

@@ -1,4 +1,4 @@
-r"""The table and plot of docs/STREAMING.md from `scripts/stream_q.py` JSON files.
+r"""The table and plot of docs/STREAMING.md from scripts/stream_q.py JSON files.
 
 Each input is one run (one environment, one sparsity, several seeds). Prints a
 Markdown table, one row per environment: each sparsity's mean final return

@@ -15,8 +15,9 @@ seconds):
   init;
 - `floor`: what the reference's construction cannot do without, in one jitted
   program: for every layer, `1 + rounds` Threefry passes over the layer
-  (`rounds = shuffle.num_rounds(width)`, `alberta._src.shuffle`): the weights' bits and each
-  shuffle round's sort bits, every one of which needs all of a row.
+  (`rounds = shuffle.num_rounds(width)`, `alberta._src.shuffle`): the weights'
+  bits and each shuffle round's sort bits, every one of which needs all of a
+  row.
 
 The targets: the default method's first call within 1.5x Haiku's at every
 width, its steady state within 2.5x at 1024 and 3.5x at 2048 and 4096.

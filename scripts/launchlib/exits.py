@@ -102,7 +102,8 @@ class QuietBackendProbe:
   On a host without a TPU, JAX logs "Unable to initialize backend 'tpu'" at
   INFO on every start, which the launcher's INFO verbosity would print on
   every run. Warnings and errors still pass; at `--verbosity >= 1` everything
-  does. Install on JAX's logger before the first backend use (`devices.start_jax`).
+  does. Install on JAX's logger before the first backend use
+  (`devices.start_jax`).
   """
 
   def filter(self, record: py_logging.LogRecord) -> bool:

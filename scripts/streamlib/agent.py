@@ -56,7 +56,7 @@ def epsilon(t: jax.Array, config: AgentConfig) -> jax.Array:
 def init(
     key: jax.Array, env, env_params, network: hk.Transformed
 ) -> AgentState:
-  """Initial parameters, zero trace, fresh statistics and a reset environment."""
+  """Initial parameters, a zero trace, fresh statistics, a reset environment."""
   key, init_key, reset_key = jax.random.split(key, 3)
   raw_obs, env_state = env.reset_env(reset_key, env_params)
   raw_obs = raw_obs.astype(jnp.float32)

@@ -20,7 +20,7 @@ CHANNELS = 16
 
 
 def q_network(num_actions: int, sparsity: float) -> hk.Transformed:
-  """`init(key, obs)` / `apply(params, None, obs)` for one observation (H, W, C)."""
+  """`init(key, obs)` / `apply(params, None, obs)` of one `(H, W, C)` input."""
 
   def forward(obs: jax.Array) -> jax.Array:
     w_init = alberta.SparseInit(sparsity, rounding="ceil")

@@ -1,4 +1,4 @@
-"""ObGD: gradient steps along an eligibility trace, bounded against overshooting.
+"""ObGD: gradient steps along an eligibility trace, bounded not to overshoot.
 
 Elsayed, Vasan & Mahmood (2024), Algorithm 3. With `z` the accumulating trace
 of the gradient of the prediction (here `q(s, a)`) and `delta` the TD error,
@@ -39,7 +39,7 @@ def init_trace(params: Params) -> Params:
 def effective_step_size(
     trace: Params, delta: jax.Array, config: ObGDConfig
 ) -> jax.Array:
-  """ObGD's step size `alpha` for the (already decayed and accumulated) trace."""
+  """ObGD's step size `alpha` for the trace, already decayed and accumulated."""
   z_l1 = sum(jnp.sum(jnp.abs(z)) for z in jax.tree.leaves(trace))
   bound = config.kappa * config.lr * jnp.maximum(jnp.abs(delta), 1.0) * z_l1
   return jnp.where(bound > 1.0, config.lr / bound, config.lr)

@@ -4,8 +4,8 @@ The 2-D (linear layer) branch of `sparse_init` in Elsayed et al.'s
 `sparse_init.py` (the file the reference's docstring cites as its own
 reference), as written there; renamed `torch_sparse_init` here so that it is not
 confused with the reference's JAX `sparse_init`. The benchmark times it as the
-anchor the reference was ported from. torch is imported when the function is called, so this module
-imports without torch. See README.md for provenance.
+anchor the reference was ported from. torch is imported when the function is
+called, so this module imports without torch. See README.md for provenance.
 
 Its zero count rounds up (`ceil`) where the reference rounds to nearest: at most
 one zero more per row.
