@@ -304,9 +304,9 @@ class RowBlockTest(parameterized.TestCase):
   def test_far_tile_of_huge_matrix_equals_independent_reference(self):
     # Rows [4199990, 4200000) x columns [1000, 1031) of a 4200000 x 1031
     # matrix (flat indices ~4.33e9 > 2**32), built without the rest of the
-    # matrix and compared with the reference's recipe computed from global indices:
-    # row keys from jax.random.split, masks from jax.random.permutation,
-    # weight bits from exact 64-bit counters.
+    # matrix and compared with the reference's recipe computed from global
+    # indices: row keys from jax.random.split, masks from
+    # jax.random.permutation, weight bits from exact 64-bit counters.
     self._check_far_tile((4_200_000, 1031), 4_199_990, 10, 1000, 31)
 
   @test_utils.slow

@@ -74,7 +74,7 @@ def _matrix(dtype=jnp.float32):
 
 
 class _CheckpointDirMixin(test_utils.TempDirMixin):
-  """`self.dir`, a fresh temporary directory; `self.path`, "w" in it (absent)."""
+  """`self.dir`, a fresh temporary directory; `self.path`, absent "w" in it."""
 
   def setUp(self):
     super().setUp()
@@ -268,7 +268,7 @@ class CheckpointTest(_CheckpointDirMixin, parameterized.TestCase):
 
 
 def _edit_metadata(path, edit, redigest=False):
-  """Rewrites `path`'s alberta.json as `edit(info)` returns it (or changes it)."""
+  """Rewrites `path`'s alberta.json as `edit(info)` returns or leaves it."""
   meta = os.path.join(path, metadata_lib.METADATA_FILE)
   with open(meta) as f:
     info = json.load(f)

@@ -96,7 +96,7 @@ _mul_add_u64 = jax.jit(bits.mul_add_u64, static_argnums=1)
 
 @functools.partial(jax.jit, static_argnums=(1,))
 def _permutation_values(key, spec, rows):
-  """The permutation method's values at `rows` x all columns (the reference's bits)."""
+  """Permutation-method values at `rows` x all columns (from reference bits)."""
   init_key, _ = keys.split2(keys.key_words(key))
   return methods.values_from_bits(
       spec,
@@ -164,7 +164,7 @@ class LargeFanInShuffleTest(parameterized.TestCase):
 
 
 class LargeCoordinateTileTest(parameterized.TestCase):
-  """Tiles from `blocks.row_block` (jitted, starts traced) at large coordinates."""
+  """`blocks.row_block`'s tiles (jitted, starts traced) at large coordinates."""
 
   @parameterized.product(
       fan_in=(2**31 + 1, 2**32 - 1), row_start=(2**31 - 2, 2**32 - 6)

@@ -101,7 +101,7 @@ def zero_counts(key, row_start, n_rows: int, fan_in: int, ks) -> np.ndarray:
 
 
 def zero_mask(key, n_rows: int, fan_in: int, k: int, row_start=0) -> np.ndarray:
-  """Where `sparse_init(..., method="counter")` is masked: `bool[n_rows, fan_in]`.
+  """Where `sparse_init(..., method="counter")` masks: `bool[n_rows, fan_in]`.
 
   The same `counter.keep_mask` call as the block generator's;
   `test_output_zeros_are_the_mask` ties it to the public output, so the
@@ -206,7 +206,7 @@ def exact_k_law(n: int) -> np.ndarray:
 
 
 def round_kernel(n: int, bit_law: np.ndarray, k_law: np.ndarray) -> np.ndarray:
-  """`T[A, B]`: probability that one round maps the set `A` to `B` (bitmasks)."""
+  """`T[A, B]`: the probability that a round maps set `A` to `B` (bitmasks)."""
   size = 1 << n
   masks = np.arange(size)
   member = (masks[:, None] >> np.arange(n)) & 1  # [set, x]

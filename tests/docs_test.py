@@ -64,7 +64,7 @@ def _run_snippet(code: str) -> subprocess.CompletedProcess:
 
 
 def _commands(text: str) -> list[str]:
-  """The launcher commands of the README's ```sh blocks, continuations joined."""
+  """Launcher commands of the README's ```sh blocks, continuations joined."""
   commands = []
   for block in _blocks(text, "sh"):
     joined = re.sub(r"\\\n\s*", " ", block)

@@ -36,7 +36,9 @@ from alberta._src import ell
 from alberta._src import methods
 from alberta._src.spec import make_spec
 from tests import test_utils
-from third_party.alberta_framework.initializers import sparse_init as reference_sparse_init
+from third_party.alberta_framework.initializers import (
+    sparse_init as reference_sparse_init,
+)
 
 # A plain float32 -> float16 cast rounds |w| <= 2**-25 to zero. For LeCun
 # uniform weights that is a fraction 2**-25 / scale = 2**-17 of them at

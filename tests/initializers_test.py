@@ -1,4 +1,4 @@
-"""The front ends: `alberta.SparseInit` (Haiku) and `alberta.initializers.sparse`.
+"""Front ends: `alberta.SparseInit` (Haiku) and `alberta.initializers.sparse`.
 
 Proves that inside real layers (Haiku `Linear`, `Conv1D/2D/3D`, `nets.MLP`;
 Flax `Dense`, `Conv`; Equinox `Linear`, `Conv2d`) the kernel is the core
@@ -378,7 +378,8 @@ class LazyImportTest(absltest.TestCase):
         names = set(dir(alberta))
         print(sorted(n for n in alberta.__all__ if n not in names))
         print(alberta.SparseInit.__name__, "haiku" in sys.modules)
-        print(alberta.to_bcoo.__name__, "jax.experimental.sparse" in sys.modules)
+        print(alberta.to_bcoo.__name__,
+              "jax.experimental.sparse" in sys.modules)
         try:
           alberta.no_such_name
         except AttributeError as e:

@@ -4,10 +4,10 @@
 of each row through the rounds of `jax.random.permutation`'s sort-based
 shuffle instead of sorting (key, index) pairs. Proves, bit for bit:
 
-- the mask equals `jax.random.permutation(row_key, n) >= k` (the reference's own
-  code, kept here as `reference_permutations`) for one- and two-round row lengths (the
-  boundary is n = 1625 / 1626), k in {0, 1, m - 1, n - 1, n}, sparsity 0.5,
-  column tiles and several row groups;
+- the mask equals `jax.random.permutation(row_key, n) >= k` (the reference's
+  own code, kept here as `reference_permutations`) for one- and two-round row
+  lengths (the boundary is n = 1625 / 1626), k in {0, 1, m - 1, n - 1, n},
+  sparsity 0.5, column tiles and several row groups;
 - with ties: the sort bits are injectable, and coarse bits (16 or 2 values,
   or all equal) make almost every followed element tied, far more than one
   correction pass handles, against a key-value-sort shuffle with the same
@@ -24,10 +24,10 @@ shuffle instead of sorting (key, index) pairs. Proves, bit for bit:
 
 Each distinct (rows, n, k, path) compiles its own program (the sort path
 several seconds of CPU), so the default run keeps one case per property and
-shares the reference's permutations (`reference_permutations`, computed once per key,
-rows and n) between cases that differ only in k or in the column tile; the
-`slow` step runs the full grid (every k edge at n = 2, 100, 1625, 1626, 5000)
-and the cases the default run leaves out.
+shares the reference's permutations (`reference_permutations`, computed once
+per key, rows and n) between cases that differ only in k or in the column tile;
+the `slow` step runs the full grid (every k edge at n = 2, 100, 1625, 1626,
+5000) and the cases the default run leaves out.
 """
 
 from tests import env  # noqa: F401
@@ -50,7 +50,9 @@ from alberta._src import permutation
 from alberta._src import shuffle
 from alberta._src.spec import SparseSpec
 from tests import test_utils
-from third_party.alberta_framework.initializers import sparse_init as reference_sparse_init
+from third_party.alberta_framework.initializers import (
+    sparse_init as reference_sparse_init,
+)
 
 _U32 = jnp.uint32
 
@@ -71,7 +73,7 @@ def _reference_permutations(key_data, row_start, n_rows, n):
 def reference_permutations(
     seed: int, row_start: int, n_rows: int, n: int
 ) -> np.ndarray:
-  """The reference's `jax.random.permutation(row_key, n)` of each row (read-only).
+  """The reference's `jax.random.permutation(row_key, n)` per row (read-only).
 
   Rows `[row_start, row_start + n_rows)` of `jax.random.key(seed)`'s mask
   key: the former implementation, whose mask is `perm >= k` (and a column
@@ -90,7 +92,8 @@ def reference_permutations(
 def reference_shuffle(k1, k2, n, sort_bits):
   """`jax.random.permutation`'s shuffle (`_shuffle`) with injectable bits.
 
-  The permutation of each row; its mask for k zeros is `reference_shuffle(...) >= k`.
+  The permutation of each row; its mask for k zeros is
+  `reference_shuffle(...) >= k`.
   """
   n_rows = k1.shape[0]
   x = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (n_rows, n))
@@ -118,7 +121,7 @@ _PATHS = {
 
 
 def _both(spec, seed, row_start=0, col_start=0, n_cols=None, path="default"):
-  """`mask_block`'s mask on `path` and the reference's, `perm >= k`, sliced alike."""
+  """The masks of `mask_block` on `path` and `perm >= k`, sliced alike."""
   n_cols = spec.fan_in if n_cols is None else n_cols
   key_data = jax.random.key_data(jax.random.key(seed))
   args = (key_data, spec, jnp.uint32(row_start), jnp.int32(col_start), n_cols)
@@ -336,7 +339,7 @@ def _row_keys(n_rows, seed, row_start=0):
 
 @functools.lru_cache(maxsize=None)
 def tied_shuffle(n_rows: int, n: int, shift: int) -> np.ndarray:
-  """`reference_shuffle` with `_coarse_bits(shift)` of rows `[0, n_rows)` of key `n`.
+  """`reference_shuffle` with `_coarse_bits(shift)`: rows `[0, n_rows)`, key n.
 
   Computed once per argument tuple (read-only); the mask for k zeros is
   `tied_shuffle(...) >= k`.
@@ -554,8 +557,8 @@ class SearchPathTest(parameterized.TestCase):
       self, chunk_rows, devices
   ):
     # 64 x 2048 at sparsity 0.9 takes the search path; the matrix is the
-    # reference's whether built whole, in chunks of 16 rows, over 8 devices or by
-    # pmap.
+    # reference's whether built whole, in chunks of 16 rows, over 8 devices or
+    # by pmap.
     shape, key = (64, 2048), jax.random.key(11)
     self.assertEqual(permutation.default_path(2048, 1843), "search")
     want = np.asarray(reference_sparse_init(key, shape, 0.9))

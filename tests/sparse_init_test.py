@@ -29,7 +29,9 @@ from absl.testing import parameterized
 import alberta
 from alberta._src import blocks
 from tests import test_utils
-from third_party.alberta_framework.initializers import sparse_init as reference_sparse_init
+from third_party.alberta_framework.initializers import (
+    sparse_init as reference_sparse_init,
+)
 
 KEY_FNS = {"typed": jax.random.key, "raw": jax.random.PRNGKey}
 
@@ -40,13 +42,13 @@ KEY_FNS = {"typed": jax.random.key, "raw": jax.random.PRNGKey}
 SHAPE = (16, 10)
 SPARSITY = 0.72
 
-# Tiny, 1 x N, N x 1, primes, the reference's docstring example, a wide and a large
-# one (fan-in > 1625: two sort rounds). The reference runs eagerly, so each new
-# shape costs it a compilation of every op (~1-3 s of CPU), and the library a
-# program: the quick set is the four pairs of init type and key kind
-# (`test_default_arguments_are_the_references` is uniform with a typed key), with
-# sparsity 1 and 0, an N x 1 shape, and one and two sort rounds. The slow set
-# crosses every shape with both init types and both key kinds (sparsity
+# Tiny, 1 x N, N x 1, primes, the reference's docstring example, a wide and a
+# large one (fan-in > 1625: two sort rounds). The reference runs eagerly, so
+# each new shape costs it a compilation of every op (~1-3 s of CPU), and the
+# library a program: the quick set is the four pairs of init type and key kind
+# (`test_default_arguments_are_the_references` is uniform with a typed key),
+# with sparsity 1 and 0, an N x 1 shape, and one and two sort rounds. The slow
+# set crosses every shape with both init types and both key kinds (sparsity
 # rotating), sweeps all sparsities and runs `SPOT_REFERENCE_CASES`, four more
 # combinations of shape, sparsity, init type and key kind.
 REFERENCE_SHAPES = (
@@ -96,8 +98,8 @@ def _slow_reference_cases():
 
   A full product with the six sparsities would compile ~240 programs; instead
   the sparsity rotates with the case index so that every shape meets several
-  sparsities, and `test_sparsity_sweep_matches_reference` covers all sparsities on
-  two shapes.
+  sparsities, and `test_sparsity_sweep_matches_reference` covers all
+  sparsities on two shapes.
   """
   cases = []
   for i, (shape, init_type, kind) in enumerate(
@@ -117,11 +119,11 @@ def _slow_reference_cases():
 def assert_matches_reference(actual, expected, init_type: str) -> None:
   """The reference's float32 matrix: zeros (with their signs) and values.
 
-  The reference multiplies by a 0/1 mask, so its masked negative weights are -0.0;
-  `assert_same_matrix` holds the library to that too. Normal values may differ
-  by a couple of ulps: XLA fuses `erf_inv` differently in the eager reference and
-  in the library's jitted program (the reference differs from its own jitted run
-  the same way).
+  The reference multiplies by a 0/1 mask, so its masked negative weights are
+  -0.0; `assert_same_matrix` holds the library to that too. Normal values may
+  differ by a couple of ulps: XLA fuses `erf_inv` differently in the eager
+  reference and in the library's jitted program (the reference differs from its
+  own jitted run the same way).
   """
   assert np.asarray(actual).dtype == np.float32, np.asarray(actual).dtype
   test_utils.assert_same_matrix(actual, expected, init_type)
@@ -184,8 +186,8 @@ class ReferenceEqualityTest(parameterized.TestCase):
       alberta.num_zeros(70000, np.float16(0.9))
 
   def test_default_arguments_are_the_references(self):
-    # The reference's docstring example with the reference's defaults (0.9, uniform) and
-    # the reference's rounding ("nearest"): 9 zeros in every row.
+    # The reference's docstring example with the reference's defaults (0.9,
+    # uniform) and the reference's rounding ("nearest"): 9 zeros in every row.
     key = jax.random.key(42)
     out = alberta.sparse_init(key, (128, 10))
     assert_matches_reference(

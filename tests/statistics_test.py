@@ -15,8 +15,9 @@ giving different, independent masks and the same key the same matrix.
 bounds. The default run checks each property on one sample; the `slow` step
 adds bigger samples (all k-subsets at fan_in 4 to 8 over 20000-70000 rows),
 the KS test at fan_in 7, 100 and 4096, and adjacent-row independence at
-fan_in 10 and 257. What only the counter method has (its shuffle's bijection and round
-rule, the exact law of its zero set, tiling) is in `tests/counter_test.py`.
+fan_in 10 and 257. What only the counter method has (its shuffle's bijection
+and round rule, the exact law of its zero set, tiling) is in
+`tests/counter_test.py`.
 
 Every test uses fixed keys, so it is deterministic; the bounds are chosen so
 that, had the key been drawn at random, a correct implementation would fail

@@ -1,4 +1,4 @@
-"""Helpers test modules share: matrix comparisons, bit views, temp dirs, the slow gate.
+"""Shared test helpers: matrix comparisons, bit views, temp dirs, the slow gate.
 
 Also the statistical tests' common pieces (`ALPHA`, `zeros_per_row`,
 `binomial_two_sided_p`) and the numpy model of one counter-method round
@@ -140,7 +140,7 @@ def counter_model_round(x: np.ndarray, k_value, a, b, n: int) -> np.ndarray:
 
 
 def subprocess_env(*pythonpath: str) -> dict[str, str]:
-  """This process's environment with `ROOT`, then `pythonpath`, first on PYTHONPATH."""
+  """This process's environment; `ROOT`, then `pythonpath`, lead PYTHONPATH."""
   env = dict(os.environ)
   path = [ROOT, *pythonpath]
   if env.get("PYTHONPATH"):
@@ -166,7 +166,7 @@ def single_device_env() -> dict[str, str]:
 
 
 def free_port() -> int:
-  """A TCP port on 127.0.0.1 that was free a moment ago (for JAX's coordinator)."""
+  """A TCP port on 127.0.0.1, free a moment ago (for JAX's coordinator)."""
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
@@ -191,7 +191,8 @@ def communicate_all(
 class TempDirMixin:
   """`self.dir`: a fresh temporary directory per test, removed afterwards.
 
-  List it before the TestCase base: `class T(TempDirMixin, parameterized.TestCase)`.
+  List it before the TestCase base:
+  `class T(TempDirMixin, parameterized.TestCase)`.
 
   Not absltest's `create_tempdir()`: that needs absl flags, which pytest never
   parses.
