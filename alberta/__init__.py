@@ -20,7 +20,7 @@ from alberta._src.sharding import sharded_sparse_init
 from alberta._src.verify import VerificationError
 from alberta._src.verify import verify
 
-__version__ = "0.4.0"
+__version__ = "0.4.1"
 
 __all__ = (
     "SparseInit",
