@@ -113,15 +113,39 @@ def _prefix_sums(counts: Array, total: int) -> Array:
   return lax.convert_element_type(sums, jnp.int32)
 
 
+# `_places` compares each element with at most this many pivots.
+_MAX_PIVOTS = 32
+
+
+def _pivot_stride(m: int) -> int:
+  """Sorted followed bits per pivot of `_places` for `m` followed (static).
+
+  The smallest power of two of at least 16 that leaves at most `_MAX_PIVOTS`
+  pivots; 0 (no pivots, the search from the start) for `m < 32`. Measured on
+  the CPU (a 3-layer Haiku MLP's steady `jit(net.init)`, 2 cores): strides 8
+  and 16 take the same time, 8% below the plain binary search at width 2048
+  (`m = 205`) and 13% at 4096 (`m = 410`).
+  """
+  if m < 32:
+    return 0
+  stride = 16
+  while m // stride > _MAX_PIVOTS:
+    stride *= 2
+  return stride
+
+
 def _places(row_bits: Array, elem_bits: Array) -> tuple[Array, Array]:
   """Where each of a row's `n` elements falls among the followed, by bits.
 
   `ins[r, j] = #{s : elem_bits[r, s] < row_bits[r, j]}`: a plain sort of the
   `[R, m]` followed bits (several times faster than sorting them with their
-  positions) and a branch-free binary search with one gather a step, rolled
-  into one loop (XLA:CPU runs every gather as a loop of its own and stores
-  its result, so unrolled steps are no faster and cost their compile time
-  each).
+  positions), then two stages. First each element is compared with every
+  `stride`-th sorted bits (`_pivot_stride`), at most 32 compares fused with
+  their sum and no gather, which places it within one stride; then a
+  branch-free binary search with one gather a step finishes within it,
+  `log2(stride)` steps instead of `log2(m + 1)`, rolled into one loop
+  (XLA:CPU runs every gather as a loop of its own and stores its result, so
+  unrolled steps are no faster and cost their compile time each).
 
   Returns:
     `(ins, exact)`: `ins` (int16 while `m < 2**15`, else int32) and an `[R]`
@@ -136,8 +160,32 @@ def _places(row_bits: Array, elem_bits: Array) -> tuple[Array, Array]:
   # carry, the chunk's largest temporaries besides the row's bits.
   place = jnp.int16 if m < 2**15 else jnp.int32
   q_bits = lax.sort(elem_bits, dimension=1)
-  pos = lax.full(row_bits.shape, 0, place)
-  step = 1 << (m.bit_length() - 1)
+  stride = _pivot_stride(m)
+  if stride:
+    # `q_bits[:, stride - 1]`, `q_bits[:, 2 stride - 1]`, ...: the element
+    # lies after the `c` of them below its bits, and before the next one.
+    n_pivots = m // stride
+    pivots = lax.slice(
+        q_bits,
+        (0, stride - 1),
+        (q_bits.shape[0], n_pivots * stride),
+        (1, stride),
+    )
+    shape = row_bits.shape + (n_pivots,)
+    below = lax.lt(
+        lax.broadcast_in_dim(pivots, shape, (0, 2)),
+        lax.broadcast_in_dim(row_bits, shape, (0, 1)),
+    )
+    # At most `_MAX_PIVOTS` = 32 terms: a plain reduction, fused with the
+    # compares (see `shuffle.count_pairs` for longer ones).
+    c = lax.reduce(
+        lax.convert_element_type(below, jnp.int32), np.int32(0), lax.add, (2,)
+    )
+    pos = lax.convert_element_type(lax.mul(c, np.int32(stride)), place)
+    step = stride // 2
+  else:
+    pos = lax.full(row_bits.shape, 0, place)
+    step = 1 << (m.bit_length() - 1)
 
   def search_step(i, pos):
     cand = lax.add(
@@ -158,7 +206,9 @@ def _places(row_bits: Array, elem_bits: Array) -> tuple[Array, Array]:
         pos,
     )
 
-  pos = lax.fori_loop(np.int32(0), np.int32(m.bit_length()), search_step, pos)
+  pos = lax.fori_loop(
+      np.int32(0), np.int32(step.bit_length()), search_step, pos
+  )
   at = shuffle.take_rows(
       q_bits, lax.convert_element_type(lax.min(pos, place(m - 1)), jnp.int32)
   )
