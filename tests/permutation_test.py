@@ -303,6 +303,28 @@ class ReferenceMaskTest(parameterized.TestCase):
       self.assertGreater(permutation._groups(132, 1000, 132 * 1000), 1)
       self.check_equals_sorted_mask(132, 1000, 900, path, seed=8, row_start=0)
 
+  @parameterized.parameters(1, 2, 3)
+  def test_no_more_row_groups_than_rows(self, n_rows):
+    # A chunk of a few rows of a matrix split into groups (a small
+    # `chunk_rows`, or a many-device sharding's tile): one group a row at
+    # most, never an empty one.
+    with mock.patch.object(
+        permutation, "_GROUP_MIN_MATRIX", 0
+    ), mock.patch.object(permutation, "_MIN_GROUP", 1):
+      self.assertBetween(permutation._groups(n_rows, 1000, 2**30), 1, n_rows)
+      self.check_equals_sorted_mask(
+          n_rows, 1000, 900, "search", seed=8, row_start=0
+      )
+
+  def test_one_row_chunks_of_a_matrix_with_row_groups(self):
+    # 256 x 2**20 (2**28 elements, row groups) in chunks of one row: traced
+    # (not run) with the real group policy.
+    out = jax.eval_shape(
+        lambda key: alberta.sparse_init(key, (256, 2**20), 0.9, chunk_rows=1),
+        jax.random.key(0),
+    )
+    self.assertEqual(out.shape, (256, 2**20))
+
   def test_no_row_groups_below_the_matrix_size(self):
     self.assertEqual(permutation._groups(132, 1000, 2**28 - 1), 1)
     self.assertGreater(permutation._groups(132, 1000, 2**28), 1)

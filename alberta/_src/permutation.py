@@ -47,7 +47,7 @@ marks the mask's columns by comparing them with the ranks: no sort, search,
 loop or scatter, so it compiles 4-5x faster (0.5 s against 2 s for a
 256 x 256 layer on the CPU) and, at these sizes, also runs faster.
 
-Longer rows up to `m n = _SEARCH_MAX` (rows of 16384 at sparsity 0.9) take a
+Longer rows up to `m n = _SEARCH_MAX` (rows of 25905 at sparsity 0.9) take a
 third, `_searched_mask`, which sorts only the `m` followed elements: each
 round sorts their bits, places each of the row's `n` elements among them by a
 binary search (`_places`), counts the elements at each place and takes the
@@ -269,9 +269,10 @@ def _searched_mask(
   exactly by comparisons (`_exact_ranks`, `m n` of them), one row per pass of
   a loop that runs as many times as there are such rows, so the mask equals
   the reference's bit for bit, ties included. It costs a sort of `m` bits,
-  `n log2(m + 1)` gathers from an `[R, m]` table and a scatter-add of `n` per
-  row and round, against the sort path's sort of `n`,
-  and compiles to a few small loops. The fast pass gives the ranks in
+  per element at most 32 compares with pivots and `log2(stride)` gathers
+  from an `[R, m]` table (`_places`), and a scatter-add of `n` per row and
+  round, against the sort path's sort of `n`, and compiles to a few small
+  loops. The fast pass gives the ranks in
   ascending order, the exact one in the followed elements' order: only their
   set matters to the next round and to the mask, which marks the last
   round's with a scatter.
@@ -389,7 +390,9 @@ def _groups(n_rows: int, n: int, matrix_elements: int) -> int:
   if matrix_elements < _GROUP_MIN_MATRIX:
     return 1
   cores = os.cpu_count() or 1
-  return max(1, min(_MAX_GROUPS, 2 * cores, n_rows * n // _MIN_GROUP))
+  # At most one group a row: a chunk of a few rows (a small `chunk_rows`, a
+  # many-device sharding's tile) has no empty group.
+  return max(1, min(_MAX_GROUPS, 2 * cores, n_rows, n_rows * n // _MIN_GROUP))
 
 
 def mask_block(
