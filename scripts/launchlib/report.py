@@ -89,6 +89,9 @@ class SaveProgress:
     estimated: whether `expected_bytes` is an estimate, as in `progress_line`.
     every_s: seconds between lines; positive.
     clock: the seconds clock the elapsed time is read from.
+    stop_when: once true, no further line (the launcher's: a signal has come,
+      and the save is being abandoned; its lines would show stale bytes and
+      could follow the exit message).
   """
 
   def __init__(
@@ -97,12 +100,14 @@ class SaveProgress:
       estimated: bool,
       every_s: float,
       clock: Callable[[], float] = time.monotonic,
+      stop_when: Callable[[], bool] = lambda: False,
   ):
     if not every_s > 0:
       raise ValueError(f"every_s must be positive, got {every_s!r}.")
     self._line = progress_line(expected_bytes, estimated)
     self._every_s = every_s
     self._clock = clock
+    self._stop_when = stop_when
     self._bytes = 0
     self._start = 0.0
     self._done = threading.Event()
@@ -131,6 +136,8 @@ class SaveProgress:
     while not self._done.wait(
         max(0.0, self._start + ticks * self._every_s - self._clock())
     ):
+      if self._stop_when():
+        return
       self._line(self._bytes, self._clock() - self._start)
       ticks += 1
 

@@ -364,7 +364,10 @@ class Plan:
     # bytes on disk to them every _BYTES_EVERY_S seconds while it writes.
     progress = (
         report_lib.SaveProgress(
-            estimate or raw, bool(estimate), PROGRESS_EVERY_S
+            estimate or raw,
+            bool(estimate),
+            PROGRESS_EVERY_S,
+            stop_when=lambda: interrupts.signum is not None,
         )
         if lead
         else contextlib.nullcontext()
