@@ -226,27 +226,9 @@ def _places(row_bits: Array, elem_bits: Array) -> tuple[Array, Array]:
 
 
 def _exact_ranks(row_bits: Array, elems: Array) -> Array:
-  """Stable-sort ranks of the followed elements, by comparisons.
-
-  `row_bits`: `[T, n]` sort bits; `elems`: `[T, m]` int32 positions.
-  `rank_s = #{j : b_j < b_s} + #{j < p_s : b_j = b_s}` for each followed
-  element `p_s` with bits `b_s` (the stable sort's order, ties included): an
-  `[T, m, n]` compare fused with its sum, never stored.
-  """
-  t, n = row_bits.shape
-  m = elems.shape[1]
-  shape = (t, m, n)
-  row = lax.broadcast_in_dim(row_bits, shape, (0, 2))
-  mine = lax.broadcast_in_dim(shuffle.take_rows(row_bits, elems), shape, (0, 1))
-  return shuffle.count_pairs(
-      lax.lt(row, mine),
-      lax.bitwise_and(
-          lax.eq(row, mine),
-          lax.lt(
-              lax.broadcasted_iota(jnp.int32, shape, 2),
-              lax.broadcast_in_dim(elems, shape, (0, 1)),
-          ),
-      ),
+  """`shuffle.compared_ranks` of `[T, m]` positions `elems` in `[T, n]` rows."""
+  return shuffle.compared_ranks(
+      row_bits, shuffle.take_rows(row_bits, elems), elems
   )
 
 

@@ -310,6 +310,32 @@ def round_row_bits(
   )
 
 
+def compared_ranks(row_bits: Array, elem_bits: Array, elems: Array) -> Array:
+  """Stable-sort ranks of the followed elements, by comparisons.
+
+  `row_bits`: `[R, n]` sort bits; `elems`: `[R, m]` int32 positions and
+  `elem_bits` their bits. `rank_s = #{j : b_j < b_s} + #{j < p_s : b_j = b_s}`
+  for each followed element `p_s` with bits `b_s`, the stable sort's order,
+  ties included: an `[R, m, n]` compare (a row's bits and columns along the
+  last axis, the followed elements along the middle one) fused with its sum
+  (`count_pairs`), never stored. Returns `[R, m]` int32, in `elems`' order.
+  """
+  n_rows, n = row_bits.shape
+  shape = (n_rows, elems.shape[1], n)
+  row = lax.broadcast_in_dim(row_bits, shape, (0, 2))
+  mine = lax.broadcast_in_dim(elem_bits, shape, (0, 1))
+  return count_pairs(
+      lax.lt(row, mine),
+      lax.bitwise_and(
+          lax.eq(row, mine),
+          lax.lt(
+              lax.broadcasted_iota(jnp.int32, shape, 2),
+              lax.broadcast_in_dim(elems, shape, (0, 1)),
+          ),
+      ),
+  )
+
+
 def compared_mask(
     k1: Array,
     k2: Array,
@@ -320,9 +346,8 @@ def compared_mask(
   """`followed_mask` by comparisons only: no sort, search, loop or scatter.
 
   Same arguments and result. Each round computes the ranks of the `m`
-  followed elements directly from their definition,
-  `rank(p) = #{j : b_j < b_p} + #{j < p : b_j = b_p}`, as one compare-and-sum
-  over the row (`[R, m, n]`, fused with its reduction), ties included; the
+  followed elements directly from their definition (`compared_ranks`, one
+  compare-and-sum over the row, ties included); the
   mask marks column `c` iff some followed element ends at rank `c` (an
   `[R, n, m]` compare and `any`). It costs `m n` comparisons per row and
   round against the sort path's `n log n`, but compiles to a handful of
@@ -333,9 +358,6 @@ def compared_mask(
   """
   n_rows = k1.shape[0]
   zeros_followed, m, first, elems = followed_elements(n_rows, n, k)
-  # `[R, m, n]` operands of the rank compares: a row's bits and columns along
-  # the last axis, the followed elements along the middle one.
-  cols_mn = lax.broadcasted_iota(jnp.int32, (n_rows, m, n), 2)
   for i, (split, sub) in enumerate(round_sub_keys(k1, k2, n)):
     row_bits = round_row_bits(sub, n, sort_bits)
     if i == 0:  # The followed elements are still `first, ..., first + m - 1`.
@@ -354,13 +376,7 @@ def compared_mask(
       )
     else:
       elem_bits = jnp.take_along_axis(row_bits, elems, axis=1)
-    row_bits = lax.broadcast_in_dim(row_bits, (n_rows, m, n), (0, 2))
-    elem_bits = lax.broadcast_in_dim(elem_bits, (n_rows, m, n), (0, 1))
-    elems_mn = lax.broadcast_in_dim(elems, (n_rows, m, n), (0, 1))
-    elems = count_pairs(
-        lax.lt(row_bits, elem_bits),
-        lax.bitwise_and(lax.eq(row_bits, elem_bits), lax.lt(cols_mn, elems_mn)),
-    )
+    elems = compared_ranks(row_bits, elem_bits, elems)
 
   # Column `c` is hit iff some rank equals `c`. Up to 32 ranks, a plain `any`
   # (fused with the caller's use of the mask); beyond, in two halves.
